@@ -1,0 +1,1 @@
+//! Classifying stored entries into a report. (Skeleton.)

@@ -1,0 +1,3 @@
+//! The `atrest` command line.
+
+fn main() {}

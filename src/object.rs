@@ -1,0 +1,1 @@
+//! Decoding what a plaintext stored value holds. (Skeleton: owned by a helper.)

@@ -1,0 +1,1 @@
+//! Re-encrypting stored entries. (Skeleton.)

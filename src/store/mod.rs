@@ -1,0 +1,175 @@
+//! Where stored values come from and go back to.
+//!
+//! Two traits split what every store can do from what only a live one can:
+//! - [`ReadStore`]: a revision-pinned, streaming scan of a key prefix. Implemented by the live
+//!   etcd store ([`etcd::EtcdStore`]) and by the read-only reader of etcd snapshot and data files
+//!   ([`snapshot::Snapshot`]).
+//! - [`WriteStore`]: compare-and-put that keeps the lease, a point read, a backup and compaction.
+//!   Only the live store has it, so the type system forbids writing into a snapshot.
+//!
+//! Stores never decide what to write: that is [`crate::rewrite`]'s job.
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+
+use thiserror::Error;
+
+pub mod etcd;
+pub mod snapshot;
+
+/// One key as stored in etcd: the raw value plus the revision bookkeeping a rewrite needs.
+///
+/// `Debug` prints the key and the value's length, never the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The full etcd key, e.g. `/registry/secrets/default/db`.
+    pub key: Vec<u8>,
+    /// The stored value, exactly as kube-apiserver wrote it (possibly plaintext).
+    pub value: Vec<u8>,
+    /// The revision of the last write to this key (kube-apiserver's resourceVersion).
+    pub mod_revision: i64,
+    /// The revision that created this key.
+    pub create_revision: i64,
+    /// How many times the key was written since it was created.
+    pub version: i64,
+    /// The lease the key is attached to (0: none). Every rewrite must keep it.
+    pub lease: i64,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("value_len", &self.value.len())
+            .field("mod_revision", &self.mod_revision)
+            .field("create_revision", &self.create_revision)
+            .field("version", &self.version)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+/// What a finished scan saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanInfo {
+    /// The store revision every page of the scan was read at.
+    pub revision: i64,
+    /// How many entries were visited.
+    pub entries: u64,
+}
+
+/// The outcome of [`WriteStore::compare_and_put`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The value was written; `mod_revision` is the key's new revision.
+    Written {
+        /// The key's revision after the write.
+        mod_revision: i64,
+    },
+    /// The key changed since it was read: nothing was written. `current` is what the key holds
+    /// now (`None`: it was deleted), returned by the transaction's failure branch.
+    Conflict {
+        /// The key's current entry, if it still exists.
+        current: Option<Entry>,
+    },
+}
+
+/// A failure of the store itself (not of one entry): the run cannot go on. Exit status 3.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The live etcd store failed.
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
+    /// The snapshot or data file could not be read.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    /// The scan was stopped by its visitor.
+    #[error("scan stopped")]
+    Stopped,
+}
+
+/// The read side every store has.
+pub trait ReadStore {
+    /// Where the data comes from, for reports: `etcd http://127.0.0.1:2379` or
+    /// `snapshot /path/to/file`.
+    fn source(&self) -> String;
+
+    /// How many keys are under `prefix` now (used to size progress bars).
+    fn count(&self, prefix: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Visits every key under `prefix`, in key order, all at one revision, without holding more
+    /// than one page of entries in memory. `visit` returning `false` stops the scan with
+    /// [`StoreError::Stopped`].
+    fn scan<F>(
+        &self,
+        prefix: &[u8],
+        visit: F,
+    ) -> impl Future<Output = Result<ScanInfo, StoreError>> + Send
+    where
+        F: FnMut(Entry) -> bool + Send;
+}
+
+/// The write side only a live store has.
+pub trait WriteStore: ReadStore {
+    /// One transaction: if `key`'s mod_revision is still `seen_mod_revision`, put `value` with
+    /// `lease`; otherwise read the key back (the failure branch), so a conflict costs no extra
+    /// round trip. This is the transaction shape kine supports too.
+    fn compare_and_put(
+        &self,
+        key: &[u8],
+        seen_mod_revision: i64,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> impl Future<Output = Result<CasOutcome, StoreError>> + Send;
+
+    /// Reads one key now (`None`: it does not exist).
+    fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
+
+    /// Saves a full snapshot of the store to `path` (temp file, fsync, rename). Returns its size.
+    fn backup(&self, path: &Path) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Compacts the store's history up to `revision`.
+    fn compact(&self, revision: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The first key after every key that starts with `prefix` (etcd's `range_end` for a prefix).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte was 0xff (or the prefix was empty): the range is open-ended.
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_last_byte() {
+        assert_eq!(prefix_end(b"/registry/secrets/"), b"/registry/secrets0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let e = Entry {
+            key: b"/registry/secrets/default/db".to_vec(),
+            value: b"hunter2".to_vec(),
+            mod_revision: 5,
+            create_revision: 4,
+            version: 2,
+            lease: 0,
+        };
+        let text = format!("{e:?}");
+        assert!(text.contains("/registry/secrets/default/db"));
+        assert!(!text.contains("hunter2"));
+    }
+}

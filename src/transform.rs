@@ -1,0 +1,505 @@
+//! The stored-value format and the read/write chain kube-apiserver builds from a config.
+//!
+//! # Format
+//!
+//! ```text
+//! encrypted: | k8s:enc: | <provider> | :v1: | <key name> | : | provider-specific body |
+//!            (kms: k8s:enc:kms:v1:<name>: or k8s:enc:kms:v2:<name>:)
+//! plaintext: anything that does not start with `k8s:enc:` (protobuf `k8s\0…`, JSON, …)
+//! ```
+//!
+//! # Read semantics (kube-apiserver's prefix transformers)
+//!
+//! A [`Chain`] is the config's providers for one resource, flattened to one entry per key, in
+//! config order (see [`crate::provider`]). Writes use the first entry. A read tries, in order,
+//! **every** entry whose full prefix `k8s:enc:<provider>:v1:<name>:` matches — so names
+//! containing `:` work and two providers sharing a prefix are both tried — and does not stop at
+//! a failure. The identity entry claims every value but silently passes on encrypted ones.
+//! Source: `staging/src/k8s.io/apiserver/pkg/storage/value/transformer.go` (`prefixTransformers`)
+//! and `.../server/options/encryptionconfig/config.go`.
+//!
+//! # States
+//!
+//! [`Chain::classify`] gives each value exactly one [`State`]:
+//! - `plaintext`: no `k8s:enc:` prefix, whatever the config says;
+//! - `current`: read by the first entry (the write provider and key);
+//! - `stale`: read by a later entry — rewrite it before removing that key;
+//! - `unknown-key`: encrypted, but no entry's prefix matches (kube-apiserver cannot read it);
+//! - `undecryptable`: some entries' prefixes match but every one of them failed;
+//! - `kms`: a configured KMS provider's value (needs the plugin; not verified here);
+//! - `encrypted`: only without a config ([`classify_without_config`]).
+
+use std::fmt;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::config::{Config, ProviderConfiguration};
+use crate::provider::{
+    aescbc::AesCbc, aesgcm::AesGcm, identity::Identity, identity::ENCRYPTED_MARKER, kms::Kms,
+    kms::KmsVersion, secretbox::Secretbox, DecryptError, EncryptError, KeyError, Plaintext,
+    Provider, ProviderKind,
+};
+
+/// The state of one stored value against a config (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Stored without encryption.
+    Plaintext,
+    /// Encrypted with the config's write provider and key, and it decrypts.
+    Current,
+    /// Encrypted with another provider/key of the config, and it decrypts.
+    Stale,
+    /// Encrypted with a provider/key the config does not have.
+    UnknownKey,
+    /// The config has that provider/key but decryption fails.
+    Undecryptable,
+    /// Encrypted by a KMS provider: recognised, not verified locally.
+    Kms,
+    /// Encrypted, not verified (no config was given).
+    Encrypted,
+}
+
+impl State {
+    /// Every state, in report order.
+    pub const ALL: [State; 7] = [
+        State::Plaintext,
+        State::Current,
+        State::Stale,
+        State::UnknownKey,
+        State::Undecryptable,
+        State::Kms,
+        State::Encrypted,
+    ];
+
+    /// The name used in reports (`unknown-key`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Plaintext => "plaintext",
+            State::Current => "current",
+            State::Stale => "stale",
+            State::UnknownKey => "unknown-key",
+            State::Undecryptable => "undecryptable",
+            State::Kms => "kms",
+            State::Encrypted => "encrypted",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The provider and key name read off an encrypted value's prefix, without a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedPrefix {
+    /// The provider, if it is one kube-apiserver has.
+    pub provider: Option<ProviderKind>,
+    /// The provider name as written (`aescbc`, `kms`, or anything else).
+    pub provider_name: String,
+    /// `v1` or `v2`.
+    pub version: String,
+    /// The key name (KMS: the provider name). Best effort: names may contain `:`, and without a
+    /// config the end of the name is where the printable text ends (see [`parse_prefix`]).
+    pub key_name: Option<String>,
+}
+
+/// Reads `k8s:enc:<provider>:<version>:<name>:` off a value without a config.
+///
+/// The key name is the longest run of printable ASCII after the version, up to its last `:` —
+/// so k3s-style names with `:` inside are kept whole. Random IV bytes that happen to be
+/// printable could extend it in rare cases; with a config, names are matched exactly instead.
+/// Returns `None` when the value is not encrypted (no `k8s:enc:`).
+pub fn parse_prefix(value: &[u8]) -> Option<ParsedPrefix> {
+    let rest = value.strip_prefix(ENCRYPTED_MARKER)?;
+    let field = |s: &[u8]| -> Option<(String, usize)> {
+        let end = s.iter().take(32).position(|&b| b == b':')?;
+        let text = std::str::from_utf8(&s[..end]).ok()?;
+        text.bytes()
+            .all(|b| b.is_ascii_alphanumeric())
+            .then(|| (text.to_owned(), end + 1))
+    };
+    let Some((provider_name, used)) = field(rest) else {
+        return Some(ParsedPrefix {
+            provider: None,
+            provider_name: String::new(),
+            version: String::new(),
+            key_name: None,
+        });
+    };
+    let rest = &rest[used..];
+    let (version, used) = field(rest).unwrap_or_default();
+    let rest = &rest[used..];
+    let printable = rest
+        .iter()
+        .position(|b| !(0x20..0x7f).contains(b))
+        .unwrap_or(rest.len());
+    let key_name = rest[..printable]
+        .iter()
+        .rposition(|&b| b == b':')
+        .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
+        .map(str::to_owned);
+    let provider = match provider_name.as_str() {
+        "aescbc" => Some(ProviderKind::Aescbc),
+        "aesgcm" => Some(ProviderKind::Aesgcm),
+        "secretbox" => Some(ProviderKind::Secretbox),
+        "kms" => Some(ProviderKind::Kms),
+        _ => None,
+    };
+    Some(ParsedPrefix {
+        provider,
+        provider_name,
+        version,
+        key_name,
+    })
+}
+
+/// What [`Chain::classify`] found out about one stored value.
+///
+/// `Debug` never shows the plaintext.
+pub struct Classification {
+    /// The value's state.
+    pub state: State,
+    /// The provider that wrote it (`None` for plaintext, or an unrecognised provider).
+    pub provider: Option<ProviderKind>,
+    /// The key name (KMS: the provider name).
+    pub key_name: Option<String>,
+    /// Whether kube-apiserver running this config can read the value (`None` without config).
+    pub readable: Option<bool>,
+    /// Why it could not be read, for `undecryptable` and `unknown-key` values.
+    pub error: Option<String>,
+    /// The decrypted bytes, when the value was read (plaintext values: the value itself).
+    pub plaintext: Option<Plaintext>,
+    /// Index of the chain entry that read it.
+    pub read_by: Option<usize>,
+}
+
+impl fmt::Debug for Classification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classification")
+            .field("state", &self.state)
+            .field("provider", &self.provider)
+            .field("key_name", &self.key_name)
+            .field("readable", &self.readable)
+            .field("error", &self.error)
+            .field("plaintext_len", &self.plaintext.as_ref().map(|p| p.len()))
+            .field("read_by", &self.read_by)
+            .finish()
+    }
+}
+
+/// Classifies a value when no config is given: plaintext, kms, or encrypted (not verified).
+pub fn classify_without_config(value: &[u8]) -> Classification {
+    match parse_prefix(value) {
+        None => Classification {
+            state: State::Plaintext,
+            provider: None,
+            key_name: None,
+            readable: None,
+            error: None,
+            plaintext: None,
+            read_by: None,
+        },
+        Some(p) => Classification {
+            state: if p.provider == Some(ProviderKind::Kms) {
+                State::Kms
+            } else {
+                State::Encrypted
+            },
+            error: p
+                .provider
+                .is_none()
+                .then(|| format!("unrecognised provider {:?} in value prefix", p.provider_name)),
+            provider: p.provider,
+            key_name: p.key_name,
+            readable: None,
+            plaintext: None,
+            read_by: None,
+        },
+    }
+}
+
+/// Why a chain could not be built or used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TransformError {
+    /// A key could not be turned into a cipher.
+    #[error("resources[{resource}].providers[{provider}]: {source}")]
+    Key {
+        /// Index of the resources entry.
+        resource: usize,
+        /// Index of the provider in that entry.
+        provider: usize,
+        /// The problem.
+        #[source]
+        source: KeyError,
+    },
+    /// The config does not name the resource: kube-apiserver stores it unencrypted.
+    #[error("the config does not cover resource {0:?}: kube-apiserver stores it unencrypted")]
+    NotCovered(String),
+    /// Encryption failed.
+    #[error(transparent)]
+    Encrypt(#[from] EncryptError),
+}
+
+/// One entry of a chain: a provider with one key, and where it came from in the config.
+#[derive(Debug)]
+pub struct ChainEntry {
+    /// The provider with its key.
+    pub provider: Provider,
+    /// `resources[i].providers[j]`'s index pair, and the key index inside it.
+    pub origin: (usize, usize, usize),
+}
+
+/// The providers that apply to one resource, flattened to one entry per key, in read order.
+#[derive(Debug)]
+pub struct Chain {
+    entries: Vec<ChainEntry>,
+    resource: String,
+}
+
+impl Chain {
+    /// Builds the chain kube-apiserver would use for `group`/`resource` (`""`/`secrets` for
+    /// Secrets).
+    pub fn from_config(config: &Config, group: &str, resource: &str) -> Result<Chain, TransformError> {
+        let providers = config.providers_for(group, resource);
+        if providers.is_empty() {
+            return Err(TransformError::NotCovered(if group.is_empty() {
+                resource.to_owned()
+            } else {
+                format!("{resource}.{group}")
+            }));
+        }
+        let mut entries = Vec::new();
+        for (origin, p) in providers {
+            Self::flatten(p, origin, &mut entries)?;
+        }
+        Ok(Chain {
+            entries,
+            resource: resource.to_owned(),
+        })
+    }
+
+    fn flatten(
+        p: &ProviderConfiguration,
+        (ri, pi): (usize, usize),
+        out: &mut Vec<ChainEntry>,
+    ) -> Result<(), TransformError> {
+        let key_err = |source| TransformError::Key {
+            resource: ri,
+            provider: pi,
+            source,
+        };
+        let mut push = |provider, ki| {
+            out.push(ChainEntry {
+                provider,
+                origin: (ri, pi, ki),
+            })
+        };
+        if let Some(c) = &p.aescbc {
+            for (ki, k) in c.keys.iter().enumerate() {
+                let cipher = AesCbc::new(&k.name, &k.material()).map_err(key_err)?;
+                push(Provider::Aescbc(cipher), ki);
+            }
+        } else if let Some(c) = &p.aesgcm {
+            for (ki, k) in c.keys.iter().enumerate() {
+                let cipher = AesGcm::new(&k.name, &k.material()).map_err(key_err)?;
+                push(Provider::Aesgcm(cipher), ki);
+            }
+        } else if let Some(c) = &p.secretbox {
+            for (ki, k) in c.keys.iter().enumerate() {
+                let cipher = Secretbox::new(&k.name, &k.material()).map_err(key_err)?;
+                push(Provider::Secretbox(cipher), ki);
+            }
+        } else if p.identity.is_some() {
+            push(Provider::Identity(Identity), 0);
+        } else if let Some(k) = &p.kms {
+            let version = match k.api_version.as_deref() {
+                Some("v2") => KmsVersion::V2,
+                _ => KmsVersion::V1,
+            };
+            push(Provider::Kms(Kms::new(&k.name, version)), 0);
+        }
+        Ok(())
+    }
+
+    /// The chain's entries, in read order.
+    pub fn entries(&self) -> &[ChainEntry] {
+        &self.entries
+    }
+
+    /// The resource this chain is for.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The entry new writes use.
+    pub fn write_entry(&self) -> &ChainEntry {
+        // `from_config` refuses an empty chain and validation requires a provider.
+        &self.entries[0]
+    }
+
+    /// Whether kube-apiserver with this config can read unencrypted values.
+    pub fn reads_plaintext(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.provider, Provider::Identity(_)))
+    }
+
+    /// Encrypts `plaintext` for `etcd_key` with the write provider and key, as kube-apiserver
+    /// would store it.
+    pub fn encrypt(&self, plaintext: &[u8], etcd_key: &[u8]) -> Result<Vec<u8>, TransformError> {
+        Ok(self.write_entry().provider.encrypt(plaintext, etcd_key)?)
+    }
+
+    /// Reads and classifies one stored value. Never fails: a bad value is a state.
+    pub fn classify(&self, value: &[u8], etcd_key: &[u8]) -> Classification {
+        if !value.starts_with(ENCRYPTED_MARKER) {
+            let identity_first = matches!(self.entries[0].provider, Provider::Identity(_));
+            return Classification {
+                state: State::Plaintext,
+                provider: None,
+                key_name: None,
+                readable: Some(self.reads_plaintext()),
+                error: (!self.reads_plaintext()).then(|| {
+                    "no matching prefix found (the config has no identity provider)".to_owned()
+                }),
+                plaintext: Some(zeroize::Zeroizing::new(value.to_vec())),
+                read_by: if identity_first { Some(0) } else { None },
+            };
+        }
+        let mut errors: Vec<String> = Vec::new();
+        let mut first_match: Option<&ChainEntry> = None;
+        for (i, entry) in self.entries.iter().enumerate() {
+            if matches!(entry.provider, Provider::Identity(_)) {
+                // Identity fails on every encrypted value; kube-apiserver skips that failure.
+                continue;
+            }
+            let Some(result) = entry.provider.try_decrypt(value, etcd_key) else {
+                continue;
+            };
+            first_match.get_or_insert(entry);
+            match result {
+                Ok(plaintext) => {
+                    return Classification {
+                        state: if i == 0 { State::Current } else { State::Stale },
+                        provider: Some(entry.provider.kind()),
+                        key_name: entry.provider.key_name().map(str::to_owned),
+                        readable: Some(true),
+                        error: None,
+                        plaintext: Some(plaintext),
+                        read_by: Some(i),
+                    }
+                }
+                Err(DecryptError::Kms) => {
+                    return Classification {
+                        state: State::Kms,
+                        provider: Some(ProviderKind::Kms),
+                        key_name: entry.provider.key_name().map(str::to_owned),
+                        readable: Some(true),
+                        error: None,
+                        plaintext: None,
+                        read_by: Some(i),
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if !errors.contains(&msg) {
+                        errors.push(msg);
+                    }
+                }
+            }
+        }
+        match first_match {
+            Some(entry) => Classification {
+                state: State::Undecryptable,
+                provider: Some(entry.provider.kind()),
+                key_name: entry.provider.key_name().map(str::to_owned),
+                readable: Some(false),
+                error: Some(if errors.len() == 1 {
+                    errors.remove(0)
+                } else {
+                    format!("[{}]", errors.join(", "))
+                }),
+                plaintext: None,
+                read_by: None,
+            },
+            None => {
+                let parsed = parse_prefix(value);
+                let (provider, key_name) = parsed
+                    .map(|p| (p.provider, p.key_name))
+                    .unwrap_or((None, None));
+                Classification {
+                    state: State::UnknownKey,
+                    error: Some(format!(
+                        "no configured {} key matches this value's prefix",
+                        provider.map_or("provider", ProviderKind::as_str)
+                    )),
+                    provider,
+                    key_name,
+                    readable: Some(false),
+                    plaintext: None,
+                    read_by: None,
+                }
+            }
+        }
+    }
+
+    /// Decides what a rewrite does with one stored value, and for a write, produces the new value
+    /// **already verified**: it was read back through the whole chain and decrypts, as the
+    /// write key, to exactly the old plaintext.
+    pub fn plan_rewrite(&self, value: &[u8], etcd_key: &[u8]) -> (Classification, RewritePlan) {
+        let found = self.classify(value, etcd_key);
+        let identity_write = matches!(self.write_entry().provider, Provider::Identity(_));
+        let plan = match found.state {
+            State::Current => RewritePlan::AlreadyCurrent,
+            State::Plaintext if identity_write => RewritePlan::AlreadyCurrent,
+            State::Plaintext | State::Stale => match &found.plaintext {
+                Some(plaintext) => self.verified_write(plaintext, etcd_key),
+                None => RewritePlan::Skip,
+            },
+            State::UnknownKey | State::Undecryptable | State::Kms | State::Encrypted => {
+                RewritePlan::Skip
+            }
+        };
+        (found, plan)
+    }
+
+    fn verified_write(&self, plaintext: &[u8], etcd_key: &[u8]) -> RewritePlan {
+        let new_value = match self.encrypt(plaintext, etcd_key) {
+            Ok(v) => v,
+            Err(e) => return RewritePlan::Failed(e.to_string()),
+        };
+        let back = self.classify(&new_value, etcd_key);
+        let expected_state = if matches!(self.write_entry().provider, Provider::Identity(_)) {
+            State::Plaintext
+        } else {
+            State::Current
+        };
+        match back.plaintext {
+            Some(p) if back.state == expected_state && p.as_slice() == plaintext => {
+                RewritePlan::Write(new_value)
+            }
+            _ => RewritePlan::Failed(format!(
+                "verification failed: the new value reads back as {} instead of the old plaintext",
+                back.state
+            )),
+        }
+    }
+}
+
+/// What a rewrite does with one value.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RewritePlan {
+    /// Already what the write provider would store: nothing to do.
+    AlreadyCurrent,
+    /// Will not touch it (unknown key, undecryptable, kms).
+    Skip,
+    /// Write this new value (verified to decrypt to the old plaintext).
+    Write(Vec<u8>),
+    /// A new value could not be produced or did not verify; nothing is written.
+    Failed(String),
+}

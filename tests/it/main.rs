@@ -1,0 +1,6 @@
+//! atrest's integration tests: one test binary (one link of tonic), against a real etcd.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod harness;
