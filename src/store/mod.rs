@@ -90,6 +90,17 @@ pub enum StoreError {
     Stopped,
 }
 
+/// One page of a scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Entries in key order.
+    pub entries: Vec<Entry>,
+    /// The store revision the page was read at (pass it back to pin the next page).
+    pub revision: i64,
+    /// Whether more keys follow under the prefix.
+    pub more: bool,
+}
+
 /// The read side every store has.
 pub trait ReadStore {
     /// Where the data comes from, for reports: `etcd http://127.0.0.1:2379` or
@@ -99,16 +110,54 @@ pub trait ReadStore {
     /// How many keys are under `prefix` now (used to size progress bars).
     fn count(&self, prefix: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Visits every key under `prefix`, in key order, all at one revision, without holding more
-    /// than one page of entries in memory. `visit` returning `false` stops the scan with
+    /// Reads one page of keys under `prefix`, in key order, strictly after `after` (or from the
+    /// start), at `revision` (or the current revision when `None`). The store bounds the page by
+    /// entry count and by bytes.
+    fn page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        revision: Option<i64>,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// Visits every key under `prefix`, in key order, all at the revision of the first page,
+    /// holding one page in memory at a time. `visit` returning `false` stops the scan with
     /// [`StoreError::Stopped`].
     fn scan<F>(
         &self,
         prefix: &[u8],
-        visit: F,
+        mut visit: F,
     ) -> impl Future<Output = Result<ScanInfo, StoreError>> + Send
     where
-        F: FnMut(Entry) -> bool + Send;
+        Self: Sync,
+        F: FnMut(Entry) -> bool + Send,
+    {
+        async move {
+            let mut after: Option<Vec<u8>> = None;
+            let mut revision = None;
+            let mut entries = 0u64;
+            loop {
+                let page = self.page(prefix, after.as_deref(), revision).await?;
+                revision = Some(page.revision);
+                let more = page.more;
+                if let Some(last) = page.entries.last() {
+                    after = Some(last.key.clone());
+                }
+                for entry in page.entries {
+                    entries += 1;
+                    if !visit(entry) {
+                        return Err(StoreError::Stopped);
+                    }
+                }
+                if !more || after.is_none() {
+                    return Ok(ScanInfo {
+                        revision: revision.unwrap_or_default(),
+                        entries,
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// The write side only a live store has.
