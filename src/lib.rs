@@ -32,6 +32,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod inspect;
 pub mod object;
 pub mod provider;
 pub mod rewrite;
