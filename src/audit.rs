@@ -321,7 +321,10 @@ mod tests {
             (Some("default".into()), Some("db".into()))
         );
         assert_eq!(
-            namespace_and_name(b"/registry/namespaces/", b"/registry/namespaces/kube-system"),
+            namespace_and_name(
+                b"/registry/namespaces/",
+                b"/registry/namespaces/kube-system"
+            ),
             (None, Some("kube-system".into()))
         );
         assert_eq!(namespace_and_name(p, b"/other/x"), (None, None));
@@ -370,7 +373,10 @@ mod tests {
         let e = a.add(&entry).clone();
         assert_eq!(e.state, State::Encrypted);
         assert_eq!(e.provider, Some(ProviderKind::Aescbc));
-        assert_eq!(e.key_name.as_deref(), Some("aescbckey-2025-05-16T19:21:39Z"));
+        assert_eq!(
+            e.key_name.as_deref(),
+            Some("aescbckey-2025-05-16T19:21:39Z")
+        );
         entry.value = b"k8s\0plain".to_vec();
         assert_eq!(a.add(&entry).state, State::Plaintext);
         entry.value = b"k8s:enc:kms:v2:plugin:\x0a".to_vec();

@@ -154,7 +154,13 @@ impl EtcdServer {
 
     fn etcdctl_ok(&self) -> bool {
         Command::new(etcdctl_binary())
-            .args(["--endpoints", &self.endpoint, "--command-timeout=2s", "endpoint", "health"])
+            .args([
+                "--endpoints",
+                &self.endpoint,
+                "--command-timeout=2s",
+                "endpoint",
+                "health",
+            ])
             .env("ETCDCTL_API", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -121,7 +121,11 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
         for (ns, entries) in &groups {
             for e in entries {
                 let mut row = vec![
-                    if ns.is_empty() { "-".to_owned() } else { (*ns).to_owned() },
+                    if ns.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        (*ns).to_owned()
+                    },
                     e.name.clone().unwrap_or_else(|| e.key.clone()),
                     e.state.to_string(),
                     e.provider.map_or("-".to_owned(), |p| p.to_string()),
@@ -144,7 +148,8 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
 
     if let Some(h) = &r.history {
         let exposed = h.plaintext + h.stale + h.unknown_key + h.undecryptable;
-        out += &format!(
+        out +=
+            &format!(
             "\nHistory: {} older revisions under the prefix are still stored ({} plaintext{}).\n",
             h.total,
             h.plaintext,

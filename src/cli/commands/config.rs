@@ -5,7 +5,9 @@ use std::io::IsTerminal;
 use atrest::config::{self, Config, ConfigError, NewConfig, NewProvider};
 use serde::Serialize;
 
-use crate::cli::args::{ConfigCheckArgs, ConfigCommand, ConfigNewArgs, NewProviderArg, OutputFormat};
+use crate::cli::args::{
+    ConfigCheckArgs, ConfigCommand, ConfigNewArgs, NewProviderArg, OutputFormat,
+};
 use crate::cli::output;
 use crate::cli::{CliError, Exit};
 
@@ -35,8 +37,9 @@ fn new(args: ConfigNewArgs) -> Result<Exit, CliError> {
     match &args.out {
         Some(path) => {
             config::write_atomic(path, yaml.as_bytes(), args.force).map_err(|e| match e {
-                ConfigError::Exists { .. } => CliError::usage(e.to_string())
-                    .advice("pass --force to replace it (the old key is then lost unless you kept a copy)"),
+                ConfigError::Exists { .. } => CliError::usage(e.to_string()).advice(
+                    "pass --force to replace it (the old key is then lost unless you kept a copy)",
+                ),
                 other => CliError::from(other),
             })?;
             eprintln!(
@@ -102,7 +105,9 @@ fn check(args: ConfigCheckArgs, format: Option<OutputFormat>) -> Result<Exit, Cl
         None => Ok(Exit::Clean),
         Some(e) => {
             let mut cli = CliError::usage(format!("{}: invalid configuration", report.file))
-                .advice("kube-apiserver would refuse to start with this file; fix each field above");
+                .advice(
+                    "kube-apiserver would refuse to start with this file; fix each field above",
+                );
             for line in e.lines() {
                 cli = cli.detail(line);
             }

@@ -15,10 +15,10 @@ fn resource_prefix(etcd_key: &str) -> Result<String, CliError> {
         (Some(root), Some(resource), Some(_)) if !root.is_empty() && !resource.is_empty() => {
             Ok(format!("/{root}/{resource}/"))
         }
-        _ => Err(CliError::usage(format!(
-            "--etcd-key {etcd_key:?} is not a full etcd key"
-        ))
-        .advice("pass the key exactly as stored, e.g. /registry/secrets/default/db")),
+        _ => Err(
+            CliError::usage(format!("--etcd-key {etcd_key:?} is not a full etcd key"))
+                .advice("pass the key exactly as stored, e.g. /registry/secrets/default/db"),
+        ),
     }
 }
 

@@ -10,10 +10,7 @@ use crate::cli::output::{self, read_input, yes_no};
 use crate::cli::{CliError, Exit};
 
 /// Runs `atrest inspect`.
-pub(crate) async fn run(
-    args: InspectArgs,
-    format: Option<OutputFormat>,
-) -> Result<Exit, CliError> {
+pub(crate) async fn run(args: InspectArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
     let value = match &args.snapshot {
         Some(path) => {
             let key = args.etcd_key.as_deref().ok_or_else(|| {

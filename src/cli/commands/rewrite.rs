@@ -35,7 +35,10 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
                 CliError::store(format!("backup to {} failed: {e}", path.display()))
                     .advice("nothing was written; fix the backup path or drop --backup")
             })?;
-            eprintln!("Backup: {} ({size} bytes) saved before any write.", path.display());
+            eprintln!(
+                "Backup: {} ({size} bytes) saved before any write.",
+                path.display()
+            );
         }
     }
     let opts = RewriteOptions {
@@ -45,7 +48,11 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         allow_decrypt: args.allow_decrypt,
         ..RewriteOptions::default()
     };
-    let bar = Progress(output::progress(if args.dry_run { "planning" } else { "rewriting" }));
+    let bar = Progress(output::progress(if args.dry_run {
+        "planning"
+    } else {
+        "rewriting"
+    }));
     let shutdown = async {
         // Ctrl-C: finish the transactions in flight, start no new ones.
         let _ = tokio::signal::ctrl_c().await;
@@ -77,7 +84,15 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
 
 fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>) -> String {
     let mut t = output::table();
-    t.set_header(vec!["scanned", "rewritten", "already current", "skipped", "conflicts", "failed", "deleted"]);
+    t.set_header(vec![
+        "scanned",
+        "rewritten",
+        "already current",
+        "skipped",
+        "conflicts",
+        "failed",
+        "deleted",
+    ]);
     t.add_row(vec![
         s.scanned.to_string(),
         s.rewritten.to_string(),
@@ -89,7 +104,11 @@ fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>) -> Str
     ]);
     let mut out = format!(
         "{} {} at revision {}\n{t}\n",
-        if args.dry_run { "Dry run of rewrite of" } else { "Rewrite of" },
+        if args.dry_run {
+            "Dry run of rewrite of"
+        } else {
+            "Rewrite of"
+        },
         args.prefix,
         s.revision
     );
