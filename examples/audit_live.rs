@@ -10,7 +10,9 @@ use atrest::transform::Chain;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let endpoint = args.next().unwrap_or_else(|| "http://127.0.0.1:2379".into());
+    let endpoint = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:2379".into());
     let config = args
         .next()
         .unwrap_or_else(|| "examples/encryption-config.yaml".into());
@@ -25,7 +27,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = audit(&store, Some(&chain), b"/registry/secrets/", &NoProgress).await?;
     println!("{}", serde_json::to_string_pretty(&report.summary)?);
     if report.verdict(false) == Verdict::Findings {
-        println!("findings: run `atrest rewrite --config …` to re-encrypt plaintext and stale entries");
+        println!(
+            "findings: run `atrest rewrite --config …` to re-encrypt plaintext and stale entries"
+        );
     }
     Ok(())
 }

@@ -72,7 +72,9 @@ fn stored_secret(ns: &str, name: &str, uid: &str, created: u64, data: &[(&str, &
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let endpoint = args.next().unwrap_or_else(|| "http://127.0.0.1:2379".into());
+    let endpoint = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:2379".into());
     let config_path = args
         .next()
         .unwrap_or_else(|| "examples/encryption-config.yaml".into());
@@ -117,11 +119,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             name,
             &uid,
             1_700_000_000 + n * 3600,
-            &[("username", b"admin"), ("password", format!("s3cr3t-{n}").as_bytes())],
+            &[
+                ("username", b"admin"),
+                ("password", format!("s3cr3t-{n}").as_bytes()),
+            ],
         );
         let value = match how {
             "plaintext" => plain,
-            "key1" => before_rotation.encrypt(&plain, key.as_bytes()).expect("encrypt"),
+            "key1" => before_rotation
+                .encrypt(&plain, key.as_bytes())
+                .expect("encrypt"),
             "key2" => current.encrypt(&plain, key.as_bytes()).expect("encrypt"),
             "key0" => lost_key.encrypt(&plain, key.as_bytes()).expect("encrypt"),
             "corrupt" => {
@@ -168,7 +175,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     // Something outside the audited prefix.
     client
-        .put("/registry/configmaps/default/app-settings", b"k8s\0".to_vec(), None)
+        .put(
+            "/registry/configmaps/default/app-settings",
+            b"k8s\0".to_vec(),
+            None,
+        )
         .await?;
     println!("seeded {} Secrets at {endpoint}", writes.len());
     Ok(())

@@ -3,5 +3,5 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod harness;
 mod cli;
+mod harness;
