@@ -1056,3 +1056,19 @@ fn corpus_invalid_configs_fail_with_the_expected_message() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn documents_without_a_kind() {
+    for text in ["", "# only a comment\n", "---\n"] {
+        assert_eq!(err(text), "Object 'Kind' is missing", "{text:?}");
+    }
+    assert_eq!(
+        err("[]"),
+        "error decoding encryption provider configuration: invalid type: sequence, expected struct EncryptionConfiguration"
+    );
+    // A bare scalar (perhaps a pasted key) is not echoed.
+    assert_eq!(
+        err(LEAKY),
+        "error decoding encryption provider configuration: invalid type: string, expected struct EncryptionConfiguration"
+    );
+}
