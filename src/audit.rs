@@ -408,3 +408,27 @@ pub fn kind_of_resource(resource: &str) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// The entries `before` can read but `after` cannot: what removing keys (`config rotate
+/// --stage prune`) would make unreadable. Empty means the change is safe for this store.
+pub async fn unreadable_after<S: ReadStore + Sync>(
+    store: &S,
+    before: &Chain,
+    after: &Chain,
+    prefix: &[u8],
+) -> Result<Vec<ReportEntry>, StoreError> {
+    let mut lost = Auditor::new(Some(before), prefix);
+    let mut blocked = Vec::new();
+    store
+        .scan(prefix, |entry| {
+            let now = before.classify(&entry.value, &entry.key);
+            if now.readable == Some(true)
+                && after.classify(&entry.value, &entry.key).readable != Some(true)
+            {
+                blocked.push(lost.add(&entry).clone());
+            }
+            true
+        })
+        .await?;
+    Ok(blocked)
+}

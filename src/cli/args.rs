@@ -49,6 +49,49 @@ pub(crate) enum ConfigCommand {
     New(ConfigNewArgs),
     /// Validate a file the way kube-apiserver does, and warn about weak settings.
     Check(ConfigCheckArgs),
+    /// Take one step of the documented key rotation: add a key, promote it, prune old keys.
+    Rotate(ConfigRotateArgs),
+}
+
+/// Rotation stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Stage {
+    /// Add a new random key in second position (readable everywhere before anyone writes it).
+    Add,
+    /// Move the new key first: new writes use it. Then run `atrest rewrite`.
+    Promote,
+    /// Remove every key but the write key, once no stored entry needs them.
+    Prune,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigRotateArgs {
+    /// The EncryptionConfiguration file to edit (in place, atomically, mode 0600).
+    pub(crate) file: PathBuf,
+    /// The rotation stage to perform.
+    #[arg(long, value_enum)]
+    pub(crate) stage: Stage,
+    /// add: the new key's name (default: the next free `keyN`); promote: the key to move
+    /// first (default: the key `add` put second).
+    #[arg(long)]
+    pub(crate) key_name: Option<String>,
+    /// add: the provider of the new key (default: the current write provider's, or aescbc).
+    #[arg(long, value_enum)]
+    pub(crate) provider: Option<NewProviderArg>,
+    /// The resource whose providers are edited.
+    #[arg(long, default_value = "secrets")]
+    pub(crate) resource: String,
+    /// Do not keep the previous file as FILE.bak.
+    #[arg(long)]
+    pub(crate) no_backup: bool,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// prune: check an etcd snapshot or data file instead of a live etcd.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) snapshot: Option<PathBuf>,
+    /// prune: the key prefix whose entries must stay readable.
+    #[arg(long, default_value = "/registry/secrets/")]
+    pub(crate) prefix: String,
 }
 
 /// Providers `config new` can generate.

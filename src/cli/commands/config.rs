@@ -16,6 +16,11 @@ pub(crate) fn run(cmd: ConfigCommand, format: Option<OutputFormat>) -> Result<Ex
     match cmd {
         ConfigCommand::New(a) => new(a),
         ConfigCommand::Check(a) => check(a, format),
+        ConfigCommand::Rotate(a) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::internal(format!("cannot start the async runtime: {e}")))?
+            .block_on(super::rotate::run(a)),
     }
 }
 

@@ -5,6 +5,7 @@ pub(crate) mod config;
 pub(crate) mod crypt;
 pub(crate) mod inspect;
 pub(crate) mod rewrite;
+pub(crate) mod rotate;
 
 use std::path::Path;
 
