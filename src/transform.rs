@@ -209,10 +209,12 @@ pub fn classify_without_config(value: &[u8]) -> Classification {
             } else {
                 State::Encrypted
             },
-            error: p
-                .provider
-                .is_none()
-                .then(|| format!("unrecognised provider {:?} in value prefix", p.provider_name)),
+            error: p.provider.is_none().then(|| {
+                format!(
+                    "unrecognised provider {:?} in value prefix",
+                    p.provider_name
+                )
+            }),
             provider: p.provider,
             key_name: p.key_name,
             readable: None,
@@ -264,7 +266,11 @@ pub struct Chain {
 impl Chain {
     /// Builds the chain kube-apiserver would use for `group`/`resource` (`""`/`secrets` for
     /// Secrets).
-    pub fn from_config(config: &Config, group: &str, resource: &str) -> Result<Chain, TransformError> {
+    pub fn from_config(
+        config: &Config,
+        group: &str,
+        resource: &str,
+    ) -> Result<Chain, TransformError> {
         let providers = config.providers_for(group, resource);
         if providers.is_empty() {
             return Err(TransformError::NotCovered(if group.is_empty() {

@@ -16,7 +16,9 @@ use aes::{Aes128, Aes192, Aes256};
 use cbc::cipher::block_padding::Pkcs7;
 use zeroize::Zeroizing;
 
-use super::{fill_random, key_prefix, DecryptError, KeyError, KeyMaterial, Plaintext, ProviderKind};
+use super::{
+    fill_random, key_prefix, DecryptError, KeyError, KeyMaterial, Plaintext, ProviderKind,
+};
 use crate::wire::Reader;
 
 /// AES block and IV size.
@@ -40,7 +42,9 @@ pub struct AesCbc {
 
 impl std::fmt::Debug for AesCbc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AesCbc").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("AesCbc")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -231,7 +235,9 @@ mod tests {
         ));
         // IV but no ciphertext
         assert_eq!(
-            p.try_decrypt(&good[..prefix_len + 16]).unwrap().unwrap_err(),
+            p.try_decrypt(&good[..prefix_len + 16])
+                .unwrap()
+                .unwrap_err(),
             DecryptError::BlockSize(0)
         );
         // not block aligned

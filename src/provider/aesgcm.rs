@@ -47,7 +47,9 @@ pub struct AesGcm {
 
 impl std::fmt::Debug for AesGcm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AesGcm").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("AesGcm")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,11 +169,12 @@ mod tests {
         let value = p.encrypt_with_nonce(b"k8s\0hello", AAD, &nonce).unwrap();
         let mut expected = b"k8s:enc:aesgcm:v1:key1:".to_vec();
         expected.extend_from_slice(&nonce);
-        expected.extend_from_slice(&hex(
-            "f26d29ab84a8d733 28 7c4e2f76bb65670d62157bec467ec70a",
-        ));
+        expected.extend_from_slice(&hex("f26d29ab84a8d733 28 7c4e2f76bb65670d62157bec467ec70a"));
         assert_eq!(value, expected);
-        assert_eq!(&*p.try_decrypt(&value, AAD).unwrap().unwrap(), b"k8s\0hello");
+        assert_eq!(
+            &*p.try_decrypt(&value, AAD).unwrap().unwrap(),
+            b"k8s\0hello"
+        );
         // bound to the etcd key
         assert_eq!(
             p.try_decrypt(&value, b"/registry/secrets/default/secret2")

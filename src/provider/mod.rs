@@ -124,7 +124,9 @@ pub enum DecryptError {
     Padding,
     /// The authentication tag does not verify: wrong key, corrupt value, or (aesgcm) a value
     /// moved to another etcd key.
-    #[error("authentication failed (wrong key, corrupt value, or a value moved from another etcd key)")]
+    #[error(
+        "authentication failed (wrong key, corrupt value, or a value moved from another etcd key)"
+    )]
     Authentication,
     /// The identity provider refuses to read a value that is encrypted.
     #[error("identity transformer tried to read encrypted data")]

@@ -36,7 +36,9 @@ pub struct Secretbox {
 
 impl std::fmt::Debug for Secretbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Secretbox").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Secretbox")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -136,9 +138,7 @@ mod tests {
         let value = p.encrypt_with_nonce(b"k8s\0hello", &nonce).unwrap();
         let mut expected = b"k8s:enc:secretbox:v1:key1:".to_vec();
         expected.extend_from_slice(&nonce);
-        expected.extend_from_slice(&hex(
-            "e49520f5337b74dfea5dea8cde3dd6a3 f6cff08932d61c8354",
-        ));
+        expected.extend_from_slice(&hex("e49520f5337b74dfea5dea8cde3dd6a3 f6cff08932d61c8354"));
         assert_eq!(value, expected);
         assert_eq!(&*p.try_decrypt(&value).unwrap().unwrap(), b"k8s\0hello");
     }
