@@ -289,6 +289,25 @@ impl Chain {
         })
     }
 
+    /// Builds a chain from providers directly, in read order (the first one encrypts). For
+    /// library users and tests; configs go through [`Chain::from_config`]. `None` if empty.
+    pub fn from_providers(resource: &str, providers: Vec<Provider>) -> Option<Chain> {
+        if providers.is_empty() {
+            return None;
+        }
+        Some(Chain {
+            entries: providers
+                .into_iter()
+                .enumerate()
+                .map(|(i, provider)| ChainEntry {
+                    provider,
+                    origin: (0, i, 0),
+                })
+                .collect(),
+            resource: resource.to_owned(),
+        })
+    }
+
     fn flatten(
         p: &ProviderConfiguration,
         (ri, pi): (usize, usize),
@@ -508,4 +527,171 @@ pub enum RewritePlan {
     Write(Vec<u8>),
     /// A new value could not be produced or did not verify; nothing is written.
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::KeyMaterial;
+
+    const KEY: &[u8] = b"/registry/secrets/default/db";
+
+    fn cbc(name: &str, byte: u8) -> Provider {
+        Provider::Aescbc(AesCbc::new(name, &KeyMaterial::new(vec![byte; 32])).unwrap())
+    }
+    fn gcm(name: &str, byte: u8) -> Provider {
+        Provider::Aesgcm(AesGcm::new(name, &KeyMaterial::new(vec![byte; 32])).unwrap())
+    }
+    fn chain(providers: Vec<Provider>) -> Chain {
+        Chain::from_providers("secrets", providers).unwrap()
+    }
+
+    #[test]
+    fn states_of_every_kind() {
+        let old = chain(vec![cbc("key0", 0)]);
+        let c = chain(vec![
+            cbc("key1", 1),
+            cbc("key0", 0),
+            Provider::Kms(Kms::new("plugin", KmsVersion::V2)),
+            Provider::Identity(Identity),
+        ]);
+        let current = c.encrypt(b"k8s\0a", KEY).unwrap();
+        let stale = old.encrypt(b"k8s\0b", KEY).unwrap();
+        let unknown = chain(vec![cbc("other", 9)]).encrypt(b"x", KEY).unwrap();
+        let mut corrupt = c.encrypt(b"k8s\0c", KEY).unwrap();
+        let n = corrupt.len();
+        corrupt.truncate(n - 1);
+
+        let r = c.classify(&current, KEY);
+        assert_eq!(
+            (r.state, r.read_by, r.readable),
+            (State::Current, Some(0), Some(true))
+        );
+        assert_eq!(
+            r.plaintext.as_deref().map(Vec::as_slice),
+            Some(&b"k8s\0a"[..])
+        );
+        let r = c.classify(&stale, KEY);
+        assert_eq!(
+            (r.state, r.key_name.as_deref()),
+            (State::Stale, Some("key0"))
+        );
+        let r = c.classify(&unknown, KEY);
+        assert_eq!(
+            (r.state, r.key_name.as_deref()),
+            (State::UnknownKey, Some("other"))
+        );
+        assert_eq!(r.readable, Some(false));
+        let r = c.classify(&corrupt, KEY);
+        assert_eq!((r.state, r.readable), (State::Undecryptable, Some(false)));
+        assert!(r.error.unwrap().contains("multiple of the 16-byte block"));
+        let r = c.classify(b"k8s:enc:kms:v2:plugin:\x0a\x01", KEY);
+        assert_eq!((r.state, r.provider), (State::Kms, Some(ProviderKind::Kms)));
+        let r = c.classify(b"k8s\0plain", KEY);
+        assert_eq!((r.state, r.readable), (State::Plaintext, Some(true)));
+        // Without identity, kube-apiserver cannot read plaintext.
+        let r = old.classify(b"k8s\0plain", KEY);
+        assert_eq!((r.state, r.readable), (State::Plaintext, Some(false)));
+    }
+
+    #[test]
+    fn every_matching_key_is_tried_in_order() {
+        // Two aescbc keys with the same name: the first fails, the second reads it (stale).
+        let writer = chain(vec![cbc("dup", 2)]);
+        let value = writer.encrypt(b"payload", KEY).unwrap();
+        let c = chain(vec![cbc("dup", 1), cbc("dup", 2)]);
+        let r = c.classify(&value, KEY);
+        assert_eq!((r.state, r.read_by), (State::Stale, Some(1)));
+        // All matching keys fail: undecryptable, errors aggregated once each.
+        let c = chain(vec![cbc("dup", 3), cbc("dup", 4)]);
+        let r = c.classify(&value, KEY);
+        assert_eq!(r.state, State::Undecryptable);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("invalid PKCS#7 padding (wrong key or corrupt value)")
+        );
+    }
+
+    #[test]
+    fn key_names_with_colons_are_matched_whole() {
+        let name = "aescbckey-2025-05-16T19:21:39Z";
+        let c = chain(vec![cbc("aescbckey-2025-05-16T19", 5), cbc(name, 6)]);
+        let value = chain(vec![cbc(name, 6)]).encrypt(b"v", KEY).unwrap();
+        let r = c.classify(&value, KEY);
+        assert_eq!((r.state, r.key_name.as_deref()), (State::Stale, Some(name)));
+    }
+
+    #[test]
+    fn aesgcm_values_are_bound_to_their_key() {
+        let c = chain(vec![gcm("k", 1)]);
+        let value = c.encrypt(b"v", KEY).unwrap();
+        assert_eq!(c.classify(&value, KEY).state, State::Current);
+        let moved = c.classify(&value, b"/registry/secrets/default/other");
+        assert_eq!(moved.state, State::Undecryptable);
+    }
+
+    #[test]
+    fn identity_first_keeps_plaintext_current_for_rewrite() {
+        let c = chain(vec![Provider::Identity(Identity), cbc("key1", 1)]);
+        let enc = chain(vec![cbc("key1", 1)]).encrypt(b"k8s\0x", KEY).unwrap();
+        let (found, plan) = c.plan_rewrite(&enc, KEY);
+        assert_eq!(found.state, State::Stale);
+        assert_eq!(plan, RewritePlan::Write(b"k8s\0x".to_vec()));
+        let (_, plan) = c.plan_rewrite(b"k8s\0x", KEY);
+        assert_eq!(plan, RewritePlan::AlreadyCurrent);
+    }
+
+    #[test]
+    fn rewrite_plans_are_verified_and_skip_what_they_cannot_read() {
+        let c = chain(vec![
+            gcm("new", 7),
+            cbc("old", 1),
+            Provider::Identity(Identity),
+        ]);
+        let stale = chain(vec![cbc("old", 1)]).encrypt(b"k8s\0s", KEY).unwrap();
+        for old in [&stale[..], b"k8s\0plain"] {
+            let (found, plan) = c.plan_rewrite(old, KEY);
+            let RewritePlan::Write(new) = plan else {
+                panic!("expected a write")
+            };
+            let back = c.classify(&new, KEY);
+            assert_eq!(back.state, State::Current);
+            assert_eq!(
+                back.plaintext.unwrap().as_slice(),
+                found.plaintext.unwrap().as_slice()
+            );
+        }
+        let current = c.encrypt(b"k8s\0c", KEY).unwrap();
+        assert_eq!(c.plan_rewrite(&current, KEY).1, RewritePlan::AlreadyCurrent);
+        let unknown = chain(vec![cbc("zzz", 3)]).encrypt(b"x", KEY).unwrap();
+        assert_eq!(c.plan_rewrite(&unknown, KEY).1, RewritePlan::Skip);
+        assert_eq!(
+            c.plan_rewrite(b"k8s:enc:kms:v2:p:x", KEY).1,
+            RewritePlan::Skip
+        );
+    }
+
+    #[test]
+    fn parse_prefix_without_config() {
+        let p = parse_prefix(b"k8s:enc:aescbc:v1:my:key:\x00\x9a\xff").unwrap();
+        assert_eq!(p.provider, Some(ProviderKind::Aescbc));
+        assert_eq!(p.key_name.as_deref(), Some("my:key"));
+        let p = parse_prefix(b"k8s:enc:weird:v9:n:\x01").unwrap();
+        assert_eq!((p.provider, p.provider_name.as_str()), (None, "weird"));
+        assert!(parse_prefix(b"k8s\0").is_none());
+        for n in 0..40 {
+            // never panics on any truncation
+            let _ = parse_prefix(&b"k8s:enc:secretbox:v1:key1:\x01\x02"[..n.min(28)]);
+        }
+        let c = classify_without_config(b"k8s:enc:secretbox:v1:key1:\x01");
+        assert_eq!((c.state, c.readable), (State::Encrypted, None));
+    }
+
+    #[test]
+    fn debug_never_shows_plaintext() {
+        let c = chain(vec![cbc("k", 1)]);
+        let v = c.encrypt(b"TOPSECRET", KEY).unwrap();
+        let text = format!("{:?}", c.classify(&v, KEY));
+        assert!(!text.contains("TOPSECRET") && !text.contains("84, 79, 80"));
+    }
 }
