@@ -5,3 +5,4 @@ mod common;
 
 mod etcd_store;
 mod harness;
+mod rewrite;
