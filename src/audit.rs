@@ -432,3 +432,49 @@ pub async fn unreadable_after<S: ReadStore + Sync>(
         .await?;
     Ok(blocked)
 }
+
+/// Counts stored objects (`k8s\0` + runtime.Unknown envelope) of `kind` (any kind when `None`)
+/// in raw bytes, such as a free database page.
+pub fn count_plaintext_objects(bytes: &[u8], kind: Option<&str>) -> u64 {
+    let magic = crate::object::PROTOBUF_MAGIC;
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(pos) = bytes
+        .get(at..)
+        .and_then(|rest| rest.windows(magic.len()).position(|w| w == magic))
+    {
+        let start = at + pos;
+        if let Some((_, found)) = crate::object::peek_kind(&bytes[start..]) {
+            if kind.is_none_or(|k| k == found) {
+                count += 1;
+            }
+        }
+        at = start + magic.len();
+    }
+    count
+}
+
+/// Audits a snapshot or data file: the same report as a live audit of the same data, plus what
+/// only the file shows — `history` (older, not yet compacted revisions under the prefix, by
+/// state) and `residue` (plaintext objects of the audited kind left in unreferenced pages).
+pub async fn audit_snapshot(
+    snap: &crate::store::snapshot::Snapshot,
+    chain: Option<&Chain>,
+    prefix: &[u8],
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut report = audit(snap, chain, prefix, observer).await?;
+    let mut history = Counts::default();
+    snap.history(prefix, |entry| {
+        history.add(classify(chain, &entry.value, &entry.key).state);
+    })?;
+    let (_, resource) = resource_from_prefix(&report.prefix);
+    let kind = kind_of_resource(resource);
+    let residue = snap
+        .free_runs()
+        .map(|(_, bytes)| count_plaintext_objects(bytes, kind))
+        .sum();
+    report.history = Some(history);
+    report.residue = Some(Residue { plaintext: residue });
+    Ok(report)
+}

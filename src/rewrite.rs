@@ -1,1 +1,729 @@
-//! Re-encrypting stored entries. (Skeleton.)
+//! Re-encrypting stored entries in place, without ever losing a write.
+//!
+//! [`apply`] pages through a prefix of a live store and, for every entry, asks the chain what to
+//! do ([`Chain::plan_rewrite`]): nothing (already current), skip it (unknown key, undecryptable,
+//! KMS), or write a new value — which the chain has already decrypted back, through the whole
+//! chain, to exactly the old plaintext. Each write is one compare-and-put transaction:
+//!
+//! ```text
+//! if mod_revision(key) == seen { put(key, new value, same lease) } else { range(key) }
+//! ```
+//!
+//! so a key kube-apiserver changed since it was read is never overwritten: the failure branch
+//! hands back the key's new state, which is planned afresh (it may now be current, changed
+//! again, or deleted — a deleted key is never re-created). After
+//! [`RewriteOptions::max_conflict_retries`] conflicts on one key, it is left alone and reported
+//! as a `conflict`.
+//!
+//! # Concurrency, memory and shutdown
+//!
+//! Up to [`RewriteOptions::concurrency`] transactions are in flight at once (one task polls them
+//! all: the work is round trips, the crypto takes microseconds), while the next page is fetched.
+//! At most two pages are held: the one being worked through and the next. All pages are read at
+//! the first page's revision. When `shutdown` resolves (Ctrl-C in the CLI), the transactions in
+//! flight finish, no new one starts (a key that conflicts is not retried), and the partial
+//! summary comes back with `interrupted: true`. Running again finishes the job: entries already
+//! rewritten are `already_current`.
+//!
+//! # Failures
+//!
+//! A bad entry is data, not an error: `failed` (a new value could not be produced or did not
+//! verify — nothing is written), `skipped`, `conflict`. A store failure on one transaction is
+//! retried (planned and sent again) [`STORE_RETRIES`] times; then the run stops — finishing the
+//! transactions in flight — and [`RewriteError::Store`] carries the partial summary.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::audit::{NoProgress, Verdict};
+use crate::provider::Provider;
+use crate::store::{CasOutcome, Entry, Page, StoreError, WriteStore};
+use crate::transform::{Chain, RewritePlan, State};
+
+/// How many times one transaction is planned and sent again after a store failure, before the
+/// run stops.
+pub const STORE_RETRIES: u32 = 3;
+
+/// What to rewrite and how.
+#[derive(Debug, Clone)]
+pub struct RewriteOptions {
+    /// The etcd key prefix to rewrite (default `/registry/secrets/`).
+    pub prefix: Vec<u8>,
+    /// Transactions in flight at once (default 64; 0 counts as 1).
+    pub concurrency: usize,
+    /// Plan only: report `would-rewrite`, write nothing.
+    pub dry_run: bool,
+    /// Allow a config whose write provider is `identity` (the "decrypt all data" procedure).
+    pub allow_decrypt: bool,
+    /// How many conflicts one key may have before it is reported as `conflict` (default 5).
+    pub max_conflict_retries: u32,
+}
+
+impl Default for RewriteOptions {
+    fn default() -> Self {
+        RewriteOptions {
+            prefix: b"/registry/secrets/".to_vec(),
+            concurrency: 64,
+            dry_run: false,
+            allow_decrypt: false,
+            max_conflict_retries: 5,
+        }
+    }
+}
+
+/// Progress callbacks. Every method has a no-op default; they are called from the task running
+/// [`apply`], so they should return quickly.
+pub trait Observer: Send + Sync {
+    /// The number of keys under the prefix when the run starts (the store may change after).
+    fn total(&self, _n: u64) {}
+    /// One entry is done, whatever the result (already-current ones included).
+    fn entry(&self, _e: &RewriteEntry) {}
+}
+
+impl Observer for NoProgress {}
+
+/// What happened to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryResult {
+    /// Written with the write provider and key (verified before the write).
+    Rewritten,
+    /// Dry run: would have been written.
+    WouldRewrite,
+    /// Already what the write provider stores. Reported to the [`Observer`] only, never listed
+    /// in [`RewriteSummary::entries`].
+    AlreadyCurrent,
+    /// Not touched: unknown key, undecryptable or KMS.
+    Skipped,
+    /// The key kept changing under the rewrite (or changed after shutdown was asked for); left
+    /// as it is.
+    Conflict,
+    /// A new value could not be produced or did not verify; nothing was written.
+    Failed,
+    /// The key was deleted before it could be rewritten (it is not re-created).
+    Deleted,
+}
+
+impl EntryResult {
+    /// The name used in summaries (`would-rewrite`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryResult::Rewritten => "rewritten",
+            EntryResult::WouldRewrite => "would-rewrite",
+            EntryResult::AlreadyCurrent => "already-current",
+            EntryResult::Skipped => "skipped",
+            EntryResult::Conflict => "conflict",
+            EntryResult::Failed => "failed",
+            EntryResult::Deleted => "deleted",
+        }
+    }
+}
+
+impl fmt::Display for EntryResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of a [`RewriteSummary`]. Never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RewriteEntry {
+    /// The etcd key (invalid UTF-8 replaced by U+FFFD).
+    pub key: String,
+    /// The entry's state when it was last read (after a conflict: the state it changed to).
+    pub from: State,
+    /// What the rewrite did.
+    pub result: EntryResult,
+    /// Why, for `skipped`, `failed` and `conflict` entries (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The outcome of a rewrite: counts, the revision the scan read, and every entry that was not
+/// already current. This type *is* the JSON schema of `atrest rewrite -o json`:
+///
+/// ```json
+/// {"scanned": 10, "rewritten": 7, "would_rewrite": 0, "already_current": 2, "skipped": 1,
+///  "conflicts": 0, "failed": 0, "deleted": 0, "interrupted": false, "revision": 1234,
+///  "entries": [{"key": "/registry/secrets/default/db", "from": "plaintext", "result": "rewritten"}]}
+/// ```
+///
+/// `scanned` is the sum of the seven counts that follow it. No secret value ever appears.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RewriteSummary {
+    /// Entries handled (an interrupted run handles fewer than the prefix holds).
+    pub scanned: u64,
+    /// Entries written with the write provider and key.
+    pub rewritten: u64,
+    /// Dry run only: entries that would have been written.
+    pub would_rewrite: u64,
+    /// Entries that were already current (not listed in `entries`).
+    pub already_current: u64,
+    /// Entries not touched: `unknown-key`, `undecryptable`, `kms`.
+    pub skipped: u64,
+    /// Entries left alone because they kept changing during the rewrite.
+    pub conflicts: u64,
+    /// Entries for which no verified new value could be produced (nothing written).
+    pub failed: u64,
+    /// Entries deleted between the scan and their rewrite.
+    pub deleted: u64,
+    /// The run was stopped by its shutdown signal (or a store failure) before it finished: run
+    /// it again to complete the job.
+    pub interrupted: bool,
+    /// The store revision every page was read at (0 if no page was read).
+    pub revision: i64,
+    /// Every entry that was not already current, in key order.
+    pub entries: Vec<RewriteEntry>,
+}
+
+impl RewriteSummary {
+    fn add(&mut self, entry: RewriteEntry) {
+        self.scanned += 1;
+        let count = match entry.result {
+            EntryResult::Rewritten => &mut self.rewritten,
+            EntryResult::WouldRewrite => &mut self.would_rewrite,
+            EntryResult::AlreadyCurrent => {
+                self.already_current += 1;
+                return;
+            }
+            EntryResult::Skipped => &mut self.skipped,
+            EntryResult::Conflict => &mut self.conflicts,
+            EntryResult::Failed => &mut self.failed,
+            EntryResult::Deleted => &mut self.deleted,
+        };
+        *count += 1;
+        self.entries.push(entry);
+    }
+
+    /// Clean (exit 0) when every entry the run saw is now current (or was deleted) and the run
+    /// finished; findings (exit 1) when anything was left not current: skipped, conflict,
+    /// failed, a dry run's would-rewrite, or an interrupted run.
+    pub fn verdict(&self) -> Verdict {
+        let done = self.rewritten + self.already_current + self.deleted;
+        if done == self.scanned && !self.interrupted {
+            Verdict::Clean
+        } else {
+            Verdict::Findings
+        }
+    }
+}
+
+/// Why a rewrite did not run or did not finish.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RewriteError {
+    /// The config writes with `identity`: a rewrite would decrypt everything.
+    #[error(
+        "the config's first provider is identity: a rewrite would store every entry unencrypted"
+    )]
+    IdentityWrite,
+    /// The config writes with a KMS provider, which needs its plugin.
+    #[error("the config's first provider is KMS provider {name:?}: atrest cannot encrypt with a KMS plugin")]
+    KmsWrite {
+        /// The KMS provider's name.
+        name: String,
+    },
+    /// The store failed and the run stopped; the transactions in flight were finished.
+    #[error("rewrite stopped after {} entries: the store failed{}", .summary.scanned, .key.as_ref().map(|k| format!(" writing {k}")).unwrap_or_default())]
+    Store {
+        /// The key being written (`None`: reading a page failed).
+        key: Option<String>,
+        /// The failure.
+        #[source]
+        source: StoreError,
+        /// What was done before the run stopped (`interrupted` is set).
+        summary: Box<RewriteSummary>,
+    },
+}
+
+impl RewriteError {
+    /// What the user can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            RewriteError::IdentityWrite => {
+                "this is the \"decrypt all data\" procedure; pass --allow-decrypt if that is what \
+                 you want, or put the new encrypting provider first in the config"
+            }
+            RewriteError::KmsWrite { .. } => {
+                "let kube-apiserver re-encrypt through the plugin: `kubectl get secrets \
+                 --all-namespaces -o json | kubectl replace -f -`"
+            }
+            RewriteError::Store { source, .. } => match source {
+                StoreError::Etcd(e) => e.advice(),
+                _ => "run again: entries already rewritten are current and are passed over",
+            },
+        }
+    }
+
+    /// The partial summary of a run the store stopped.
+    pub fn summary(&self) -> Option<&RewriteSummary> {
+        match self {
+            RewriteError::Store { summary, .. } => Some(summary),
+            _ => None,
+        }
+    }
+}
+
+/// Rewrites every entry under `opts.prefix` that is not current (see the module docs).
+///
+/// Refuses before reading anything when the chain's write provider is identity (unless
+/// `allow_decrypt`) or KMS.
+pub async fn apply<S>(
+    store: &S,
+    chain: &Chain,
+    opts: &RewriteOptions,
+    observer: &dyn Observer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RewriteSummary, RewriteError>
+where
+    S: WriteStore + Sync,
+{
+    match &chain.write_entry().provider {
+        Provider::Identity(_) if !opts.allow_decrypt => return Err(RewriteError::IdentityWrite),
+        Provider::Kms(kms) => {
+            return Err(RewriteError::KmsWrite {
+                name: kms.name().to_owned(),
+            })
+        }
+        _ => {}
+    }
+    let prefix = opts.prefix.as_slice();
+    let concurrency = opts.concurrency.max(1);
+    let mut summary = RewriteSummary::default();
+    match store.count(prefix).await {
+        Ok(n) => observer.total(n),
+        Err(source) => {
+            summary.interrupted = true;
+            return Err(RewriteError::Store {
+                key: None,
+                source,
+                summary: Box::new(summary),
+            });
+        }
+    }
+
+    // Set once shutdown is asked for: tasks in flight then stop at their next conflict.
+    let stopping = AtomicBool::new(false);
+    let mut shutdown = pin!(shutdown);
+    let mut stop = false;
+    let mut failure: Option<(Option<String>, StoreError)> = None;
+
+    // At most one page fetch in flight, one page waiting, one being worked through.
+    let mut fetching = FuturesUnordered::new();
+    fetching.push(fetch_page(store, prefix, None, None));
+    let mut waiting: Option<Page> = None;
+    let mut pending: VecDeque<Entry> = VecDeque::new();
+    let mut revision: Option<i64> = None;
+    let mut in_flight = FuturesUnordered::new();
+
+    loop {
+        // Start transactions up to the limit, moving to the waiting page (and fetching the one
+        // after it) when the current page runs out.
+        while !stop && failure.is_none() && in_flight.len() < concurrency {
+            if pending.is_empty() {
+                let Some(page) = waiting.take() else { break };
+                if page.more {
+                    if let (Some(last), Some(rev)) = (page.entries.last(), revision) {
+                        fetching.push(fetch_page(store, prefix, Some(last.key.clone()), Some(rev)));
+                    }
+                }
+                pending = page.entries.into();
+                continue;
+            }
+            if let Some(entry) = pending.pop_front() {
+                in_flight.push(rewrite_one(store, chain, opts, &stopping, entry));
+            }
+        }
+        let scanned_all = pending.is_empty() && waiting.is_none() && fetching.is_empty();
+        if in_flight.is_empty() && (stop || failure.is_some() || scanned_all) {
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = &mut shutdown, if !stop => {
+                stop = true;
+                stopping.store(true, Ordering::Relaxed);
+            }
+            Some(done) = in_flight.next() => match done {
+                Ok(entry) => {
+                    observer.entry(&entry);
+                    summary.add(entry);
+                }
+                Err((key, source)) => {
+                    stopping.store(true, Ordering::Relaxed);
+                    failure.get_or_insert((Some(key), source));
+                }
+            },
+            Some(page) = fetching.next(), if !stop && failure.is_none() => match page {
+                Ok(page) => {
+                    revision.get_or_insert(page.revision);
+                    waiting = Some(page);
+                }
+                Err(source) => {
+                    stopping.store(true, Ordering::Relaxed);
+                    failure = Some((None, source));
+                }
+            },
+        }
+    }
+
+    summary.revision = revision.unwrap_or_default();
+    summary.interrupted = stop || failure.is_some();
+    summary.entries.sort_by(|a, b| a.key.cmp(&b.key));
+    match failure {
+        None => Ok(summary),
+        Some((key, source)) => Err(RewriteError::Store {
+            key,
+            source,
+            summary: Box::new(summary),
+        }),
+    }
+}
+
+/// One page, as a future of one concrete type (so it fits a `FuturesUnordered`).
+async fn fetch_page<S: WriteStore + Sync>(
+    store: &S,
+    prefix: &[u8],
+    after: Option<Vec<u8>>,
+    revision: Option<i64>,
+) -> Result<Page, StoreError> {
+    store.page(prefix, after.as_deref(), revision).await
+}
+
+/// Plans and writes one entry, re-planning after a conflict (from the entry the failure branch
+/// returned) or a store failure (from the same entry: a new value, freshly verified).
+async fn rewrite_one<S: WriteStore + Sync>(
+    store: &S,
+    chain: &Chain,
+    opts: &RewriteOptions,
+    stopping: &AtomicBool,
+    mut entry: Entry,
+) -> Result<RewriteEntry, (String, StoreError)> {
+    let key = String::from_utf8_lossy(&entry.key).into_owned();
+    let mut conflicts = 0u32;
+    let mut store_failures = 0u32;
+    loop {
+        let (found, plan) = chain.plan_rewrite(&entry.value, &entry.key);
+        let done = |result, error| {
+            Ok(RewriteEntry {
+                key: key.clone(),
+                from: found.state,
+                result,
+                error,
+            })
+        };
+        let new_value = match plan {
+            RewritePlan::AlreadyCurrent => return done(EntryResult::AlreadyCurrent, None),
+            RewritePlan::Skip => return done(EntryResult::Skipped, found.error.clone()),
+            RewritePlan::Failed(reason) => return done(EntryResult::Failed, Some(reason)),
+            RewritePlan::Write(_) if opts.dry_run => return done(EntryResult::WouldRewrite, None),
+            RewritePlan::Write(value) => value,
+        };
+        match store
+            .compare_and_put(&entry.key, entry.mod_revision, new_value, entry.lease)
+            .await
+        {
+            Ok(CasOutcome::Written { .. }) => return done(EntryResult::Rewritten, None),
+            Ok(CasOutcome::Conflict { current: None }) => return done(EntryResult::Deleted, None),
+            Ok(CasOutcome::Conflict {
+                current: Some(current),
+            }) => {
+                conflicts += 1;
+                if stopping.load(Ordering::Relaxed) {
+                    return done(
+                        EntryResult::Conflict,
+                        Some("changed during the rewrite; not retried after shutdown".to_owned()),
+                    );
+                }
+                if conflicts > opts.max_conflict_retries {
+                    return done(
+                        EntryResult::Conflict,
+                        Some(format!(
+                            "changed {conflicts} times during the rewrite; left as it is"
+                        )),
+                    );
+                }
+                entry = current;
+            }
+            Err(source) => {
+                store_failures += 1;
+                if store_failures > STORE_RETRIES {
+                    return Err((key, source));
+                }
+                tokio::time::sleep(Duration::from_millis(100 << store_failures)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::provider::{aescbc::AesCbc, identity::Identity, KeyMaterial};
+    use crate::store::{prefix_end, ReadStore};
+
+    /// An in-memory store whose writes can be made to fail or to always conflict.
+    #[derive(Default)]
+    struct MemStore(Mutex<Mem>);
+
+    #[derive(Default)]
+    struct Mem {
+        revision: i64,
+        keys: BTreeMap<Vec<u8>, Entry>,
+        writes: u64,
+        fail_after_writes: Option<u64>,
+        always_conflict: bool,
+    }
+
+    impl MemStore {
+        fn with_plaintext(n: usize) -> MemStore {
+            let store = MemStore::default();
+            {
+                let mut m = store.0.lock().unwrap();
+                for i in 0..n {
+                    m.revision += 1;
+                    let key = format!("/registry/secrets/default/s{i:04}").into_bytes();
+                    let entry = Entry {
+                        key: key.clone(),
+                        value: format!("k8s\0value {i}").into_bytes(),
+                        mod_revision: m.revision,
+                        create_revision: m.revision,
+                        version: 1,
+                        lease: 0,
+                    };
+                    m.keys.insert(key, entry);
+                }
+            }
+            store
+        }
+    }
+
+    impl ReadStore for MemStore {
+        fn source(&self) -> String {
+            "memory".to_owned()
+        }
+
+        async fn count(&self, prefix: &[u8]) -> Result<u64, StoreError> {
+            let m = self.0.lock().unwrap();
+            Ok(m.keys.range(prefix.to_vec()..prefix_end(prefix)).count() as u64)
+        }
+
+        async fn page(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            _revision: Option<i64>,
+        ) -> Result<Page, StoreError> {
+            let m = self.0.lock().unwrap();
+            let start = after.map_or(prefix.to_vec(), |a| [a, b"\0"].concat());
+            let mut entries: Vec<Entry> = m
+                .keys
+                .range(start..prefix_end(prefix))
+                .take(11)
+                .map(|(_, e)| e.clone())
+                .collect();
+            let more = entries.len() > 10;
+            entries.truncate(10);
+            Ok(Page {
+                entries,
+                revision: m.revision,
+                more,
+            })
+        }
+    }
+
+    impl WriteStore for MemStore {
+        async fn compare_and_put(
+            &self,
+            key: &[u8],
+            seen_mod_revision: i64,
+            value: Vec<u8>,
+            lease: i64,
+        ) -> Result<CasOutcome, StoreError> {
+            let mut m = self.0.lock().unwrap();
+            if m.fail_after_writes.is_some_and(|n| m.writes >= n) {
+                return Err(StoreError::Stopped);
+            }
+            m.revision += 1;
+            let revision = m.revision;
+            let always_conflict = m.always_conflict;
+            let Some(entry) = m.keys.get_mut(key) else {
+                return Ok(CasOutcome::Conflict { current: None });
+            };
+            if always_conflict || entry.mod_revision != seen_mod_revision {
+                // Someone else wrote the key (again).
+                entry.mod_revision = revision;
+                return Ok(CasOutcome::Conflict {
+                    current: Some(entry.clone()),
+                });
+            }
+            entry.value = value;
+            entry.mod_revision = revision;
+            entry.lease = lease;
+            m.writes += 1;
+            Ok(CasOutcome::Written {
+                mod_revision: revision,
+            })
+        }
+
+        async fn get(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+            Ok(self.0.lock().unwrap().keys.get(key).cloned())
+        }
+
+        async fn backup(&self, _path: &Path) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+
+        async fn compact(&self, _revision: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn chain() -> Chain {
+        let key = KeyMaterial::new(vec![7; 32]);
+        Chain::from_providers(
+            "secrets",
+            vec![
+                Provider::Aescbc(AesCbc::new("key1", &key).unwrap()),
+                Provider::Identity(Identity),
+            ],
+        )
+        .unwrap()
+    }
+
+    async fn run(store: &MemStore, opts: RewriteOptions) -> Result<RewriteSummary, RewriteError> {
+        apply(store, &chain(), &opts, &NoProgress, std::future::pending()).await
+    }
+
+    #[tokio::test]
+    async fn every_page_is_rewritten() {
+        let store = MemStore::with_plaintext(95);
+        let s = run(&store, RewriteOptions::default()).await.unwrap();
+        assert_eq!((s.scanned, s.rewritten), (95, 95));
+        assert_eq!(s.verdict(), Verdict::Clean);
+        let s = run(&store, RewriteOptions::default()).await.unwrap();
+        assert_eq!((s.scanned, s.already_current), (95, 95));
+        let empty = run(
+            &store,
+            RewriteOptions {
+                prefix: b"/registry/configmaps/".to_vec(),
+                ..RewriteOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(empty.scanned, 0);
+        assert_eq!(empty.verdict(), Verdict::Clean);
+    }
+
+    #[tokio::test]
+    async fn a_key_that_keeps_changing_is_a_conflict() {
+        let store = MemStore::with_plaintext(3);
+        store.0.lock().unwrap().always_conflict = true;
+        let s = run(
+            &store,
+            RewriteOptions {
+                max_conflict_retries: 2,
+                ..RewriteOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((s.scanned, s.conflicts), (3, 3));
+        assert_eq!(s.entries[0].result, EntryResult::Conflict);
+        assert!(s.entries[0].error.as_deref().unwrap().contains("3 times"));
+        assert_eq!(s.verdict(), Verdict::Findings);
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_stops_the_run_with_the_partial_summary() {
+        let store = MemStore::with_plaintext(50);
+        store.0.lock().unwrap().fail_after_writes = Some(12);
+        let err = run(
+            &store,
+            RewriteOptions {
+                concurrency: 4,
+                ..RewriteOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        let RewriteError::Store { key, summary, .. } = &err else {
+            panic!("expected a store error, got {err:?}");
+        };
+        assert!(key.is_some());
+        assert!(summary.interrupted);
+        assert_eq!(summary.rewritten, 12);
+        assert!(summary.scanned < 50);
+        assert!(
+            err.to_string().contains("stopped after 12 entries"),
+            "{err}"
+        );
+    }
+
+    fn entry(key: &str, result: EntryResult) -> RewriteEntry {
+        RewriteEntry {
+            key: key.to_owned(),
+            from: State::Plaintext,
+            result,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn summary_counts_and_verdict() {
+        let mut s = RewriteSummary::default();
+        s.add(entry("/a", EntryResult::Rewritten));
+        s.add(entry("/b", EntryResult::AlreadyCurrent));
+        s.add(entry("/c", EntryResult::Deleted));
+        assert_eq!(
+            (s.scanned, s.entries.len()),
+            (3, 2),
+            "already-current is not listed"
+        );
+        assert_eq!(s.verdict(), Verdict::Clean);
+        s.interrupted = true;
+        assert_eq!(s.verdict(), Verdict::Findings);
+        s.interrupted = false;
+        s.add(entry("/d", EntryResult::Skipped));
+        assert_eq!(s.verdict(), Verdict::Findings);
+    }
+
+    #[test]
+    fn summary_json_uses_the_documented_names() {
+        let mut s = RewriteSummary::default();
+        s.add(entry("/a", EntryResult::WouldRewrite));
+        let json = serde_json::to_value(&s).unwrap();
+        for field in [
+            "scanned",
+            "rewritten",
+            "would_rewrite",
+            "already_current",
+            "skipped",
+            "conflicts",
+            "failed",
+            "deleted",
+            "interrupted",
+            "revision",
+            "entries",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing from {json}");
+        }
+        assert_eq!(
+            json["entries"][0],
+            serde_json::json!({"key": "/a", "from": "plaintext", "result": "would-rewrite"})
+        );
+    }
+}

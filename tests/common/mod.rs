@@ -62,6 +62,8 @@ pub struct EtcdServer {
     /// The peer URL.
     pub peer_url: String,
     name: String,
+    /// Extra etcdctl flags (TLS client files) for readiness checks and [`EtcdServer::etcdctl`].
+    etcdctl_flags: Vec<String>,
 }
 
 impl EtcdServer {
@@ -84,9 +86,32 @@ impl EtcdServer {
             endpoint: client,
             peer_url: peer,
             name,
+            etcdctl_flags: Vec::new(),
         };
         server.spawn(&cluster, "new", &opts.tls_flags);
         server.wait_ready(&opts);
+        server
+    }
+
+    /// Starts a single-member etcd that serves clients over https and requires a client
+    /// certificate signed by `pki`'s CA (`--client-cert-auth`), and waits until etcdctl with
+    /// the client certificate gets an answer.
+    pub fn start_tls(pki: &TestPki) -> EtcdServer {
+        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        let client = format!("https://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let name = "atrest-tls".to_owned();
+        let cluster = format!("{name}={peer}");
+        let mut server = EtcdServer {
+            child: None,
+            dir,
+            endpoint: client,
+            peer_url: peer,
+            name,
+            etcdctl_flags: pki.etcdctl_flags(),
+        };
+        server.spawn(&cluster, "new", &pki.server_flags());
+        server.wait_healthy();
         server
     }
 
@@ -152,15 +177,32 @@ impl EtcdServer {
         }
     }
 
+    /// Waits (30 s at most) until `etcdctl endpoint health` succeeds.
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("etcd exited early ({status}); log:\n{}", self.log());
+                }
+            }
+            if self.etcdctl_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy in 30 s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn etcdctl_ok(&self) -> bool {
         Command::new(etcdctl_binary())
-            .args([
-                "--endpoints",
-                &self.endpoint,
-                "--command-timeout=2s",
-                "endpoint",
-                "health",
-            ])
+            .args(["--endpoints", &self.endpoint, "--command-timeout=2s"])
+            .args(&self.etcdctl_flags)
+            .args(["endpoint", "health"])
             .env("ETCDCTL_API", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -188,6 +230,7 @@ impl EtcdServer {
     pub fn etcdctl(&self, args: &[&str]) -> Vec<u8> {
         let out = Command::new(etcdctl_binary())
             .args(["--endpoints", &self.endpoint])
+            .args(&self.etcdctl_flags)
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
@@ -236,4 +279,191 @@ pub async fn put_raw(client: &mut etcd_client::Client, key: &[u8], value: &[u8])
         .await
         .expect("put");
     resp.header().expect("response header").revision()
+}
+
+/// A test certificate authority with a server certificate for loopback and a client
+/// certificate, as PEM files in a temporary directory (generated with rcgen; ECDSA P-256).
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server certificate (SAN 127.0.0.1, localhost), signed by the CA.
+    pub server_cert: PathBuf,
+    /// The server's private key.
+    pub server_key: PathBuf,
+    /// A client certificate (CN atrest-test), signed by the CA.
+    pub client_cert: PathBuf,
+    /// The client's private key.
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// Generates a fresh CA, server and client certificate.
+    pub fn generate() -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("temp dir for certificates");
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write PEM");
+            path
+        };
+
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.distinguished_name.push(
+            DnType::CommonName,
+            format!("atrest test CA {}", free_port()),
+        );
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
+
+        let leaf = |cn: &str, sans: Vec<String>, eku: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params = CertificateParams::new(sans).expect("leaf params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![eku];
+            let cert = params
+                .signed_by(&key, &ca_cert, &ca_key)
+                .expect("sign leaf");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key_pem) = leaf(
+            "atrest-test-server",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_pem, client_key_pem) = leaf(
+            "atrest-test",
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        TestPki {
+            ca: write("ca.crt", ca_cert.pem()),
+            server_cert: write("server.crt", server_pem),
+            server_key: write("server.key", server_key_pem),
+            client_cert: write("client.crt", client_pem),
+            client_key: write("client.key", client_key_pem),
+            dir,
+        }
+    }
+
+    /// The directory holding the files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// etcd flags: https clients, this CA, client certificates required.
+    pub fn server_flags(&self) -> Vec<String> {
+        let p = |p: &Path| p.to_str().expect("utf-8 temp path").to_owned();
+        vec![
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            p(&self.ca),
+            "--cert-file".into(),
+            p(&self.server_cert),
+            "--key-file".into(),
+            p(&self.server_key),
+        ]
+    }
+
+    /// etcdctl flags for a client holding this PKI's client certificate.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        let p = |p: &Path| p.to_str().expect("utf-8 temp path").to_owned();
+        vec![
+            "--cacert".into(),
+            p(&self.ca),
+            "--cert".into(),
+            p(&self.client_cert),
+            "--key".into(),
+            p(&self.client_key),
+        ]
+    }
+}
+
+/// A cluster of etcd members on loopback (plain http), each killed on drop.
+pub struct EtcdCluster {
+    /// The members, in start order.
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members that form one cluster, and waits until every member is healthy.
+    pub fn start(n: usize) -> EtcdCluster {
+        let mut members: Vec<EtcdServer> = (0..n)
+            .map(|i| EtcdServer {
+                child: None,
+                dir: tempfile::tempdir().expect("temp dir for etcd"),
+                endpoint: format!("http://127.0.0.1:{}", free_port()),
+                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                name: format!("m{i}"),
+                etcdctl_flags: Vec::new(),
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("atrest-{}", free_port());
+        for m in &mut members {
+            m.spawn(
+                &initial_cluster,
+                "new",
+                &["--initial-cluster-token".to_owned(), token.clone()],
+            );
+        }
+        for m in &mut members {
+            m.wait_healthy();
+        }
+        EtcdCluster { members }
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint.clone()).collect()
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+}
+
+/// Writes many keys with up to 64 puts in flight (etcdctl manages about 40 puts/s, this about
+/// 5,000). Each item is `(key, value, lease)`; lease 0 means none.
+pub async fn put_many(client: &etcd_client::Client, items: Vec<(Vec<u8>, Vec<u8>, i64)>) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut in_flight = FuturesUnordered::new();
+    for (key, value, lease) in items {
+        if in_flight.len() >= 64 {
+            in_flight.next().await;
+        }
+        let mut kv = client.kv_client();
+        in_flight.push(async move {
+            let options = (lease != 0).then(|| etcd_client::PutOptions::new().with_lease(lease));
+            kv.put(key, value, options).await.expect("put");
+        });
+    }
+    while in_flight.next().await.is_some() {}
+}
+
+/// A deterministic pseudo-random byte string (xorshift), for values that must differ.
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

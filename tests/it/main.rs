@@ -4,5 +4,7 @@
 mod common;
 
 mod cli;
+mod etcd_store;
 mod harness;
+mod rewrite;
 mod snapshot;

@@ -2,7 +2,6 @@
 
 use atrest::inspect::{inspect, Inspection};
 use atrest::store::snapshot::Snapshot;
-use atrest::store::ReadStore;
 
 use super::load_chain;
 use crate::cli::args::{InspectArgs, OutputFormat};
@@ -17,10 +16,8 @@ pub(crate) async fn run(args: InspectArgs, format: Option<OutputFormat>) -> Resu
                 CliError::usage("--snapshot needs --etcd-key: the key to look up")
             })?;
             let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
-            let page = snap.page(key.as_bytes(), None, None).await?;
-            page.entries
-                .into_iter()
-                .find(|e| e.key == key.as_bytes())
+            snap.get(key.as_bytes())
+                .map_err(atrest::store::StoreError::from)?
                 .ok_or_else(|| {
                     CliError::usage(format!("{key}: no such key in {}", path.display()))
                 })?

@@ -1,0 +1,431 @@
+//! The live etcd store against a real etcd: pages, pinning, compare-and-put, backup, TLS,
+//! failover.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use atrest::store::etcd::{EtcdError, EtcdOptions as StoreOptions, EtcdStore};
+use atrest::store::{CasOutcome, Entry, ReadStore, StoreError, WriteStore};
+use etcd_client::GetOptions;
+
+use crate::common::{pseudo_random_bytes, put_many, put_raw, EtcdCluster, EtcdServer, TestPki};
+
+const PREFIX: &[u8] = b"/registry/secrets/";
+
+fn options(endpoints: &[String]) -> StoreOptions {
+    StoreOptions {
+        endpoints: endpoints.to_vec(),
+        ..StoreOptions::default()
+    }
+}
+
+async fn connect(server: &EtcdServer) -> EtcdStore {
+    EtcdStore::connect(options(std::slice::from_ref(&server.endpoint)))
+        .await
+        .expect("connect to the test etcd")
+}
+
+/// `n` keys under PREFIX with 2 KiB-ish values; every 7th key on `lease` (0: none).
+fn secrets(n: usize, lease: i64) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+    (0..n)
+        .map(|i| {
+            let key = format!("/registry/secrets/ns{}/secret-{i:05}", i % 13).into_bytes();
+            let value = pseudo_random_bytes(i as u64, 1500 + (i % 1100));
+            let lease = if i % 7 == 0 { lease } else { 0 };
+            (key, value, lease)
+        })
+        .collect()
+}
+
+/// Everything under PREFIX in one unpaged request.
+async fn full_get(client: &mut etcd_client::Client) -> Vec<Entry> {
+    // One response of a few MiB: over tonic's 4 MiB default.
+    let mut resp = client
+        .kv_client()
+        .max_decoding_message_size(1 << 30)
+        .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("one full get");
+    resp.take_kvs()
+        .into_iter()
+        .map(|kv| Entry {
+            mod_revision: kv.mod_revision(),
+            create_revision: kv.create_revision(),
+            version: kv.version(),
+            lease: kv.lease(),
+            key: kv.key().to_vec(),
+            value: kv.value().to_vec(),
+        })
+        .collect()
+}
+
+async fn scan_all(store: &EtcdStore) -> (Vec<Entry>, i64) {
+    let mut seen = Vec::new();
+    let info = store
+        .scan(PREFIX, |e| {
+            seen.push(e);
+            true
+        })
+        .await
+        .expect("scan");
+    assert_eq!(info.entries, seen.len() as u64);
+    (seen, info.revision)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_equal_one_full_get() {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    let lease = client.lease_grant(600, None).await.unwrap().id();
+    put_many(&client, secrets(2600, lease)).await;
+    // Neighbours just outside the prefix must not show up.
+    put_raw(&mut client, b"/registry/secrets", b"x").await;
+    put_raw(&mut client, b"/registry/secrets0", b"x").await;
+    put_raw(&mut client, b"/registry/configmaps/a", b"x").await;
+
+    let store = connect(&server).await;
+    assert_eq!(store.count(PREFIX).await.unwrap(), 2600);
+    let expected = full_get(&mut client).await;
+    assert_eq!(expected.len(), 2600);
+    assert!(expected.iter().any(|e| e.lease == lease));
+
+    let started = Instant::now();
+    let (scanned, revision) = scan_all(&store).await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "scan: {} entries in {:.3} s = {:.0} entries/s (pages of 1000, ~2 KiB values)",
+        scanned.len(),
+        elapsed.as_secs_f64(),
+        scanned.len() as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(scanned, expected);
+    assert!(revision >= expected.iter().map(|e| e.mod_revision).max().unwrap());
+
+    // A page limit by bytes far below one page of 1000: pages are fetched in halves until
+    // they fit, and the result is the same.
+    let small = EtcdStore::connect(StoreOptions {
+        max_page_bytes: 64 * 1024,
+        ..options(std::slice::from_ref(&server.endpoint))
+    })
+    .await
+    .unwrap();
+    let (scanned, _) = scan_all(&small).await;
+    assert_eq!(scanned, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_reads_one_revision_while_etcd_is_written() {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    put_many(&client, secrets(2500, 0)).await;
+    let before = full_get(&mut client).await;
+    let store = connect(&server).await;
+
+    let first = store.page(PREFIX, None, None).await.unwrap();
+    assert_eq!(first.entries.len(), 1000);
+    assert!(first.more);
+    let pinned = first.revision;
+    let mut seen = first.entries;
+
+    // Writes during the scan: a later key changes, one is deleted, one is added.
+    let later = before[2000].key.clone();
+    put_raw(&mut client, &later, b"changed during the scan").await;
+    client.delete(before[2400].key.clone(), None).await.unwrap();
+    put_raw(&mut client, b"/registry/secrets/zz/new", b"new").await;
+
+    loop {
+        let after = seen.last().unwrap().key.clone();
+        let page = store
+            .page(PREFIX, Some(&after), Some(pinned))
+            .await
+            .unwrap();
+        assert_eq!(
+            page.revision, pinned,
+            "later pages report the pinned revision"
+        );
+        seen.extend(page.entries);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, before,
+        "the scan saw the keyspace as of its first page"
+    );
+}
+
+#[tokio::test]
+async fn a_compacted_scan_revision_is_a_clear_error() {
+    let server = EtcdServer::start();
+    let client = server.client().await;
+    put_many(&client, secrets(1500, 0)).await;
+    let store = connect(&server).await;
+    let first = store.page(PREFIX, None, None).await.unwrap();
+    let mut client = client;
+    let now = put_raw(&mut client, b"/registry/secrets/zz/late", b"x").await;
+    store.compact(now).await.unwrap();
+
+    let after = first.entries.last().unwrap().key.clone();
+    let err = store
+        .page(PREFIX, Some(&after), Some(first.revision))
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::Etcd(e @ EtcdError::Compacted { revision, .. }) => {
+            assert_eq!(*revision, first.revision);
+            assert!(e.advice().contains("run again"));
+        }
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn compare_and_put_keeps_the_lease_and_reports_conflicts() {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    let lease = client.lease_grant(600, None).await.unwrap().id();
+    let key = b"/registry/secrets/default/leased".to_vec();
+    put_many(&client, vec![(key.clone(), b"old".to_vec(), lease)]).await;
+    let store = connect(&server).await;
+
+    let seen = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(seen.lease, lease);
+    let outcome = store
+        .compare_and_put(&key, seen.mod_revision, b"new".to_vec(), seen.lease)
+        .await
+        .unwrap();
+    let CasOutcome::Written { mod_revision } = outcome else {
+        panic!("expected a write, got {outcome:?}");
+    };
+    let now = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(now.value, b"new");
+    assert_eq!(now.mod_revision, mod_revision);
+    assert_eq!(now.lease, lease, "the rewrite kept the lease");
+    assert_eq!(now.create_revision, seen.create_revision);
+
+    // A stale revision: nothing written, the failure branch returns the current entry.
+    let outcome = store
+        .compare_and_put(&key, seen.mod_revision, b"stale".to_vec(), seen.lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        CasOutcome::Conflict {
+            current: Some(now.clone())
+        }
+    );
+    assert_eq!(store.get(&key).await.unwrap().unwrap().value, b"new");
+
+    // A deleted key.
+    client.delete(key.clone(), None).await.unwrap();
+    let outcome = store
+        .compare_and_put(&key, now.mod_revision, b"again".to_vec(), lease)
+        .await
+        .unwrap();
+    assert_eq!(outcome, CasOutcome::Conflict { current: None });
+    assert_eq!(
+        store.get(&key).await.unwrap(),
+        None,
+        "a conflict writes nothing"
+    );
+
+    // The lease expired (revoked) after the key was read: the key is gone with it.
+    let lease2 = client.lease_grant(600, None).await.unwrap().id();
+    let key2 = b"/registry/secrets/default/leased2".to_vec();
+    put_many(&client, vec![(key2.clone(), b"v".to_vec(), lease2)]).await;
+    let seen2 = store.get(&key2).await.unwrap().unwrap();
+    client.lease_revoke(lease2).await.unwrap();
+    let outcome = store
+        .compare_and_put(&key2, seen2.mod_revision, b"w".to_vec(), lease2)
+        .await
+        .unwrap();
+    assert_eq!(outcome, CasOutcome::Conflict { current: None });
+}
+
+#[tokio::test]
+async fn backup_writes_a_snapshot_etcdctl_accepts() {
+    let server = EtcdServer::start();
+    let client = server.client().await;
+    put_many(&client, secrets(300, 0)).await;
+    let store = connect(&server).await;
+    let path = server.scratch().join("backup.db");
+    let size = store.backup(&path).await.unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+    assert_eq!(size % 512, 32, "the sha256 trailer is there");
+    let status = server.etcdctl(&["snapshot", "status", path.to_str().unwrap(), "-w", "json"]);
+    let status = String::from_utf8(status).unwrap();
+    assert!(status.contains("\"totalKey\""), "{status}");
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(server.scratch())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary file left: {leftovers:?}");
+
+    // A directory that does not exist: a Backup error naming the path.
+    let err = store
+        .backup(&server.scratch().join("missing/dir/backup.db"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("missing/dir"), "{err}");
+}
+
+#[tokio::test]
+async fn connecting_to_nothing_fails_fast_as_unreachable() {
+    let port = crate::common::free_port();
+    let started = Instant::now();
+    let err = EtcdStore::connect(options(&[format!("127.0.0.1:{port}")]))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    match &err {
+        EtcdError::Unreachable { endpoint, .. } => {
+            assert_eq!(endpoint, &format!("http://127.0.0.1:{port}"))
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&port.to_string()));
+    assert!(err.advice().contains("--endpoints"));
+
+    // A listener that accepts and never answers: bounded by the connect timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let started = Instant::now();
+    let err = EtcdStore::connect(StoreOptions {
+        connect_timeout: Duration::from_millis(800),
+        ..options(&[format!("http://{addr}")])
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, EtcdError::Unreachable { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let pki = TestPki::generate();
+    let server = EtcdServer::start_tls(&pki);
+    let tls = |cert: bool| StoreOptions {
+        endpoints: vec![server.endpoint.clone()],
+        cacert: Some(pki.ca.clone()),
+        cert: cert.then(|| pki.client_cert.clone()),
+        key: cert.then(|| pki.client_key.clone()),
+        ..StoreOptions::default()
+    };
+
+    // The right CA and a client certificate: it works, over both loopback names.
+    let store = EtcdStore::connect(tls(true)).await.unwrap();
+    assert_eq!(store.count(PREFIX).await.unwrap(), 0);
+    let port = server.endpoint.rsplit(':').next().unwrap();
+    let by_name = EtcdStore::connect(StoreOptions {
+        endpoints: vec![format!("localhost:{port}")],
+        ..tls(true)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        by_name.endpoints().collect::<Vec<_>>(),
+        [format!("https://localhost:{port}")]
+    );
+
+    // No client certificate: etcd refuses the handshake.
+    let err = EtcdStore::connect(tls(false)).await.unwrap_err();
+    eprintln!("without a client certificate: {err}");
+    assert!(matches!(err, EtcdError::Tls { .. }), "{err:?}");
+    assert!(err.advice().contains("--cert"));
+
+    // Another CA: our side rejects the server certificate.
+    let other = TestPki::generate();
+    let err = EtcdStore::connect(StoreOptions {
+        cacert: Some(other.ca.clone()),
+        ..tls(true)
+    })
+    .await
+    .unwrap_err();
+    eprintln!("with the wrong CA: {err}");
+    match &err {
+        EtcdError::Tls { detail, .. } => assert!(detail.contains("UnknownIssuer"), "{detail}"),
+        other => panic!("expected Tls, got {other:?}"),
+    }
+
+    // Plain http to the TLS port.
+    let err = EtcdStore::connect(options(&[format!("http://127.0.0.1:{port}")]))
+        .await
+        .unwrap_err();
+    eprintln!("plain http to a TLS port: {err}");
+    assert!(matches!(err, EtcdError::Tls { .. }), "{err:?}");
+
+    // http:// with TLS files is refused before dialling.
+    let err = EtcdStore::connect(StoreOptions {
+        endpoints: vec![format!("http://127.0.0.1:{port}")],
+        ..tls(true)
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, EtcdError::InvalidEndpoint { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_keeps_serving_when_a_member_dies() {
+    let mut cluster = EtcdCluster::start(3);
+    let client = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    put_many(&client, secrets(3000, 0)).await;
+    let store = EtcdStore::connect(options(&cluster.endpoints()))
+        .await
+        .unwrap();
+    assert_eq!(store.endpoints().count(), 3);
+
+    // Kill the member every request goes to first, between two pages of a scan.
+    let first = store.page(PREFIX, None, None).await.unwrap();
+    cluster.kill(0);
+    let mut seen = first.entries;
+    loop {
+        let after = seen.last().unwrap().key.clone();
+        let page = store
+            .page(PREFIX, Some(&after), Some(first.revision))
+            .await
+            .expect("a page through the surviving members");
+        seen.extend(page.entries);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3000);
+
+    // Compare-and-put through the survivors.
+    for entry in seen.iter().take(300) {
+        let outcome = store
+            .compare_and_put(
+                &entry.key,
+                entry.mod_revision,
+                b"rewritten".to_vec(),
+                entry.lease,
+            )
+            .await
+            .expect("a txn through the surviving members");
+        assert!(matches!(outcome, CasOutcome::Written { .. }), "{outcome:?}");
+    }
+    assert_eq!(store.count(PREFIX).await.unwrap(), 3000);
+
+    // Connecting with the dead member in the list: it is left out and reported.
+    let store = EtcdStore::connect(options(&cluster.endpoints()))
+        .await
+        .unwrap();
+    assert_eq!(store.endpoints().count(), 2);
+    assert_eq!(store.unhealthy().len(), 1);
+    assert!(matches!(
+        store.unhealthy()[0],
+        EtcdError::Unreachable { .. }
+    ));
+    assert_eq!(store.count(PREFIX).await.unwrap(), 3000);
+}
