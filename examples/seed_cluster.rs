@@ -10,6 +10,8 @@
 //! re-encrypted, and one deleted Secret.
 
 use atrest::config::Config;
+use atrest::provider::aescbc::AesCbc;
+use atrest::provider::{KeyMaterial, Provider};
 use atrest::transform::Chain;
 
 fn varint(mut n: u64, out: &mut Vec<u8>) {
@@ -80,33 +82,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "examples/encryption-config.yaml".into());
     let config = Config::load(config_path.as_ref())?;
     let current = Chain::from_config(&config, "", "secrets")?;
-    // The same config as it was before the rotation: key1 first.
-    let old_text = std::fs::read_to_string(&config_path)?;
-    let (k2_start, k1_start) = (
-        old_text.find("- name: key2").ok_or("no key2")?,
-        old_text.find("- name: key1").ok_or("no key1")?,
-    );
-    let k2_block = &old_text[k2_start..k1_start];
-    let k1_end = old_text[k1_start..]
-        .find("\n      - identity")
-        .map(|i| k1_start + i + 1)
-        .ok_or("no identity")?;
-    let k1_block = &old_text[k1_start..k1_end];
-    let rotated = format!(
-        "{}{}{}{}",
-        &old_text[..k2_start],
-        k1_block,
-        k2_block,
-        &old_text[k1_end..]
-    );
-    let before_rotation = Chain::from_config(&Config::from_yaml(&rotated)?, "", "secrets")?;
-    let lost_key = Chain::from_config(
-        &Config::from_yaml(
-            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: key0\n        secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
-        )?,
-        "",
+    // Before the rotation, key1 encrypted new writes.
+    let keys = &config.model().resources[0]
+        .providers
+        .iter()
+        .find_map(|p| p.aescbc.as_ref())
+        .ok_or("the example config has no aescbc provider")?
+        .keys;
+    let key1 = keys
+        .iter()
+        .find(|k| k.name == "key1")
+        .ok_or("no key1 in the example config")?;
+    let before_rotation = Chain::from_providers(
         "secrets",
-    )?;
+        vec![Provider::Aescbc(AesCbc::new("key1", &key1.material())?)],
+    )
+    .ok_or("empty chain")?;
+    // A key that is in no config any more.
+    let lost_key = Chain::from_providers(
+        "secrets",
+        vec![Provider::Aescbc(AesCbc::new(
+            "key0",
+            &KeyMaterial::new(vec![0x42; 32]),
+        )?)],
+    )
+    .ok_or("empty chain")?;
 
     let mut client = etcd_client::Client::connect([endpoint.as_str()], None).await?;
     let mut n = 0u64;

@@ -21,6 +21,6 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 cargo run --quiet --example seed_cluster -- "$client" examples/encryption-config.yaml
-etcdctl --endpoints "$client" snapshot save "$dir/cluster.snapshot" >/dev/null
+etcdctl --endpoints "$client" snapshot save "$dir/cluster.snapshot" >/dev/null 2>&1
 mv "$dir/cluster.snapshot" examples/cluster.snapshot
 ls -l examples/cluster.snapshot

@@ -176,13 +176,28 @@ impl Report {
     }
 
     /// Entries grouped by namespace (cluster-scoped entries under `""`), skipping `current`
-    /// ones: what a table shows.
+    /// and (without a config) `encrypted` ones: what a table lists.
     pub fn findings_by_namespace(&self) -> BTreeMap<&str, Vec<&ReportEntry>> {
         let mut map: BTreeMap<&str, Vec<&ReportEntry>> = BTreeMap::new();
-        for e in self.entries.iter().filter(|e| e.state != State::Current) {
+        let listed = |e: &&ReportEntry| !matches!(e.state, State::Current | State::Encrypted);
+        for e in self.entries.iter().filter(listed) {
             map.entry(e.namespace.as_deref().unwrap_or(""))
                 .or_default()
                 .push(e);
+        }
+        map
+    }
+}
+
+impl Report {
+    /// Encrypted entries counted by provider and key name (`(None, None)` never occurs: plaintext
+    /// entries are not counted), in provider, key order.
+    pub fn by_key(&self) -> BTreeMap<(ProviderKind, Option<&str>), u64> {
+        let mut map = BTreeMap::new();
+        for e in &self.entries {
+            if let Some(p) = e.provider {
+                *map.entry((p, e.key_name.as_deref())).or_default() += 1;
+            }
         }
         map
     }

@@ -96,17 +96,31 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
     summary.set_header(vec!["state", "entries"]);
     for s in State::ALL {
         let n = r.summary.get(s);
-        let relevant = match s {
+        let always = match s {
+            State::Plaintext => true,
+            State::Current => chain.is_some(),
             State::Encrypted => chain.is_none(),
-            State::Current | State::Stale => chain.is_some(),
-            _ => true,
+            _ => false,
         };
-        if relevant || n > 0 {
+        if always || n > 0 {
             summary.add_row(vec![s.to_string(), n.to_string()]);
         }
     }
     summary.add_row(vec!["total".to_owned(), r.summary.total.to_string()]);
     out += &format!("\n{summary}\n");
+    let by_key = r.by_key();
+    if !by_key.is_empty() {
+        let mut t = output::table();
+        t.set_header(vec!["provider", "key", "entries"]);
+        for ((provider, key), n) in &by_key {
+            t.add_row(vec![
+                provider.to_string(),
+                key.unwrap_or("-").to_owned(),
+                n.to_string(),
+            ]);
+        }
+        out += &format!("\nEncrypted entries by key:\n{t}\n");
+    }
 
     let groups = r.findings_by_namespace();
     let shown: usize = groups.values().map(Vec::len).sum();
@@ -141,7 +155,7 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
         let label = if chain.is_some() {
             "Entries that are not current"
         } else {
-            "Entries"
+            "Entries that are not encrypted"
         };
         out += &format!("\n{label} ({shown}), by namespace:\n{t}\n");
     }

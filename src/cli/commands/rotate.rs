@@ -47,8 +47,9 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
                 NewProviderArg::Aesgcm => NewProvider::Aesgcm,
                 NewProviderArg::Secretbox => NewProvider::Secretbox,
             });
-            let added = config::add_key(&mut model, &args.resource, args.key_name.clone(), provider)
-                .map_err(rotate_err)?;
+            let added =
+                config::add_key(&mut model, &args.resource, args.key_name.clone(), provider)
+                    .map_err(rotate_err)?;
             (
                 format!(
                     "Added {} key {:?} in second position (resources[{}].providers[{}]{}).",
@@ -68,11 +69,9 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
         Stage::Promote => {
             let name = match args.key_name.clone().or_else(|| added_key(&before)) {
                 Some(n) => n,
-                None => {
-                    return Err(CliError::usage(
-                        "there is no second key to promote; run `--stage add` first or pass --key-name",
-                    ))
-                }
+                None => return Err(CliError::usage(
+                    "there is no second key to promote; run `--stage add` first or pass --key-name",
+                )),
             };
             config::promote(&mut model, &args.resource, &name).map_err(rotate_err)?;
             (
@@ -123,9 +122,14 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
                 err.code = 1;
                 for (key, namespaces) in by_key {
                     let total: usize = namespaces.values().sum();
-                    let list: Vec<String> =
-                        namespaces.iter().map(|(ns, n)| format!("{ns}: {n}")).collect();
-                    err = err.detail(format!("{total} under {key} (namespaces {})", list.join(", ")));
+                    let list: Vec<String> = namespaces
+                        .iter()
+                        .map(|(ns, n)| format!("{ns}: {n}"))
+                        .collect();
+                    err = err.detail(format!(
+                        "{total} under {key} (namespaces {})",
+                        list.join(", ")
+                    ));
                 }
                 return Err(err.advice(format!(
                     "re-encrypt them first: atrest rewrite --config {}",
@@ -155,7 +159,10 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
     config::write_atomic(file, yaml.as_bytes(), true)?;
     eprintln!("{summary}");
     if !args.no_backup {
-        eprintln!("The previous file is kept as {}.bak (mode 0600).", file.display());
+        eprintln!(
+            "The previous file is kept as {}.bak (mode 0600).",
+            file.display()
+        );
     }
     eprintln!("{next}");
     Ok(Exit::Clean)
