@@ -1,16 +1,18 @@
 //! The snapshot reader against files written by a real etcd: the keyspace matches live etcd
 //! field by field, history and free-page residue behave as etcd's compaction and defrag say,
-//! a live data file is refused without blocking, and damaged files never panic or hang.
+//! a live data file is refused without blocking, damaged files never panic or hang, and a file
+//! rewritten by `write_snapshot` is restored and served by etcd.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use atrest::store::snapshot::{Snapshot, SnapshotError};
+use atrest::store::snapshot::{write_snapshot, Snapshot, SnapshotError};
 use atrest::store::{prefix_end, Entry, ReadStore};
 use etcd_client::{Client, GetOptions, PutOptions};
 use sha2::{Digest, Sha256};
 
-use crate::common::{put_raw, EtcdServer};
+use crate::common::{etcd_binary, etcdctl_binary, free_port, put_raw, EtcdServer};
 
 const PREFIX: &[u8] = b"/registry/secrets/";
 
@@ -369,7 +371,10 @@ async fn thousands_of_entries_scan_correctly() {
             let mut rng = Rng(1000 + t as u64);
             for i in (t..N).step_by(16) {
                 let key = format!("/registry/secrets/ns{}/s-{i:05}", i % 50);
-                let value = if i % 3 == 0 {
+                let value = if i % 500 == 0 {
+                    // Larger than a page: an overflow run.
+                    plain_value(&mut rng, 10 * 1024)
+                } else if i % 3 == 0 {
                     plain_value(&mut rng, 2048)
                 } else {
                     encrypted_value(&mut rng, 2048)
@@ -400,6 +405,34 @@ async fn thousands_of_entries_scan_correctly() {
     assert_eq!(live.len(), N);
     assert_eq!(snap.revision(), rev);
     assert_same(&scanned, &live);
+
+    // The writer on a multi-level tree with overflow values: read back, then served by etcd.
+    let out = server.scratch().join("big-rewritten.db");
+    let started = Instant::now();
+    let stats = write_snapshot(&snap, &out, |e| {
+        e.value
+            .starts_with(b"k8s\0")
+            .then(|| fake_encrypt(&e.value))
+    })
+    .unwrap();
+    eprintln!(
+        "write_snapshot: {stats:?} in {:.3} s (debug build)",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        stats.replaced,
+        (0..N).filter(|i| i % 3 == 0 || i % 500 == 0).count() as u64
+    );
+    let expected: Vec<Entry> = live.iter().map(replaced).collect();
+    let re = Snapshot::open(&out).unwrap();
+    assert_same(&scan(&re, PREFIX).await, &expected);
+    let restored = restore_and_start(&out, server.scratch());
+    let mut c = Client::connect([restored.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let (served, served_rev) = live_entries(&mut c, PREFIX).await;
+    assert_eq!(served_rev, rev);
+    assert_same(&served, &expected);
 }
 
 /// Rewrites the trailer of `db` (the bbolt part) so that the parser itself is exercised.
@@ -415,8 +448,8 @@ fn open_bytes(dir: &Path, name: &str, bytes: &[u8]) -> Result<Snapshot, Snapshot
     Snapshot::open(&path)
 }
 
-/// Uses every read path of an opened snapshot, as a caller would.
-fn exercise(snap: &Snapshot) {
+/// Uses every read path of an opened snapshot, as a caller would, and the writer.
+fn exercise(snap: &Snapshot, out: &Path) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
@@ -424,6 +457,10 @@ fn exercise(snap: &Snapshot) {
     let _ = snap.history(b"", |_| {});
     let _ = snap.free_pages().count();
     let _ = snap.free_runs().count();
+    if write_snapshot(snap, out, |e| Some(e.value.repeat(2))).is_ok() {
+        // Whatever the writer accepted, the reader reads back.
+        Snapshot::open(out).expect("the writer's output opens");
+    }
 }
 
 #[tokio::test]
@@ -505,6 +542,7 @@ async fn damaged_files_are_errors_never_panics() {
     // 500 deterministic random mutations, trailer recomputed: the parser must answer Err or a
     // result, never panic, never hang (a watchdog bounds the whole loop).
     let (tx, rx) = std::sync::mpsc::channel();
+    let out = dir.join("mutated-rewritten.db");
     let worker = std::thread::spawn(move || {
         let mut rng = Rng(0xdecaf);
         let (mut ok, mut err) = (0, 0);
@@ -514,7 +552,13 @@ async fn damaged_files_are_errors_never_panics() {
             let lo = if round % 5 == 0 { 0 } else { 2 * 4096 };
             let edits = 1 + rng.below(8);
             for _ in 0..edits {
-                let at = lo + rng.below((bytes.len() - lo) as u64) as usize;
+                let at = if round % 2 == 1 {
+                    // A page header or the start of its element array: structure, not data.
+                    let pages = (bytes.len() - lo) / 4096;
+                    lo + rng.below(pages as u64) as usize * 4096 + rng.below(96) as usize
+                } else {
+                    lo + rng.below((bytes.len() - lo) as u64) as usize
+                };
                 match rng.below(4) {
                     0 => bytes[at] ^= 1 << rng.below(8),
                     1 => bytes[at] = rng.next() as u8,
@@ -524,7 +568,7 @@ async fn damaged_files_are_errors_never_panics() {
             }
             match Snapshot::from_bytes(with_trailer(bytes)) {
                 Ok(s) => {
-                    exercise(&s);
+                    exercise(&s, &out);
                     ok += 1;
                 }
                 Err(_) => err += 1,
@@ -539,4 +583,186 @@ async fn damaged_files_are_errors_never_panics() {
     eprintln!("500 mutations: {ok} opened, {err} rejected");
     assert_eq!(ok + err, 500);
     assert!(err > 0);
+}
+
+/// An etcd the test starts itself on a data directory restored from a snapshot (the harness
+/// only starts fresh clusters). Killed on drop.
+struct Restored {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `etcdctl snapshot restore`s `snapshot` under `dir`, starts etcd on it and waits until healthy.
+fn restore_and_start(snapshot: &Path, dir: &Path) -> Restored {
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let cluster = format!("restored={peer}");
+    let data: PathBuf = dir.join("restored-data");
+    let out = Command::new(etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .arg("snapshot")
+        .arg("restore")
+        .arg(snapshot)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--name", "restored", "--initial-cluster", &cluster])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .output()
+        .expect("run etcdctl snapshot restore");
+    assert!(
+        out.status.success(),
+        "etcdctl snapshot restore refused the file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log_path = dir.join("restored-etcd.log");
+    let log = std::fs::File::create(&log_path).expect("etcd log");
+    let child = Command::new(etcd_binary())
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--name", "restored", "--initial-cluster", &cluster])
+        .args([
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--log-level", "error"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start etcd");
+    let mut restored = Restored { child, endpoint };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = restored.child.try_wait() {
+            panic!(
+                "restored etcd exited ({status}): {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        let healthy = Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &restored.endpoint, "--command-timeout=2s"])
+            .args(["endpoint", "health"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if healthy {
+            return restored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restored etcd not healthy in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the test's `replace` does to a plaintext Secret: a recognisable "encrypted" form.
+fn fake_encrypt(value: &[u8]) -> Vec<u8> {
+    let mut v = b"k8s:enc:aescbc:v1:rewritten:".to_vec();
+    v.extend(value.iter().rev());
+    v
+}
+
+fn replaced(e: &Entry) -> Entry {
+    let mut e = e.clone();
+    if e.key.starts_with(PREFIX) && e.value.starts_with(b"k8s\0") {
+        e.value = fake_encrypt(&e.value);
+    }
+    e
+}
+
+#[tokio::test]
+async fn a_rewritten_snapshot_restores_into_etcd() {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    seed(&mut client).await;
+    let thrice = b"/registry/secrets/default/thrice";
+    let first = put_raw(&mut client, thrice, b"k8s\0one").await;
+    put_raw(&mut client, thrice, b"k8s\0two").await;
+    put_raw(&mut client, thrice, b"k8s:enc:aescbc:v1:key1:three").await;
+    let path = server.snapshot_save("source.db");
+    let (before, revision) = live_entries(&mut client, b"").await;
+    let src = Snapshot::open(&path).unwrap();
+
+    let out = server.scratch().join("rewritten.db");
+    let mut offered = 0u64;
+    let stats = write_snapshot(&src, &out, |e| {
+        offered += 1;
+        (e.key.starts_with(PREFIX) && e.value.starts_with(b"k8s\0")).then(|| fake_encrypt(&e.value))
+    })
+    .unwrap();
+    eprintln!(
+        "{stats:?} (source {} bytes)",
+        std::fs::metadata(&path).unwrap().len()
+    );
+    assert_eq!(stats.records, src.record_count());
+    assert!(offered < stats.records, "tombstones are not offered");
+    assert!(stats.replaced >= 25);
+    assert_eq!(stats.bytes, std::fs::metadata(&out).unwrap().len());
+
+    // Read back: every field but the replaced values is unchanged, history included.
+    let re = Snapshot::open(&out).unwrap();
+    assert!(re.has_hash());
+    assert_eq!(re.revision(), src.revision());
+    assert_eq!(re.compacted_revision(), src.compacted_revision());
+    assert_eq!(re.consistent_index(), src.consistent_index());
+    assert_eq!(re.record_count(), src.record_count());
+    let expected: Vec<Entry> = before.iter().map(replaced).collect();
+    assert_same(&scan(&re, b"").await, &expected);
+    let (mut old_src, mut old_re) = (Vec::new(), Vec::new());
+    src.history(b"", |e| old_src.push(replaced(&e))).unwrap();
+    re.history(b"", |e| old_re.push(e)).unwrap();
+    assert_same(&old_re, &old_src);
+    // Same buckets, same sizes, and inline exactly where etcd's bbolt inlined them.
+    let shape = |s: &Snapshot| -> Vec<(Vec<u8>, u64, bool)> {
+        s.buckets()
+            .iter()
+            .map(|b| (b.name.clone(), b.entries, b.inline))
+            .collect()
+    };
+    assert_eq!(shape(&re), shape(&src));
+    assert_eq!(re.free_pages().count(), 0, "a fresh file has no free pages");
+
+    // Deterministic: copying the copy unchanged gives the same bytes.
+    let again = server.scratch().join("again.db");
+    let stats2 = write_snapshot(&re, &again, |_| None).unwrap();
+    assert_eq!(stats2.replaced, 0);
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&out).unwrap());
+
+    // etcd accepts the file and serves it.
+    let restored = restore_and_start(&out, server.scratch());
+    let mut c = Client::connect([restored.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let (after, after_rev) = live_entries(&mut c, b"").await;
+    assert_same(&after, &expected);
+    assert_eq!(after_rev, revision);
+    let old = c
+        .get(&thrice[..], Some(GetOptions::new().with_revision(first)))
+        .await
+        .unwrap();
+    assert_eq!(
+        old.kvs()[0].value(),
+        fake_encrypt(b"k8s\0one"),
+        "history was rewritten too"
+    );
+    let leased = after.iter().filter(|e| e.lease != 0).count();
+    assert_eq!(leased, 2, "leases survive");
 }

@@ -101,7 +101,6 @@ pub(crate) struct Meta {
 
 impl Meta {
     /// Writes this meta as page `id` (0 or 1) of `page_size` bytes, checksum included.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn to_page(self, id: u64) -> Vec<u8> {
         let mut page = Vec::with_capacity(self.page_size as usize);
         page.extend_from_slice(&id.to_le_bytes());
@@ -525,11 +524,11 @@ impl Walk<'_, '_> {
     }
 
     /// Visits every leaf element under `root`, in page order.
-    pub(crate) fn leaves(
+    pub(crate) fn leaves<E: From<Fault>>(
         &mut self,
         root: Root,
-        mut visit: impl FnMut(LeafElem) -> Result<(), Fault>,
-    ) -> Result<(), Fault> {
+        mut visit: impl FnMut(LeafElem) -> Result<(), E>,
+    ) -> Result<(), E> {
         let (first, owner) = match root {
             Root::Page(id) => (self.visit_page(id)?, None),
             Root::Inline { span, page } => (self.tree.inline_page(span, page)?, page),
@@ -552,12 +551,14 @@ impl Walk<'_, '_> {
                 BRANCH => {
                     let (_, child) = self.tree.branch_elem(&p, i)?;
                     if stack.len() >= MAX_DEPTH {
-                        return Err(Fault::at(p.id, "tree deeper than any real database"));
+                        return Err(Fault::at(p.id, "tree deeper than any real database").into());
                     }
                     let c = self.visit_page(child)?;
                     stack.push((c, 0));
                 }
-                _ => return Err(Fault::at(p.id, "page in a tree is neither branch nor leaf")),
+                _ => {
+                    return Err(Fault::at(p.id, "page in a tree is neither branch nor leaf").into())
+                }
             }
         }
         Ok(())

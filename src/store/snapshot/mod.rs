@@ -45,6 +45,7 @@
 
 mod bbolt;
 mod mvcc;
+mod write;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,6 +62,8 @@ use thiserror::Error;
 use self::bbolt::{Fault, LeafElem, MetaProblem, PageSet, Root, Span, Tree, Walk};
 use self::mvcc::{KeyValue, Rev};
 use super::{Entry, Page, ReadStore, StoreError};
+
+pub use self::write::{write_snapshot, WriteStats};
 
 /// Entries per [`ReadStore::page`].
 const PAGE_ENTRIES: usize = 1000;
@@ -116,6 +119,15 @@ pub enum SnapshotError {
         /// The page where the damage was found, when it is in a page.
         page: Option<u64>,
         /// The structure that is damaged.
+        what: &'static str,
+    },
+    /// The file cannot be rewritten by [`write_snapshot`] (a layout etcd never writes, or a
+    /// replacement value too large for bbolt).
+    #[error("{} cannot be rewritten: {what}", .path.display())]
+    Unsupported {
+        /// The source file.
+        path: PathBuf,
+        /// What is not supported.
         what: &'static str,
     },
     /// A read asked for a revision other than the one the file holds.
@@ -191,6 +203,8 @@ pub struct Snapshot {
     page_size: usize,
     hwm: u64,
     txid: u64,
+    root: u64,
+    root_sequence: u64,
     key_root: Root,
     index: BTreeMap<Vec<u8>, Latest>,
     records: u64,
@@ -220,6 +234,8 @@ struct Parsed {
     page_size: usize,
     hwm: u64,
     txid: u64,
+    root: u64,
+    root_sequence: u64,
     key_root: Root,
     index: BTreeMap<Vec<u8>, Latest>,
     records: u64,
@@ -320,6 +336,8 @@ impl Snapshot {
             page_size: p.page_size,
             hwm: p.hwm,
             txid: p.txid,
+            root: p.root,
+            root_sequence: p.root_sequence,
             key_root: p.key_root,
             index: p.index,
             records: p.records,
@@ -712,7 +730,7 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
             if e.is_bucket() {
                 info.nested_buckets += 1;
                 nested.push((tree.bucket(&e)?.0, 2));
-                return Ok(());
+                return Ok::<(), Fault>(());
             }
             info.entries += 1;
             if is_key {
@@ -752,7 +770,7 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
                 if e.is_bucket() {
                     nested.push((tree.bucket(&e)?.0, depth + 1));
                 }
-                Ok(())
+                Ok::<(), Fault>(())
             })?;
         }
         info.pages = walk.seen_count() - pages_before;
@@ -778,6 +796,8 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
         page_size,
         hwm: meta.hwm,
         txid: meta.txid,
+        root: meta.root,
+        root_sequence: meta.sequence,
         key_root,
         index,
         records,

@@ -42,10 +42,6 @@ pub(crate) struct RevKey {
     pub(crate) tombstone: bool,
 }
 
-/// Length of a revision key without the tombstone mark.
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) const REV_BYTES: usize = 17;
-
 /// Parses a `key` bucket key (17 bytes, or 18 ending in `t`).
 pub(crate) fn parse_rev_key(bytes: &[u8]) -> Result<RevKey, WireError> {
     let mut r = Reader::new(bytes);
@@ -85,7 +81,7 @@ fn read_rev(r: &mut Reader<'_>) -> Result<Rev, WireError> {
 /// Writes a revision key (the inverse of [`parse_rev_key`]).
 #[cfg(test)]
 pub(crate) fn rev_key(rev: Rev, tombstone: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(REV_BYTES + 1);
+    let mut out = Vec::with_capacity(18);
     out.extend_from_slice(&rev.main.to_be_bytes());
     out.push(b'_');
     out.extend_from_slice(&rev.sub.to_be_bytes());
@@ -150,7 +146,6 @@ impl<'a> KeyValue<'a> {
     /// Re-serialises `record` (the bytes this was decoded from) with `value` in field 5, keeping
     /// every other byte as it was: field 5 is replaced where it stood, or inserted before the
     /// first higher-numbered field when the old value was empty; an empty new value drops it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn with_value(record: &[u8], value: &[u8]) -> Result<Vec<u8>, WireError> {
         let mut new_field = Vec::with_capacity(value.len() + 6);
         if !value.is_empty() {
@@ -193,7 +188,6 @@ enum Payload<'a> {
 
 /// One field of a protobuf message and where it sits (`start..end`, tag included).
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(test), allow(dead_code))]
 struct Field<'a> {
     number: u64,
     payload: Payload<'a>,
@@ -259,7 +253,6 @@ fn for_each_field<'a>(
     Ok(())
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -313,7 +306,7 @@ mod tests {
     fn rev_keys_round_trip() {
         let rev = Rev { main: 300, sub: 2 };
         let k = rev_key(rev, false);
-        assert_eq!(k.len(), REV_BYTES);
+        assert_eq!(k.len(), 17);
         assert_eq!(
             parse_rev_key(&k).unwrap(),
             RevKey {
