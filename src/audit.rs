@@ -324,85 +324,6 @@ pub async fn audit<S: ReadStore + Sync>(
     Ok(auditor.finish(store.source(), info.revision))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_namespaced_and_cluster_keys() {
-        let p = b"/registry/secrets/";
-        assert_eq!(
-            namespace_and_name(p, b"/registry/secrets/default/db"),
-            (Some("default".into()), Some("db".into()))
-        );
-        assert_eq!(
-            namespace_and_name(
-                b"/registry/namespaces/",
-                b"/registry/namespaces/kube-system"
-            ),
-            (None, Some("kube-system".into()))
-        );
-        assert_eq!(namespace_and_name(p, b"/other/x"), (None, None));
-    }
-
-    #[test]
-    fn verdict_follows_the_exit_status_rules() {
-        let mut c = Counts::default();
-        c.add(State::Current);
-        c.add(State::Kms);
-        assert_eq!(c.verdict(true), Verdict::Clean);
-        c.add(State::Stale);
-        assert_eq!(c.verdict(false), Verdict::Clean);
-        assert_eq!(c.verdict(true), Verdict::Findings);
-        let mut d = Counts::default();
-        d.add(State::Encrypted);
-        assert_eq!(d.verdict(true), Verdict::Clean);
-        for bad in [State::Plaintext, State::UnknownKey, State::Undecryptable] {
-            let mut e = Counts::default();
-            e.add(bad);
-            assert_eq!(e.verdict(false), Verdict::Findings, "{bad}");
-            assert_eq!(e.get(bad), 1);
-            assert_eq!(e.total, 1);
-        }
-    }
-
-    #[test]
-    fn summary_serialises_with_kebab_state_names() {
-        let json = serde_json::to_value(Counts::default()).unwrap();
-        for s in State::ALL {
-            assert!(json.get(s.as_str()).is_some(), "{s}");
-        }
-    }
-
-    #[test]
-    fn no_config_audit_names_provider_and_key() {
-        let mut a = Auditor::new(None, b"/registry/secrets/");
-        let mut entry = Entry {
-            key: b"/registry/secrets/ns/a".to_vec(),
-            value: b"k8s:enc:aescbc:v1:aescbckey-2025-05-16T19:21:39Z:\x01\x02\xff".to_vec(),
-            mod_revision: 3,
-            create_revision: 3,
-            version: 1,
-            lease: 0,
-        };
-        let e = a.add(&entry).clone();
-        assert_eq!(e.state, State::Encrypted);
-        assert_eq!(e.provider, Some(ProviderKind::Aescbc));
-        assert_eq!(
-            e.key_name.as_deref(),
-            Some("aescbckey-2025-05-16T19:21:39Z")
-        );
-        entry.value = b"k8s\0plain".to_vec();
-        assert_eq!(a.add(&entry).state, State::Plaintext);
-        entry.value = b"k8s:enc:kms:v2:plugin:\x0a".to_vec();
-        assert_eq!(a.add(&entry).state, State::Kms);
-        let r = a.finish("test".into(), 9);
-        assert_eq!(r.summary.total, 3);
-        assert_eq!(r.write_provider, None);
-        assert_eq!(r.verdict(false), Verdict::Findings);
-    }
-}
-
 /// The (group, resource) a key prefix holds: the last path segment of the prefix
 /// (`/registry/secrets/` → `("", "secrets")`). Core-group resources are what kube-apiserver keeps
 /// under `<etcd-prefix>/<resource>/`.
@@ -492,4 +413,83 @@ pub async fn audit_snapshot(
     report.history = Some(history);
     report.residue = Some(Residue { plaintext: residue });
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_namespaced_and_cluster_keys() {
+        let p = b"/registry/secrets/";
+        assert_eq!(
+            namespace_and_name(p, b"/registry/secrets/default/db"),
+            (Some("default".into()), Some("db".into()))
+        );
+        assert_eq!(
+            namespace_and_name(
+                b"/registry/namespaces/",
+                b"/registry/namespaces/kube-system"
+            ),
+            (None, Some("kube-system".into()))
+        );
+        assert_eq!(namespace_and_name(p, b"/other/x"), (None, None));
+    }
+
+    #[test]
+    fn verdict_follows_the_exit_status_rules() {
+        let mut c = Counts::default();
+        c.add(State::Current);
+        c.add(State::Kms);
+        assert_eq!(c.verdict(true), Verdict::Clean);
+        c.add(State::Stale);
+        assert_eq!(c.verdict(false), Verdict::Clean);
+        assert_eq!(c.verdict(true), Verdict::Findings);
+        let mut d = Counts::default();
+        d.add(State::Encrypted);
+        assert_eq!(d.verdict(true), Verdict::Clean);
+        for bad in [State::Plaintext, State::UnknownKey, State::Undecryptable] {
+            let mut e = Counts::default();
+            e.add(bad);
+            assert_eq!(e.verdict(false), Verdict::Findings, "{bad}");
+            assert_eq!(e.get(bad), 1);
+            assert_eq!(e.total, 1);
+        }
+    }
+
+    #[test]
+    fn summary_serialises_with_kebab_state_names() {
+        let json = serde_json::to_value(Counts::default()).unwrap();
+        for s in State::ALL {
+            assert!(json.get(s.as_str()).is_some(), "{s}");
+        }
+    }
+
+    #[test]
+    fn no_config_audit_names_provider_and_key() {
+        let mut a = Auditor::new(None, b"/registry/secrets/");
+        let mut entry = Entry {
+            key: b"/registry/secrets/ns/a".to_vec(),
+            value: b"k8s:enc:aescbc:v1:aescbckey-2025-05-16T19:21:39Z:\x01\x02\xff".to_vec(),
+            mod_revision: 3,
+            create_revision: 3,
+            version: 1,
+            lease: 0,
+        };
+        let e = a.add(&entry).clone();
+        assert_eq!(e.state, State::Encrypted);
+        assert_eq!(e.provider, Some(ProviderKind::Aescbc));
+        assert_eq!(
+            e.key_name.as_deref(),
+            Some("aescbckey-2025-05-16T19:21:39Z")
+        );
+        entry.value = b"k8s\0plain".to_vec();
+        assert_eq!(a.add(&entry).state, State::Plaintext);
+        entry.value = b"k8s:enc:kms:v2:plugin:\x0a".to_vec();
+        assert_eq!(a.add(&entry).state, State::Kms);
+        let r = a.finish("test".into(), 9);
+        assert_eq!(r.summary.total, 3);
+        assert_eq!(r.write_provider, None);
+        assert_eq!(r.verdict(false), Verdict::Findings);
+    }
 }
