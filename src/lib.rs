@@ -34,6 +34,7 @@ pub mod audit;
 pub mod config;
 pub mod inspect;
 pub mod object;
+pub mod offline;
 pub mod provider;
 pub mod rewrite;
 pub mod store;

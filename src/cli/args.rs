@@ -238,4 +238,14 @@ pub(crate) struct RewriteArgs {
     /// are then gone; `etcdctl defrag` frees their pages).
     #[arg(long)]
     pub(crate) compact: bool,
+    /// Offline: re-encrypt this etcd snapshot file into --out instead of a live etcd (every
+    /// stored revision, no free pages; the input is never modified).
+    #[arg(long, value_name = "IN", requires = "out", conflicts_with_all = ["backup", "compact"])]
+    pub(crate) snapshot: Option<PathBuf>,
+    /// Offline: the new snapshot file to write.
+    #[arg(long, value_name = "OUT", requires = "snapshot")]
+    pub(crate) out: Option<PathBuf>,
+    /// Offline: overwrite OUT if it exists.
+    #[arg(long, requires = "out")]
+    pub(crate) force: bool,
 }
