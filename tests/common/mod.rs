@@ -467,3 +467,44 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+impl EtcdServer {
+    /// Restores `snapshot` with `etcdctl snapshot restore` into a fresh data directory and
+    /// starts a single-member etcd on it (what an operator does with a backup).
+    pub fn start_restored(snapshot: &Path) -> EtcdServer {
+        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let name = "atrest-test".to_owned();
+        let cluster = format!("{name}={peer}");
+        let data = dir.path().join("data");
+        let out = Command::new(etcdctl_binary())
+            .arg("snapshot")
+            .arg("restore")
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--name", &name, "--initial-cluster", &cluster])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("run etcdctl snapshot restore");
+        assert!(
+            out.status.success(),
+            "etcdctl snapshot restore {} failed: {}",
+            snapshot.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut server = EtcdServer {
+            child: None,
+            dir,
+            endpoint: client,
+            peer_url: peer,
+            name,
+            etcdctl_flags: Vec::new(),
+        };
+        server.spawn(&cluster, "new", &[]);
+        server.wait_ready(&EtcdOptions::default());
+        server
+    }
+}

@@ -1,0 +1,480 @@
+//! `atrest audit` against a real etcd, and its agreement with `atrest audit --snapshot`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use atrest::config::Config;
+use atrest::provider::{aescbc::AesCbc, aesgcm::AesGcm, secretbox::Secretbox};
+use atrest::provider::{KeyMaterial, Provider};
+use atrest::transform::Chain;
+use serde_json::Value;
+
+use crate::common::{put_raw, EtcdServer};
+
+/// Every provider kube-apiserver has; keys are fixed test keys.
+pub(crate) const CONFIG: &str = "\
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [secrets]
+  providers:
+  - aescbc:
+      keys:
+      - name: key2
+        secret: 7d9+9fRVOV06k4tCYRlZgx3EB0XKUbEzNCfAO/j2Cr0=
+      - name: key1
+        secret: rrbu51iF5Q+RAUNdZZ4HrBOFWTfFZBeOUSsPWYzZGxY=
+  - aesgcm:
+      keys:
+      - name: gcm1
+        secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
+  - secretbox:
+      keys:
+      - name: box1
+        secret: HxwdHhscGRoXGBUWExQREg8QDQ4LDAkKBwgFBgMEAQI=
+  - kms:
+      apiVersion: v2
+      name: vault
+      endpoint: unix:///run/kms.sock
+  - identity: {}
+";
+
+pub(crate) fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("encryption-config.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub(crate) fn atrest() -> Command {
+    Command::cargo_bin("atrest").unwrap()
+}
+
+/// The Kubernetes Secret fixture: a real stored plaintext value.
+pub(crate) fn stored_secret() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/k8s-api/core.v1.Secret.pb"
+    ))
+    .unwrap()
+}
+
+fn single(p: Provider) -> Chain {
+    Chain::from_providers("secrets", vec![p]).unwrap()
+}
+
+fn key(b64: &str) -> KeyMaterial {
+    KeyMaterial::new(atrest::config::decode_secret(b64).unwrap().to_vec())
+}
+
+/// Seeds one entry of every state and returns key → expected (state, provider, key name,
+/// readable).
+pub(crate) async fn seed_every_state(
+    server: &EtcdServer,
+) -> BTreeMap<
+    String,
+    (
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        bool,
+    ),
+> {
+    let config = Config::from_yaml(CONFIG).unwrap();
+    let chain = Chain::from_config(&config, "", "secrets").unwrap();
+    let k1 = single(Provider::Aescbc(
+        AesCbc::new("key1", &key("rrbu51iF5Q+RAUNdZZ4HrBOFWTfFZBeOUSsPWYzZGxY=")).unwrap(),
+    ));
+    let gcm = single(Provider::Aesgcm(
+        AesGcm::new("gcm1", &key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")).unwrap(),
+    ));
+    let sbox = single(Provider::Secretbox(
+        Secretbox::new("box1", &key("HxwdHhscGRoXGBUWExQREg8QDQ4LDAkKBwgFBgMEAQI=")).unwrap(),
+    ));
+    let lost = single(Provider::Aescbc(
+        AesCbc::new("key0", &KeyMaterial::new(vec![0x42; 32])).unwrap(),
+    ));
+    let plain = stored_secret();
+    let k = |ns: &str, n: &str| format!("/registry/secrets/{ns}/{n}");
+    let mut corrupt = chain
+        .encrypt(&plain, k("ns2", "corrupt").as_bytes())
+        .unwrap();
+    let len = corrupt.len();
+    corrupt[len - 20] ^= 0xff; // damage the last-but-one block: padding check fails
+    corrupt.truncate(len - 3);
+    let values: Vec<(String, Vec<u8>, (&str, Option<&str>, Option<&str>, bool))> = vec![
+        (
+            k("default", "plain"),
+            plain.clone(),
+            ("plaintext", None, None, true),
+        ),
+        (
+            k("default", "current"),
+            chain
+                .encrypt(&plain, k("default", "current").as_bytes())
+                .unwrap(),
+            ("current", Some("aescbc"), Some("key2"), true),
+        ),
+        (
+            k("default", "stale-cbc"),
+            k1.encrypt(&plain, b"").unwrap(),
+            ("stale", Some("aescbc"), Some("key1"), true),
+        ),
+        (
+            k("default", "stale-gcm"),
+            gcm.encrypt(&plain, k("default", "stale-gcm").as_bytes())
+                .unwrap(),
+            ("stale", Some("aesgcm"), Some("gcm1"), true),
+        ),
+        (
+            k("default", "stale-box"),
+            sbox.encrypt(&plain, b"").unwrap(),
+            ("stale", Some("secretbox"), Some("box1"), true),
+        ),
+        (
+            k("ns2", "unknown"),
+            lost.encrypt(&plain, b"").unwrap(),
+            ("unknown-key", Some("aescbc"), Some("key0"), false),
+        ),
+        (
+            k("ns2", "corrupt"),
+            corrupt,
+            ("undecryptable", Some("aescbc"), Some("key2"), false),
+        ),
+        (
+            k("ns2", "moved-gcm"),
+            gcm.encrypt(&plain, b"/registry/secrets/default/elsewhere")
+                .unwrap(),
+            ("undecryptable", Some("aesgcm"), Some("gcm1"), false),
+        ),
+        (
+            k("ns2", "kms"),
+            b"k8s:enc:kms:v2:vault:\x0a\x20opaque-envelope".to_vec(),
+            ("kms", Some("kms"), Some("vault"), true),
+        ),
+    ];
+    let mut client = server.client().await;
+    let mut expected = BTreeMap::new();
+    for (key, value, want) in values {
+        put_raw(&mut client, key.as_bytes(), &value).await;
+        let (s, p, n, r) = want;
+        expected.insert(key, (leak(s), p.map(leak), n.map(leak), r));
+    }
+    // Outside the prefix: never audited.
+    put_raw(&mut client, b"/registry/configmaps/default/x", b"k8s\0x").await;
+    expected
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+fn audit_json(args: &[&str]) -> (Value, i32) {
+    let out = atrest()
+        .arg("audit")
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let code = out.status.code().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (json, code)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_audit_reports_every_state() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let expected = seed_every_state(&server).await;
+    let config = config.to_str().unwrap();
+    let (report, code) = audit_json(&["--endpoints", &server.endpoint, "--config", config]);
+    assert_eq!(code, 1, "plaintext and unreadable entries are findings");
+    assert_eq!(report["prefix"], "/registry/secrets/");
+    assert_eq!(report["source"], format!("etcd {}", server.endpoint));
+    assert_eq!(report["write_provider"]["provider"], "aescbc");
+    assert_eq!(report["write_provider"]["key_name"], "key2");
+    let entries = report["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), expected.len());
+    for e in entries {
+        let key = e["key"].as_str().unwrap();
+        let (state, provider, key_name, readable) = expected[key];
+        assert_eq!(e["state"], state, "{key}");
+        assert_eq!(e["provider"].as_str(), provider, "{key}");
+        assert_eq!(e["key_name"].as_str(), key_name, "{key}");
+        assert_eq!(e["readable"], readable, "{key}");
+        assert_eq!(e["namespace"], key.split('/').nth(3).unwrap(), "{key}");
+        assert!(e["mod_revision"].as_i64().unwrap() > 1);
+        assert!(e["size"].as_u64().unwrap() > 0);
+        if !readable {
+            assert!(e["error"].as_str().is_some_and(|s| !s.is_empty()), "{key}");
+        }
+    }
+    let s = &report["summary"];
+    assert_eq!(
+        (
+            s["total"].as_u64(),
+            s["plaintext"].as_u64(),
+            s["current"].as_u64(),
+            s["stale"].as_u64()
+        ),
+        (Some(9), Some(1), Some(1), Some(3))
+    );
+    assert_eq!(
+        (
+            s["unknown-key"].as_u64(),
+            s["undecryptable"].as_u64(),
+            s["kms"].as_u64(),
+            s["encrypted"].as_u64()
+        ),
+        (Some(1), Some(2), Some(1), Some(0))
+    );
+
+    // The table names findings but never a secret value.
+    let out = atrest()
+        .args([
+            "audit",
+            "--endpoints",
+            &server.endpoint,
+            "--config",
+            config,
+            "-o",
+            "table",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "plaintext",
+        "unknown-key",
+        "undecryptable",
+        "stale-gcm",
+        "key0",
+    ] {
+        assert!(table.contains(needle), "{needle} missing from:\n{table}");
+    }
+    for secret in ["stringDataValue", "Ag==", "rrbu51iF5Q", "7d9+9fRVOV"] {
+        assert!(!table.contains(secret), "{secret} leaked:\n{table}");
+        assert!(
+            !report.to_string().contains(secret),
+            "{secret} leaked in JSON"
+        );
+    }
+
+    // Without a config: plaintext vs encrypted, provider and key name per entry.
+    let (bare, code) = audit_json(&["--endpoints", &server.endpoint]);
+    assert_eq!(code, 1);
+    assert_eq!(bare["write_provider"], Value::Null);
+    let s = &bare["summary"];
+    assert_eq!(
+        (
+            s["plaintext"].as_u64(),
+            s["encrypted"].as_u64(),
+            s["kms"].as_u64()
+        ),
+        (Some(1), Some(7), Some(1))
+    );
+    assert!(bare["entries"][0].get("readable").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_makes_stale_entries_findings() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let config = config.to_str().unwrap();
+    let chain = Chain::from_config(&Config::from_yaml(CONFIG).unwrap(), "", "secrets").unwrap();
+    let sbox = single(Provider::Secretbox(
+        Secretbox::new("box1", &key("HxwdHhscGRoXGBUWExQREg8QDQ4LDAkKBwgFBgMEAQI=")).unwrap(),
+    ));
+    let mut client = server.client().await;
+    let k = "/registry/secrets/a/current";
+    put_raw(
+        &mut client,
+        k.as_bytes(),
+        &chain.encrypt(b"k8s\0x", k.as_bytes()).unwrap(),
+    )
+    .await;
+    put_raw(
+        &mut client,
+        b"/registry/secrets/a/stale",
+        &sbox.encrypt(b"k8s\0y", b"").unwrap(),
+    )
+    .await;
+    let (_, code) = audit_json(&["--endpoints", &server.endpoint, "--config", config]);
+    assert_eq!(code, 0, "stale alone is not a finding");
+    let (_, code) = audit_json(&[
+        "--endpoints",
+        &server.endpoint,
+        "--config",
+        config,
+        "--strict",
+    ]);
+    assert_eq!(code, 1, "--strict counts stale entries");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_audit_matches_live_audit() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let config = config.to_str().unwrap();
+    seed_every_state(&server).await;
+    let (live, live_code) = audit_json(&["--endpoints", &server.endpoint, "--config", config]);
+    let snap = server.snapshot_save("audit.db");
+    let (offline, code) = audit_json(&["--snapshot", snap.to_str().unwrap(), "--config", config]);
+    assert_eq!(code, live_code);
+    for field in ["prefix", "revision", "write_provider", "entries", "summary"] {
+        assert_eq!(live[field], offline[field], "{field} differs");
+    }
+    assert_eq!(offline["source"], format!("snapshot {}", snap.display()));
+    assert!(live.get("history").is_none() && live.get("residue").is_none());
+    assert_eq!(offline["history"]["total"], 0, "nothing was overwritten");
+    assert!(offline["residue"]["plaintext"].is_u64());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_and_residue_follow_compaction_and_defrag() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let config = config.to_str().unwrap();
+    let mut client = server.client().await;
+    put_raw(
+        &mut client,
+        b"/registry/secrets/default/s1",
+        &stored_secret(),
+    )
+    .await;
+    // Re-encrypt it with atrest itself.
+    let out = atrest()
+        .args([
+            "rewrite",
+            "--endpoints",
+            &server.endpoint,
+            "--config",
+            config,
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["rewritten"], 1);
+
+    let snap = server.snapshot_save("before-compaction.db");
+    let (r, code) = audit_json(&["--snapshot", snap.to_str().unwrap(), "--config", config]);
+    assert_eq!(code, 0, "the newest revision is current");
+    assert_eq!(r["summary"]["current"], 1);
+    assert_eq!(
+        r["history"]["plaintext"], 1,
+        "the plaintext revision is still stored"
+    );
+    assert_eq!(r["history"]["total"], 1);
+
+    let rev = r["revision"].as_i64().unwrap().to_string();
+    server.etcdctl(&["compact", &rev, "--physical"]);
+    let snap = server.snapshot_save("after-compaction.db");
+    let (r, _) = audit_json(&["--snapshot", snap.to_str().unwrap(), "--config", config]);
+    assert_eq!(
+        r["history"]["total"], 0,
+        "compaction removed the old revision"
+    );
+    let residue = r["residue"]["plaintext"].as_u64().unwrap();
+    assert!(
+        residue >= 1,
+        "the old bytes stay in free pages until defrag: {r}"
+    );
+
+    server.etcdctl(&["defrag"]);
+    let snap = server.snapshot_save("after-defrag.db");
+    let (r, _) = audit_json(&["--snapshot", snap.to_str().unwrap(), "--config", config]);
+    assert_eq!(r["history"]["total"], 0);
+    assert_eq!(r["residue"]["plaintext"], 0, "defrag rewrote the file: {r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_rewrite_restores_into_a_current_etcd() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), CONFIG);
+    let config = config_path.to_str().unwrap();
+    let chain = Chain::from_config(&Config::from_yaml(CONFIG).unwrap(), "", "secrets").unwrap();
+    let k1 = single(Provider::Aescbc(
+        AesCbc::new("key1", &key("rrbu51iF5Q+RAUNdZZ4HrBOFWTfFZBeOUSsPWYzZGxY=")).unwrap(),
+    ));
+    let mut client = server.client().await;
+    let mut originals = BTreeMap::new();
+    for i in 0..60u32 {
+        let key = format!("/registry/secrets/ns{}/s{i}", i % 4);
+        let mut plain = stored_secret();
+        plain.extend_from_slice(format!("#{i}").as_bytes());
+        let value = match i % 3 {
+            0 => plain.clone(),
+            1 => k1.encrypt(&plain, b"").unwrap(),
+            _ => chain.encrypt(&plain, key.as_bytes()).unwrap(),
+        };
+        // An older plaintext revision for some keys: history must be re-encrypted too.
+        if i % 5 == 0 {
+            put_raw(&mut client, key.as_bytes(), &plain).await;
+        }
+        put_raw(&mut client, key.as_bytes(), &value).await;
+        originals.insert(key, plain);
+    }
+    let snap = server.snapshot_save("in.db");
+    let before = std::fs::read(&snap).unwrap();
+    let out_path = dir.path().join("out.db");
+    let out = atrest()
+        .args(["rewrite", "--config", config, "--snapshot"])
+        .arg(&snap)
+        .arg("--out")
+        .arg(&out_path)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["rewritten"], 40);
+    assert_eq!(s["already_current"], 20);
+    assert!(s["history_rewritten"].as_u64().unwrap() >= 12);
+    assert_eq!(s["after"]["current"], 60);
+    assert_eq!(s["after_history"]["plaintext"], 0);
+    assert_eq!(
+        std::fs::read(&snap).unwrap(),
+        before,
+        "the input is never modified"
+    );
+
+    // The rewritten file restores, serves, and holds the original plaintexts.
+    let restored = EtcdServer::start_restored(&out_path);
+    let (r, code) = audit_json(&["--endpoints", &restored.endpoint, "--config", config]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["summary"]["current"], 60);
+    let mut c = restored.client().await;
+    for (key, plain) in &originals {
+        let resp = c.get(key.as_bytes(), None).await.unwrap();
+        let value = resp.kvs()[0].value();
+        let read = chain.classify(value, key.as_bytes());
+        assert_eq!(
+            read.plaintext.unwrap().as_slice(),
+            plain.as_slice(),
+            "{key}"
+        );
+    }
+}
