@@ -1,4 +1,5 @@
 //! atrest's integration tests: one test binary (one link of tonic), against a real etcd.
+#![allow(clippy::unwrap_used)]
 
 #[path = "../common/mod.rs"]
 mod common;
