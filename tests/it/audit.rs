@@ -102,7 +102,7 @@ pub(crate) async fn seed_every_state(
     let len = corrupt.len();
     corrupt[len - 20] ^= 0xff; // damage the last-but-one block: padding check fails
     corrupt.truncate(len - 3);
-    let values: Vec<(String, Vec<u8>, (&str, Option<&str>, Option<&str>, bool))> = vec![
+    let values: Vec<(String, Vec<u8>, Expected)> = vec![
         (
             k("default", "plain"),
             plain.clone(),
@@ -163,10 +163,6 @@ pub(crate) async fn seed_every_state(
     // Outside the prefix: never audited.
     put_raw(&mut client, b"/registry/configmaps/default/x", b"k8s\0x").await;
     expected
-}
-
-fn leak(s: &str) -> &'static str {
-    Box::leak(s.to_owned().into_boxed_str())
 }
 
 fn audit_json(args: &[&str]) -> (Value, i32) {
