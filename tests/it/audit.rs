@@ -67,19 +67,16 @@ fn key(b64: &str) -> KeyMaterial {
     KeyMaterial::new(atrest::config::decode_secret(b64).unwrap().to_vec())
 }
 
-/// Seeds one entry of every state and returns key → expected (state, provider, key name,
-/// readable).
-pub(crate) async fn seed_every_state(
-    server: &EtcdServer,
-) -> BTreeMap<
-    String,
-    (
-        &'static str,
-        Option<&'static str>,
-        Option<&'static str>,
-        bool,
-    ),
-> {
+/// What an entry should audit as: (state, provider, key name, readable).
+pub(crate) type Expected = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    bool,
+);
+
+/// Seeds one entry of every state and returns key → expected result.
+pub(crate) async fn seed_every_state(server: &EtcdServer) -> BTreeMap<String, Expected> {
     let config = Config::from_yaml(CONFIG).unwrap();
     let chain = Chain::from_config(&config, "", "secrets").unwrap();
     let k1 = single(Provider::Aescbc(
@@ -157,8 +154,7 @@ pub(crate) async fn seed_every_state(
     let mut expected = BTreeMap::new();
     for (key, value, want) in values {
         put_raw(&mut client, key.as_bytes(), &value).await;
-        let (s, p, n, r) = want;
-        expected.insert(key, (leak(s), p.map(leak), n.map(leak), r));
+        expected.insert(key, want);
     }
     // Outside the prefix: never audited.
     put_raw(&mut client, b"/registry/configmaps/default/x", b"k8s\0x").await;
