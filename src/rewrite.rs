@@ -607,6 +607,14 @@ mod tests {
         apply(store, &chain(), &opts, &NoProgress, std::future::pending()).await
     }
 
+    #[test]
+    fn apply_can_run_on_a_spawned_task() {
+        fn is_send<T: Send>(_: &T) {}
+        let (store, chain, opts) = (MemStore::default(), chain(), RewriteOptions::default());
+        let run = apply(&store, &chain, &opts, &NoProgress, std::future::pending());
+        is_send(&run);
+    }
+
     #[tokio::test]
     async fn every_page_is_rewritten() {
         let store = MemStore::with_plaintext(95);
