@@ -176,13 +176,28 @@ impl Report {
     }
 
     /// Entries grouped by namespace (cluster-scoped entries under `""`), skipping `current`
-    /// ones: what a table shows.
+    /// and (without a config) `encrypted` ones: what a table lists.
     pub fn findings_by_namespace(&self) -> BTreeMap<&str, Vec<&ReportEntry>> {
         let mut map: BTreeMap<&str, Vec<&ReportEntry>> = BTreeMap::new();
-        for e in self.entries.iter().filter(|e| e.state != State::Current) {
+        let listed = |e: &&ReportEntry| !matches!(e.state, State::Current | State::Encrypted);
+        for e in self.entries.iter().filter(listed) {
             map.entry(e.namespace.as_deref().unwrap_or(""))
                 .or_default()
                 .push(e);
+        }
+        map
+    }
+}
+
+impl Report {
+    /// Encrypted entries counted by provider and key name (`(None, None)` never occurs: plaintext
+    /// entries are not counted), in provider, key order.
+    pub fn by_key(&self) -> BTreeMap<(ProviderKind, Option<&str>), u64> {
+        let mut map = BTreeMap::new();
+        for e in &self.entries {
+            if let Some(p) = e.provider {
+                *map.entry((p, e.key_name.as_deref())).or_default() += 1;
+            }
         }
         map
     }
@@ -309,6 +324,97 @@ pub async fn audit<S: ReadStore + Sync>(
     Ok(auditor.finish(store.source(), info.revision))
 }
 
+/// The (group, resource) a key prefix holds: the last path segment of the prefix
+/// (`/registry/secrets/` → `("", "secrets")`). Core-group resources are what kube-apiserver keeps
+/// under `<etcd-prefix>/<resource>/`.
+pub fn resource_from_prefix(prefix: &str) -> (&'static str, &str) {
+    let resource = prefix
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    ("", resource)
+}
+
+/// The kind stored under a resource, for counting residue (`secrets` → `Secret`).
+pub fn kind_of_resource(resource: &str) -> Option<&'static str> {
+    match resource {
+        "secrets" => Some("Secret"),
+        "configmaps" => Some("ConfigMap"),
+        _ => None,
+    }
+}
+
+/// The entries `before` can read but `after` cannot: what removing keys (`config rotate
+/// --stage prune`) would make unreadable. Empty means the change is safe for this store.
+pub async fn unreadable_after<S: ReadStore + Sync>(
+    store: &S,
+    before: &Chain,
+    after: &Chain,
+    prefix: &[u8],
+) -> Result<Vec<ReportEntry>, StoreError> {
+    let mut lost = Auditor::new(Some(before), prefix);
+    let mut blocked = Vec::new();
+    store
+        .scan(prefix, |entry| {
+            let now = before.classify(&entry.value, &entry.key);
+            if now.readable == Some(true)
+                && after.classify(&entry.value, &entry.key).readable != Some(true)
+            {
+                blocked.push(lost.add(&entry).clone());
+            }
+            true
+        })
+        .await?;
+    Ok(blocked)
+}
+
+/// Counts stored objects (`k8s\0` + runtime.Unknown envelope) of `kind` (any kind when `None`)
+/// in raw bytes, such as a free database page.
+pub fn count_plaintext_objects(bytes: &[u8], kind: Option<&str>) -> u64 {
+    let magic = crate::object::PROTOBUF_MAGIC;
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(pos) = bytes
+        .get(at..)
+        .and_then(|rest| rest.windows(magic.len()).position(|w| w == magic))
+    {
+        let start = at + pos;
+        if let Some((_, found)) = crate::object::peek_kind(&bytes[start..]) {
+            if kind.is_none_or(|k| k == found) {
+                count += 1;
+            }
+        }
+        at = start + magic.len();
+    }
+    count
+}
+
+/// Audits a snapshot or data file: the same report as a live audit of the same data, plus what
+/// only the file shows — `history` (older, not yet compacted revisions under the prefix, by
+/// state) and `residue` (plaintext objects of the audited kind left in unreferenced pages).
+pub async fn audit_snapshot(
+    snap: &crate::store::snapshot::Snapshot,
+    chain: Option<&Chain>,
+    prefix: &[u8],
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut report = audit(snap, chain, prefix, observer).await?;
+    let mut history = Counts::default();
+    snap.history(prefix, |entry| {
+        history.add(classify(chain, &entry.value, &entry.key).state);
+    })?;
+    let (_, resource) = resource_from_prefix(&report.prefix);
+    let kind = kind_of_resource(resource);
+    let residue = snap
+        .free_runs()
+        .map(|(_, bytes)| count_plaintext_objects(bytes, kind))
+        .sum();
+    report.history = Some(history);
+    report.residue = Some(Residue { plaintext: residue });
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,26 +491,5 @@ mod tests {
         assert_eq!(r.summary.total, 3);
         assert_eq!(r.write_provider, None);
         assert_eq!(r.verdict(false), Verdict::Findings);
-    }
-}
-
-/// The (group, resource) a key prefix holds: the last path segment of the prefix
-/// (`/registry/secrets/` → `("", "secrets")`). Core-group resources are what kube-apiserver keeps
-/// under `<etcd-prefix>/<resource>/`.
-pub fn resource_from_prefix(prefix: &str) -> (&'static str, &str) {
-    let resource = prefix
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or_default();
-    ("", resource)
-}
-
-/// The kind stored under a resource, for counting residue (`secrets` → `Secret`).
-pub fn kind_of_resource(resource: &str) -> Option<&'static str> {
-    match resource {
-        "secrets" => Some("Secret"),
-        "configmaps" => Some("ConfigMap"),
-        _ => None,
     }
 }

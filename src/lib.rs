@@ -32,7 +32,9 @@
 
 pub mod audit;
 pub mod config;
+pub mod inspect;
 pub mod object;
+pub mod offline;
 pub mod provider;
 pub mod rewrite;
 pub mod store;

@@ -3,6 +3,11 @@
 //! Field names and shapes follow kube-apiserver's
 //! `staging/src/k8s.io/apiserver/pkg/apis/apiserver/v1/types_encryption.go`. Decoding is strict
 //! (unknown fields are errors), as kube-apiserver's is.
+//!
+//! kube-apiserver turns YAML into JSON before decoding it, so its typing is JSON's: a `null`
+//! leaves a field at its zero value (`keys:` with nothing after it is an empty list, `- identity:`
+//! is a provider element with no provider in it), and a number or boolean where a string is
+//! expected is an error. The deserializers in [`de`] reproduce exactly that.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,11 +18,13 @@ use super::secret::SecretString;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EncryptionConfiguration {
     /// `apiserver.config.k8s.io/v1` (or the legacy `v1`).
+    #[serde(default, deserialize_with = "de::string")]
     pub api_version: String,
     /// `EncryptionConfiguration` (or the legacy `EncryptionConfig`).
+    #[serde(default, deserialize_with = "de::string")]
     pub kind: String,
     /// One entry per group of resources, each with its ordered list of providers.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de::list")]
     pub resources: Vec<ResourceConfiguration>,
 }
 
@@ -26,14 +33,17 @@ pub struct EncryptionConfiguration {
 #[serde(deny_unknown_fields)]
 pub struct ResourceConfiguration {
     /// Resource names such as `secrets`, `configmaps`, `*.apps`, `*.*`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de::string_list")]
     pub resources: Vec<String>,
     /// Providers in order: the first encrypts new writes; all are tried on reads.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de::list")]
     pub providers: Vec<ProviderConfiguration>,
 }
 
 /// One `providers[j]` element: exactly one of the fields must be set.
+///
+/// A field written with a `null` value (`- identity:`) stays `None`, as in kube-apiserver,
+/// so such an element is empty and refused by validation; write `identity: {}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfiguration {
@@ -59,7 +69,7 @@ pub struct ProviderConfiguration {
 #[serde(deny_unknown_fields)]
 pub struct KeysConfiguration {
     /// Keys in order: the first encrypts new writes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de::list")]
     pub keys: Vec<Key>,
 }
 
@@ -68,7 +78,7 @@ pub struct KeysConfiguration {
 #[serde(deny_unknown_fields)]
 pub struct Key {
     /// The key's name, written into every value it encrypts (`k8s:enc:aescbc:v1:<name>:`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de::string")]
     pub name: String,
     /// The key, base64-encoded. Never printed.
     #[serde(default)]
@@ -85,19 +95,28 @@ pub struct IdentityConfiguration {}
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KmsConfiguration {
     /// `v1` or `v2`; kube-apiserver defaults it to `v1`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de::opt_string"
+    )]
     pub api_version: Option<String>,
     /// The provider's name, written into every value (`k8s:enc:kms:v2:<name>:`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de::string")]
     pub name: String,
     /// KMS v1 DEK cache size (defaults to 1000; not allowed with v2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cachesize: Option<i32>,
     /// The plugin's socket, `unix:///path`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de::string")]
     pub endpoint: String,
-    /// Plugin call timeout as a Go duration (`3s` by default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Plugin call timeout as a Go duration (`3s` by default). Decoding refuses text that is not
+    /// a Go duration, as kube-apiserver's decoder does.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de::opt_duration"
+    )]
     pub timeout: Option<String>,
 }
 
@@ -106,18 +125,124 @@ impl ProviderConfiguration {
     /// With more than one type set (invalid), the first in `aesgcm, aescbc, secretbox, identity,
     /// kms` order.
     pub fn type_name(&self) -> Option<&'static str> {
+        self.type_names().first().copied()
+    }
+
+    /// Every provider type set in this element, in `aesgcm, aescbc, secretbox, identity, kms`
+    /// order (the field order of kube-apiserver's type). A valid element has exactly one.
+    pub fn type_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
         if self.aesgcm.is_some() {
-            Some("aesgcm")
-        } else if self.aescbc.is_some() {
-            Some("aescbc")
-        } else if self.secretbox.is_some() {
-            Some("secretbox")
-        } else if self.identity.is_some() {
-            Some("identity")
-        } else if self.kms.is_some() {
-            Some("kms")
-        } else {
-            None
+            names.push("aesgcm");
         }
+        if self.aescbc.is_some() {
+            names.push("aescbc");
+        }
+        if self.secretbox.is_some() {
+            names.push("secretbox");
+        }
+        if self.identity.is_some() {
+            names.push("identity");
+        }
+        if self.kms.is_some() {
+            names.push("kms");
+        }
+        names
+    }
+
+    /// The key list of an `aescbc`, `aesgcm` or `secretbox` element (the first set, in the
+    /// order kube-apiserver checks them: aesgcm, aescbc, secretbox).
+    pub fn keys(&self) -> Option<&KeysConfiguration> {
+        self.aesgcm
+            .as_ref()
+            .or(self.aescbc.as_ref())
+            .or(self.secretbox.as_ref())
+    }
+}
+
+/// Deserializers with kube-apiserver's JSON typing (see the module docs).
+mod de {
+    use std::fmt;
+
+    use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+    /// A JSON string, or `null` for the empty string; anything else is a type error.
+    struct StrictString(&'static str);
+
+    impl<'de> Visitor<'de> for StrictString {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    fn strict<'de, D: Deserializer<'de>>(
+        d: D,
+        expecting: &'static str,
+    ) -> Result<Option<String>, D::Error> {
+        d.deserialize_any(StrictString(expecting))
+    }
+
+    /// A string field; `null` is `""`.
+    pub(super) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(strict(d, "a string")?.unwrap_or_default())
+    }
+
+    /// An optional string field; `null` is absent.
+    pub(super) fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        strict(d, "a string")
+    }
+
+    /// A Go duration string (`3s`, `1m30s`), checked with Go's `time.ParseDuration` rules.
+    pub(super) fn opt_duration<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<String>, D::Error> {
+        let s = strict(d, "a duration string such as \"3s\"")?;
+        if let Some(text) = &s {
+            crate::config::duration::parse(text)
+                .map_err(|e| de::Error::custom(format_args!("invalid timeout: {e}")))?;
+        }
+        Ok(s)
+    }
+
+    /// A list; `null` is the empty list.
+    pub(super) fn list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+    }
+
+    /// A list of strings with strict items; `null` is the empty list.
+    pub(super) fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        struct Item(String);
+        impl<'de> Deserialize<'de> for Item {
+            fn deserialize<D2: Deserializer<'de>>(d: D2) -> Result<Self, D2::Error> {
+                string(d).map(Item)
+            }
+        }
+        Ok(Option::<Vec<Item>>::deserialize(d)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| i.0)
+            .collect())
     }
 }

@@ -124,7 +124,7 @@ impl AesCbc {
         let ct = r.rest();
         // kube-apiserver checks this too ("the stored data is not a multiple of the block
         // size"); an empty ciphertext would otherwise reach the cipher.
-        if ct.is_empty() || ct.len() % IV_LEN != 0 {
+        if ct.is_empty() || !ct.len().is_multiple_of(IV_LEN) {
             return Err(DecryptError::BlockSize(ct.len()));
         }
         let mut buf = Zeroizing::new(ct.to_vec());

@@ -21,6 +21,8 @@ pub mod aesgcm;
 pub mod identity;
 pub mod kms;
 pub mod secretbox;
+#[cfg(test)]
+mod vectors;
 
 /// Decrypted bytes: wiped when dropped.
 pub type Plaintext = Zeroizing<Vec<u8>>;

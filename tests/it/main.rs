@@ -3,6 +3,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cli;
 mod etcd_store;
 mod harness;
 mod rewrite;
+mod snapshot;

@@ -1,16 +1,920 @@
-//! The read-only reader of etcd snapshot and data files. (Skeleton: owned by a helper.)
+//! The read-only reader of etcd snapshot and data files.
+//!
+//! # File layout
+//!
+//! An etcd snapshot (`etcdctl snapshot save`) and a data file (`member/snap/db`) are bbolt
+//! databases. Integers are little-endian unless marked BE.
+//!
+//! ```text
+//! file     = page 0 (meta) | page 1 (meta) | pages 2 .. hwm-1 (tree) | [unused tail] | [sha256]
+//!            page N starts at N * page_size; etcd always uses 4096-byte pages
+//! page     = header (16): id u64 | flags u16 | count u16 | overflow u32 | body
+//!            flags: 0x01 branch, 0x02 leaf, 0x04 meta, 0x10 freelist;
+//!            a page with overflow k spans k + 1 consecutive pages (large values)
+//! meta     = at offset 16 of pages 0 and 1 (64 bytes):
+//!            magic u32 = 0xED0CDAED | version u32 = 2 | page_size u32 | flags u32 |
+//!            root bucket {root pgid u64, sequence u64} | freelist pgid u64 |
+//!            hwm pgid u64 (first page never allocated) | txid u64 |
+//!            checksum u64 = FNV-1a-64 over the 56 bytes before it
+//!            bbolt alternates writes between the two; the valid one with the higher txid wins.
+//!            etcd writes no freelist (NoFreelistSync): freelist = 0xFFFFFFFFFFFFFFFF.
+//! branch   = count elements of 16 bytes: pos u32 | ksize u32 | child pgid u64;
+//!            the key is at element + pos
+//! leaf     = count elements of 16 bytes: flags u32 (1 = bucket) | pos u32 | ksize u32 | vsize u32;
+//!            the key is at element + pos, the value follows the key
+//! bucket   = a leaf value: root pgid u64 | sequence u64, and when root = 0 (an inline bucket,
+//!            at most page_size / 4 bytes) a leaf pseudo-page follows in the value itself
+//! trailer  = `etcdctl snapshot save` appends sha256(everything before it); it is there exactly
+//!            when len % 512 == 32 (etcd `snapshot/v3_snapshot.go`), as bbolt files are whole pages
+//! ```
+//!
+//! etcd's buckets hang off the root bucket: `alarm auth authRoles authUsers cluster key lease
+//! members members_removed meta`. The keyspace lives in `key`, one record per revision (see
+//! `mvcc.rs` for the record format): the newest revision of a key is its value, and a tombstone
+//! as the newest revision means the key is deleted. Older revisions stay until a compaction, and
+//! pages bbolt no longer references keep whatever they held until `etcdctl defrag` rewrites the
+//! file: [`Snapshot::history`] and [`Snapshot::free_pages`] expose both for audits.
+//!
+//! # Reading hostile files
+//!
+//! The file is untrusted. Every byte goes through [`crate::wire::Reader`]; every page id is
+//! checked against the high-water mark; walks are iterative, visit each page at most once and
+//! are bounded in depth; protobuf records are capped in field count. The whole tree is walked
+//! and checked once by [`Snapshot::open`], which then keeps only an index (key → location of its
+//! newest revision), never a copy of the values. The file is memory-mapped.
 
+mod bbolt;
+mod mvcc;
+mod write;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, TryLockError};
+use std::future::Future;
+use std::io;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-/// A failure reading a snapshot or data file.
+use self::bbolt::{Fault, LeafElem, MetaProblem, PageSet, Root, Span, Tree, Walk};
+use self::mvcc::{KeyValue, Rev};
+use super::{Entry, Page, ReadStore, StoreError};
+
+pub use self::write::{write_snapshot, WriteStats};
+
+/// Entries per [`ReadStore::page`].
+const PAGE_ENTRIES: usize = 1000;
+/// Value bytes after which a page is closed early.
+const PAGE_BYTES: usize = 8 << 20;
+/// Size of the sha256 trailer.
+const TRAILER: usize = 32;
+
+/// A failure reading (or writing) a snapshot or data file. Every variant names the file.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SnapshotError {
-    /// Placeholder.
-    #[error("not implemented")]
-    Todo,
+    /// The file could not be opened, read or written.
+    #[error("cannot access {}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// A running etcd holds the data file's lock: its contents are changing.
+    #[error(
+        "{}: etcd is running on this data file; take a snapshot with `etcdctl snapshot save` instead",
+        .path.display()
+    )]
+    Locked {
+        /// The data file.
+        path: PathBuf,
+    },
+    /// The sha256 trailer does not match the file's contents.
+    #[error(
+        "{}: the sha256 trailer does not match the contents: the snapshot is damaged or truncated",
+        .path.display()
+    )]
+    HashMismatch {
+        /// The snapshot.
+        path: PathBuf,
+    },
+    /// The file is not a bbolt database, or not etcd's.
+    #[error("{} is not an etcd snapshot or data file: {reason}", .path.display())]
+    NotEtcd {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// A bbolt or etcd structure is truncated or inconsistent.
+    #[error("{} is corrupt{}: {what}", .path.display(), page_note(*.page))]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The page where the damage was found, when it is in a page.
+        page: Option<u64>,
+        /// The structure that is damaged.
+        what: &'static str,
+    },
+    /// The file cannot be rewritten by [`write_snapshot`] (a layout etcd never writes, or a
+    /// replacement value too large for bbolt).
+    #[error("{} cannot be rewritten: {what}", .path.display())]
+    Unsupported {
+        /// The source file.
+        path: PathBuf,
+        /// What is not supported.
+        what: &'static str,
+    },
+    /// A read asked for a revision other than the one the file holds.
+    #[error(
+        "{} holds revision {revision} only (revision {requested} was asked for)",
+        .path.display()
+    )]
+    RevisionUnavailable {
+        /// The file.
+        path: PathBuf,
+        /// The revision asked for.
+        requested: i64,
+        /// The file's revision.
+        revision: i64,
+    },
 }
 
-/// An opened etcd snapshot or `member/snap/db` file.
-#[derive(Debug)]
-pub struct Snapshot {}
+fn page_note(page: Option<u64>) -> String {
+    page.map(|p| format!(" at page {p}")).unwrap_or_default()
+}
+
+/// One bucket of the root bucket, for diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BucketInfo {
+    /// The bucket's name (`key`, `meta`, `lease`, …).
+    pub name: Vec<u8>,
+    /// Plain keys directly in the bucket.
+    pub entries: u64,
+    /// Buckets nested in it (etcd nests none).
+    pub nested_buckets: u64,
+    /// Pages its tree occupies (overflow pages included; 0 for an inline bucket).
+    pub pages: u64,
+    /// Whether the bucket is stored inline in its parent's leaf.
+    pub inline: bool,
+}
+
+/// The newest revision of a live key.
+#[derive(Debug, Clone, Copy)]
+struct Latest {
+    rev: Rev,
+    /// The `mvccpb.KeyValue` record.
+    record: Span,
+}
+
+/// Where the bytes are.
+enum Data {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Data {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Map(m) => m,
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+/// An opened etcd snapshot or `member/snap/db` file, read-only.
+///
+/// [`Snapshot::open`] checks the whole file and builds an index of the latest keyspace;
+/// [`ReadStore`] then serves it like a live etcd frozen at [`Snapshot::revision`].
+pub struct Snapshot {
+    path: PathBuf,
+    data: Data,
+    /// Keeps the shared lock for as long as the file is mapped.
+    _file: Option<File>,
+    /// Length of the bbolt part (the trailer excluded).
+    db_len: usize,
+    has_hash: bool,
+    page_size: usize,
+    hwm: u64,
+    txid: u64,
+    root: u64,
+    root_sequence: u64,
+    key_root: Root,
+    index: BTreeMap<Vec<u8>, Latest>,
+    records: u64,
+    revision: i64,
+    compacted: Option<i64>,
+    consistent_index: Option<u64>,
+    reachable: PageSet,
+    buckets: Vec<BucketInfo>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("path", &self.path)
+            .field("bytes", &self.db_len)
+            .field("has_hash", &self.has_hash)
+            .field("revision", &self.revision)
+            .field("keys", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Snapshot::open`] computed from the bytes.
+struct Parsed {
+    db_len: usize,
+    has_hash: bool,
+    page_size: usize,
+    hwm: u64,
+    txid: u64,
+    root: u64,
+    root_sequence: u64,
+    key_root: Root,
+    index: BTreeMap<Vec<u8>, Latest>,
+    records: u64,
+    revision: i64,
+    compacted: Option<i64>,
+    consistent_index: Option<u64>,
+    reachable: PageSet,
+    buckets: Vec<BucketInfo>,
+}
+
+/// A failure found while parsing, before the path is attached.
+enum ParseError {
+    HashMismatch,
+    NotEtcd(&'static str),
+    Corrupt(Fault),
+}
+
+impl From<Fault> for ParseError {
+    fn from(f: Fault) -> Self {
+        ParseError::Corrupt(f)
+    }
+}
+
+impl Snapshot {
+    /// Opens a snapshot (`etcdctl snapshot save`) or an etcd data file (`member/snap/db`).
+    ///
+    /// Never blocks: a data file locked by a running etcd is [`SnapshotError::Locked`]. A
+    /// sha256 trailer, when present, must match ([`SnapshotError::HashMismatch`]). The whole
+    /// bbolt tree is checked; the keyspace index is built from the `key` bucket.
+    pub fn open(path: &Path) -> Result<Snapshot, SnapshotError> {
+        let io_err = |source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(SnapshotError::NotEtcd {
+                path: path.to_path_buf(),
+                reason: "not a regular file",
+            });
+        }
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(SnapshotError::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
+            // File systems without locks: nothing can be learnt, read on.
+            Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {}
+            Err(TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        if meta.len() == 0 {
+            return Err(SnapshotError::NotEtcd {
+                path: path.to_path_buf(),
+                reason: "the file is empty",
+            });
+        }
+        // SAFETY: the mapping is read-only and lives no longer than `file`, on which we hold a
+        // shared lock: bbolt (and so etcd) takes an exclusive lock before it writes, so no
+        // cooperating writer changes the file while it is mapped. A process that ignores the
+        // lock and truncates the file could still fault the mapping (SIGBUS) — the contract of
+        // every mmap-based reader, bbolt's included. All reads of the mapping are
+        // bounds-checked.
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
+        let parsed = parse(&map).map_err(|e| attach(path, e))?;
+        Ok(Snapshot::assemble(
+            path.to_path_buf(),
+            Data::Map(map),
+            Some(file),
+            parsed,
+        ))
+    }
+
+    /// Reads a snapshot held in memory (fuzzing, tests, a snapshot streamed from elsewhere).
+    /// Errors and [`ReadStore::source`] name it `<memory>`.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Snapshot, SnapshotError> {
+        let path = PathBuf::from("<memory>");
+        if bytes.is_empty() {
+            return Err(SnapshotError::NotEtcd {
+                path,
+                reason: "the file is empty",
+            });
+        }
+        let parsed = parse(&bytes).map_err(|e| attach(&path, e))?;
+        Ok(Snapshot::assemble(path, Data::Owned(bytes), None, parsed))
+    }
+
+    fn assemble(path: PathBuf, data: Data, file: Option<File>, p: Parsed) -> Snapshot {
+        Snapshot {
+            path,
+            data,
+            _file: file,
+            db_len: p.db_len,
+            has_hash: p.has_hash,
+            page_size: p.page_size,
+            hwm: p.hwm,
+            txid: p.txid,
+            root: p.root,
+            root_sequence: p.root_sequence,
+            key_root: p.key_root,
+            index: p.index,
+            records: p.records,
+            revision: p.revision,
+            compacted: p.compacted,
+            consistent_index: p.consistent_index,
+            reachable: p.reachable,
+            buckets: p.buckets,
+        }
+    }
+
+    /// The file this snapshot was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file ended with a sha256 trailer (it did match: a mismatch fails
+    /// [`Snapshot::open`]). `etcdctl snapshot save` writes one; a `member/snap/db` has none.
+    pub fn has_hash(&self) -> bool {
+        self.has_hash
+    }
+
+    /// The store revision: the highest main revision in the file, or the compaction revision
+    /// when that is higher (etcd's own rule when it restores a data file).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The revision of the last finished compaction (`meta/finishedCompactRev`), if any.
+    pub fn compacted_revision(&self) -> Option<i64> {
+        self.compacted
+    }
+
+    /// The raft index the data file has applied (`meta/consistent_index`), if recorded.
+    pub fn consistent_index(&self) -> Option<u64> {
+        self.consistent_index
+    }
+
+    /// The bbolt page size (4096 for every etcd file).
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// The bbolt file's high-water mark: pages `0..hwm` are allocated.
+    pub fn high_water_mark(&self) -> u64 {
+        self.hwm
+    }
+
+    /// The bbolt transaction id of the meta page in use.
+    pub fn txid(&self) -> u64 {
+        self.txid
+    }
+
+    /// How many keys exist at [`Snapshot::revision`].
+    pub fn key_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// How many records (revisions and tombstones) the `key` bucket holds.
+    pub fn record_count(&self) -> u64 {
+        self.records
+    }
+
+    /// The buckets of the root bucket, in name order.
+    pub fn buckets(&self) -> &[BucketInfo] {
+        &self.buckets
+    }
+
+    fn tree(&self) -> Tree<'_> {
+        let file = self.data.bytes();
+        Tree {
+            file: file.get(..self.db_len).unwrap_or_default(),
+            page_size: self.page_size,
+            hwm: self.hwm,
+        }
+    }
+
+    fn corrupt(&self, f: Fault) -> SnapshotError {
+        SnapshotError::Corrupt {
+            path: self.path.clone(),
+            page: f.page,
+            what: f.what,
+        }
+    }
+
+    /// Builds an [`Entry`] from a `key` bucket record.
+    fn entry(&self, record: Span) -> Result<Entry, SnapshotError> {
+        let bytes = self.tree().bytes(record);
+        let kv = KeyValue::decode(bytes).map_err(|e| self.corrupt(Fault::wire(None, &e)))?;
+        Ok(entry_from(&kv))
+    }
+
+    /// Reads one key at [`Snapshot::revision`] (`None`: it does not exist).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>, SnapshotError> {
+        self.index
+            .get(key)
+            .map(|latest| self.entry(latest.record))
+            .transpose()
+    }
+
+    /// Keys under `prefix`.
+    fn count_prefix(&self, prefix: &[u8]) -> u64 {
+        self.index
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .count() as u64
+    }
+
+    fn read_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        revision: Option<i64>,
+    ) -> Result<Page, SnapshotError> {
+        if let Some(requested) = revision.filter(|r| *r != self.revision) {
+            return Err(SnapshotError::RevisionUnavailable {
+                path: self.path.clone(),
+                requested,
+                revision: self.revision,
+            });
+        }
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut page = Page {
+            entries: Vec::new(),
+            revision: self.revision,
+            more: false,
+        };
+        let mut bytes = 0usize;
+        for (key, latest) in self.index.range::<[u8], _>((start, Bound::Unbounded)) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if page.entries.len() >= PAGE_ENTRIES || bytes >= PAGE_BYTES {
+                page.more = true;
+                break;
+            }
+            let entry = self.entry(latest.record)?;
+            bytes += entry.value.len();
+            page.entries.push(entry);
+        }
+        Ok(page)
+    }
+
+    /// Visits every older revision still stored for keys under `prefix`: revisions that are
+    /// neither a key's newest one nor a tombstone, including those of keys deleted since, in
+    /// revision order. Each comes as an [`Entry`] holding that revision's value. Returns how
+    /// many were visited. A compaction removes them; a snapshot taken before it keeps them.
+    pub fn history(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(Entry),
+    ) -> Result<u64, SnapshotError> {
+        let mut visited = 0u64;
+        self.for_each_record(|rev, kv| {
+            if rev.tombstone || !kv.key.starts_with(prefix) {
+                return;
+            }
+            let newest = self.index.get(kv.key).map(|l| l.rev);
+            if newest != Some(rev.rev) {
+                visited += 1;
+                visit(entry_from(&kv));
+            }
+        })?;
+        Ok(visited)
+    }
+
+    /// Walks every record of the `key` bucket in file order.
+    fn for_each_record(
+        &self,
+        mut f: impl FnMut(mvcc::RevKey, KeyValue<'_>),
+    ) -> Result<(), SnapshotError> {
+        let tree = self.tree();
+        let mut seen = PageSet::new(self.hwm);
+        let mut budget = element_budget(self.db_len);
+        let mut walk = Walk {
+            tree: &tree,
+            seen: &mut seen,
+            budget: &mut budget,
+        };
+        walk.leaves(self.key_root, |e| {
+            if e.is_bucket() {
+                return Ok(());
+            }
+            let (rev, kv) = key_record(&tree, &e)?;
+            f(rev, kv);
+            Ok(())
+        })
+        .map_err(|f| self.corrupt(f))
+    }
+
+    /// Every page-sized region of the file that the current tree does not reference: not a
+    /// meta page, not reachable from the root (inline buckets and overflow runs included), not
+    /// the freelist — including pages at or beyond the high-water mark. Yields `(page id,
+    /// bytes)` in page order; the last region is shorter if the file does not end on a page
+    /// boundary. bbolt leaves old data in such pages until `etcdctl defrag` rewrites the file.
+    pub fn free_pages(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        (2..self.page_total())
+            .filter(|id| !self.reachable.contains(*id))
+            .map(|id| (id, self.region(id, 1)))
+    }
+
+    /// Like [`Snapshot::free_pages`], with adjacent free pages merged into one region, so that
+    /// a value that spanned several pages (an overflow run) is found whole. Yields `(first
+    /// page id, bytes)`.
+    pub fn free_runs(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        let total = self.page_total();
+        let mut id = 2u64;
+        std::iter::from_fn(move || {
+            while id < total && self.reachable.contains(id) {
+                id += 1;
+            }
+            if id >= total {
+                return None;
+            }
+            let first = id;
+            while id < total && !self.reachable.contains(id) {
+                id += 1;
+            }
+            Some((first, self.region(first, id - first)))
+        })
+    }
+
+    /// Pages in the bbolt part of the file, a last partial page counted.
+    fn page_total(&self) -> u64 {
+        self.db_len.div_ceil(self.page_size) as u64
+    }
+
+    /// `pages` pages from `first`, clipped to the bbolt part of the file.
+    fn region(&self, first: u64, pages: u64) -> &[u8] {
+        let file = self.tree().file;
+        let off = (first as usize).saturating_mul(self.page_size);
+        let len = (pages as usize)
+            .saturating_mul(self.page_size)
+            .min(self.db_len.saturating_sub(off));
+        bbolt::slice_at(file, off, len, "page").unwrap_or_default()
+    }
+}
+
+impl ReadStore for Snapshot {
+    fn source(&self) -> String {
+        format!("snapshot {}", self.path.display())
+    }
+
+    fn count(&self, prefix: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        std::future::ready(Ok(self.count_prefix(prefix)))
+    }
+
+    /// Pages of up to 1000 entries (fewer past 8 MiB of values). A snapshot holds a single
+    /// revision: asking for another is [`SnapshotError::RevisionUnavailable`].
+    fn page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        revision: Option<i64>,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send {
+        std::future::ready(
+            self.read_page(prefix, after, revision)
+                .map_err(StoreError::from),
+        )
+    }
+}
+
+fn entry_from(kv: &KeyValue<'_>) -> Entry {
+    Entry {
+        key: kv.key.to_vec(),
+        value: kv.value.to_vec(),
+        mod_revision: kv.mod_revision,
+        create_revision: kv.create_revision,
+        version: kv.version,
+        lease: kv.lease,
+    }
+}
+
+/// Parses one `key` bucket element.
+fn key_record<'a>(tree: &Tree<'a>, e: &LeafElem) -> Result<(mvcc::RevKey, KeyValue<'a>), Fault> {
+    let rev = mvcc::parse_rev_key(tree.bytes(e.key)).map_err(|err| Fault::wire(e.page, &err))?;
+    let kv = KeyValue::decode(tree.bytes(e.value)).map_err(|err| Fault::wire(e.page, &err))?;
+    Ok((rev, kv))
+}
+
+/// A real file holds at most one 16-byte element header per 16 bytes.
+fn element_budget(db_len: usize) -> u64 {
+    (db_len / bbolt::ELEMENT) as u64 + 16
+}
+
+fn attach(path: &Path, e: ParseError) -> SnapshotError {
+    let path = path.to_path_buf();
+    match e {
+        ParseError::HashMismatch => SnapshotError::HashMismatch { path },
+        ParseError::NotEtcd(reason) => SnapshotError::NotEtcd { path, reason },
+        ParseError::Corrupt(f) => SnapshotError::Corrupt {
+            path,
+            page: f.page,
+            what: f.what,
+        },
+    }
+}
+
+/// Checks the trailer, picks the meta page, walks the whole tree and indexes the keyspace.
+fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
+    let has_hash = file.len() % 512 == TRAILER && file.len() > TRAILER;
+    let db_len = if has_hash {
+        file.len() - TRAILER
+    } else {
+        file.len()
+    };
+    let db = bbolt::slice_at(file, 0, db_len, "file")
+        .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?;
+    if has_hash {
+        let trailer = bbolt::slice_at(file, db_len, TRAILER, "sha256 trailer")
+            .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?;
+        if Sha256::digest(db).as_slice() != trailer {
+            return Err(ParseError::HashMismatch);
+        }
+    }
+
+    let meta = select_meta(db)?;
+    let page_size = meta.page_size as usize;
+    let hwm_end = usize::try_from(meta.hwm)
+        .ok()
+        .and_then(|h| h.checked_mul(page_size));
+    if meta.hwm < 3 || hwm_end.is_none_or(|end| end > db_len) {
+        return Err(Fault::at(
+            None,
+            "the high-water mark is past the end of the file (truncated?)",
+        )
+        .into());
+    }
+    if !db_len.is_multiple_of(page_size) {
+        return Err(Fault::at(
+            None,
+            "the file is not a whole number of pages (a truncated snapshot?)",
+        )
+        .into());
+    }
+    let tree = Tree {
+        file: db,
+        page_size,
+        hwm: meta.hwm,
+    };
+    let mut seen = PageSet::new(meta.hwm);
+    seen.insert_run(0, 1)?;
+    let mut budget = element_budget(db_len);
+    let mut walk = Walk {
+        tree: &tree,
+        seen: &mut seen,
+        budget: &mut budget,
+    };
+    if meta.freelist != bbolt::NO_FREELIST {
+        walk.visit_page(meta.freelist)?;
+    }
+
+    // The root bucket holds only buckets.
+    let mut top: Vec<(Span, Root)> = Vec::new();
+    walk.leaves(Root::Page(meta.root), |e| {
+        if !e.is_bucket() {
+            return Err(Fault::at(e.page, "plain key in the root bucket"));
+        }
+        top.push((e.key, tree.bucket(&e)?.0));
+        Ok(())
+    })?;
+
+    let mut index: BTreeMap<Vec<u8>, (Rev, bool, Span)> = BTreeMap::new();
+    let mut records = 0u64;
+    let mut max_main = 0i64;
+    let mut compacted = None;
+    let mut consistent_index = None;
+    let mut key_root = None;
+    let mut buckets = Vec::with_capacity(top.len());
+    for (name_span, root) in top {
+        let name = tree.bytes(name_span);
+        let is_key = name == b"key";
+        let is_meta = name == b"meta";
+        if is_key {
+            key_root = Some(root);
+        }
+        let mut info = BucketInfo {
+            name: name.to_vec(),
+            entries: 0,
+            nested_buckets: 0,
+            pages: 0,
+            inline: matches!(root, Root::Inline { .. }),
+        };
+        let pages_before = walk.seen_count();
+        let mut nested: Vec<(Root, usize)> = Vec::new();
+        walk.leaves(root, |e| {
+            if e.is_bucket() {
+                info.nested_buckets += 1;
+                nested.push((tree.bucket(&e)?.0, 2));
+                return Ok::<(), Fault>(());
+            }
+            info.entries += 1;
+            if is_key {
+                records += 1;
+                let (rk, kv) = key_record(&tree, &e)?;
+                max_main = max_main.max(rk.rev.main);
+                match index.get_mut(kv.key) {
+                    Some(slot) if slot.0 > rk.rev => {}
+                    Some(slot) => *slot = (rk.rev, rk.tombstone, e.value),
+                    None => {
+                        index.insert(kv.key.to_vec(), (rk.rev, rk.tombstone, e.value));
+                    }
+                }
+            } else if is_meta {
+                let key = tree.bytes(e.key);
+                let value = tree.bytes(e.value);
+                if key == b"finishedCompactRev" {
+                    let rev = mvcc::parse_rev(value).map_err(|err| Fault::wire(e.page, &err))?;
+                    compacted = Some(rev.main);
+                } else if key == b"consistent_index" {
+                    let mut r = crate::wire::Reader::new(value);
+                    let ci = r
+                        .u64_be("meta/consistent_index")
+                        .and_then(|ci| r.finish("meta/consistent_index").map(|()| ci))
+                        .map_err(|err| Fault::wire(e.page, &err))?;
+                    consistent_index = Some(ci);
+                }
+            }
+            Ok(())
+        })?;
+        // Nested buckets are walked for their pages only: etcd has none.
+        while let Some((root, depth)) = nested.pop() {
+            if depth > bbolt::MAX_NESTING {
+                return Err(Fault::at(None, "buckets nested deeper than any real database").into());
+            }
+            walk.leaves(root, |e| {
+                if e.is_bucket() {
+                    nested.push((tree.bucket(&e)?.0, depth + 1));
+                }
+                Ok::<(), Fault>(())
+            })?;
+        }
+        info.pages = walk.seen_count() - pages_before;
+        buckets.push(info);
+    }
+    let Some(key_root) = key_root else {
+        return Err(ParseError::NotEtcd(
+            "no `key` bucket: a bbolt database, but not etcd's",
+        ));
+    };
+    buckets.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let index: BTreeMap<Vec<u8>, Latest> = index
+        .into_iter()
+        .filter(|(_, (_, tombstone, _))| !tombstone)
+        .map(|(k, (rev, _, record))| (k, Latest { rev, record }))
+        .collect();
+    // etcd starts counting at revision 1 and never goes below its compaction revision.
+    let revision = max_main.max(compacted.unwrap_or(0)).max(1);
+    Ok(Parsed {
+        db_len,
+        has_hash,
+        page_size,
+        hwm: meta.hwm,
+        txid: meta.txid,
+        root: meta.root,
+        root_sequence: meta.sequence,
+        key_root,
+        index,
+        records,
+        revision,
+        compacted,
+        consistent_index,
+        reachable: seen,
+        buckets,
+    })
+}
+
+/// Page sizes tried when meta page 0 is unreadable (4096 first: every etcd file).
+const PAGE_SIZES: [u32; 8] = [4096, 512, 1024, 2048, 8192, 16384, 32768, 65536];
+
+/// Validates both meta pages and returns the valid one with the higher txid.
+fn select_meta(db: &[u8]) -> Result<bbolt::Meta, ParseError> {
+    let m0 = bbolt::read_meta(db, 0, 0);
+    let (m1, page_size) = match m0 {
+        Ok(m) => (bbolt::read_meta(db, m.page_size as usize, 1), m.page_size),
+        Err(_) => {
+            // Page 0 is damaged: find page 1 at any plausible page size.
+            let found = PAGE_SIZES.iter().find_map(|&ps| {
+                bbolt::read_meta(db, ps as usize, 1)
+                    .ok()
+                    .filter(|m| m.page_size == ps)
+                    .map(|m| (m, ps))
+            });
+            match found {
+                Some((m, ps)) => (Ok(m), ps),
+                None => (bbolt::read_meta(db, 4096, 1), 4096),
+            }
+        }
+    };
+    let m1 = m1.and_then(|m| {
+        if m.page_size == page_size {
+            Ok(m)
+        } else {
+            Err(MetaProblem::Header)
+        }
+    });
+    match (m0, m1) {
+        (Ok(a), Ok(b)) => Ok(if b.txid > a.txid { b } else { a }),
+        (Ok(a), Err(_)) => Ok(a),
+        (Err(_), Ok(b)) => Ok(b),
+        (Err(a), Err(b)) => Err(meta_failure(db, a, b)),
+    }
+}
+
+fn meta_failure(db: &[u8], a: MetaProblem, b: MetaProblem) -> ParseError {
+    use MetaProblem::*;
+    match (a, b) {
+        (Magic | Truncated, Magic | Truncated)
+            if db.len() < bbolt::PAGE_HEADER + bbolt::META_SIZE =>
+        {
+            ParseError::NotEtcd("too short for a bbolt database")
+        }
+        (Magic, Magic) | (Magic, Truncated) => {
+            ParseError::NotEtcd("no bbolt magic number in either meta page")
+        }
+        (Version, _) | (_, Version) => {
+            ParseError::NotEtcd("a bbolt database of an unsupported format version")
+        }
+        (Truncated, _) | (_, Truncated) => ParseError::Corrupt(Fault::at(
+            Some(1),
+            "meta page 1 is truncated and meta page 0 is invalid",
+        )),
+        _ => ParseError::Corrupt(Fault::at(
+            Some(0),
+            "neither meta page is valid (checksum or header mismatch)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_bbolt_inputs_are_not_etcd() {
+        for bytes in [
+            b"x".to_vec(),
+            b"apiVersion: v1\nkind: Secret\n".repeat(20),
+            vec![0u8; 8192],
+        ] {
+            let err = Snapshot::from_bytes(bytes).unwrap_err();
+            assert!(matches!(err, SnapshotError::NotEtcd { .. }), "{err}");
+        }
+        assert!(matches!(
+            Snapshot::from_bytes(Vec::new()),
+            Err(SnapshotError::NotEtcd { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_page() {
+        let e = SnapshotError::Corrupt {
+            path: PathBuf::from("/tmp/s.db"),
+            page: Some(7),
+            what: "leaf element",
+        };
+        assert_eq!(
+            e.to_string(),
+            "/tmp/s.db is corrupt at page 7: leaf element"
+        );
+        let e = SnapshotError::Locked {
+            path: PathBuf::from("/d/member/snap/db"),
+        };
+        assert!(e.to_string().contains("etcdctl snapshot save"));
+    }
+
+    #[test]
+    fn a_bad_trailer_is_a_hash_mismatch() {
+        let mut bytes = vec![0u8; 4096];
+        bytes.extend_from_slice(&[0u8; 32]);
+        assert!(matches!(
+            Snapshot::from_bytes(bytes),
+            Err(SnapshotError::HashMismatch { .. })
+        ));
+    }
+}

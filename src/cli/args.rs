@@ -1,0 +1,251 @@
+//! The command-line surface, as clap derive types (the parsed, low-level form).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Audit, encrypt, decrypt and re-encrypt Kubernetes Secrets at rest in etcd, byte for byte
+/// as kube-apiserver stores them.
+#[derive(Debug, Parser)]
+#[command(name = "atrest", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Output format (default: table on a terminal, json otherwise).
+    #[arg(short = 'o', long = "output", global = true, value_enum)]
+    pub(crate) output: Option<OutputFormat>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
+    /// A human-readable table.
+    Table,
+    /// The JSON report (the library's report type).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Generate, check and rotate EncryptionConfiguration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Encrypt raw bytes into the value kube-apiserver would store in etcd.
+    Encrypt(CryptArgs),
+    /// Decrypt a stored etcd value back to the raw object bytes (prints secret data).
+    Decrypt(CryptArgs),
+    /// Explain one stored value: provider, key, state, and the object it holds.
+    Inspect(InspectArgs),
+    /// Report, entry by entry, what is plaintext, stale or unreadable in etcd or a snapshot.
+    Audit(AuditArgs),
+    /// Re-encrypt plaintext and stale entries in place with the config's write key.
+    Rewrite(RewriteArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Write a new EncryptionConfiguration with a fresh random key.
+    New(ConfigNewArgs),
+    /// Validate a file the way kube-apiserver does, and warn about weak settings.
+    Check(ConfigCheckArgs),
+    /// Take one step of the documented key rotation: add a key, promote it, prune old keys.
+    Rotate(ConfigRotateArgs),
+}
+
+/// Rotation stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Stage {
+    /// Add a new random key in second position (readable everywhere before anyone writes it).
+    Add,
+    /// Move the new key first: new writes use it. Then run `atrest rewrite`.
+    Promote,
+    /// Remove every key but the write key, once no stored entry needs them.
+    Prune,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigRotateArgs {
+    /// The EncryptionConfiguration file to edit (in place, atomically, mode 0600).
+    pub(crate) file: PathBuf,
+    /// The rotation stage to perform.
+    #[arg(long, value_enum)]
+    pub(crate) stage: Stage,
+    /// add: the new key's name (default: the next free `keyN`); promote: the key to move
+    /// first (default: the key `add` put second).
+    #[arg(long)]
+    pub(crate) key_name: Option<String>,
+    /// add: the provider of the new key (default: the current write provider's, or aescbc).
+    #[arg(long, value_enum)]
+    pub(crate) provider: Option<NewProviderArg>,
+    /// The resource whose providers are edited.
+    #[arg(long, default_value = "secrets")]
+    pub(crate) resource: String,
+    /// Do not keep the previous file as FILE.bak.
+    #[arg(long)]
+    pub(crate) no_backup: bool,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// prune: check an etcd snapshot or data file instead of a live etcd.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) snapshot: Option<PathBuf>,
+    /// prune: the key prefix whose entries must stay readable.
+    #[arg(long, default_value = "/registry/secrets/")]
+    pub(crate) prefix: String,
+}
+
+/// Providers `config new` can generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum NewProviderArg {
+    /// AES-CBC with PKCS#7 padding (32-byte key).
+    Aescbc,
+    /// AES-GCM (32-byte key; rotate keys regularly).
+    Aesgcm,
+    /// XSalsa20-Poly1305 (32-byte key).
+    Secretbox,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigNewArgs {
+    /// The provider that encrypts new writes.
+    #[arg(long, value_enum, default_value = "aescbc")]
+    pub(crate) provider: NewProviderArg,
+    /// The new key's name (written into every value it encrypts).
+    #[arg(long, default_value = "key1")]
+    pub(crate) key_name: String,
+    /// Resources to encrypt.
+    #[arg(long, value_delimiter = ',', default_value = "secrets")]
+    pub(crate) resources: Vec<String>,
+    /// Leave out the trailing identity provider (existing plaintext then becomes unreadable
+    /// until it is rewritten).
+    #[arg(long)]
+    pub(crate) no_identity: bool,
+    /// Write to FILE (atomically, mode 0600) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Overwrite FILE if it exists.
+    #[arg(long, requires = "out")]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigCheckArgs {
+    /// The EncryptionConfiguration file.
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CryptArgs {
+    /// The EncryptionConfiguration to use.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+    /// The full etcd key of the value, e.g. /registry/secrets/default/db (aesgcm binds it).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) etcd_key: String,
+    /// Input file (`-` or absent: standard input).
+    pub(crate) input: Option<PathBuf>,
+    /// Output file (absent: standard output).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The EncryptionConfiguration to decrypt with (without it, only the prefix is read).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The value's full etcd key (needed for aesgcm; with --snapshot, the key to look up).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) etcd_key: Option<String>,
+    /// Read the value from an etcd snapshot or data file (needs --etcd-key).
+    #[arg(long, value_name = "FILE", conflicts_with = "input")]
+    pub(crate) snapshot: Option<PathBuf>,
+    /// Input file holding the raw stored value (`-` or absent: standard input).
+    pub(crate) input: Option<PathBuf>,
+}
+
+/// How to reach etcd, as etcdctl spells it.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct StoreArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "ETCDCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub(crate) endpoints: Vec<String>,
+    /// CA bundle to verify etcd's server certificate.
+    #[arg(long, env = "ETCDCTL_CACERT", value_name = "FILE")]
+    pub(crate) cacert: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long, env = "ETCDCTL_CERT", value_name = "FILE")]
+    pub(crate) cert: Option<PathBuf>,
+    /// Client certificate's private key.
+    #[arg(long, env = "ETCDCTL_KEY", value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+    /// Connection timeout in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) dial_timeout: u64,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) command_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Audit an etcd snapshot (`etcdctl snapshot save`) or a stopped member's `member/snap/db`
+    /// instead of a live etcd.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) snapshot: Option<PathBuf>,
+    /// The EncryptionConfiguration kube-apiserver runs with (without it: plaintext vs encrypted).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Key prefix to audit.
+    #[arg(long, default_value = "/registry/secrets/")]
+    pub(crate) prefix: String,
+    /// Also fail (exit 1) on stale entries.
+    #[arg(long)]
+    pub(crate) strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RewriteArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// The EncryptionConfiguration kube-apiserver runs with; its first provider and key
+    /// encrypt.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+    /// Key prefix to rewrite.
+    #[arg(long, default_value = "/registry/secrets/")]
+    pub(crate) prefix: String,
+    /// Plan only: show what would be rewritten, write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Transactions in flight.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) concurrency: usize,
+    /// Save an etcd snapshot to FILE before writing anything (refuse to start if it fails).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) backup: Option<PathBuf>,
+    /// Allow an identity write provider: decrypt everything back to plaintext.
+    #[arg(long)]
+    pub(crate) allow_decrypt: bool,
+    /// After rewriting, compact etcd's history at the final revision (old plaintext revisions
+    /// are then gone; `etcdctl defrag` frees their pages).
+    #[arg(long)]
+    pub(crate) compact: bool,
+    /// Offline: re-encrypt this etcd snapshot file into --out instead of a live etcd (every
+    /// stored revision, no free pages; the input is never modified).
+    #[arg(long, value_name = "IN", requires = "out", conflicts_with_all = ["backup", "compact"])]
+    pub(crate) snapshot: Option<PathBuf>,
+    /// Offline: the new snapshot file to write.
+    #[arg(long, value_name = "OUT", requires = "snapshot")]
+    pub(crate) out: Option<PathBuf>,
+    /// Offline: overwrite OUT if it exists.
+    #[arg(long, requires = "out")]
+    pub(crate) force: bool,
+}

@@ -1,0 +1,207 @@
+//! `atrest audit`: entry by entry, what is plaintext, stale or unreadable.
+
+use std::time::Duration;
+
+use atrest::audit::{self, Observer, Report, ReportEntry, Verdict};
+use atrest::store::etcd::{EtcdOptions, EtcdStore};
+use atrest::store::snapshot::Snapshot;
+use atrest::transform::{Chain, State};
+use indicatif::ProgressBar;
+
+use super::load_chain;
+use crate::cli::args::{AuditArgs, OutputFormat, StoreArgs};
+use crate::cli::output::{self, yes_no};
+use crate::cli::{CliError, Exit};
+
+/// Feeds audit progress into a progress bar.
+pub(crate) struct Progress(pub(crate) ProgressBar);
+
+impl Observer for Progress {
+    fn total(&self, n: u64) {
+        self.0.set_length(n);
+    }
+    fn entry(&self, _e: &ReportEntry) {
+        self.0.inc(1);
+    }
+}
+
+/// Connects to etcd with the etcdctl-style flags; failures are exit 3 with advice.
+pub(crate) async fn connect(args: &StoreArgs) -> Result<EtcdStore, CliError> {
+    let opts = EtcdOptions {
+        endpoints: args.endpoints.clone(),
+        cacert: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        connect_timeout: Duration::from_secs(args.dial_timeout),
+        request_timeout: Duration::from_secs(args.command_timeout),
+        ..EtcdOptions::default()
+    };
+    EtcdStore::connect(opts).await.map_err(|e| {
+        let advice = e.advice();
+        CliError::store(e.to_string()).advice(advice)
+    })
+}
+
+/// Runs `atrest audit`.
+pub(crate) async fn run(args: AuditArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
+    let chain = match &args.config {
+        Some(path) => Some(load_chain(path, &args.prefix)?),
+        None => None,
+    };
+    let bar = Progress(output::progress("auditing"));
+    let prefix = args.prefix.as_bytes();
+    let report = match &args.snapshot {
+        Some(path) => {
+            let snap = Snapshot::open(path).map_err(|e| {
+                CliError::from(atrest::store::StoreError::from(e))
+                    .advice("pass a file written by `etcdctl snapshot save`, or the `member/snap/db` of a stopped etcd")
+            })?;
+            audit::audit_snapshot(&snap, chain.as_ref(), prefix, &bar).await?
+        }
+        None => {
+            let store = connect(&args.store).await?;
+            audit::audit(&store, chain.as_ref(), prefix, &bar).await?
+        }
+    };
+    bar.0.finish_and_clear();
+    match output::format(format) {
+        OutputFormat::Json => output::print_json(&report)?,
+        OutputFormat::Table => output::print(&render(&report, chain.as_ref(), &args))?,
+    }
+    Ok(match report.verdict(args.strict) {
+        Verdict::Clean => Exit::Clean,
+        Verdict::Findings => Exit::Findings,
+    })
+}
+
+fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
+    let mut out = format!(
+        "Audit of {} in {} at revision {}\n",
+        r.prefix, r.source, r.revision
+    );
+    match &r.write_provider {
+        Some(w) => {
+            out += &format!(
+                "Write provider: {}{}\n",
+                w.provider,
+                w.key_name
+                    .as_deref()
+                    .map(|k| format!(", key {k:?}"))
+                    .unwrap_or_default()
+            );
+        }
+        None => out += "No config given: entries are only told apart as plaintext or encrypted (pass --config to verify keys).\n",
+    }
+    let mut summary = output::table();
+    summary.set_header(vec!["state", "entries"]);
+    for s in State::ALL {
+        let n = r.summary.get(s);
+        let always = match s {
+            State::Plaintext => true,
+            State::Current => chain.is_some(),
+            State::Encrypted => chain.is_none(),
+            _ => false,
+        };
+        if always || n > 0 {
+            summary.add_row(vec![s.to_string(), n.to_string()]);
+        }
+    }
+    summary.add_row(vec!["total".to_owned(), r.summary.total.to_string()]);
+    out += &format!("\n{summary}\n");
+    let by_key = r.by_key();
+    if !by_key.is_empty() {
+        let mut t = output::table();
+        t.set_header(vec!["provider", "key", "entries"]);
+        for ((provider, key), n) in &by_key {
+            t.add_row(vec![
+                provider.to_string(),
+                key.unwrap_or("-").to_owned(),
+                n.to_string(),
+            ]);
+        }
+        out += &format!("\nEncrypted entries by key:\n{t}\n");
+    }
+
+    let groups = r.findings_by_namespace();
+    let shown: usize = groups.values().map(Vec::len).sum();
+    if shown > 0 {
+        let mut t = output::table();
+        let mut header = vec!["namespace", "name", "state", "provider", "key"];
+        if chain.is_some() {
+            header.push("readable");
+        }
+        header.push("note");
+        t.set_header(header);
+        for (ns, entries) in &groups {
+            for e in entries {
+                let mut row = vec![
+                    if ns.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        (*ns).to_owned()
+                    },
+                    e.name.clone().unwrap_or_else(|| e.key.clone()),
+                    e.state.to_string(),
+                    e.provider.map_or("-".to_owned(), |p| p.to_string()),
+                    e.key_name.clone().unwrap_or_else(|| "-".to_owned()),
+                ];
+                if chain.is_some() {
+                    row.push(e.readable.map_or("-", yes_no).to_owned());
+                }
+                row.push(e.error.clone().unwrap_or_default());
+                t.add_row(row);
+            }
+        }
+        let label = if chain.is_some() {
+            "Entries that are not current"
+        } else {
+            "Entries that are not encrypted"
+        };
+        out += &format!("\n{label} ({shown}), by namespace:\n{t}\n");
+    }
+
+    if let Some(h) = &r.history {
+        let exposed = h.plaintext + h.stale + h.unknown_key + h.undecryptable;
+        out +=
+            &format!(
+            "\nHistory: {} older revisions under the prefix are still stored ({} plaintext{}).\n",
+            h.total,
+            h.plaintext,
+            if chain.is_some() { format!(", {} under other keys", h.stale) } else { String::new() }
+        );
+        if exposed > 0 {
+            out += &format!(
+                "  They stay until compaction: `etcdctl compact {}` (kube-apiserver compacts every 5 minutes by default).\n",
+                r.revision
+            );
+        }
+    }
+    if let Some(res) = &r.residue {
+        out += &format!(
+            "Residue: {} plaintext stored objects remain in free database pages.\n",
+            res.plaintext
+        );
+        if res.plaintext > 0 {
+            out += "  They stay until the file is rewritten: `etcdctl defrag` on every member (after compaction), then take a new snapshot.\n";
+        }
+    }
+
+    let findings = r.summary.plaintext + r.summary.unknown_key + r.summary.undecryptable;
+    out += "\n";
+    out += &match (r.verdict(args.strict), chain) {
+        (Verdict::Clean, Some(_)) if r.summary.stale > 0 => format!(
+            "OK: nothing unreadable or plaintext; {} stale entries can be moved to the write key with `atrest rewrite`.\n",
+            r.summary.stale
+        ),
+        (Verdict::Clean, _) => "OK: every entry is encrypted as configured.\n".to_owned(),
+        (Verdict::Findings, Some(_)) => format!(
+            "FINDINGS: {findings} entries are plaintext or unreadable{}. Plaintext and stale entries can be re-encrypted with `atrest rewrite --config FILE`; unreadable ones need the key that wrote them.\n",
+            if args.strict && r.summary.stale > 0 { format!(", {} stale", r.summary.stale) } else { String::new() }
+        ),
+        (Verdict::Findings, None) => format!(
+            "FINDINGS: {} entries are stored in plaintext. Configure encryption (`atrest config new`), restart kube-apiserver with it, then run `atrest rewrite`.\n",
+            r.summary.plaintext
+        ),
+    };
+    out
+}

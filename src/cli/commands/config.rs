@@ -1,0 +1,136 @@
+//! `atrest config new|check`.
+
+use std::io::IsTerminal;
+
+use atrest::config::{self, Config, ConfigError, NewConfig, NewProvider};
+use serde::Serialize;
+
+use crate::cli::args::{
+    ConfigCheckArgs, ConfigCommand, ConfigNewArgs, NewProviderArg, OutputFormat,
+};
+use crate::cli::output;
+use crate::cli::{CliError, Exit};
+
+/// Runs `atrest config …`.
+pub(crate) fn run(cmd: ConfigCommand, format: Option<OutputFormat>) -> Result<Exit, CliError> {
+    match cmd {
+        ConfigCommand::New(a) => new(a),
+        ConfigCommand::Check(a) => check(a, format),
+        ConfigCommand::Rotate(a) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::internal(format!("cannot start the async runtime: {e}")))?
+            .block_on(super::rotate::run(a)),
+    }
+}
+
+fn new(args: ConfigNewArgs) -> Result<Exit, CliError> {
+    let opts = NewConfig {
+        provider: match args.provider {
+            NewProviderArg::Aescbc => NewProvider::Aescbc,
+            NewProviderArg::Aesgcm => NewProvider::Aesgcm,
+            NewProviderArg::Secretbox => NewProvider::Secretbox,
+        },
+        key_name: args.key_name,
+        resources: args.resources,
+        identity_fallback: !args.no_identity,
+    };
+    let model = config::generate(&opts);
+    let yaml = zeroize::Zeroizing::new(config::to_yaml(&model)?);
+    // Prove the file is one kube-apiserver accepts before anyone relies on it.
+    Config::from_yaml(&yaml)?;
+    match &args.out {
+        Some(path) => {
+            config::write_atomic(path, yaml.as_bytes(), args.force).map_err(|e| match e {
+                ConfigError::Exists { .. } => CliError::usage(e.to_string()).advice(
+                    "pass --force to replace it (the old key is then lost unless you kept a copy)",
+                ),
+                other => CliError::from(other),
+            })?;
+            eprintln!(
+                "Wrote {} (mode 0600). Next: copy it to every control-plane node, point kube-apiserver's --encryption-provider-config at it, restart kube-apiserver, then run `atrest rewrite --config {}`.",
+                path.display(),
+                path.display()
+            );
+        }
+        None => {
+            if std::io::stdout().is_terminal() {
+                eprintln!("note: this config holds a new secret key; prefer --out FILE to write it with mode 0600.");
+            }
+            output::print(&yaml)?;
+        }
+    }
+    Ok(Exit::Clean)
+}
+
+#[derive(Serialize)]
+struct CheckReport {
+    file: String,
+    valid: bool,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+fn check(args: ConfigCheckArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
+    let file = args.file.display().to_string();
+    let (report, err) = match Config::load(&args.file) {
+        Ok(cfg) => (
+            CheckReport {
+                file,
+                valid: true,
+                errors: Vec::new(),
+                warnings: cfg.warnings().iter().map(ToString::to_string).collect(),
+            },
+            None,
+        ),
+        Err(e) => (
+            CheckReport {
+                file,
+                valid: false,
+                errors: error_lines(&e),
+                warnings: Vec::new(),
+            },
+            Some(e),
+        ),
+    };
+    match output::format(format) {
+        OutputFormat::Json => output::print_json(&report)?,
+        OutputFormat::Table => {
+            let mut out = String::new();
+            if report.valid {
+                out += &format!("{}: valid\n", report.file);
+            }
+            for w in &report.warnings {
+                out += &format!("warning: {w}\n");
+            }
+            output::print(&out)?;
+        }
+    }
+    match err {
+        None => Ok(Exit::Clean),
+        Some(e) => {
+            let mut cli = CliError::usage(format!("{}: invalid configuration", report.file))
+                .advice(
+                    "kube-apiserver would refuse to start with this file; fix each field above",
+                );
+            for line in error_lines(&e) {
+                cli = cli.detail(line);
+            }
+            Err(cli)
+        }
+    }
+}
+
+/// One line per problem: each field error of a validation failure, else the error and its causes.
+fn error_lines(e: &ConfigError) -> Vec<String> {
+    if let ConfigError::Invalid(v) = e {
+        return v.errors().iter().map(ToString::to_string).collect();
+    }
+    let mut line = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        line += &format!(": {cause}");
+        source = cause.source();
+    }
+    vec![line]
+}

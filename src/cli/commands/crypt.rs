@@ -1,0 +1,80 @@
+//! `atrest encrypt` and `atrest decrypt`: raw bytes in, raw bytes out, exactly as stored.
+
+use atrest::transform::State;
+
+use super::load_chain;
+use crate::cli::args::CryptArgs;
+use crate::cli::output::{read_input, write_output};
+use crate::cli::{CliError, Exit};
+
+/// The resource prefix an etcd key lives under: `/registry/secrets/default/db` →
+/// `/registry/secrets/` (kube-apiserver's `--etcd-prefix` is one path segment by default).
+fn resource_prefix(etcd_key: &str) -> Result<String, CliError> {
+    let mut parts = etcd_key.trim_start_matches('/').splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(root), Some(resource), Some(_)) if !root.is_empty() && !resource.is_empty() => {
+            Ok(format!("/{root}/{resource}/"))
+        }
+        _ => Err(
+            CliError::usage(format!("--etcd-key {etcd_key:?} is not a full etcd key"))
+                .advice("pass the key exactly as stored, e.g. /registry/secrets/default/db"),
+        ),
+    }
+}
+
+/// Encrypts standard input (or a file) with the config's write provider and key.
+pub(crate) fn encrypt(args: CryptArgs) -> Result<Exit, CliError> {
+    let chain = load_chain(&args.config, &resource_prefix(&args.etcd_key)?)?;
+    let input = zeroize::Zeroizing::new(read_input(args.input.as_deref())?);
+    let value = chain
+        .encrypt(&input, args.etcd_key.as_bytes())
+        .map_err(|e| CliError::usage(format!("cannot encrypt: {e}")))?;
+    write_output(args.out.as_deref(), &value)?;
+    Ok(Exit::Clean)
+}
+
+/// Decrypts a stored value with every key of the config, as kube-apiserver reads it.
+pub(crate) fn decrypt(args: CryptArgs) -> Result<Exit, CliError> {
+    let chain = load_chain(&args.config, &resource_prefix(&args.etcd_key)?)?;
+    let input = read_input(args.input.as_deref())?;
+    let found = chain.classify(&input, args.etcd_key.as_bytes());
+    match (found.state, found.plaintext) {
+        (State::Plaintext, Some(_)) if found.readable == Some(false) => Err(CliError::usage(
+            "the value is not encrypted and the config has no identity provider: kube-apiserver could not read it",
+        )),
+        (_, Some(plaintext)) => {
+            write_output(args.out.as_deref(), &plaintext)?;
+            Ok(Exit::Clean)
+        }
+        (state, None) => {
+            let mut err = CliError::usage(format!("cannot decrypt: the value is {state}"));
+            if let Some(reason) = found.error {
+                err = err.detail(reason);
+            }
+            Err(err.advice(match state {
+                State::UnknownKey => "the config has no key with this value's provider and name; use the config that wrote it",
+                State::Kms => "KMS values can only be decrypted by kube-apiserver through its KMS plugin",
+                _ => "check --etcd-key (aesgcm binds the full key) and that the config holds the key that wrote the value",
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_prefix_of_keys() {
+        assert_eq!(
+            resource_prefix("/registry/secrets/default/db").unwrap(),
+            "/registry/secrets/"
+        );
+        assert_eq!(
+            resource_prefix("/kubernetes.io/configmaps/ns/x").unwrap(),
+            "/kubernetes.io/configmaps/"
+        );
+        assert!(resource_prefix("/registry").is_err());
+        assert!(resource_prefix("db").is_err());
+    }
+}

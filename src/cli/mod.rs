@@ -1,0 +1,62 @@
+//! Command-line parsing, dispatch and exit codes.
+//!
+//! Exit status (DESIGN.md): 0 nothing to report, 1 findings, 2 usage or configuration error,
+//! 3 the store could not be read or written.
+
+mod args;
+mod commands;
+mod error;
+mod output;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub(crate) use error::{CliError, Exit};
+
+/// Parses arguments, runs the command, prints errors with advice, and maps the exit status.
+pub(crate) fn main() -> ExitCode {
+    let args = match args::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(args) {
+        Ok(exit) => exit.into(),
+        Err(err) => {
+            if err.is_broken_pipe() {
+                return ExitCode::SUCCESS;
+            }
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {}", err.message);
+            for line in &err.details {
+                let _ = writeln!(stderr, "  {line}");
+            }
+            if let Some(advice) = &err.advice {
+                let _ = writeln!(stderr, "hint: {advice}");
+            }
+            ExitCode::from(err.code)
+        }
+    }
+}
+
+fn run(args: args::Cli) -> Result<Exit, CliError> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::internal(format!("cannot start the async runtime: {e}")))
+    };
+    match args.command {
+        args::Command::Config(c) => commands::config::run(c, args.output),
+        args::Command::Encrypt(c) => commands::crypt::encrypt(c),
+        args::Command::Decrypt(c) => commands::crypt::decrypt(c),
+        args::Command::Inspect(c) => runtime()?.block_on(commands::inspect::run(c, args.output)),
+        args::Command::Audit(c) => runtime()?.block_on(commands::audit::run(c, args.output)),
+        args::Command::Rewrite(c) => runtime()?.block_on(commands::rewrite::run(c, args.output)),
+    }
+}

@@ -1,0 +1,103 @@
+//! Rendering helpers: format choice, tables, JSON, progress bars, reading and writing bytes.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+use comfy_table::{presets, ContentArrangement, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::args::OutputFormat;
+use super::CliError;
+
+/// The format to use: the flag, else table on a terminal and JSON otherwise.
+pub(crate) fn format(flag: Option<OutputFormat>) -> OutputFormat {
+    flag.unwrap_or_else(|| {
+        if std::io::stdout().is_terminal() {
+            OutputFormat::Table
+        } else {
+            OutputFormat::Json
+        }
+    })
+}
+
+/// A table in the project's style.
+pub(crate) fn table() -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    if !std::io::stdout().is_terminal() {
+        t.set_width(120);
+    }
+    t
+}
+
+/// Writes `text` to standard output.
+pub(crate) fn print(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::io("standard output", e))
+}
+
+/// Writes pretty JSON and a newline to standard output.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::internal(format!("cannot render JSON: {e}")))?;
+    text.push('\n');
+    print(&text)
+}
+
+/// Reads all of a file, or standard input for `None` / `-`.
+pub(crate) fn read_input(path: Option<&Path>) -> Result<Vec<u8>, CliError> {
+    let mut buf = Vec::new();
+    match path {
+        Some(p) if p != Path::new("-") => {
+            buf = std::fs::read(p).map_err(|e| CliError::io(&p.display().to_string(), e))?;
+        }
+        _ => {
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut buf)
+                .map_err(|e| CliError::io("standard input", e))?;
+        }
+    }
+    Ok(buf)
+}
+
+/// Writes raw bytes to a file or standard output.
+pub(crate) fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), CliError> {
+    match path {
+        Some(p) if p != Path::new("-") => {
+            std::fs::write(p, bytes).map_err(|e| CliError::io(&p.display().to_string(), e))
+        }
+        _ => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| CliError::io("standard output", e))
+        }
+    }
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+pub(crate) fn progress(verb: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template(&format!(
+        "{verb} {{bar:40}} {{pos}}/{{len}} entries ({{per_sec}}, eta {{eta}})"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+/// `yes`/`no`.
+pub(crate) fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}

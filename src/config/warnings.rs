@@ -1,0 +1,111 @@
+//! Configs that kube-apiserver accepts but that protect less than their author may think.
+//!
+//! Warnings never carry key material: they name field paths only.
+
+use std::fmt;
+
+use super::model::EncryptionConfiguration;
+use super::validate::kms_api_version;
+use super::{base64::decode_secret, parse_group_resource};
+
+/// A weakness in a valid config: where it is and what it means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The field path the warning is about (`resources[0].providers[0]`), or `resources` for
+    /// the file as a whole.
+    pub path: String,
+    /// What is weak and what to do instead.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// The warnings for a validated model, in file order (per entry: identity first, aescbc first,
+/// KMS v1, shared key material), then whole-file ones (secrets not covered).
+pub(crate) fn warnings(model: &EncryptionConfiguration) -> Vec<Warning> {
+    let mut out = Vec::new();
+    // The first path each distinct key was seen at. Keyed by the decoded bytes (wiped on drop).
+    let mut seen: Vec<(zeroize::Zeroizing<Vec<u8>>, String)> = Vec::new();
+    for (i, entry) in model.resources.iter().enumerate() {
+        let names = entry.resources.join(", ");
+        if let Some(first) = entry.providers.first() {
+            let path = format!("resources[{i}].providers[0]");
+            if first.identity.is_some() {
+                out.push(Warning {
+                    path: path.clone(),
+                    message: format!(
+                        "identity is the first provider, so new writes of {names} are stored unencrypted"
+                    ),
+                });
+            } else if first.aescbc.is_some() {
+                out.push(Warning {
+                    path: format!("{path}.aescbc"),
+                    message: "aescbc encrypts new writes; the Kubernetes documentation no longer \
+                              recommends it because CBC is vulnerable to padding oracle attacks; \
+                              consider aesgcm with regular key rotation, or kms v2"
+                        .to_owned(),
+                });
+            }
+        }
+        for (j, provider) in entry.providers.iter().enumerate() {
+            let path = format!("resources[{i}].providers[{j}]");
+            if let Some(kms) = &provider.kms {
+                if kms_api_version(kms) == "v1" {
+                    out.push(Warning {
+                        path: format!("{path}.kms"),
+                        message: "KMS v1 is deprecated: kube-apiserver 1.29 and later refuse it \
+                                  unless started with --feature-gates=KMSv1=true; migrate to \
+                                  apiVersion: v2"
+                            .to_owned(),
+                    });
+                }
+            }
+            let (kind, keys) = if let Some(c) = &provider.aesgcm {
+                ("aesgcm", &c.keys)
+            } else if let Some(c) = &provider.aescbc {
+                ("aescbc", &c.keys)
+            } else if let Some(c) = &provider.secretbox {
+                ("secretbox", &c.keys)
+            } else {
+                continue;
+            };
+            for (k, key) in keys.iter().enumerate() {
+                let Ok(bytes) = decode_secret(key.secret.expose_secret()) else {
+                    continue;
+                };
+                let key_path = format!("{path}.{kind}.keys[{k}]");
+                if let Some((_, first)) = seen.iter().find(|(b, _)| **b == *bytes) {
+                    out.push(Warning {
+                        path: key_path,
+                        message: format!(
+                            "uses the same key material as {first}; give every key its own random secret"
+                        ),
+                    });
+                } else {
+                    seen.push((bytes, key_path));
+                }
+            }
+        }
+    }
+    let covers_secrets = model.resources.iter().any(|e| {
+        e.resources.iter().any(|r| {
+            matches!(
+                parse_group_resource(r),
+                ("", "secrets") | ("", "*") | ("*", "*")
+            )
+        })
+    });
+    if !covers_secrets {
+        out.push(Warning {
+            path: "resources".to_owned(),
+            message: "no rule covers secrets, so kube-apiserver stores them unencrypted; add \
+                      secrets to a resources list"
+                .to_owned(),
+        });
+    }
+    out
+}

@@ -1,1 +1,0 @@
-//! Decoding what a plaintext stored value holds. (Skeleton: owned by a helper.)

@@ -1,0 +1,305 @@
+//! The offline commands, run through the built binary: exit codes, stdout/stderr, files.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use assert_cmd::Command;
+
+fn atrest() -> Command {
+    Command::cargo_bin("atrest").expect("the atrest binary is built")
+}
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/k8s-api/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn example_config() -> String {
+    format!(
+        "{}/examples/encryption-config.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+const SECRET_KEY: &str = "/registry/secrets/default/db";
+
+#[test]
+fn config_new_writes_a_valid_0600_file_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enc.yaml");
+    for provider in ["aescbc", "aesgcm", "secretbox"] {
+        let _ = std::fs::remove_file(&path);
+        atrest()
+            .args(["config", "new", "--provider", provider, "--out"])
+            .arg(&path)
+            .assert()
+            .success()
+            .stdout("");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{provider}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("{provider}:")), "{text}");
+        assert!(text.contains("identity: {}"), "{text}");
+        atrest()
+            .args(["config", "check", "-o", "table"])
+            .arg(&path)
+            .assert()
+            .success();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let out = atrest()
+        .args(["config", "new", "--out"])
+        .arg(&path)
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the old key must survive"
+    );
+    atrest()
+        .args(["config", "new", "--force", "--out"])
+        .arg(&path)
+        .assert()
+        .success();
+    assert_ne!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a fresh key was written"
+    );
+}
+
+#[test]
+fn config_new_keys_are_fresh_each_time() {
+    let a = atrest().args(["config", "new"]).output().unwrap().stdout;
+    let b = atrest().args(["config", "new"]).output().unwrap().stdout;
+    assert!(!a.is_empty());
+    assert_ne!(a, b);
+}
+
+#[test]
+fn config_check_names_the_field_and_never_prints_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    // A 9-byte key: invalid length. The secret text must not be echoed.
+    std::fs::write(
+        &path,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: k\n        secret: c2VjcmV0MTIz\n",
+    )
+    .unwrap();
+    let out = atrest()
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("resources[0].providers[0].aescbc.keys[0].secret"),
+        "{all}"
+    );
+    assert!(
+        all.contains("secret is not of the expected length, got 9, expected one of [16 24 32]"),
+        "{all}"
+    );
+    assert!(!all.contains("c2VjcmV0MTIz"), "secret leaked: {all}");
+}
+
+#[test]
+fn encrypt_then_decrypt_round_trips_raw_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = std::fs::read(fixture("core.v1.Secret.pb")).unwrap();
+    let enc = atrest()
+        .args([
+            "encrypt",
+            "--config",
+            &example_config(),
+            "--etcd-key",
+            SECRET_KEY,
+        ])
+        .arg(fixture("core.v1.Secret.pb"))
+        .output()
+        .unwrap();
+    assert!(
+        enc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enc.stderr)
+    );
+    assert!(enc.stdout.starts_with(b"k8s:enc:aescbc:v1:key2:"));
+    assert_eq!(enc.stdout.len(), 23 + 16 + (plain.len() / 16 + 1) * 16);
+    let enc_path = dir.path().join("value.bin");
+    std::fs::write(&enc_path, &enc.stdout).unwrap();
+    let out_path = dir.path().join("plain.bin");
+    atrest()
+        .args([
+            "decrypt",
+            "--config",
+            &example_config(),
+            "--etcd-key",
+            SECRET_KEY,
+            "--out",
+        ])
+        .arg(&out_path)
+        .arg(&enc_path)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&out_path).unwrap(), plain);
+    // stdin works too
+    atrest()
+        .args([
+            "decrypt",
+            "--config",
+            &example_config(),
+            "--etcd-key",
+            SECRET_KEY,
+        ])
+        .write_stdin(enc.stdout.clone())
+        .assert()
+        .success()
+        .stdout(plain.clone());
+}
+
+#[test]
+fn decrypt_of_a_damaged_value_fails_cleanly() {
+    let enc = atrest()
+        .args([
+            "encrypt",
+            "--config",
+            &example_config(),
+            "--etcd-key",
+            SECRET_KEY,
+        ])
+        .write_stdin(b"k8s\0hello".to_vec())
+        .output()
+        .unwrap()
+        .stdout;
+    let mut damaged = enc.clone();
+    damaged.truncate(enc.len() - 3);
+    let out = atrest()
+        .args([
+            "decrypt",
+            "--config",
+            &example_config(),
+            "--etcd-key",
+            SECRET_KEY,
+        ])
+        .write_stdin(damaged)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("undecryptable"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn inspect_explains_the_kubernetes_secret_fixture() {
+    let out = atrest()
+        .args(["inspect", "-o", "json"])
+        .arg(fixture("core.v1.Secret.pb"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("core.v1.Secret.json")).unwrap()).unwrap();
+    assert_eq!(v["state"], "plaintext");
+    assert_eq!(v["object"]["kind"], "Secret");
+    assert_eq!(v["object"]["name"], expected["metadata"]["name"]);
+    assert_eq!(v["object"]["namespace"], expected["metadata"]["namespace"]);
+    let data_keys: Vec<String> = expected["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    for k in data_keys {
+        assert!(
+            v["object"]["data_keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == &k),
+            "{k}"
+        );
+    }
+    // No data value appears in the output.
+    for value in expected["data"].as_object().unwrap().values() {
+        let s = value.as_str().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(s),
+            "value leaked"
+        );
+    }
+}
+
+#[test]
+fn inspect_with_config_names_the_key_that_reads_it() {
+    let enc = atrest()
+        .args([
+            "encrypt",
+            "--config",
+            &example_config(),
+            "--etcd-key",
+            SECRET_KEY,
+        ])
+        .arg(fixture("core.v1.Secret.pb"))
+        .output()
+        .unwrap()
+        .stdout;
+    let out = atrest()
+        .args([
+            "inspect",
+            "-o",
+            "json",
+            "--config",
+            &example_config(),
+            "--etcd-key",
+            SECRET_KEY,
+        ])
+        .write_stdin(enc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "current");
+    assert_eq!(v["provider"], "aescbc");
+    assert_eq!(v["key_name"], "key2");
+    assert_eq!(v["read_by"], "resources[0].providers[0].aescbc.keys[0]");
+    assert_eq!(v["object"]["kind"], "Secret");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    atrest().args(["audit", "--no-such-flag"]).assert().code(2);
+    atrest()
+        .args([
+            "encrypt",
+            "--config",
+            "/nonexistent/enc.yaml",
+            "--etcd-key",
+            SECRET_KEY,
+        ])
+        .write_stdin("x")
+        .assert()
+        .code(2);
+    assert!(Path::new(&example_config()).exists());
+}
