@@ -2,7 +2,7 @@
 //! shutdown and resume, refusals.
 //!
 //! Chains are built from EncryptionConfiguration text through `Config::from_yaml`, exactly as
-//! the CLI does. MERGE(config): see [`chain`] — the one spot that depends on the config module.
+//! the CLI does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,8 +11,6 @@ use std::time::Instant;
 
 use atrest::audit::{NoProgress, Verdict};
 use atrest::config::Config;
-use atrest::provider::Provider;
-use atrest::provider::{aescbc::AesCbc, aesgcm::AesGcm, identity::Identity, kms, KeyMaterial};
 use atrest::rewrite::{self, EntryResult, Observer, RewriteEntry, RewriteError, RewriteOptions};
 use atrest::store::etcd::{EtcdOptions as StoreOptions, EtcdStore};
 use atrest::store::{Entry, ReadStore};
@@ -83,58 +81,26 @@ resources:
     )
 }
 
-fn cbc(name: &str, key: &[u8]) -> Provider {
-    Provider::Aescbc(AesCbc::new(name, &KeyMaterial::new(key.to_vec())).expect("a 32-byte key"))
-}
-
 /// Builds the chain for Secrets from config text, through `Config::from_yaml`.
-///
-/// MERGE(config): until the config module's parser is merged into this branch, `from_yaml`
-/// returns its "not implemented" placeholder and the chain is built from `equivalent` — the same
-/// providers in the same order. Delete the fallback arm once `from_yaml` is real; any other
-/// error already fails the test.
-fn chain(yaml: &str, equivalent: impl FnOnce() -> Vec<Provider>) -> Chain {
-    match Config::from_yaml(yaml) {
-        Ok(config) => Chain::from_config(&config, "", "secrets").expect("chain for secrets"),
-        Err(e) if e.to_string() == "not implemented" => {
-            Chain::from_providers("secrets", equivalent()).expect("non-empty chain")
-        }
-        Err(e) => panic!("config rejected: {e}\n{yaml}"),
-    }
+fn chain(yaml: &str) -> Chain {
+    let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("config rejected: {e}\n{yaml}"));
+    Chain::from_config(&config, "", "secrets").expect("chain for secrets")
 }
 
 fn current_chain() -> Chain {
-    chain(&config_yaml(), || {
-        vec![
-            cbc("key2", &KEY_CURRENT),
-            cbc("key1", &KEY_OLD),
-            Provider::Aesgcm(
-                AesGcm::new("gcm1", &KeyMaterial::new(KEY_GCM.to_vec())).expect("a 32-byte key"),
-            ),
-            Provider::Kms(kms::Kms::new("plugin", kms::KmsVersion::V2)),
-            Provider::Identity(Identity),
-        ]
-    })
+    chain(&config_yaml())
 }
 
 fn old_cbc_chain() -> Chain {
-    chain(&single_key_yaml("aescbc", "key1", &KEY_OLD), || {
-        vec![cbc("key1", &KEY_OLD)]
-    })
+    chain(&single_key_yaml("aescbc", "key1", &KEY_OLD))
 }
 
 fn old_gcm_chain() -> Chain {
-    chain(&single_key_yaml("aesgcm", "gcm1", &KEY_GCM), || {
-        vec![Provider::Aesgcm(
-            AesGcm::new("gcm1", &KeyMaterial::new(KEY_GCM.to_vec())).expect("a 32-byte key"),
-        )]
-    })
+    chain(&single_key_yaml("aesgcm", "gcm1", &KEY_GCM))
 }
 
 fn unknown_chain() -> Chain {
-    chain(&single_key_yaml("aescbc", "key9", &KEY_UNKNOWN), || {
-        vec![cbc("key9", &KEY_UNKNOWN)]
-    })
+    chain(&single_key_yaml("aescbc", "key9", &KEY_UNKNOWN))
 }
 
 fn key(i: usize) -> Vec<u8> {
@@ -725,9 +691,7 @@ resources:
 ",
         b64(&KEY_CURRENT)
     );
-    let decrypting = chain(&identity_yaml, || {
-        vec![Provider::Identity(Identity), cbc("key2", &KEY_CURRENT)]
-    });
+    let decrypting = chain(&identity_yaml);
     let err = rewrite::apply(
         &store,
         &decrypting,
@@ -774,12 +738,7 @@ resources:
           endpoint: unix:///var/run/kms-plugin.sock
       - identity: {}
 ";
-    let kms_chain = chain(kms_yaml, || {
-        vec![
-            Provider::Kms(kms::Kms::new("plugin", kms::KmsVersion::V2)),
-            Provider::Identity(Identity),
-        ]
-    });
+    let kms_chain = chain(kms_yaml);
     let err = rewrite::apply(
         &store,
         &kms_chain,
