@@ -637,6 +637,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_shutdown_before_the_first_page_writes_nothing() {
+        let store = MemStore::with_plaintext(20);
+        let opts = RewriteOptions::default();
+        let s = apply(&store, &chain(), &opts, &NoProgress, std::future::ready(()))
+            .await
+            .unwrap();
+        assert!(s.interrupted);
+        assert_eq!((s.scanned, s.rewritten), (0, 0));
+        assert_eq!(s.verdict(), Verdict::Findings);
+        assert_eq!(store.0.lock().unwrap().writes, 0);
+    }
+
+    #[tokio::test]
     async fn a_key_that_keeps_changing_is_a_conflict() {
         let store = MemStore::with_plaintext(3);
         store.0.lock().unwrap().always_conflict = true;
