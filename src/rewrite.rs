@@ -607,6 +607,14 @@ mod tests {
         apply(store, &chain(), &opts, &NoProgress, std::future::pending()).await
     }
 
+    #[test]
+    fn apply_can_run_on_a_spawned_task() {
+        fn is_send<T: Send>(_: &T) {}
+        let (store, chain, opts) = (MemStore::default(), chain(), RewriteOptions::default());
+        let run = apply(&store, &chain, &opts, &NoProgress, std::future::pending());
+        is_send(&run);
+    }
+
     #[tokio::test]
     async fn every_page_is_rewritten() {
         let store = MemStore::with_plaintext(95);
@@ -626,6 +634,19 @@ mod tests {
         .unwrap();
         assert_eq!(empty.scanned, 0);
         assert_eq!(empty.verdict(), Verdict::Clean);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_before_the_first_page_writes_nothing() {
+        let store = MemStore::with_plaintext(20);
+        let opts = RewriteOptions::default();
+        let s = apply(&store, &chain(), &opts, &NoProgress, std::future::ready(()))
+            .await
+            .unwrap();
+        assert!(s.interrupted);
+        assert_eq!((s.scanned, s.rewritten), (0, 0));
+        assert_eq!(s.verdict(), Verdict::Findings);
+        assert_eq!(store.0.lock().unwrap().writes, 0);
     }
 
     #[tokio::test]

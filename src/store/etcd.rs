@@ -539,7 +539,7 @@ impl EtcdStore {
                 unhealthy,
                 preferred: AtomicUsize::new(0),
                 page_limit: AtomicI64::new(PAGE_LIMIT),
-                source: format!("etcd {}", endpoints.join(",")),
+                source: format!("etcd {}", endpoints[0]),
             }),
         })
     }
@@ -947,6 +947,7 @@ fn entry_from(kv: KeyValue) -> Entry {
 }
 
 impl ReadStore for EtcdStore {
+    /// `etcd <first endpoint>`, as given (with its scheme), whether or not it answered.
     fn source(&self) -> String {
         self.inner.source.clone()
     }

@@ -429,3 +429,35 @@ async fn a_cluster_keeps_serving_when_a_member_dies() {
     ));
     assert_eq!(store.count(PREFIX).await.unwrap(), 3000);
 }
+
+#[tokio::test]
+async fn refused_credentials_are_auth_errors() {
+    let server = EtcdServer::start();
+    server.etcdctl(&["user", "add", "root:rootpw"]);
+    server.etcdctl(&["auth", "enable"]);
+    let with_user = |password: &str| StoreOptions {
+        user: Some((
+            "root".to_owned(),
+            atrest::config::SecretString::new(password.to_owned()),
+        )),
+        ..options(std::slice::from_ref(&server.endpoint))
+    };
+
+    let store = EtcdStore::connect(with_user("rootpw")).await.unwrap();
+    assert_eq!(store.count(PREFIX).await.unwrap(), 0);
+    assert_eq!(store.source(), format!("etcd {}", server.endpoint));
+
+    let err = EtcdStore::connect(with_user("wrong")).await.unwrap_err();
+    eprintln!("wrong password: {err}");
+    assert!(matches!(err, EtcdError::Auth { .. }), "{err:?}");
+    assert!(err.advice().contains("user"));
+
+    // No user: etcd answers status() but refuses the first read.
+    let store = connect(&server).await;
+    let err = store.count(PREFIX).await.unwrap_err();
+    eprintln!("no user: {err}");
+    assert!(
+        matches!(err, StoreError::Etcd(EtcdError::Auth { .. })),
+        "{err:?}"
+    );
+}
