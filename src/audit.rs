@@ -470,7 +470,11 @@ mod tests {
         let mut a = Auditor::new(None, b"/registry/secrets/");
         let mut entry = Entry {
             key: b"/registry/secrets/ns/a".to_vec(),
-            value: b"k8s:enc:aescbc:v1:aescbckey-2025-05-16T19:21:39Z:\x01\x02\xff".to_vec(),
+            value: [
+                &b"k8s:enc:aescbc:v1:aescbckey-2025-05-16T19:21:39Z:"[..],
+                &[0xff; 32],
+            ]
+            .concat(),
             mod_revision: 3,
             create_revision: 3,
             version: 1,

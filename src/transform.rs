@@ -109,9 +109,12 @@ pub struct ParsedPrefix {
 
 /// Reads `k8s:enc:<provider>:<version>:<name>:` off a value without a config.
 ///
-/// The key name is the longest run of printable ASCII after the version, up to its last `:` —
-/// so k3s-style names with `:` inside are kept whole. Random IV bytes that happen to be
-/// printable could extend it in rare cases; with a config, names are matched exactly instead.
+/// Key names may contain `:` (k3s names keys `aescbckey-2025-05-16T19:21:39Z`), and the bytes
+/// after the name are random, so the end of the name is a guess: among the `:` inside the run
+/// of name-like characters (`A-Z a-z 0-9 . _ - : / + = @`) after the version, take those that
+/// leave a body the provider's layout allows (aescbc: a 16-byte IV and whole 16-byte blocks;
+/// aesgcm: nonce and tag; secretbox: nonce and tag), and of those the last for aescbc (k3s'
+/// colon names) and the first otherwise. With a config, names are matched exactly instead.
 /// Returns `None` when the value is not encrypted (no `k8s:enc:`).
 pub fn parse_prefix(value: &[u8]) -> Option<ParsedPrefix> {
     let rest = value.strip_prefix(ENCRYPTED_MARKER)?;
@@ -133,15 +136,6 @@ pub fn parse_prefix(value: &[u8]) -> Option<ParsedPrefix> {
     let rest = &rest[used..];
     let (version, used) = field(rest).unwrap_or_default();
     let rest = &rest[used..];
-    let printable = rest
-        .iter()
-        .position(|b| !(0x20..0x7f).contains(b))
-        .unwrap_or(rest.len());
-    let key_name = rest[..printable]
-        .iter()
-        .rposition(|&b| b == b':')
-        .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
-        .map(str::to_owned);
     let provider = match provider_name.as_str() {
         "aescbc" => Some(ProviderKind::Aescbc),
         "aesgcm" => Some(ProviderKind::Aesgcm),
@@ -149,6 +143,33 @@ pub fn parse_prefix(value: &[u8]) -> Option<ParsedPrefix> {
         "kms" => Some(ProviderKind::Kms),
         _ => None,
     };
+    let name_like = |b: &u8| b.is_ascii_alphanumeric() || b".:_-/+=@".contains(b);
+    let run = rest
+        .iter()
+        .position(|b| !name_like(b))
+        .unwrap_or(rest.len());
+    let fits = |colon: usize| {
+        let body = rest.len() - colon - 1;
+        match provider {
+            Some(ProviderKind::Aescbc) => body >= 32 && (body - 16) % 16 == 0,
+            Some(ProviderKind::Aesgcm) => body >= 12 + 16,
+            Some(ProviderKind::Secretbox) => body >= 24 + 16,
+            _ => true,
+        }
+    };
+    let mut candidates = rest[..run]
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b':' && i > 0 && fits(i))
+        .map(|(i, _)| i);
+    let end = if provider == Some(ProviderKind::Aescbc) {
+        candidates.next_back()
+    } else {
+        candidates.next()
+    };
+    let key_name = end
+        .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
+        .map(str::to_owned);
     Some(ParsedPrefix {
         provider,
         provider_name,
@@ -673,9 +694,18 @@ mod tests {
 
     #[test]
     fn parse_prefix_without_config() {
-        let p = parse_prefix(b"k8s:enc:aescbc:v1:my:key:\x00\x9a\xff").unwrap();
+        let mut v = b"k8s:enc:aescbc:v1:my:key:".to_vec();
+        v.extend_from_slice(&[0x9a; 32]);
+        let p = parse_prefix(&v).unwrap();
         assert_eq!(p.provider, Some(ProviderKind::Aescbc));
         assert_eq!(p.key_name.as_deref(), Some("my:key"));
+        // IV bytes that look like more name (`Zq:`) are told apart by the body length.
+        let mut v = b"k8s:enc:aescbc:v1:key0:Zq:".to_vec();
+        v.extend_from_slice(&[0x01; 29]);
+        assert_eq!(parse_prefix(&v).unwrap().key_name.as_deref(), Some("key0"));
+        let mut v = b"k8s:enc:aesgcm:v1:gcm1::x".to_vec();
+        v.extend_from_slice(&[0x01; 40]);
+        assert_eq!(parse_prefix(&v).unwrap().key_name.as_deref(), Some("gcm1"));
         let p = parse_prefix(b"k8s:enc:weird:v9:n:\x01").unwrap();
         assert_eq!((p.provider, p.provider_name.as_str()), (None, "weird"));
         assert!(parse_prefix(b"k8s\0").is_none());
