@@ -151,7 +151,7 @@ pub fn parse_prefix(value: &[u8]) -> Option<ParsedPrefix> {
     let fits = |colon: usize| {
         let body = rest.len() - colon - 1;
         match provider {
-            Some(ProviderKind::Aescbc) => body >= 32 && (body - 16) % 16 == 0,
+            Some(ProviderKind::Aescbc) => body >= 32 && (body - 16).is_multiple_of(16),
             Some(ProviderKind::Aesgcm) => body >= 12 + 16,
             Some(ProviderKind::Secretbox) => body >= 24 + 16,
             _ => true,
