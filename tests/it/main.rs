@@ -9,4 +9,5 @@ mod cli;
 mod etcd_store;
 mod harness;
 mod rewrite;
+mod rewrite_cli;
 mod snapshot;
