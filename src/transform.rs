@@ -537,8 +537,9 @@ impl Chain {
     }
 }
 
-/// What a rewrite does with one value.
-#[derive(Debug, PartialEq, Eq)]
+/// What a rewrite does with one value. `Debug` shows a new value's length, never its bytes
+/// (with an identity write provider they are the plaintext).
+#[derive(PartialEq, Eq)]
 pub enum RewritePlan {
     /// Already what the write provider would store: nothing to do.
     AlreadyCurrent,
@@ -548,6 +549,17 @@ pub enum RewritePlan {
     Write(Vec<u8>),
     /// A new value could not be produced or did not verify; nothing is written.
     Failed(String),
+}
+
+impl fmt::Debug for RewritePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RewritePlan::AlreadyCurrent => f.write_str("AlreadyCurrent"),
+            RewritePlan::Skip => f.write_str("Skip"),
+            RewritePlan::Write(v) => write!(f, "Write({} bytes)", v.len()),
+            RewritePlan::Failed(why) => f.debug_tuple("Failed").field(why).finish(),
+        }
+    }
 }
 
 #[cfg(test)]
