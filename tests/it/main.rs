@@ -8,5 +8,6 @@ mod audit;
 mod cli;
 mod etcd_store;
 mod harness;
+mod ops;
 mod rewrite;
 mod snapshot;
