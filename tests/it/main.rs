@@ -10,4 +10,5 @@ mod etcd_store;
 mod harness;
 mod ops;
 mod rewrite;
+mod runbook;
 mod snapshot;
