@@ -424,9 +424,10 @@ pub fn check_pod(
     };
 
     let config_path = container.flag(CONFIG_FLAG).filter(|v| !v.is_empty());
+    // A bare boolean flag is true; a value is read as Go's strconv.ParseBool reads it.
     let reload = container
         .flag(RELOAD_FLAG)
-        .is_some_and(|v| v.is_empty() || v.eq_ignore_ascii_case("true") || v == "1");
+        .is_some_and(|v| matches!(v.as_str(), "" | "1" | "t" | "T" | "true" | "TRUE" | "True"));
     let mut host_path = None;
 
     let chain: Result<(), ()> = (|| {
