@@ -26,10 +26,13 @@
 //! - [`object`]: what a plaintext value holds (the `k8s\x00` protobuf envelope, JSON).
 //! - [`store`]: live etcd and snapshot files behind one read trait; writes only on live etcd.
 //! - [`audit`]: classifying entries into a [`audit::Report`].
+//! - [`status`]: the config and the store together: what each configured key reads.
+//! - [`apiserver`]: checking kube-apiserver's static pod manifest uses an encryption config.
 //! - [`rewrite`]: re-encrypting entries with compare-and-swap, verified before every write.
 //! - [`wire`]: the bounds-checked cursor every untrusted byte goes through.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod apiserver;
 pub mod audit;
 pub mod config;
 pub mod inspect;
@@ -37,6 +40,7 @@ pub mod object;
 pub mod offline;
 pub mod provider;
 pub mod rewrite;
+pub mod status;
 pub mod store;
 pub mod transform;
 pub mod wire;

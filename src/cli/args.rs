@@ -24,6 +24,9 @@ pub(crate) enum OutputFormat {
     Table,
     /// The JSON report (the library's report type).
     Json,
+    /// Prometheus text exposition format, for node_exporter's textfile collector (audit and
+    /// status only).
+    Prometheus,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +44,14 @@ pub(crate) enum Command {
     Audit(AuditArgs),
     /// Re-encrypt plaintext and stale entries in place with the config's write key.
     Rewrite(RewriteArgs),
+    /// The config and the store together: what each configured key reads, what is unreadable.
+    Status(StatusArgs),
+    /// Check that kube-apiserver's static pod manifest really uses an encryption config.
+    CheckApiserver(CheckApiserverArgs),
+    /// Print a shell completion script (bash, zsh or fish) to standard output.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to standard output.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,13 +178,9 @@ pub(crate) struct InspectArgs {
 /// How to reach etcd, as etcdctl spells it.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct StoreArgs {
-    /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        env = "ETCDCTL_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
+    /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379; with --kubeadm:
+    /// https://127.0.0.1:2379].
+    #[arg(long, env = "ETCDCTL_ENDPOINTS", value_delimiter = ',')]
     pub(crate) endpoints: Vec<String>,
     /// CA bundle to verify etcd's server certificate.
     #[arg(long, env = "ETCDCTL_CACERT", value_name = "FILE")]
@@ -190,6 +197,10 @@ pub(crate) struct StoreArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 60)]
     pub(crate) command_timeout: u64,
+    /// A kubeadm control-plane node: default to https://127.0.0.1:2379 with kube-apiserver's
+    /// etcd client certificate under /etc/kubernetes/pki (flags given explicitly still win).
+    #[arg(long)]
+    pub(crate) kubeadm: bool,
 }
 
 #[derive(Debug, Args)]
@@ -248,4 +259,47 @@ pub(crate) struct RewriteArgs {
     /// Offline: overwrite OUT if it exists.
     #[arg(long, requires = "out")]
     pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Read an etcd snapshot or a stopped member's `member/snap/db` instead of a live etcd.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) snapshot: Option<PathBuf>,
+    /// The EncryptionConfiguration kube-apiserver runs with.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+    /// Key prefix to scan.
+    #[arg(long, default_value = "/registry/secrets/")]
+    pub(crate) prefix: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckApiserverArgs {
+    /// kube-apiserver's static pod manifest.
+    #[arg(default_value = atrest::apiserver::DEFAULT_MANIFEST)]
+    pub(crate) manifest: PathBuf,
+    /// Look node paths (the config file named in the manifest) up under DIR instead of `/`.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub(crate) root: PathBuf,
+}
+
+/// Shells `completions` can write a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Shell {
+    /// bash
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub(crate) shell: Shell,
 }

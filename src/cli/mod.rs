@@ -7,6 +7,7 @@ mod args;
 mod commands;
 mod error;
 mod output;
+mod prometheus;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -51,6 +52,14 @@ fn run(args: args::Cli) -> Result<Exit, CliError> {
             .build()
             .map_err(|e| CliError::internal(format!("cannot start the async runtime: {e}")))
     };
+    if args.output == Some(args::OutputFormat::Prometheus)
+        && !matches!(
+            args.command,
+            args::Command::Audit(_) | args::Command::Status(_)
+        )
+    {
+        return Err(output::no_prometheus());
+    }
     match args.command {
         args::Command::Config(c) => commands::config::run(c, args.output),
         args::Command::Encrypt(c) => commands::crypt::encrypt(c),
@@ -58,5 +67,9 @@ fn run(args: args::Cli) -> Result<Exit, CliError> {
         args::Command::Inspect(c) => runtime()?.block_on(commands::inspect::run(c, args.output)),
         args::Command::Audit(c) => runtime()?.block_on(commands::audit::run(c, args.output)),
         args::Command::Rewrite(c) => runtime()?.block_on(commands::rewrite::run(c, args.output)),
+        args::Command::Status(c) => runtime()?.block_on(commands::status::run(c, args.output)),
+        args::Command::CheckApiserver(c) => commands::check_apiserver::run(c, args.output),
+        args::Command::Completions(c) => commands::generate::completions(c),
+        args::Command::Man => commands::generate::man(),
     }
 }

@@ -20,6 +20,12 @@ pub(crate) fn format(flag: Option<OutputFormat>) -> OutputFormat {
     })
 }
 
+/// The usage error for `-o prometheus` on a command that has no metrics (exit 2).
+pub(crate) fn no_prometheus() -> CliError {
+    CliError::usage("-o prometheus is only for `atrest audit` and `atrest status`")
+        .advice("use -o table or -o json with this command")
+}
+
 /// A table in the project's style.
 pub(crate) fn table() -> Table {
     let mut t = Table::new();

@@ -8,6 +8,8 @@ mod audit;
 mod cli;
 mod etcd_store;
 mod harness;
+mod ops;
 mod rewrite;
 mod rewrite_cli;
+mod runbook;
 mod snapshot;

@@ -1,9 +1,10 @@
 //! `atrest audit`: entry by entry, what is plaintext, stale or unreadable.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use atrest::audit::{self, Observer, Report, ReportEntry, Verdict};
-use atrest::store::etcd::{EtcdOptions, EtcdStore};
+use atrest::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_ENDPOINT};
 use atrest::store::snapshot::Snapshot;
 use atrest::transform::{Chain, State};
 use indicatif::ProgressBar;
@@ -11,7 +12,7 @@ use indicatif::ProgressBar;
 use super::load_chain;
 use crate::cli::args::{AuditArgs, OutputFormat, StoreArgs};
 use crate::cli::output::{self, yes_no};
-use crate::cli::{CliError, Exit};
+use crate::cli::{prometheus, CliError, Exit};
 
 /// Feeds audit progress into a progress bar.
 pub(crate) struct Progress(pub(crate) ProgressBar);
@@ -25,20 +26,62 @@ impl Observer for Progress {
     }
 }
 
-/// Connects to etcd with the etcdctl-style flags; failures are exit 3 with advice.
-pub(crate) async fn connect(args: &StoreArgs) -> Result<EtcdStore, CliError> {
-    let opts = EtcdOptions {
-        endpoints: args.endpoints.clone(),
-        cacert: args.cacert.clone(),
-        cert: args.cert.clone(),
-        key: args.key.clone(),
+/// kubeadm's etcd client endpoint on a control-plane node (`--kubeadm`).
+pub(crate) const KUBEADM_ENDPOINT: &str = "https://127.0.0.1:2379";
+/// kubeadm's etcd CA certificate.
+pub(crate) const KUBEADM_CACERT: &str = "/etc/kubernetes/pki/etcd/ca.crt";
+/// The client certificate kubeadm gives kube-apiserver for etcd.
+pub(crate) const KUBEADM_CERT: &str = "/etc/kubernetes/pki/apiserver-etcd-client.crt";
+/// Its private key.
+pub(crate) const KUBEADM_KEY: &str = "/etc/kubernetes/pki/apiserver-etcd-client.key";
+
+/// The etcd options the flags ask for: explicit flags (or ETCDCTL_* variables) first, then the
+/// kubeadm defaults with `--kubeadm`, then etcdctl's defaults.
+pub(crate) fn etcd_options(args: &StoreArgs) -> EtcdOptions {
+    let kubeadm = |path: &str| args.kubeadm.then(|| PathBuf::from(path));
+    let endpoints = if !args.endpoints.is_empty() {
+        args.endpoints.clone()
+    } else if args.kubeadm {
+        vec![KUBEADM_ENDPOINT.to_owned()]
+    } else {
+        vec![DEFAULT_ENDPOINT.to_owned()]
+    };
+    EtcdOptions {
+        endpoints,
+        cacert: args.cacert.clone().or_else(|| kubeadm(KUBEADM_CACERT)),
+        cert: args.cert.clone().or_else(|| kubeadm(KUBEADM_CERT)),
+        key: args.key.clone().or_else(|| kubeadm(KUBEADM_KEY)),
         connect_timeout: Duration::from_secs(args.dial_timeout),
         request_timeout: Duration::from_secs(args.command_timeout),
         ..EtcdOptions::default()
+    }
+}
+
+/// Connects to etcd with the etcdctl-style flags; failures are exit 3 with advice.
+pub(crate) async fn connect(args: &StoreArgs) -> Result<EtcdStore, CliError> {
+    let opts = etcd_options(args);
+    let used = if args.kubeadm {
+        let show = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or("-".to_owned(), |p| p.display().to_string())
+        };
+        Some(format!(
+            "--kubeadm: {} with --cacert {} --cert {} --key {}",
+            opts.endpoints.join(","),
+            show(&opts.cacert),
+            show(&opts.cert),
+            show(&opts.key)
+        ))
+    } else {
+        None
     };
     EtcdStore::connect(opts).await.map_err(|e| {
         let advice = e.advice();
-        CliError::store(e.to_string()).advice(advice)
+        let mut err = CliError::store(e.to_string()).advice(advice);
+        if let Some(used) = used {
+            err = err.detail(used);
+        }
+        err
     })
 }
 
@@ -67,6 +110,7 @@ pub(crate) async fn run(args: AuditArgs, format: Option<OutputFormat>) -> Result
     match output::format(format) {
         OutputFormat::Json => output::print_json(&report)?,
         OutputFormat::Table => output::print(&render(&report, chain.as_ref(), &args))?,
+        OutputFormat::Prometheus => output::print(&prometheus::audit(&report, args.strict))?,
     }
     Ok(match report.verdict(args.strict) {
         Verdict::Clean => Exit::Clean,

@@ -94,6 +94,7 @@ fn check(args: ConfigCheckArgs, format: Option<OutputFormat>) -> Result<Exit, Cl
         ),
     };
     match output::format(format) {
+        OutputFormat::Prometheus => return Err(output::no_prometheus()),
         OutputFormat::Json => output::print_json(&report)?,
         OutputFormat::Table => {
             let mut out = String::new();

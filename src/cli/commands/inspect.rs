@@ -45,6 +45,7 @@ pub(crate) async fn run(args: InspectArgs, format: Option<OutputFormat>) -> Resu
         args.etcd_key.as_deref().map(str::as_bytes),
     );
     match output::format(format) {
+        OutputFormat::Prometheus => return Err(output::no_prometheus()),
         OutputFormat::Json => output::print_json(&report)?,
         OutputFormat::Table => output::print(&render(&report))?,
     }

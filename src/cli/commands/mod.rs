@@ -1,11 +1,14 @@
 //! One file per command.
 
 pub(crate) mod audit;
+pub(crate) mod check_apiserver;
 pub(crate) mod config;
 pub(crate) mod crypt;
+pub(crate) mod generate;
 pub(crate) mod inspect;
 pub(crate) mod rewrite;
 pub(crate) mod rotate;
+pub(crate) mod status;
 
 use std::path::Path;
 

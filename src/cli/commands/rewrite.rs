@@ -77,6 +77,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     }
 
     match output::format(format) {
+        OutputFormat::Prometheus => return Err(output::no_prometheus()),
         OutputFormat::Json => output::print_json(&summary)?,
         OutputFormat::Table => output::print(&render(&summary, &args, compacted))?,
     }
@@ -120,6 +121,7 @@ async fn offline(
         other => CliError::usage(other.to_string()),
     })?;
     match output::format(format) {
+        OutputFormat::Prometheus => return Err(output::no_prometheus()),
         OutputFormat::Json => output::print_json(&s)?,
         OutputFormat::Table => {
             let mut t = output::table();

@@ -1,0 +1,126 @@
+//! `atrest status`: the config and the store together — what each configured key reads, which
+//! keys can go, and whether kube-apiserver could read everything.
+
+use atrest::audit::Verdict;
+use atrest::status::{self, Status};
+use atrest::store::snapshot::Snapshot;
+
+use super::audit::connect;
+use super::load_chain;
+use crate::cli::args::{OutputFormat, StatusArgs};
+use crate::cli::output::{self, yes_no};
+use crate::cli::{prometheus, CliError, Exit};
+
+/// Runs `atrest status`.
+pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
+    let chain = load_chain(&args.config, &args.prefix)?;
+    let prefix = args.prefix.as_bytes();
+    let status = match &args.snapshot {
+        Some(path) => {
+            let snap = Snapshot::open(path).map_err(|e| {
+                CliError::from(atrest::store::StoreError::from(e))
+                    .advice("pass a file written by `etcdctl snapshot save`, or the `member/snap/db` of a stopped etcd")
+            })?;
+            status::status(&snap, &chain, prefix).await?
+        }
+        None => {
+            let store = connect(&args.store).await?;
+            status::status(&store, &chain, prefix).await?
+        }
+    };
+    match output::format(format) {
+        OutputFormat::Json => output::print_json(&status)?,
+        OutputFormat::Table => output::print(&render(&status, &args))?,
+        OutputFormat::Prometheus => output::print(&prometheus::status(&status))?,
+    }
+    Ok(match status.verdict {
+        Verdict::Clean => Exit::Clean,
+        Verdict::Findings => Exit::Findings,
+    })
+}
+
+fn render(s: &Status, args: &StatusArgs) -> String {
+    let mut out = format!(
+        "Status of {} in {} at revision {}, with {}\n",
+        s.prefix,
+        s.source,
+        s.revision,
+        args.config.display()
+    );
+    let mut t = output::table();
+    t.set_header(vec![
+        "config path",
+        "provider",
+        "key",
+        "write",
+        "entries",
+        "undecryptable",
+        "safe to remove",
+    ]);
+    for k in &s.keys {
+        t.add_row(vec![
+            k.path.clone(),
+            k.provider.to_string(),
+            k.key_name.clone().unwrap_or_else(|| "-".to_owned()),
+            if k.write { "write" } else { "" }.to_owned(),
+            k.entries.to_string(),
+            k.undecryptable.to_string(),
+            yes_no(k.safe_to_remove).to_owned(),
+        ]);
+    }
+    out += &format!(
+        "\nProviders and keys for {}, in the order kube-apiserver tries them:\n{t}\n",
+        s.resource
+    );
+    if !s.unknown_keys.is_empty() {
+        let mut t = output::table();
+        t.set_header(vec!["provider", "key", "entries"]);
+        for u in &s.unknown_keys {
+            t.add_row(vec![
+                u.provider.map_or("?".to_owned(), |p| p.to_string()),
+                u.key_name.clone().unwrap_or_else(|| "?".to_owned()),
+                u.entries.to_string(),
+            ]);
+        }
+        out += &format!("\nEntries encrypted with keys the config does not have:\n{t}\n");
+    }
+    let c = &s.summary;
+    out += &format!(
+        "\nEntries: {} total, {} plaintext{}, {} current, {} stale, {} unknown-key, {} undecryptable, {} kms\n",
+        c.total,
+        c.plaintext,
+        if s.unreadable_plaintext > 0 {
+            format!(" ({} unreadable)", s.unreadable_plaintext)
+        } else {
+            String::new()
+        },
+        c.current,
+        c.stale,
+        c.unknown_key,
+        c.undecryptable,
+        c.kms
+    );
+    let removable: Vec<&str> = s
+        .keys
+        .iter()
+        .filter(|k| k.safe_to_remove)
+        .map(|k| k.path.as_str())
+        .collect();
+    if !removable.is_empty() {
+        out += &format!(
+            "Safe to remove (no entry under {} needs them): {}\n",
+            s.prefix,
+            removable.join(", ")
+        );
+    }
+    out += "\n";
+    if s.apiserver_reads_all {
+        out += "OK: kube-apiserver running this config can read every entry under the prefix.\n";
+    } else {
+        out += "FINDINGS: kube-apiserver running this config cannot read everything under the prefix:\n";
+        for r in &s.reasons {
+            out += &format!("  - {r}\n");
+        }
+    }
+    out
+}
