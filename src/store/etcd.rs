@@ -17,8 +17,8 @@
 //! among three, about a third of the requests fail. Here every request goes to one preferred
 //! endpoint; a request that fails because the endpoint is unreachable (`Unavailable`, a transport
 //! error, a timeout, "no leader") is sent again to the next endpoint, going round all of them up
-//! to [`FAILOVER_ROUNDS`] times with a growing pause between rounds (about 3 s in all, enough for
-//! a leader election). The endpoint that answered becomes the preferred one. Requests
+//! to [`FAILOVER_ROUNDS`] times and for at least [`FAILOVER_WINDOW`], with a growing pause between
+//! rounds (0.1 s doubling to 1.6 s), enough for a leader election on a loaded machine. The endpoint that answered becomes the preferred one. Requests
 //! are safe to repeat: reads are reads, and a repeated compare-and-put whose first attempt did
 //! apply fails its compare and returns the key's new state.
 //!
@@ -60,6 +60,10 @@ pub const PAGE_LIMIT: i64 = 1000;
 /// How many times a request goes round all members while they are unreachable (pausing 0.1,
 /// 0.2, 0.4, 0.8 and 1.6 s between rounds).
 pub const FAILOVER_ROUNDS: usize = 6;
+
+/// However many rounds that takes, failover keeps trying an unreachable cluster for at least this
+/// long: a leader election on a loaded machine can take several seconds.
+pub const FAILOVER_WINDOW: Duration = Duration::from_secs(15);
 
 /// The default for [`EtcdOptions::max_page_bytes`]: 256 MiB.
 pub const DEFAULT_MAX_PAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -565,6 +569,7 @@ impl EtcdStore {
         let members = &self.inner.members;
         let start = self.inner.preferred.load(Ordering::Relaxed);
         let attempts = members.len() * FAILOVER_ROUNDS;
+        let deadline = tokio::time::Instant::now() + FAILOVER_WINDOW;
         let mut attempt = 0;
         loop {
             let index = (start + attempt) % members.len();
@@ -579,7 +584,8 @@ impl EtcdStore {
                 Err(error) => {
                     let (kind, detail) = classify(&error);
                     attempt += 1;
-                    if kind != Kind::Unreachable || attempt >= attempts {
+                    let exhausted = attempt >= attempts && tokio::time::Instant::now() >= deadline;
+                    if kind != Kind::Unreachable || exhausted {
                         return Err(Failed {
                             kind,
                             endpoint: member.endpoint.clone(),
@@ -588,7 +594,7 @@ impl EtcdStore {
                         });
                     }
                     if attempt % members.len() == 0 {
-                        let round = attempt / members.len();
+                        let round = (attempt / members.len()).min(5);
                         tokio::time::sleep(Duration::from_millis(100 << (round - 1))).await;
                     }
                 }
