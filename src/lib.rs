@@ -34,6 +34,8 @@ pub mod audit;
 pub mod config;
 pub mod inspect;
 pub mod object;
+#[cfg(test)]
+mod proptests;
 pub mod provider;
 pub mod rewrite;
 pub mod store;
