@@ -38,6 +38,8 @@ pub mod config;
 pub mod inspect;
 pub mod object;
 pub mod offline;
+#[cfg(test)]
+mod proptests;
 pub mod provider;
 pub mod rewrite;
 pub mod status;

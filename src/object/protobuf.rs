@@ -191,23 +191,25 @@ struct Envelope<'a> {
     content_type: Option<String>,
 }
 
-/// Parses `runtime.TypeMeta`: `(apiVersion, kind)`. Unknown fields are skipped.
-fn type_meta(buf: &[u8]) -> Result<(String, String), WireError> {
+/// Parses `runtime.TypeMeta` into `(apiVersion, kind)`, merging: a field present in `buf`
+/// replaces the value already there, an absent one leaves it. Unknown fields are skipped.
+fn type_meta(buf: &[u8], api_version: &mut String, kind: &mut String) -> Result<(), WireError> {
     const WHAT: &str = "runtime.TypeMeta";
     let mut r = Reader::new(buf);
-    let (mut api_version, mut kind) = (String::new(), String::new());
     while !r.is_empty() {
         match next_field(&mut r, WHAT)? {
-            (1, v) => api_version = string(v, "runtime.TypeMeta.apiVersion")?,
-            (2, v) => kind = string(v, "runtime.TypeMeta.kind")?,
+            (1, v) => *api_version = string(v, "runtime.TypeMeta.apiVersion")?,
+            (2, v) => *kind = string(v, "runtime.TypeMeta.kind")?,
             _ => {}
         }
     }
-    Ok((api_version, kind))
+    Ok(())
 }
 
-/// Parses `k8s\x00` + `runtime.Unknown`. Unknown fields are skipped; a repeated field keeps its
-/// last occurrence, as protobuf decoders do.
+/// Parses `k8s\x00` + `runtime.Unknown`. Unknown fields are skipped. A field that occurs more
+/// than once is read as protobuf decoders (and kube-apiserver's generated code) read it: the last
+/// `raw`, `contentEncoding` or `contentType` wins, and every `typeMeta` is merged into the one
+/// before it (each `apiVersion` or `kind` it carries replaces the earlier one).
 fn envelope(value: &[u8]) -> Result<Envelope<'_>, ObjectError> {
     const WHAT: &str = "runtime.Unknown";
     let mut r = Reader::new(value);
@@ -223,7 +225,7 @@ fn envelope(value: &[u8]) -> Result<Envelope<'_>, ObjectError> {
             },
         ));
     }
-    let mut type_meta_bytes = None;
+    const TYPE_META: &str = "runtime.Unknown.typeMeta";
     let mut env = Envelope {
         api_version: String::new(),
         kind: String::new(),
@@ -234,7 +236,12 @@ fn envelope(value: &[u8]) -> Result<Envelope<'_>, ObjectError> {
     let wire = |e| ObjectError::protobuf(WHAT, e);
     while !r.is_empty() {
         match next_field(&mut r, WHAT).map_err(wire)? {
-            (1, v) => type_meta_bytes = Some(bytes(v, "runtime.Unknown.typeMeta").map_err(wire)?),
+            (1, v) => type_meta(
+                bytes(v, TYPE_META).map_err(wire)?,
+                &mut env.api_version,
+                &mut env.kind,
+            )
+            .map_err(|e| ObjectError::protobuf(TYPE_META, e))?,
             (2, v) => env.raw = bytes(v, "runtime.Unknown.raw").map_err(wire)?,
             (3, v) => {
                 env.content_encoding =
@@ -246,10 +253,7 @@ fn envelope(value: &[u8]) -> Result<Envelope<'_>, ObjectError> {
             _ => {}
         }
     }
-    const TYPE_META: &str = "runtime.Unknown.typeMeta";
-    let (api_version, kind) = type_meta(type_meta_bytes.unwrap_or_default())
-        .map_err(|e| ObjectError::protobuf(TYPE_META, e))?;
-    if kind.is_empty() {
+    if env.kind.is_empty() {
         return Err(ObjectError::protobuf(
             TYPE_META,
             WireError::Invalid {
@@ -258,8 +262,6 @@ fn envelope(value: &[u8]) -> Result<Envelope<'_>, ObjectError> {
             },
         ));
     }
-    env.api_version = api_version;
-    env.kind = kind;
     env.content_encoding = non_empty(env.content_encoding);
     env.content_type = non_empty(env.content_type);
     Ok(env)
@@ -401,7 +403,13 @@ pub(super) fn peek_kind(bytes_in: &[u8]) -> Option<(String, String)> {
     if number != 1 {
         return None;
     }
-    let (api_version, kind) = type_meta(bytes(value, "runtime.Unknown.typeMeta").ok()?).ok()?;
+    let (mut api_version, mut kind) = (String::new(), String::new());
+    type_meta(
+        bytes(value, "runtime.Unknown.typeMeta").ok()?,
+        &mut api_version,
+        &mut kind,
+    )
+    .ok()?;
     (plausible_kind(&kind) && plausible_api_version(&api_version)).then_some((api_version, kind))
 }
 

@@ -526,3 +526,47 @@ fn secret_data_on_request() {
         decode_secret_data(br#"{"kind":"Secret","apiVersion":"v1","data":{"k":"!!"}}"#).is_err()
     );
 }
+
+/// Found by the `object` fuzz target: an envelope with two `typeMeta` fields. Protobuf (and
+/// kube-apiserver's generated `Unknown.Unmarshal`, which unmarshals each occurrence into the same
+/// `TypeMeta`) merges them; the decoder used to keep only the last one whole.
+#[test]
+fn duplicate_type_meta_fields_merge_like_protobuf() {
+    fn envelope(type_metas: &[&[u8]]) -> Vec<u8> {
+        let mut v = PROTOBUF_MAGIC.to_vec();
+        for tm in type_metas {
+            v.push(0x0a);
+            v.push(tm.len() as u8);
+            v.extend_from_slice(tm);
+        }
+        v.extend_from_slice(b"\x12\x00\x1a\x00\x22\x00");
+        v
+    }
+    let secret_v1: &[u8] = b"\x0a\x02v1\x12\x06Secret";
+    // The second carries only a kind: the apiVersion of the first stays.
+    let obj = decode(&envelope(&[secret_v1, b"\x12\x09ConfigMap"])).unwrap();
+    assert_eq!(
+        (obj.api_version.as_str(), obj.kind.as_str()),
+        ("v1", "ConfigMap")
+    );
+    // The second carries only an apiVersion: the kind of the first stays.
+    let obj = decode(&envelope(&[secret_v1, b"\x0a\x07apps/v1"])).unwrap();
+    assert_eq!(
+        (obj.api_version.as_str(), obj.kind.as_str()),
+        ("apps/v1", "Secret")
+    );
+    // A malformed typeMeta is an error even when a later one is well formed.
+    let err = decode(&envelope(&[b"\x12\x02\xff\xfe", secret_v1])).unwrap_err();
+    assert!(matches!(
+        err,
+        ObjectError::Protobuf {
+            what: "runtime.Unknown.typeMeta",
+            ..
+        }
+    ));
+    // The page scanner reads the first typeMeta only, as documented.
+    assert_eq!(
+        peek_kind(&envelope(&[secret_v1, b"\x12\x09ConfigMap"])),
+        Some(("v1".to_owned(), "Secret".to_owned()))
+    );
+}
