@@ -83,34 +83,53 @@ load_data() { # $1: N
   etcdctl --endpoints "$client" defrag >/dev/null
 }
 
+hz=$(getconf CLK_TCK)
+etcd_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+
 # Runs a command once under /usr/bin/time -v with stdout to $out (default /dev/null).
-# Sets: secs (wall, from EPOCHREALTIME), rss_kib, rc. Exit codes other than $ok (default 0)
+# Sets: secs (wall, from EPOCHREALTIME), rss_kib, cpu (the command's user + system seconds),
+# etcd_cpu (etcd's user + system seconds meanwhile), rc. Exit codes other than $ok (default 0)
 # abort the benchmark.
 timed() {
-  local out=${out:-/dev/null} ok=${ok:-0} t0 t1
+  local out=${out:-/dev/null} ok=${ok:-0} t0 t1 e0 e1
+  e0=$(etcd_ticks)
   t0=$EPOCHREALTIME
   rc=0
   /usr/bin/time -v -o "$dir/time.txt" "$@" >"$out" 2>"$dir/stderr.txt" || rc=$?
   t1=$EPOCHREALTIME
+  e1=$(etcd_ticks)
   if ! [[ " $ok " == *" $rc "* ]]; then
     log "command failed (exit $rc): $*"; cat "$dir/stderr.txt" >&2; exit 1
   fi
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
   rss_kib=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$dir/time.txt")
+  cpu=$(awk -F': ' '/(User|System) time/ { t += $2 } END { printf "%.2f", t }' "$dir/time.txt")
+  etcd_cpu=$(awk -v a="$e0" -v b="$e1" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')
+}
+
+# Keeps the fastest run's figures in <name>_secs, _cpu, _etcd and the largest RSS in _rss.
+keep() { # $1: result name
+  local best_var=${1}_secs rss_var=${1}_rss
+  if [ -z "${!best_var:-}" ] || [ "$(awk -v a="${!best_var}" -v b="$secs" 'BEGIN { print (b < a) }')" = 1 ]; then
+    printf -v "${1}_secs" '%s' "$secs"
+    printf -v "${1}_cpu" '%s' "$cpu"
+    printf -v "${1}_etcd" '%s' "$etcd_cpu"
+  fi
+  if [ -z "${!rss_var:-}" ] || [ "$rss_kib" -gt "${!rss_var}" ]; then
+    printf -v "${1}_rss" '%s' "$rss_kib"
+  fi
 }
 
 # Best wall time of $runs (after one warm-up) and the largest peak RSS over those runs.
 best_of() { # $1: result name; rest: command
-  local name=$1 best="" rss=0
+  local name=$1
   shift
+  unset "${name}_secs" "${name}_rss"
   timed "$@"
   for _ in $(seq "$runs"); do
     timed "$@"
-    best=$(awk -v a="$best" -v b="$secs" 'BEGIN { print (a == "" || b < a) ? b : a }')
-    [ "$rss_kib" -gt "$rss" ] && rss=$rss_kib
+    keep "$name"
   done
-  printf -v "${name}_secs" '%s' "$best"
-  printf -v "${name}_rss" '%s' "$rss"
 }
 
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
@@ -147,7 +166,8 @@ for n in "${sizes[@]}"; do
   rm -f "$dir/snap-$n.db"
 
   log "== N=$n: writes"
-  rewrite_best="" base_best="" rewrite_rss=0 base_rss=0 rewritten=0 written=0
+  unset rewrite_secs rewrite_rss base_secs base_rss
+  rewritten=0 written=0
   for r in $(seq "$write_runs"); do
     [ "$r" = 1 ] || load_data "$n"
     out="$dir/rewrite.json" timed "$atrest" rewrite "${ep[@]}" --config "$config" \
@@ -156,20 +176,18 @@ for n in "${sizes[@]}"; do
     if [ "$(jq '.conflicts + .failed + .skipped' "$dir/rewrite.json")" != 0 ]; then
       log "rewrite left entries behind:"; jq -c 'del(.entries)' "$dir/rewrite.json" >&2; exit 1
     fi
-    rewrite_best=$(awk -v a="$rewrite_best" -v b="$secs" 'BEGIN { print (a == "" || b < a) ? b : a }')
-    [ "$rss_kib" -gt "$rewrite_rss" ] && rewrite_rss=$rss_kib
+    keep rewrite
 
     load_data "$n"
     out="$dir/baseline.txt" timed "$load" baseline "$client" "$config" "$concurrency" "$prefix"
     written=$(awk '{ print $2 }' "$dir/baseline.txt")
-    base_best=$(awk -v a="$base_best" -v b="$secs" 'BEGIN { print (a == "" || b < a) ? b : a }')
-    [ "$rss_kib" -gt "$base_rss" ] && base_rss=$rss_kib
+    keep base
   done
   stop_etcd
   rm -rf "$dir/etcd-$n"
 
-  rewrite_tps=$(awk -v n="$rewritten" -v s="$rewrite_best" 'BEGIN { printf "%.0f", n / s }')
-  base_tps=$(awk -v n="$written" -v s="$base_best" 'BEGIN { printf "%.0f", n / s }')
+  rewrite_tps=$(awk -v n="$rewritten" -v s="$rewrite_secs" 'BEGIN { printf "%.0f", n / s }')
+  base_tps=$(awk -v n="$written" -v s="$base_secs" 'BEGIN { printf "%.0f", n / s }')
   audit_ratio=$(ratio "$audit_secs" "$dump_secs")
   write_ratio=$(awk -v a="$rewrite_tps" -v b="$base_tps" 'BEGIN { printf "%.0f", 100 * a / b }')
 
@@ -180,13 +198,13 @@ for n in "${sizes[@]}"; do
 etcdctl dump $(mib $((dump_bytes / 1024))), audit report $(mib $((report_bytes / 1024))), \
 snapshot $(mib $((snap_bytes / 1024)))."
   echo
-  echo "| command | wall time | peak RSS | result |"
-  echo "| --- | --- | --- | --- |"
-  echo "| \`etcdctl get --prefix $prefix -w protobuf\` (floor) | ${dump_secs} s | $(mib "$dump_rss") | $n entries |"
-  echo "| \`atrest audit -o json\` (live) | ${audit_secs} s | $(mib "$audit_rss") | ${audit_ratio}× the floor |"
-  echo "| \`atrest audit --snapshot -o json\` | ${snap_secs} s | $(mib "$snap_rss") | $(ratio "$snap_secs" "$audit_secs")× the live audit |"
-  echo "| \`atrest rewrite --concurrency $concurrency -o json\` | ${rewrite_best} s | $(mib "$rewrite_rss") | $rewritten rewritten, $rewrite_tps entries/s |"
-  echo "| baseline: CAS transactions, concurrency $concurrency | ${base_best} s | $(mib "$base_rss") | $written written, $base_tps txn/s |"
+  echo "| command | wall time | peak RSS | CPU (command) | CPU (etcd) | result |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  echo "| \`etcdctl get --prefix $prefix -w protobuf\` (floor) | ${dump_secs} s | $(mib "$dump_rss") | ${dump_cpu} s | ${dump_etcd} s | $n entries |"
+  echo "| \`atrest audit -o json\` (live) | ${audit_secs} s | $(mib "$audit_rss") | ${audit_cpu} s | ${audit_etcd} s | ${audit_ratio}× the floor |"
+  echo "| \`atrest audit --snapshot -o json\` | ${snap_secs} s | $(mib "$snap_rss") | ${snap_cpu} s | - | $(ratio "$snap_secs" "$audit_secs")× the live audit |"
+  echo "| \`atrest rewrite --concurrency $concurrency -o json\` | ${rewrite_secs} s | $(mib "$rewrite_rss") | ${rewrite_cpu} s | ${rewrite_etcd} s | $rewritten rewritten, $rewrite_tps entries/s |"
+  echo "| baseline: CAS transactions, concurrency $concurrency | ${base_secs} s | $(mib "$base_rss") | ${base_cpu} s | ${base_etcd} s | $written written, $base_tps txn/s |"
   echo
   echo "| target | measured | verdict |"
   echo "| --- | --- | --- |"
@@ -196,4 +214,6 @@ snapshot $(mib $((snap_bytes / 1024)))."
   echo "| snapshot audit faster than the live audit | ${snap_secs} s vs ${audit_secs} s | $(verdict "$(awk -v a="$snap_secs" -v b="$audit_secs" 'BEGIN { print (a < b) ? 1 : 0 }')") |"
 done
 echo
-echo "(The targets are set for 50,000 entries; smaller runs are shown against the same bars.)"
+echo "(The targets are set for 50,000 entries; smaller runs are shown against the same bars.
+Wall times are the fastest run; CPU columns are user + system seconds of that run, for the
+command and for etcd meanwhile; peak RSS is the largest over the timed runs.)"
