@@ -12,10 +12,11 @@
 //! second aescbc key (stale). IN_FLIGHT puts (default 64) are in flight at once.
 //!
 //! `baseline` does what `atrest rewrite` does to etcd, without the crypto: it pages through the
-//! prefix (values included, 1,000 keys a page, pinned to the first page's revision) and, for
-//! every entry the rewrite would write (everything not already under the write key), sends one
-//! transaction `if mod_revision == seen { put(same-size value, same lease) } else { range }`,
-//! CONCURRENCY (default 64) in flight at once, then prints `written N scanned M`.
+//! prefix (values included, pages sized as atrest sizes them, pinned to the first page's
+//! revision) and, for every entry the rewrite would write (everything not already under the
+//! write key), sends one transaction `if mod_revision == seen { put(same-size value, same
+//! lease) } else { range }`, CONCURRENCY (default 64) in flight at once, then prints `written N
+//! scanned M`.
 //!
 //! Called without arguments (as CI runs every example) it prints this usage and exits 0.
 
@@ -27,6 +28,7 @@ use std::time::Instant;
 use atrest::config::Config;
 use atrest::provider::aescbc::AesCbc;
 use atrest::provider::{Provider, ProviderKind};
+use atrest::store::etcd::{MAX_PAGE_LIMIT, PAGE_LIMIT, PAGE_TARGET_BYTES};
 use atrest::store::prefix_end;
 use atrest::transform::{parse_prefix, Chain};
 use etcd_client::{
@@ -50,8 +52,6 @@ baseline: one compare(mod_revision)-and-put transaction of a same-size value for
 /// Stored size the Secrets are padded to, before encryption (aescbc adds about 50 bytes).
 const PLAIN_SIZE: usize = 2000;
 const SECRETS_PREFIX: &str = "/registry/secrets/";
-/// Page size of the baseline's scan: the same as atrest's (`atrest::store::etcd::PAGE_LIMIT`).
-const PAGE_LIMIT: i64 = atrest::store::etcd::PAGE_LIMIT;
 /// Decoding limit for a page (tonic's default is 4 MiB).
 const MAX_PAGE_BYTES: usize = 256 * 1024 * 1024;
 
@@ -358,8 +358,8 @@ async fn baseline(endpoint: &str, config: &str, concurrency: usize, prefix: &str
     Ok(())
 }
 
-/// Sends every page under `prefix` (1,000 keys, values included, pinned to the first page's
-/// revision) to `pages`; returns the revision.
+/// Sends every page under `prefix` (values included, pinned to the first page's revision, sized
+/// like atrest's: 1,000 keys, then about `PAGE_TARGET_BYTES`) to `pages`; returns the revision.
 async fn read_pages(
     mut kv: KvClient,
     prefix: String,
@@ -368,14 +368,13 @@ async fn read_pages(
     let end = prefix_end(prefix.as_bytes());
     let mut after: Option<Vec<u8>> = None;
     let mut revision = 0i64;
+    let mut limit = PAGE_LIMIT;
     loop {
         let start = match &after {
             Some(last) => [last.as_slice(), b"\0"].concat(),
             None => prefix.as_bytes().to_vec(),
         };
-        let mut options = GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(PAGE_LIMIT);
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
         if revision > 0 {
             options = options.with_revision(revision);
         }
@@ -386,6 +385,12 @@ async fn read_pages(
         let more = resp.more();
         let kvs = resp.take_kvs();
         after = kvs.last().map(|kv| kv.key().to_vec());
+        // The same page sizing as atrest's store: about PAGE_TARGET_BYTES a page.
+        let bytes: usize = kvs.iter().map(|kv| kv.key().len() + kv.value().len()).sum();
+        if let Some(per_key) = bytes.checked_div(kvs.len()) {
+            let fit = i64::try_from(PAGE_TARGET_BYTES / per_key.max(1)).unwrap_or(MAX_PAGE_LIMIT);
+            limit = fit.clamp(PAGE_LIMIT, MAX_PAGE_LIMIT);
+        }
         if pages.send(kvs).await.is_err() || !more || after.is_none() {
             return Ok(revision);
         }
