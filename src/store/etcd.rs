@@ -24,11 +24,17 @@
 //!
 //! # Pages
 //!
-//! A page is the range `[after + "\0" (or prefix), prefix_end)` limited to [`PAGE_LIMIT`] keys —
-//! smaller pages make etcd 3.4 quadratic, because each range walks the rest of the range — at a
-//! revision pinned by the first page. Responses of up to [`EtcdOptions::max_page_bytes`] are
-//! accepted (tonic's default limit is 4 MiB: about 2,000 values of 2 KiB). A page over that is
-//! fetched again with half the limit, and the smaller limit is kept for the store's lifetime.
+//! A page is the range `[after + "\0" (or prefix), prefix_end)` limited to a number of keys, at a
+//! revision pinned by the first page. The first page asks for [`PAGE_LIMIT`] keys; every later
+//! page asks for as many as fit in about [`PAGE_TARGET_BYTES`] at the average size of the last
+//! page, between [`PAGE_LIMIT`] and [`MAX_PAGE_LIMIT`]. Small pages are slow on etcd 3.4, where
+//! every range walks the index over the whole rest of the range before applying its limit: over
+//! 50,000 Secrets of 2 KiB, pages of 1,000 keys cost etcd about three times the CPU of one
+//! unpaged read, pages of about 4,000 (8 MiB) about 1.5 times (docs/performance.md). The byte
+//! target keeps memory bounded whatever the value sizes. Responses of up to
+//! [`EtcdOptions::max_page_bytes`] are accepted (tonic's default limit is 4 MiB: about 2,000
+//! values of 2 KiB). A page over that is fetched again with half the limit, and the smaller
+//! limit becomes a ceiling for the store's lifetime.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -53,9 +59,15 @@ use crate::config::SecretString;
 /// The endpoint used when none is given (etcdctl's default).
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 
-/// Keys per page. etcd 3.4 pays for the whole remaining range on every page, so pages of fewer
-/// than about 1,000 keys make a scan quadratic.
+/// Keys in the first page, and the fewest a later page asks for. etcd 3.4 pays for the whole
+/// remaining range on every page, so pages of fewer than about 1,000 keys make a scan quadratic.
 pub const PAGE_LIMIT: i64 = 1000;
+
+/// The most keys a page asks for.
+pub const MAX_PAGE_LIMIT: i64 = 10_000;
+
+/// The size a page aims at (keys and values): 8 MiB, about 4,000 Secrets of 2 KiB.
+pub const PAGE_TARGET_BYTES: usize = 8 * 1024 * 1024;
 
 /// How many times a request goes round all members while they are unreachable (pausing 0.1,
 /// 0.2, 0.4, 0.8 and 1.6 s between rounds).
@@ -481,7 +493,10 @@ struct Inner {
     members: Vec<Member>,
     unhealthy: Vec<EtcdError>,
     preferred: AtomicUsize,
+    /// Keys the next page asks for (adapted to the value sizes seen).
     page_limit: AtomicI64,
+    /// The most keys a page may ask for: lowered when a page was too large to decode.
+    max_page_limit: AtomicI64,
     source: String,
 }
 
@@ -543,6 +558,7 @@ impl EtcdStore {
                 unhealthy,
                 preferred: AtomicUsize::new(0),
                 page_limit: AtomicI64::new(PAGE_LIMIT),
+                max_page_limit: AtomicI64::new(MAX_PAGE_LIMIT),
                 source: format!("etcd {}", endpoints[0]),
             }),
         })
@@ -626,7 +642,11 @@ impl EtcdStore {
     ) -> Result<Page, EtcdError> {
         let key = range_start(prefix, after);
         let end = prefix_end(prefix);
-        let mut limit = self.inner.page_limit.load(Ordering::Relaxed);
+        let mut limit = self
+            .inner
+            .page_limit
+            .load(Ordering::Relaxed)
+            .min(self.inner.max_page_limit.load(Ordering::Relaxed));
         loop {
             let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if let Some(revision) = revision {
@@ -644,7 +664,12 @@ impl EtcdStore {
                     // At a pinned revision the header still carries the store's current one.
                     let revision =
                         revision.unwrap_or_else(|| resp.header().map_or(0, |h| h.revision()));
-                    let entries = resp.take_kvs().into_iter().map(entry_from).collect();
+                    let kvs = resp.take_kvs();
+                    let bytes = kvs.iter().map(|kv| kv.key().len() + kv.value().len()).sum();
+                    if let Some(next) = next_page_limit(kvs.len(), bytes) {
+                        self.inner.page_limit.store(next, Ordering::Relaxed);
+                    }
+                    let entries = kvs.into_iter().map(entry_from).collect();
                     return Ok(Page {
                         entries,
                         revision,
@@ -653,7 +678,9 @@ impl EtcdStore {
                 }
                 Err(f) if f.kind == Kind::TooLarge && limit > 1 => {
                     limit = (limit / 2).max(1);
-                    self.inner.page_limit.fetch_min(limit, Ordering::Relaxed);
+                    self.inner
+                        .max_page_limit
+                        .fetch_min(limit, Ordering::Relaxed);
                 }
                 Err(f) if f.kind == Kind::Compacted => {
                     return Err(EtcdError::Compacted {
@@ -919,6 +946,15 @@ fn closed_early(detail: &str) -> bool {
     .any(|m| lower.contains(m))
 }
 
+/// How many keys the next page should ask for after a page of `keys` keys and `bytes` bytes:
+/// about [`PAGE_TARGET_BYTES`], between [`PAGE_LIMIT`] and [`MAX_PAGE_LIMIT`] (`None` for an
+/// empty page: nothing learnt).
+fn next_page_limit(keys: usize, bytes: usize) -> Option<i64> {
+    let per_key = bytes.checked_div(keys)?.max(1);
+    let fit = i64::try_from(PAGE_TARGET_BYTES / per_key).unwrap_or(MAX_PAGE_LIMIT);
+    Some(fit.clamp(PAGE_LIMIT, MAX_PAGE_LIMIT))
+}
+
 /// The first key of a page: just after `after`, or the prefix itself (`\0` for all keys).
 fn range_start(prefix: &[u8], after: Option<&[u8]>) -> Vec<u8> {
     match after {
@@ -1055,6 +1091,18 @@ mod tests {
             o.tls_options(),
             Err(EtcdError::IncompleteIdentity)
         ));
+    }
+
+    #[test]
+    fn pages_aim_at_a_byte_size_within_key_limits() {
+        // 2 KiB Secrets: about 4,000 a page.
+        assert_eq!(next_page_limit(1000, 2_100_000), Some(3994));
+        // Tiny values: capped.
+        assert_eq!(next_page_limit(1000, 50_000), Some(MAX_PAGE_LIMIT));
+        // Large values: never below the floor that keeps etcd 3.4 from going quadratic.
+        assert_eq!(next_page_limit(1000, 500_000_000), Some(PAGE_LIMIT));
+        assert_eq!(next_page_limit(0, 0), None);
+        assert_eq!(next_page_limit(3, 0), Some(MAX_PAGE_LIMIT));
     }
 
     #[test]
