@@ -475,15 +475,34 @@ impl Chain {
             },
             None => {
                 let parsed = parse_prefix(value);
+                let error = match &parsed {
+                    None => "no configured key matches this value".to_owned(),
+                    Some(p) => match (p.provider, &p.key_name) {
+                        (None, _) if p.provider_name.is_empty() => {
+                            "the value starts with k8s:enc: but no provider name follows".to_owned()
+                        }
+                        (None, _) => format!(
+                            "unrecognised provider {:?} in the value's k8s:enc: prefix",
+                            p.provider_name
+                        ),
+                        (Some(ProviderKind::Kms), Some(name)) => {
+                            format!("no configured kms provider is named {name:?}")
+                        }
+                        (Some(kind), Some(name)) => {
+                            format!("no configured {kind} key is named {name:?}")
+                        }
+                        (Some(kind), None) => format!(
+                            "no configured {kind} key matches (the key name in the prefix is not \
+                             readable text)"
+                        ),
+                    },
+                };
                 let (provider, key_name) = parsed
                     .map(|p| (p.provider, p.key_name))
                     .unwrap_or((None, None));
                 Classification {
                     state: State::UnknownKey,
-                    error: Some(format!(
-                        "no configured {} key matches this value's prefix",
-                        provider.map_or("provider", ProviderKind::as_str)
-                    )),
+                    error: Some(error),
                     provider,
                     key_name,
                     readable: Some(false),

@@ -20,7 +20,11 @@ mod validate;
 mod warnings;
 mod write;
 
+use std::collections::HashSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use zeroize::Zeroize;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -56,6 +60,10 @@ pub struct Config {
     warnings: Vec<Warning>,
 }
 
+/// The largest config file [`Config::load`] reads: 4 MiB. kube-apiserver sets no limit; a real
+/// EncryptionConfiguration is a few KiB, and a bigger file is a mistake (the wrong path).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// Why a config was refused, read or written.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -71,6 +79,17 @@ pub enum ConfigError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_CONFIG_BYTES`]: not an EncryptionConfiguration anyone
+    /// wrote (real ones are a few KiB), and not worth parsing.
+    #[error(
+        "encryption provider configuration file {} is larger than {} bytes; refusing to parse it",
+        quote_path(path),
+        MAX_CONFIG_BYTES
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
     },
     /// The file is empty (kube-apiserver refuses a zero-byte file).
     #[error("encryption provider configuration file {} is empty", quote_path(path))]
@@ -193,10 +212,20 @@ impl Config {
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            bytes.zeroize();
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
         if bytes.is_empty() {
             return Err(ConfigError::Empty {
                 path: path.to_owned(),
@@ -214,6 +243,15 @@ impl Config {
     }
 
     fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(line) = flow_too_deep(text) {
+            return Err(ConfigError::Parse {
+                path: path.map(Path::to_owned),
+                message: format!(
+                    "flow collections ([ or {{) nest more than {MAX_FLOW_DEPTH} levels deep \
+                     at line {line}"
+                ),
+            });
+        }
         if let Ok(meta) = serde_norway::from_str::<TypeMeta>(text) {
             check_kind(
                 meta.api_version.as_deref().unwrap_or_default(),
@@ -308,7 +346,7 @@ fn gr_yaml_string((group, resource): (&str, &str)) -> String {
 /// resource refused if an earlier one (including one earlier in the same entry) registered
 /// `*.<its group>` or `*.*`.
 fn check_masking(model: &EncryptionConfiguration) -> Result<(), ConfigError> {
-    let mut registered: Vec<(&str, &str)> = Vec::new();
+    let mut registered: HashSet<(&str, &str)> = HashSet::new();
     for entry in &model.resources {
         for name in &entry.resources {
             let gr = parse_group_resource(name);
@@ -320,10 +358,65 @@ fn check_masking(model: &EncryptionConfiguration) -> Result<(), ConfigError> {
                     });
                 }
             }
-            registered.push(gr);
+            registered.insert(gr);
         }
     }
     Ok(())
+}
+
+/// Deepest nesting of YAML flow collections accepted. A real config nests a handful; the YAML
+/// scanner's cost per token grows with the depth (20,000 nested `[` took 3 s to refuse in a
+/// debug build, 100,000 took 80 s), so deeper files are refused before parsing.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// The line at which flow collections (`[`, `{`) nest deeper than [`MAX_FLOW_DEPTH`], if they
+/// do. Brackets inside quoted scalars and comments do not count; a quote or `#` counts as
+/// one only where YAML would read it so (after whitespace or a flow indicator).
+fn flow_too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<u8> = None;
+    let mut prev = b'\n';
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        match (quote, b) {
+            (Some(b'"'), b'\\') => {
+                if bytes.next() == Some(b'\n') {
+                    line += 1;
+                }
+                prev = b'a';
+                continue;
+            }
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') if prev.is_ascii_whitespace() || b"[{,:".contains(&prev) => {
+                quote = Some(b);
+            }
+            (None, b'#') if prev.is_ascii_whitespace() => {
+                // A comment: skip to the end of the line.
+                for c in bytes.by_ref() {
+                    if c == b'\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+                prev = b'\n';
+                continue;
+            }
+            (None, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(line);
+                }
+            }
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if b == b'\n' {
+            line += 1;
+        }
+        prev = b;
+    }
+    None
 }
 
 /// Removes values from a decoder message. serde's type errors print the offending value

@@ -912,6 +912,25 @@ fn warns_about_shared_key_material_without_showing_it() {
 }
 
 #[test]
+fn warns_about_a_key_name_used_twice_by_one_provider_type() {
+    // Same type and name in one entry: a value's prefix no longer says which key wrote it.
+    let c = ok(&doc(
+        "[secrets]",
+        &[
+            &format!("aesgcm: {{keys: [{{name: k, secret: '{K32}'}}]}}"),
+            &format!("aesgcm: {{keys: [{{name: k, secret: '{K16}'}}]}}"),
+            // The same name under another type has another prefix: no warning.
+            &format!("secretbox: {{keys: [{{name: k, secret: '{LEAKY}'}}]}}"),
+        ],
+    ));
+    let w = warning_paths(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "resources[0].providers[1].aesgcm.keys[0].name");
+    assert!(w[0].1.contains("resources[0].providers[0].aesgcm.keys[0]"));
+    assert!(w[0].1.contains("k8s:enc:aesgcm:v1:k:"));
+}
+
+#[test]
 fn warns_about_kms_v1() {
     let c = ok(&doc(
         "[secrets]",
@@ -1070,5 +1089,32 @@ fn documents_without_a_kind() {
     assert_eq!(
         err(LEAKY),
         "error decoding encryption provider configuration: invalid type: string, expected struct EncryptionConfiguration"
+    );
+}
+
+#[test]
+fn deep_flow_nesting_is_refused_before_parsing() {
+    let deep = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources: {}",
+        "[".repeat(100_000)
+    );
+    let err = Config::from_yaml(&deep).unwrap_err().to_string();
+    assert!(
+        err.contains("flow collections ([ or {) nest more than 64 levels deep at line 3"),
+        "{err}"
+    );
+    // Brackets in quoted scalars and comments are not nesting; 64 levels are allowed.
+    let quoted = format!(
+        "# {}\napiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n\
+         resources:\n  - resources: [\"{}\", 'a[[']\n    providers: [{{identity: {{}}}}]\n",
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    let c = Config::from_yaml(&quoted).unwrap();
+    assert_eq!(c.model().resources[0].resources[1], "a[[");
+    assert!(super::flow_too_deep(&"[".repeat(64)).is_none());
+    assert_eq!(
+        super::flow_too_deep(&format!("a:\n  {}", "{".repeat(65))),
+        Some(2)
     );
 }

@@ -51,6 +51,8 @@ pub(crate) fn warnings(model: &EncryptionConfiguration) -> Vec<Warning> {
                 });
             }
         }
+        // The first path each (provider type, key name) was seen at in this entry.
+        let mut names: Vec<(&str, &str, String)> = Vec::new();
         for (j, provider) in entry.providers.iter().enumerate() {
             let path = format!("resources[{i}].providers[{j}]");
             if let Some(kms) = &provider.kms {
@@ -74,10 +76,26 @@ pub(crate) fn warnings(model: &EncryptionConfiguration) -> Vec<Warning> {
                 continue;
             };
             for (k, key) in keys.iter().enumerate() {
+                let key_path = format!("{path}.{kind}.keys[{k}]");
+                if let Some((_, _, first)) = names
+                    .iter()
+                    .find(|(t, n, _)| *t == kind && *n == key.name.as_str())
+                {
+                    out.push(Warning {
+                        path: format!("{key_path}.name"),
+                        message: format!(
+                            "the name {:?} is also used by {first}: both write the prefix \
+                             k8s:enc:{kind}:v1:{}:, so a stored value no longer tells which key \
+                             wrote it; give every key its own name",
+                            key.name, key.name
+                        ),
+                    });
+                } else {
+                    names.push((kind, key.name.as_str(), key_path.clone()));
+                }
                 let Ok(bytes) = decode_secret(key.secret.expose_secret()) else {
                     continue;
                 };
-                let key_path = format!("{path}.{kind}.keys[{k}]");
                 if let Some((_, first)) = seen.iter().find(|(b, _)| **b == *bytes) {
                     out.push(Warning {
                         path: key_path,

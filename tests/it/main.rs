@@ -5,6 +5,7 @@
 mod common;
 
 mod audit;
+mod bad_input;
 mod cli;
 mod etcd_store;
 mod harness;

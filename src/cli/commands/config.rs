@@ -87,7 +87,7 @@ fn check(args: ConfigCheckArgs, format: Option<OutputFormat>) -> Result<Exit, Cl
             CheckReport {
                 file,
                 valid: false,
-                errors: error_lines(&e),
+                errors: super::config_error_lines(&e),
                 warnings: Vec::new(),
             },
             Some(e),
@@ -109,29 +109,6 @@ fn check(args: ConfigCheckArgs, format: Option<OutputFormat>) -> Result<Exit, Cl
     }
     match err {
         None => Ok(Exit::Clean),
-        Some(e) => {
-            let mut cli = CliError::usage(format!("{}: invalid configuration", report.file))
-                .advice(
-                    "kube-apiserver would refuse to start with this file; fix each field above",
-                );
-            for line in error_lines(&e) {
-                cli = cli.detail(line);
-            }
-            Err(cli)
-        }
+        Some(e) => Err(super::invalid_config(&report.file, &e)),
     }
-}
-
-/// One line per problem: each field error of a validation failure, else the error and its causes.
-fn error_lines(e: &ConfigError) -> Vec<String> {
-    if let ConfigError::Invalid(v) = e {
-        return v.errors().iter().map(ToString::to_string).collect();
-    }
-    let mut line = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        line += &format!(": {cause}");
-        source = cause.source();
-    }
-    vec![line]
 }

@@ -1,5 +1,6 @@
 //! `atrest encrypt` and `atrest decrypt`: raw bytes in, raw bytes out, exactly as stored.
 
+use atrest::provider::ProviderKind;
 use atrest::transform::State;
 
 use super::load_chain;
@@ -10,7 +11,10 @@ use crate::cli::{CliError, Exit};
 /// The resource prefix an etcd key lives under: `/registry/secrets/default/db` →
 /// `/registry/secrets/` (kube-apiserver's `--etcd-prefix` is one path segment by default).
 fn resource_prefix(etcd_key: &str) -> Result<String, CliError> {
-    let mut parts = etcd_key.trim_start_matches('/').splitn(3, '/');
+    let mut parts = etcd_key
+        .strip_prefix('/')
+        .unwrap_or_default()
+        .splitn(3, '/');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(root), Some(resource), Some(_)) if !root.is_empty() && !resource.is_empty() => {
             Ok(format!("/{root}/{resource}/"))
@@ -54,7 +58,8 @@ pub(crate) fn decrypt(args: CryptArgs) -> Result<Exit, CliError> {
             Err(err.advice(match state {
                 State::UnknownKey => "the config has no key with this value's provider and name; use the config that wrote it",
                 State::Kms => "KMS values can only be decrypted by kube-apiserver through its KMS plugin",
-                _ => "check --etcd-key (aesgcm binds the full key) and that the config holds the key that wrote the value",
+                _ if found.provider == Some(ProviderKind::Aesgcm) => "check --etcd-key (aesgcm binds the value to its full etcd key) and that the config holds the key that wrote the value",
+                _ => "the value is damaged, or a different key was written under the same name: check that the config is the one kube-apiserver uses",
             }))
         }
     }

@@ -2,6 +2,7 @@
 
 use atrest::inspect::{inspect, Inspection};
 use atrest::store::snapshot::Snapshot;
+use atrest::transform::State;
 
 use super::load_chain;
 use crate::cli::args::{InspectArgs, OutputFormat};
@@ -67,7 +68,8 @@ fn render(r: &Inspection) -> String {
     let how = match (&r.provider, &r.key_name) {
         (Some(p), Some(k)) => format!("{p}, key {k:?}"),
         (Some(p), None) => p.to_string(),
-        (None, _) => "not encrypted".to_owned(),
+        (None, _) if r.state == State::Plaintext => "not encrypted".to_owned(),
+        (None, _) => "k8s:enc: prefix with an unrecognised provider".to_owned(),
     };
     row("encryption", how);
     row("state", r.state.to_string());

@@ -12,18 +12,50 @@ pub(crate) mod status;
 
 use std::path::Path;
 
-use atrest::config::Config;
+use atrest::config::{Config, ConfigError};
 use atrest::transform::Chain;
 
 use super::CliError;
 
 /// Loads a config file and builds the chain for the resource the prefix names.
 pub(crate) fn load_chain(path: &Path, prefix: &str) -> Result<Chain, CliError> {
-    let config = Config::load(path)?;
+    let config = Config::load(path).map_err(|e| invalid_config(&path.display().to_string(), &e))?;
     let (group, resource) = atrest::audit::resource_from_prefix(prefix);
     Chain::from_config(&config, group, resource).map_err(|e| {
         CliError::usage(format!("{}: {e}", path.display())).advice(
             "add the resource to the config's `resources` list, or pass the matching --prefix",
         )
     })
+}
+
+/// The error for a config file that could not be loaded: the file named on the first line, one
+/// detail line per problem (each field error of a failed validation, else the error and its
+/// causes), and what to do.
+pub(crate) fn invalid_config(file: &str, e: &ConfigError) -> CliError {
+    let advice = match e {
+        ConfigError::Read { .. } | ConfigError::TooLarge { .. } => {
+            "check the path: it should name the file given to kube-apiserver's \
+             --encryption-provider-config"
+        }
+        _ => "kube-apiserver would refuse to start with this file; fix each field above (`atrest config check FILE`)",
+    };
+    let mut cli = CliError::usage(format!("{file}: invalid configuration")).advice(advice);
+    for line in config_error_lines(e) {
+        cli = cli.detail(line);
+    }
+    cli
+}
+
+/// One line per problem: each field error of a failed validation, else the error and its causes.
+pub(crate) fn config_error_lines(e: &ConfigError) -> Vec<String> {
+    if let ConfigError::Invalid(v) = e {
+        return v.errors().iter().map(ToString::to_string).collect();
+    }
+    let mut line = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        line += &format!(": {cause}");
+        source = cause.source();
+    }
+    vec![line]
 }

@@ -35,7 +35,8 @@ fn added_key(chain: &Chain) -> Option<String> {
 pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
     let file = args.file.as_path();
     let old_text = std::fs::read(file).map_err(|e| CliError::io(&file.display().to_string(), e))?;
-    let config = Config::load(file)?;
+    let config =
+        Config::load(file).map_err(|e| super::invalid_config(&file.display().to_string(), &e))?;
     let before = chain_for(&config, &args.resource, file)?;
     let mut model = config.model().clone();
     let rotate_err = |e: config::RotateError| CliError::usage(format!("{}: {e}", file.display()));

@@ -77,12 +77,11 @@ const TRAILER: usize = 32;
 #[non_exhaustive]
 pub enum SnapshotError {
     /// The file could not be opened, read or written.
-    #[error("cannot access {}", .path.display())]
+    #[error("cannot access {}: {source}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        #[source]
         source: io::Error,
     },
     /// A running etcd holds the data file's lock: its contents are changing.
