@@ -6,7 +6,8 @@
 //! bench_load baseline ENDPOINT CONFIG [CONCURRENCY] [PREFIX]
 //! ```
 //!
-//! `load` writes N Secrets under `/registry/secrets/ns<i % 50>/s<i>`, each a `k8s\0` protobuf
+//! `load` writes N Secrets under `/registry/secrets/ns<i % 50>/s<i>`, and the 50 namespaces
+//! under `/registry/namespaces/ns<k>` (a JSON Namespace), each Secret a `k8s\0` protobuf
 //! Secret envelope (as in `seed_cluster.rs`) padded with random data to about 2 KiB: one third
 //! plaintext, one third under the config's write key (current) and one third under the config's
 //! second aescbc key (stale). IN_FLIGHT puts (default 64) are in flight at once.
@@ -116,9 +117,12 @@ fn filler(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// How many namespaces the Secrets are spread over.
+const NAMESPACES: u64 = 50;
+
 /// Secret number `i`, padded with a `payload` data entry to [`PLAIN_SIZE`] bytes.
 fn secret(i: u64) -> (String, Vec<u8>) {
-    let (ns, name) = (format!("ns{}", i % 50), format!("s{i}"));
+    let (ns, name) = (format!("ns{}", i % NAMESPACES), format!("s{i}"));
     let key = format!("{SECRETS_PREFIX}{ns}/{name}");
     let uid = format!("6f1c2a3b-0000-4000-8000-{i:012}");
     let password = format!("s3cr3t-{i}");
@@ -201,6 +205,15 @@ async fn load(endpoint: &str, config: &str, n: u64, in_flight: usize) -> Res<()>
     }
     while let Some(done) = puts.next().await {
         done?;
+    }
+    // The namespaces, as every cluster has them (atrest splits its scans at them).
+    for k in 0..n.min(NAMESPACES) {
+        let name = format!("ns{k}");
+        let value =
+            format!(r#"{{"kind":"Namespace","apiVersion":"v1","metadata":{{"name":"{name}"}}}}"#);
+        let mut kv = kv.clone();
+        kv.put(format!("/registry/namespaces/{name}"), value, None)
+            .await?;
     }
     let secs = start.elapsed().as_secs_f64();
     println!(

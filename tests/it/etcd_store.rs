@@ -154,6 +154,119 @@ async fn a_scan_reads_one_revision_while_etcd_is_written() {
     );
 }
 
+/// Keys in namespaces whose boundaries sort in a different order than their names (`a-b/` <
+/// `a/`), namespaces with no Secrets, and Secrets in namespaces that are not registered.
+fn namespaced_secrets(n: usize) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+    const NS: [&str; 9] = [
+        "a",
+        "a-b",
+        "a.b",
+        "b",
+        "kube-system",
+        "orphan",
+        "x",
+        "zz",
+        "a-b-c",
+    ];
+    (0..n)
+        .map(|i| {
+            let key = format!("/registry/secrets/{}/s{i:05}", NS[i % NS.len()]).into_bytes();
+            (key, pseudo_random_bytes(i as u64, 60 + i % 90), 0)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_split_at_namespaces_equals_one_full_get_at_one_revision() {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    put_many(&client, namespaced_secrets(9000)).await;
+    // Registered namespaces: not "orphan" or "zz"; "empty" and "m" hold no Secrets.
+    for ns in [
+        "a",
+        "a-b",
+        "a.b",
+        "b",
+        "kube-system",
+        "x",
+        "a-b-c",
+        "empty",
+        "m",
+    ] {
+        put_raw(
+            &mut client,
+            format!("/registry/namespaces/{ns}").as_bytes(),
+            b"ns",
+        )
+        .await;
+    }
+    // Just outside the prefix, and a key equal to a split point's namespace with no slash.
+    put_raw(&mut client, b"/registry/secrets0", b"x").await;
+    put_raw(&mut client, b"/registry/secrets/b", b"not in a namespace").await;
+    let before = full_get(&mut client).await;
+    assert_eq!(before.len(), 9001);
+
+    let store = connect(&server).await;
+    let (scanned, _) = scan_all(&store).await;
+    assert_eq!(scanned, before);
+
+    // Page by page: the first page stops at a split (fewer keys than a page could hold), and
+    // writes during the scan are not seen.
+    let first = store.page(PREFIX, None, None).await.unwrap();
+    assert!(first.more);
+    assert!(
+        first.entries.len() < 4000,
+        "the first page ends at a split: {} keys",
+        first.entries.len()
+    );
+    let pinned = first.revision;
+    let mut seen = first.entries;
+    let later = before[8000].key.clone();
+    put_raw(&mut client, &later, b"changed during the scan").await;
+    client.delete(before[8500].key.clone(), None).await.unwrap();
+    put_raw(&mut client, b"/registry/secrets/empty/new", b"new").await;
+    put_raw(&mut client, b"/registry/secrets/m/new", b"new").await;
+    let mut pages = 1;
+    let mut page_ends = vec![seen.last().unwrap().key.clone()];
+    loop {
+        let after = seen.last().unwrap().key.clone();
+        let page = store
+            .page(PREFIX, Some(&after), Some(pinned))
+            .await
+            .unwrap();
+        assert_eq!(page.revision, pinned);
+        assert!(
+            !page.entries.is_empty() || !page.more,
+            "only the last page may be empty"
+        );
+        seen.extend(page.entries);
+        pages += 1;
+        page_ends.push(seen.last().unwrap().key.clone());
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, before,
+        "the split scan saw the keyspace as of its first page"
+    );
+    // 9,001 keys make three ranges, split evenly among the nine registered boundaries, in
+    // boundary order a-b-c/ a-b/ a.b/ | a/ b/ empty/ | kube-system/ m/ x/: a page ends at the
+    // last key of a.b (a single unsplit range would run on in pages of up to 10,000 keys).
+    let last_of = |ns: &str| {
+        let p = format!("/registry/secrets/{ns}/");
+        before
+            .iter()
+            .rev()
+            .find(|e| e.key.starts_with(p.as_bytes()))
+            .unwrap()
+            .key
+            .clone()
+    };
+    assert!(page_ends.contains(&last_of("a.b")), "{pages} pages");
+    assert!(page_ends.contains(&last_of("b")), "{pages} pages");
+}
+
 #[tokio::test]
 async fn a_compacted_scan_revision_is_a_clear_error() {
     let server = EtcdServer::start();
