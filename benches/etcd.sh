@@ -31,7 +31,8 @@ prefix=/registry/secrets/
 for tool in etcd etcdctl jq python3; do
   command -v "$tool" >/dev/null || { echo "benches/etcd.sh needs $tool" >&2; exit 2; }
 done
-/usr/bin/time -v true 2>&1 | grep -q 'Maximum resident' ||
+# (Not `| grep -q`: grep quitting early could fail the pipe under pipefail.)
+[[ "$(/usr/bin/time -v true 2>&1)" == *'Maximum resident'* ]] ||
   { echo "benches/etcd.sh needs GNU time at /usr/bin/time (apt-get install time)" >&2; exit 2; }
 
 log() { printf '%s\n' "$*" >&2; }
