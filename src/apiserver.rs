@@ -23,6 +23,7 @@
 //! Only the few manifest fields this needs are modelled ([`StaticPod`]); everything else in the
 //! manifest is ignored.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -344,12 +345,11 @@ impl ApiserverReport {
 #[non_exhaustive]
 pub enum ApiserverError {
     /// The manifest could not be read.
-    #[error("cannot read the kube-apiserver manifest {path}")]
+    #[error("cannot read the kube-apiserver manifest {path}: {source}")]
     Read {
         /// The manifest.
         path: PathBuf,
         /// The I/O error.
-        #[source]
         source: std::io::Error,
     },
     /// The manifest is not YAML shaped like a pod.
@@ -368,6 +368,9 @@ pub enum ApiserverError {
     },
 }
 
+/// The largest manifest [`check_manifest`] reads: 4 MiB (a real one is a few KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
 /// `path` (absolute, as seen on the node) under `root` (`/` on the node itself).
 pub fn under_root(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
@@ -376,10 +379,35 @@ pub fn under_root(root: &Path, path: &str) -> PathBuf {
 /// Reads a manifest and checks it (see the module docs). Node paths are looked up under `root`
 /// (pass `/` on the node; a directory holding a copy of the node's files otherwise).
 pub fn check_manifest(manifest: &Path, root: &Path) -> Result<ApiserverReport, ApiserverError> {
-    let text = std::fs::read_to_string(manifest).map_err(|source| ApiserverError::Read {
+    let parse_err = |message: String| ApiserverError::Parse {
         path: manifest.to_owned(),
-        source,
+        message,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(manifest)
+        .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|source| ApiserverError::Read {
+            path: manifest.to_owned(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(parse_err(format!(
+            "the file is larger than {MAX_MANIFEST_BYTES} bytes"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        parse_err(format!(
+            "the file is not valid UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
     })?;
+    // The YAML scanner slows down quadratically with flow nesting; refuse deep files first.
+    if let Some(line) = crate::config::flow_too_deep(&text) {
+        return Err(parse_err(format!(
+            "flow collections ([ or {{) nest more than {} levels deep at line {line}",
+            crate::config::MAX_FLOW_DEPTH
+        )));
+    }
     let pod = StaticPod::from_yaml(&text).map_err(|e| ApiserverError::Parse {
         path: manifest.to_owned(),
         message: e.to_string(),

@@ -367,12 +367,12 @@ fn check_masking(model: &EncryptionConfiguration) -> Result<(), ConfigError> {
 /// Deepest nesting of YAML flow collections accepted. A real config nests a handful; the YAML
 /// scanner's cost per token grows with the depth (20,000 nested `[` took 3 s to refuse in a
 /// debug build, 100,000 took 80 s), so deeper files are refused before parsing.
-const MAX_FLOW_DEPTH: usize = 64;
+pub(crate) const MAX_FLOW_DEPTH: usize = 64;
 
 /// The line at which flow collections (`[`, `{`) nest deeper than [`MAX_FLOW_DEPTH`], if they
 /// do. Brackets inside quoted scalars and comments do not count; a quote or `#` counts as
 /// one only where YAML would read it so (after whitespace or a flow indicator).
-fn flow_too_deep(text: &str) -> Option<usize> {
+pub(crate) fn flow_too_deep(text: &str) -> Option<usize> {
     let (mut depth, mut line) = (0usize, 1usize);
     let mut quote: Option<u8> = None;
     let mut prev = b'\n';
