@@ -61,19 +61,35 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError>
         .map_err(|e| CliError::io("standard output", e))
 }
 
-/// Reads all of a file, or standard input for `None` / `-`.
+/// The largest value `encrypt`, `decrypt` and `inspect` read: 64 MiB. etcd refuses requests
+/// over `--max-request-bytes` (1.5 MiB by default), so no stored value comes near it.
+pub(crate) const MAX_INPUT_BYTES: u64 = 64 << 20;
+
+/// Reads all of a file, or standard input for `None` / `-`, up to [`MAX_INPUT_BYTES`].
 pub(crate) fn read_input(path: Option<&Path>) -> Result<Vec<u8>, CliError> {
     let mut buf = Vec::new();
-    match path {
+    let name = match path {
         Some(p) if p != Path::new("-") => {
-            buf = std::fs::read(p).map_err(|e| CliError::io(&p.display().to_string(), e))?;
+            let name = p.display().to_string();
+            std::fs::File::open(p)
+                .and_then(|f| f.take(MAX_INPUT_BYTES + 1).read_to_end(&mut buf))
+                .map_err(|e| CliError::io(&name, e))?;
+            name
         }
         _ => {
             std::io::stdin()
                 .lock()
+                .take(MAX_INPUT_BYTES + 1)
                 .read_to_end(&mut buf)
                 .map_err(|e| CliError::io("standard input", e))?;
+            "standard input".to_owned()
         }
+    };
+    if buf.len() as u64 > MAX_INPUT_BYTES {
+        return Err(CliError::usage(format!(
+            "{name}: more than {MAX_INPUT_BYTES} bytes, far more than etcd stores in one value"
+        ))
+        .advice("pass one stored value (etcd's --max-request-bytes is 1.5 MiB by default)"));
     }
     Ok(buf)
 }

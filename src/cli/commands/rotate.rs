@@ -34,9 +34,13 @@ fn added_key(chain: &Chain) -> Option<String> {
 /// Runs `atrest config rotate`.
 pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
     let file = args.file.as_path();
-    let old_text = std::fs::read(file).map_err(|e| CliError::io(&file.display().to_string(), e))?;
+    // Loaded first: it refuses an oversized file before anything reads all of it.
     let config =
         Config::load(file).map_err(|e| super::invalid_config(&file.display().to_string(), &e))?;
+    // The file as it was, for FILE.bak; it holds keys, so it is wiped when dropped.
+    let old_text = zeroize::Zeroizing::new(
+        std::fs::read(file).map_err(|e| CliError::io(&file.display().to_string(), e))?,
+    );
     let before = chain_for(&config, &args.resource, file)?;
     let mut model = config.model().clone();
     let rotate_err = |e: config::RotateError| CliError::usage(format!("{}: {e}", file.display()));
