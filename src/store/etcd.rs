@@ -441,6 +441,7 @@ const TLS_MARKERS: &[&str] = &[
 /// gRPC status codes (numbers fixed by the gRPC specification, `doc/statuscodes.md`).
 mod grpc_code {
     pub(super) const CANCELLED: i32 = 1;
+    pub(super) const UNKNOWN: i32 = 2;
     pub(super) const DEADLINE_EXCEEDED: i32 = 4;
     pub(super) const PERMISSION_DENIED: i32 = 7;
     pub(super) const OUT_OF_RANGE: i32 = 11;
@@ -483,6 +484,12 @@ fn classify_parts(code: Option<i32>, transport: bool, detail: &str) -> Kind {
         || lower.contains("connection refused")
         || lower.contains("connection reset")
         || lower.contains("timed out")
+        // A member that dies with a request in flight: tonic reports the broken connection as
+        // an Unknown status "transport error" whose source is hyper's I/O error.
+        || (code == Some(UNKNOWN) && lower.contains("transport error"))
+        || lower.contains("broken pipe")
+        || lower.contains("connection closed")
+        || lower.contains("unexpected eof")
     {
         Kind::Unreachable
     } else {
@@ -1331,6 +1338,15 @@ mod tests {
         );
         assert_eq!(
             k(Some(UNAVAILABLE), "Unavailable: tcp connect error"),
+            Kind::Unreachable
+        );
+        // Seen when a member was killed between two pages: the next request on its connection.
+        assert_eq!(
+            k(
+                Some(UNKNOWN),
+                "Unknown: transport error: error trying to connect: stream closed because of a \
+                 broken pipe"
+            ),
             Kind::Unreachable
         );
         assert_eq!(
