@@ -23,7 +23,6 @@
 //! Only the few manifest fields this needs are modelled ([`StaticPod`]); everything else in the
 //! manifest is ignored.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -383,13 +382,12 @@ pub fn check_manifest(manifest: &Path, root: &Path) -> Result<ApiserverReport, A
         path: manifest.to_owned(),
         message,
     };
-    let mut bytes = Vec::new();
-    std::fs::File::open(manifest)
-        .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|source| ApiserverError::Read {
+    let bytes = crate::config::read_at_most(manifest, MAX_MANIFEST_BYTES).map_err(|source| {
+        ApiserverError::Read {
             path: manifest.to_owned(),
             source,
-        })?;
+        }
+    })?;
     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(parse_err(format!(
             "the file is larger than {MAX_MANIFEST_BYTES} bytes"

@@ -216,10 +216,7 @@ impl Config {
             path: path.to_owned(),
             source,
         };
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
-            .map_err(read_err)?;
+        let mut bytes = read_at_most(path, MAX_CONFIG_BYTES).map_err(read_err)?;
         if bytes.len() as u64 > MAX_CONFIG_BYTES {
             bytes.zeroize();
             return Err(ConfigError::TooLarge {
@@ -362,6 +359,16 @@ fn check_masking(model: &EncryptionConfiguration) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Reads a file, but no more than `limit + 1` bytes: a result longer than `limit` means the
+/// file is too large, found without reading all of it.
+pub(crate) fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Deepest nesting of YAML flow collections accepted. A real config nests a handful; the YAML
