@@ -1292,10 +1292,8 @@ mod tests {
         let picked = pick_splits(p, names(&refs), 4);
         assert_eq!(picked, vec![split("ns025"), split("ns050"), split("ns075")]);
         assert_eq!(pick_splits(p, names(&refs), 1), Vec::<Vec<u8>>::new());
-        // Names that would leave the prefix's range are dropped.
-        assert!(pick_splits(b"/r/s/", names(&["\u{10FFFF}"]), 5)
-            .iter()
-            .all(|s| s.as_slice() < &b"/r/s0"[..]));
+        // The empty prefix (open-ended range, end "\0") gets no splits.
+        assert!(pick_splits(b"", names(&["a", "b"]), 5).is_empty());
     }
 
     #[test]
