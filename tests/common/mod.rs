@@ -374,7 +374,7 @@ impl TestPki {
         ]
     }
 
-    /// etcdctl flags for a client holding this PKI's client certificate.
+    /// etcdctl flags for a client holding this PKI's client certificate (atrest takes the same).
     pub fn etcdctl_flags(&self) -> Vec<String> {
         let p = |p: &Path| p.to_str().expect("utf-8 temp path").to_owned();
         vec![

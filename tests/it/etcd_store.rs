@@ -72,6 +72,32 @@ async fn scan_all(store: &EtcdStore) -> (Vec<Entry>, i64) {
     (seen, info.revision)
 }
 
+/// Reads the pages after `seen`'s last key at `pinned` into `seen`, checking that each
+/// reports the pinned revision; returns each page's (entries, more).
+async fn read_rest_pinned(
+    store: &EtcdStore,
+    seen: &mut Vec<Entry>,
+    pinned: i64,
+) -> Vec<(usize, bool)> {
+    let mut pages = Vec::new();
+    loop {
+        let after = seen.last().unwrap().key.clone();
+        let page = store
+            .page(PREFIX, Some(&after), Some(pinned))
+            .await
+            .unwrap();
+        assert_eq!(
+            page.revision, pinned,
+            "later pages report the pinned revision"
+        );
+        pages.push((page.entries.len(), page.more));
+        seen.extend(page.entries);
+        if !page.more {
+            return pages;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_equal_one_full_get() {
     let server = EtcdServer::start();
@@ -133,21 +159,7 @@ async fn a_scan_reads_one_revision_while_etcd_is_written() {
     client.delete(before[2400].key.clone(), None).await.unwrap();
     put_raw(&mut client, b"/registry/secrets/zz/new", b"new").await;
 
-    loop {
-        let after = seen.last().unwrap().key.clone();
-        let page = store
-            .page(PREFIX, Some(&after), Some(pinned))
-            .await
-            .unwrap();
-        assert_eq!(
-            page.revision, pinned,
-            "later pages report the pinned revision"
-        );
-        seen.extend(page.entries);
-        if !page.more {
-            break;
-        }
-    }
+    read_rest_pinned(&store, &mut seen, pinned).await;
     assert_eq!(
         seen, before,
         "the scan saw the keyspace as of its first page"
@@ -226,26 +238,14 @@ async fn a_scan_split_at_namespaces_equals_one_full_get_at_one_revision() {
     client.delete(before[8500].key.clone(), None).await.unwrap();
     put_raw(&mut client, b"/registry/secrets/empty/new", b"new").await;
     put_raw(&mut client, b"/registry/secrets/m/new", b"new").await;
-    let mut pages = 1;
-    let mut page_ends = vec![seen.last().unwrap().key.clone()];
-    loop {
-        let after = seen.last().unwrap().key.clone();
-        let page = store
-            .page(PREFIX, Some(&after), Some(pinned))
-            .await
-            .unwrap();
-        assert_eq!(page.revision, pinned);
-        assert!(
-            !page.entries.is_empty() || !page.more,
-            "only the last page may be empty"
-        );
-        seen.extend(page.entries);
-        pages += 1;
-        page_ends.push(seen.last().unwrap().key.clone());
-        if !page.more {
-            break;
-        }
+    let mut end = seen.len();
+    let mut page_ends = vec![seen[end - 1].key.clone()];
+    for (len, more) in read_rest_pinned(&store, &mut seen, pinned).await {
+        assert!(len > 0 || !more, "only the last page may be empty");
+        end += len;
+        page_ends.push(seen[end - 1].key.clone());
     }
+    let pages = page_ends.len();
     assert_eq!(
         seen, before,
         "the split scan saw the keyspace as of its first page"

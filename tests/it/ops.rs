@@ -691,12 +691,7 @@ fn kubeadm_yields_to_explicit_tls_flags() {
     let mut cmd = atrest();
     let (code, out, err) = run(without_etcdctl_env(&mut cmd)
         .args(["status", "--kubeadm", "--endpoints", &server.endpoint])
-        .arg("--cacert")
-        .arg(&pki.ca)
-        .arg("--cert")
-        .arg(&pki.client_cert)
-        .arg("--key")
-        .arg(&pki.client_key)
+        .args(pki.etcdctl_flags())
         .arg("--config")
         .arg(&config)
         .args(["-o", "json"]));

@@ -211,12 +211,7 @@ async fn audit_over_tls_needs_the_client_certificate() {
     let config = write_config(dir.path(), CONFIG);
     let ok = atrest()
         .args(["audit", "-o", "json", "--endpoints", &server.endpoint])
-        .arg("--cacert")
-        .arg(&pki.ca)
-        .arg("--cert")
-        .arg(&pki.client_cert)
-        .arg("--key")
-        .arg(&pki.client_key)
+        .args(pki.etcdctl_flags())
         .arg("--config")
         .arg(&config)
         .output()
