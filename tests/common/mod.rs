@@ -36,12 +36,52 @@ fn which(name: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A free TCP port on 127.0.0.1 (the listener is closed before returning).
+/// A free TCP port on 127.0.0.1 for a server a test starts (the probe listener is closed
+/// before returning), never the same one twice in this process.
+///
+/// Asking the kernel for port 0 hands out ephemeral ports, which stay free only until someone
+/// else takes them: between this call and etcd's bind, another test's etcd given the same
+/// number, or any outgoing connection, could take it — and a test would then talk to another
+/// test's etcd. So the ports come from below the ephemeral range (no outgoing connection uses
+/// those), from a per-process counter (no two servers of this process share one), each checked
+/// bindable. If the ephemeral range leaves no room below it, port 0 is used, still never twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free loopback port")
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let bindable = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let given = given.get_or_insert_with(HashSet::new);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    const FIRST: u32 = 10_000;
+    if low > FIRST + 2_000 {
+        let span = low - FIRST;
+        let offset = std::process::id() % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = u16::try_from(FIRST + (offset + n) % span).expect("below 65536");
+            if !given.contains(&port) && bindable(port) {
+                given.insert(port);
+                return port;
+            }
+        }
+    }
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind a free loopback port");
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Extra command-line flags for etcd (TLS, cluster membership).
