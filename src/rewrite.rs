@@ -45,7 +45,7 @@ use thiserror::Error;
 
 use crate::audit::{NoProgress, Verdict};
 use crate::provider::Provider;
-use crate::store::{CasOutcome, Entry, Page, StoreError, WriteStore};
+use crate::store::{CasOutcome, Entry, Page, StoreError, Unanswered, WriteStore};
 use crate::transform::{Chain, RewritePlan, State};
 
 /// How many times one transaction is planned and sent again after a store failure, before the
@@ -182,6 +182,11 @@ pub struct RewriteSummary {
     pub revision: i64,
     /// Every entry that was not already current, in key order.
     pub entries: Vec<RewriteEntry>,
+    /// Live etcd only: each member that did not answer (left out at connect time, or failed
+    /// over from during the run), with its last error; absent when every member answered.
+    ///
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<Unanswered>,
 }
 
 impl RewriteSummary {
@@ -378,6 +383,7 @@ where
     summary.revision = revision.unwrap_or_default();
     summary.interrupted = stop || failure.is_some();
     summary.entries.sort_by(|a, b| a.key.cmp(&b.key));
+    summary.unanswered = store.unanswered();
     match failure {
         None => Ok(summary),
         Some((key, source)) => Err(RewriteError::Store {

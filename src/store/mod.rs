@@ -13,6 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::Path;
 
+use serde::Serialize;
 use thiserror::Error;
 
 pub mod etcd;
@@ -57,6 +58,17 @@ pub struct ScanInfo {
     pub revision: i64,
     /// How many entries were visited.
     pub entries: u64,
+}
+
+/// A member of a live store that did not answer (at connect time, or a request during the run
+/// that was then sent to another member), with its last error. Reports list these as
+/// `unanswered`, so a failover is never silent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unanswered {
+    /// The member's client URL, e.g. `https://10.0.0.2:2379`.
+    pub endpoint: String,
+    /// The last error it gave (connection refused, TLS failure, timeout, ...).
+    pub error: String,
 }
 
 /// The outcome of [`WriteStore::compare_and_put`].
@@ -106,6 +118,13 @@ pub trait ReadStore {
     /// Where the data comes from, for reports: `etcd http://127.0.0.1:2379` or
     /// `snapshot /path/to/file`.
     fn source(&self) -> String;
+
+    /// Members that did not answer so far, each with its last error (empty for a file, or when
+    /// every member answered). A live store with several endpoints fails over to another
+    /// member; this is how reports name the ones it left.
+    fn unanswered(&self) -> Vec<Unanswered> {
+        Vec::new()
+    }
 
     /// How many keys are under `prefix` now (used to size progress bars).
     fn count(&self, prefix: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send;

@@ -6,7 +6,7 @@ use atrest::store::snapshot::Snapshot;
 use atrest::store::{ReadStore, WriteStore};
 use indicatif::ProgressBar;
 
-use super::audit::connect;
+use super::audit::{connect, warn_failover};
 use super::load_chain;
 use crate::cli::args::{OutputFormat, RewriteArgs};
 use crate::cli::output;
@@ -61,12 +61,12 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         // Ctrl-C: finish the transactions in flight, start no new ones.
         let _ = tokio::signal::ctrl_c().await;
     };
-    let summary = rewrite::apply(&store, &chain, &opts, &bar, shutdown)
-        .await
-        .map_err(|e| {
-            let advice = e.advice();
-            CliError::store(e.to_string()).advice(advice)
-        })?;
+    let summary = rewrite::apply(&store, &chain, &opts, &bar, shutdown).await;
+    warn_failover(&store);
+    let summary = summary.map_err(|e| {
+        let advice = e.advice();
+        CliError::store(e.to_string()).advice(advice)
+    })?;
     bar.0.finish_and_clear();
 
     let mut compacted = None;

@@ -5,7 +5,7 @@ use atrest::audit::Verdict;
 use atrest::status::{self, Status};
 use atrest::store::snapshot::Snapshot;
 
-use super::audit::connect;
+use super::audit::{connect, warn_failover};
 use super::load_chain;
 use crate::cli::args::{OutputFormat, StatusArgs};
 use crate::cli::output::{self, yes_no};
@@ -25,7 +25,9 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
         }
         None => {
             let store = connect(&args.store).await?;
-            status::status(&store, &chain, prefix).await?
+            let status = status::status(&store, &chain, prefix).await;
+            warn_failover(&store);
+            status?
         }
     };
     match output::format(format) {

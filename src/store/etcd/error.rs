@@ -53,10 +53,12 @@ pub enum EtcdError {
     },
     /// The TLS handshake failed: unknown CA, a certificate refused, or TLS spoken to a plain
     /// server (or the reverse).
-    #[error("TLS with etcd at {endpoint} failed: {detail}")]
+    #[error("TLS with etcd at {endpoint} failed: {}", tls_text(.problem.as_ref(), .detail))]
     Tls {
         /// The endpoint.
         endpoint: String,
+        /// Which file (or missing file) is at fault, when that could be told.
+        problem: Option<TlsProblem>,
         /// What the TLS layer reported.
         detail: String,
     },
@@ -67,6 +69,12 @@ pub enum EtcdError {
         endpoint: String,
         /// etcd's message.
         detail: String,
+    },
+    /// Several endpoints were given and none answered: each one's error, in the order given.
+    #[error("none of the {} etcd members answered: {}", .errors.len(), join_errors(.errors))]
+    NoMemberAnswered {
+        /// Each endpoint's error.
+        errors: Vec<EtcdError>,
     },
     /// The revision a scan is pinned to was compacted away while the scan ran.
     #[error("etcd at {endpoint} compacted revision {revision} away while the scan was reading it")]
@@ -106,10 +114,161 @@ pub enum EtcdError {
     },
 }
 
+fn tls_text(problem: Option<&TlsProblem>, detail: &str) -> String {
+    match problem {
+        Some(problem) => format!("{problem} ({detail})"),
+        None => detail.to_owned(),
+    }
+}
+
+/// Why a TLS handshake failed, in terms of the files the user gave (or did not give).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TlsProblem {
+    /// The private key is not the key of the client certificate.
+    #[error("the private key in {} does not match the client certificate in {}", .key.display(), .cert.display())]
+    KeyMismatch {
+        /// `--cert`.
+        cert: PathBuf,
+        /// `--key`.
+        key: PathBuf,
+    },
+    /// etcd requires a client certificate (`--client-cert-auth`) and none was given.
+    #[error("etcd requires a client certificate and none was given (--cert and --key)")]
+    NoClientCertificate,
+    /// etcd refused the client certificate given.
+    #[error("etcd refused the client certificate in {} (not signed by a CA etcd trusts, expired, or not for client authentication)", .cert.display())]
+    ClientCertificateRefused {
+        /// `--cert`.
+        cert: PathBuf,
+    },
+    /// etcd's server certificate is not signed by a CA the client trusts.
+    #[error("etcd's server certificate is not signed by {}", .cacert.as_ref().map_or("any CA the system trusts (no --cacert given)".to_owned(), |p| format!("the CA in {}", p.display())))]
+    UnknownServerCa {
+        /// `--cacert`, if given.
+        cacert: Option<PathBuf>,
+    },
+    /// etcd's server certificate does not name the host or address dialled.
+    #[error("etcd's server certificate is not valid for the host in the endpoint")]
+    WrongServerName,
+    /// The endpoint is `http://` but etcd speaks TLS there.
+    #[error("the endpoint uses http:// but etcd serves TLS there")]
+    PlainToTls,
+}
+
+impl TlsProblem {
+    /// Tells the problem from the TLS layer's text and the files given (`None`: not known).
+    pub(super) fn diagnose(
+        detail: &str,
+        endpoint: &str,
+        cacert: Option<&PathBuf>,
+        identity: Option<(&PathBuf, &PathBuf)>,
+        closed_early: bool,
+    ) -> Option<TlsProblem> {
+        let lower = detail.to_ascii_lowercase();
+        if lower.contains("keymismatch") || lower.contains("keys may not be consistent") {
+            let (cert, key) = identity?;
+            return Some(TlsProblem::KeyMismatch {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+            return Some(TlsProblem::UnknownServerCa {
+                cacert: cacert.cloned(),
+            });
+        }
+        if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+            return Some(TlsProblem::WrongServerName);
+        }
+        if endpoint.starts_with("http://") {
+            return closed_early.then_some(TlsProblem::PlainToTls);
+        }
+        // A server that wants a client certificate either sends an alert (CertificateRequired,
+        // BadCertificate, UnknownCA) or, racing the alert, just closes the connection.
+        let refused = closed_early
+            || [
+                "certificaterequired",
+                "badcertificate",
+                "unknownca",
+                "certificate required",
+            ]
+            .iter()
+            .any(|m| lower.contains(m));
+        if !refused {
+            return None;
+        }
+        Some(match identity {
+            None => TlsProblem::NoClientCertificate,
+            Some((cert, _)) => TlsProblem::ClientCertificateRefused { cert: cert.clone() },
+        })
+    }
+
+    /// What to do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            TlsProblem::KeyMismatch { .. } => {
+                "pass the key that belongs to the certificate (kubeadm: \
+                 /etc/kubernetes/pki/apiserver-etcd-client.crt goes with \
+                 apiserver-etcd-client.key); `openssl x509 -noout -pubkey -in CERT` and \
+                 `openssl pkey -pubout -in KEY` print the same key for a pair"
+            }
+            TlsProblem::NoClientCertificate => {
+                "this etcd runs with --client-cert-auth: pass --cert and --key (or set \
+                 ETCDCTL_CERT and ETCDCTL_KEY; kubeadm: \
+                 /etc/kubernetes/pki/apiserver-etcd-client.crt and .key)"
+            }
+            TlsProblem::ClientCertificateRefused { .. } => {
+                "pass a client certificate signed by the CA in etcd's --trusted-ca-file, valid \
+                 now and for client authentication (kubeadm: \
+                 /etc/kubernetes/pki/apiserver-etcd-client.crt and .key)"
+            }
+            TlsProblem::UnknownServerCa { .. } => {
+                "pass as --cacert the CA that signed etcd's server certificate (etcd's \
+                 --trusted-ca-file; kubeadm: /etc/kubernetes/pki/etcd/ca.crt)"
+            }
+            TlsProblem::WrongServerName => {
+                "dial a host name or address listed in etcd's server certificate (its subject \
+                 alternative names), as kube-apiserver's --etcd-servers does"
+            }
+            TlsProblem::PlainToTls => {
+                "use an https:// endpoint with --cacert (and --cert/--key if etcd asks for a \
+                 client certificate)"
+            }
+        }
+    }
+}
+
+fn join_errors(errors: &[EtcdError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl EtcdError {
+    /// The endpoint the error is about, if it is about one.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            EtcdError::Unreachable { endpoint, .. }
+            | EtcdError::Tls { endpoint, .. }
+            | EtcdError::Auth { endpoint, .. }
+            | EtcdError::Compacted { endpoint, .. }
+            | EtcdError::Request { endpoint, .. }
+            | EtcdError::BadSnapshot { endpoint, .. } => Some(endpoint),
+            EtcdError::InvalidEndpoint { endpoint, .. } => Some(endpoint),
+            _ => None,
+        }
+    }
+
     /// What the user can do about it.
     pub fn advice(&self) -> &'static str {
         match self {
+            // The first member's advice (they usually fail for the same reason).
+            EtcdError::NoMemberAnswered { errors } => {
+                errors.first().map_or(UNREACHABLE_ADVICE, EtcdError::advice)
+            }
             EtcdError::NoEndpoints | EtcdError::InvalidEndpoint { .. } => {
                 "pass --endpoints (or set ETCDCTL_ENDPOINTS) as https://HOST:PORT with \
                  --cacert/--cert/--key, or http://HOST:PORT for an etcd without TLS"
@@ -121,10 +280,11 @@ impl EtcdError {
             EtcdError::IncompleteIdentity => {
                 "pass both --cert and --key (or ETCDCTL_CERT and ETCDCTL_KEY)"
             }
-            EtcdError::Unreachable { .. } => {
-                "check --endpoints (or ETCDCTL_ENDPOINTS) and that etcd is running and listening \
-                 there; kube-apiserver's --etcd-servers flag shows the address it uses"
-            }
+            EtcdError::Unreachable { .. } => UNREACHABLE_ADVICE,
+            EtcdError::Tls {
+                problem: Some(problem),
+                ..
+            } => problem.advice(),
             EtcdError::Tls { .. } => {
                 "pass --cacert/--cert/--key or set ETCDCTL_CACERT/ETCDCTL_CERT/ETCDCTL_KEY \
                  (kubeadm: /etc/kubernetes/pki/etcd/ca.crt, \
@@ -150,6 +310,9 @@ impl EtcdError {
         }
     }
 }
+
+const UNREACHABLE_ADVICE: &str = "check --endpoints (or ETCDCTL_ENDPOINTS) and that etcd is \
+     running and listening there; kube-apiserver's --etcd-servers flag shows the address it uses";
 
 /// How a failed request is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +349,11 @@ impl Failed {
         } = self;
         match kind {
             Kind::Unreachable => EtcdError::Unreachable { endpoint, detail },
-            Kind::Tls => EtcdError::Tls { endpoint, detail },
+            Kind::Tls => EtcdError::Tls {
+                endpoint,
+                problem: None,
+                detail,
+            },
             Kind::Auth => EtcdError::Auth { endpoint, detail },
             Kind::Compacted | Kind::TooLarge | Kind::Other => EtcdError::Request {
                 endpoint,

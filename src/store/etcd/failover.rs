@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 
-use super::error::{classify, closed_early, Failed, Kind};
-use super::{EtcdError, EtcdStore, Member};
+use super::error::{classify, closed_early, Failed, Kind, TlsProblem};
+use super::{EtcdError, EtcdOptions, EtcdStore, Member};
 
 /// How many times a request goes round all members while they are unreachable (pausing 0.1,
 /// 0.2, 0.4, 0.8 and 1.6 s between rounds).
@@ -47,6 +47,9 @@ impl EtcdStore {
                     let (kind, detail) = classify(&error);
                     attempt += 1;
                     let exhausted = attempt >= attempts && tokio::time::Instant::now() >= deadline;
+                    if kind == Kind::Unreachable && members.len() > 1 {
+                        self.note_unanswered(&member.endpoint, detail.clone());
+                    }
                     if kind != Kind::Unreachable || exhausted {
                         return Err(Failed {
                             kind,
@@ -65,13 +68,14 @@ impl EtcdStore {
     }
 }
 
-/// Connects one member and asks for its status within `timeout`.
+/// Connects one member and asks for its status within the connect timeout. A TLS failure is
+/// diagnosed in terms of the files given ([`TlsProblem`]).
 pub(super) async fn probe(
     endpoint: &str,
     options: ConnectOptions,
-    timeout: Duration,
-    max_page_bytes: usize,
+    opts: &EtcdOptions,
 ) -> Result<Member, EtcdError> {
+    let timeout = opts.connect_timeout;
     let attempt = async {
         let mut client = Client::connect([endpoint], Some(options)).await?;
         client.status().await?;
@@ -80,14 +84,29 @@ pub(super) async fn probe(
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(client)) => Ok(Member {
             endpoint: endpoint.to_owned(),
-            kv: client.kv_client().max_decoding_message_size(max_page_bytes),
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(opts.max_page_bytes),
             client,
         }),
         Ok(Err(error)) => {
             let (mut kind, mut detail) = classify(&error);
-            if kind != Kind::Tls && closed_early(&detail) {
-                // A TLS server hangs up on a client that sends no certificate (unless the alert
-                // arrives first, which is a race) and on a client speaking plain HTTP/2.
+            // A TLS server hangs up on a client that sends no certificate (unless the alert
+            // arrives first, which is a race) and on a client speaking plain HTTP/2.
+            let early = kind != Kind::Tls && closed_early(&detail);
+            let identity = opts.cert.as_ref().zip(opts.key.as_ref());
+            if kind == Kind::Tls || early || kind == Kind::Unreachable {
+                if let Some(problem) =
+                    TlsProblem::diagnose(&detail, endpoint, opts.cacert.as_ref(), identity, early)
+                {
+                    return Err(EtcdError::Tls {
+                        endpoint: endpoint.to_owned(),
+                        problem: Some(problem),
+                        detail,
+                    });
+                }
+            }
+            if early {
                 kind = Kind::Tls;
                 let hint = if endpoint.starts_with("https://") {
                     "the server closed the connection during the handshake (it may require a \

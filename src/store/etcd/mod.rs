@@ -46,7 +46,7 @@ mod scan;
 
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicUsize};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use etcd_client::{
@@ -54,12 +54,12 @@ use etcd_client::{
     Txn, TxnOp, TxnOpResponse,
 };
 
-pub use error::EtcdError;
+pub use error::{EtcdError, TlsProblem};
 pub use failover::{FAILOVER_ROUNDS, FAILOVER_WINDOW};
 pub use options::{EtcdOptions, DEFAULT_ENDPOINT, DEFAULT_MAX_PAGE_BYTES};
 pub use scan::{MAX_PAGE_LIMIT, PAGE_LIMIT, PAGE_TARGET_BYTES, RANGE_KEYS};
 
-use super::{CasOutcome, Entry, Page, ReadStore, StoreError, WriteStore};
+use super::{CasOutcome, Entry, Page, ReadStore, StoreError, Unanswered, WriteStore};
 use failover::probe;
 use scan::Splits;
 
@@ -83,7 +83,9 @@ struct Inner {
     splits: Mutex<Option<Splits>>,
     /// The last count: its prefix and number of keys.
     last_count: Mutex<Option<(Vec<u8>, u64)>>,
-    source: String,
+    /// Every member that did not answer, at connect time or later, with its last error (one
+    /// entry per endpoint, in the order they first failed).
+    unanswered: Mutex<Vec<Unanswered>>,
 }
 
 /// A live etcd cluster: one client per healthy endpoint, with failover between them.
@@ -118,14 +120,9 @@ impl EtcdStore {
         if let Some((user, password)) = &opts.user {
             connect = connect.with_user(user.clone(), password.expose_secret().to_owned());
         }
-        let probes = endpoints.iter().map(|endpoint| {
-            probe(
-                endpoint,
-                connect.clone(),
-                opts.connect_timeout,
-                opts.max_page_bytes,
-            )
-        });
+        let probes = endpoints
+            .iter()
+            .map(|endpoint| probe(endpoint, connect.clone(), &opts));
         let mut members = Vec::new();
         let mut unhealthy = Vec::new();
         for result in futures_util::future::join_all(probes).await {
@@ -136,8 +133,21 @@ impl EtcdStore {
         }
         if members.is_empty() {
             // `endpoints` is not empty, so there is at least one error.
-            return Err(unhealthy.swap_remove(0));
+            return Err(if unhealthy.len() == 1 {
+                unhealthy.swap_remove(0)
+            } else {
+                EtcdError::NoMemberAnswered { errors: unhealthy }
+            });
         }
+        let unanswered = unhealthy
+            .iter()
+            .filter_map(|e| {
+                Some(Unanswered {
+                    endpoint: e.endpoint()?.to_owned(),
+                    error: e.to_string(),
+                })
+            })
+            .collect();
         Ok(EtcdStore {
             inner: Arc::new(Inner {
                 members,
@@ -147,7 +157,7 @@ impl EtcdStore {
                 max_page_limit: AtomicI64::new(MAX_PAGE_LIMIT),
                 splits: Mutex::new(None),
                 last_count: Mutex::new(None),
-                source: format!("etcd {}", endpoints[0]),
+                unanswered: Mutex::new(unanswered),
             }),
         })
     }
@@ -160,6 +170,35 @@ impl EtcdStore {
     /// Why the other endpoints were left out at connect time (for a warning).
     pub fn unhealthy(&self) -> &[EtcdError] {
         &self.inner.unhealthy
+    }
+
+    /// The member requests go to now: the last one that answered.
+    pub fn answering(&self) -> &str {
+        let index = self.inner.preferred.load(Ordering::Relaxed);
+        &self.inner.members[index % self.inner.members.len()].endpoint
+    }
+
+    /// Every member that did not answer so far (left out at connect time, or failed over from
+    /// during the run), each with its last error.
+    pub fn unanswered(&self) -> Vec<Unanswered> {
+        lock(&self.inner.unanswered).clone()
+    }
+
+    /// Records that `endpoint` did not answer a request (failover moves on to another member).
+    fn note_unanswered(&self, endpoint: &str, detail: String) {
+        let error = EtcdError::Unreachable {
+            endpoint: endpoint.to_owned(),
+            detail,
+        }
+        .to_string();
+        let mut all = lock(&self.inner.unanswered);
+        match all.iter_mut().find(|u| u.endpoint == endpoint) {
+            Some(known) => known.error = error,
+            None => all.push(Unanswered {
+                endpoint: endpoint.to_owned(),
+                error,
+            }),
+        }
     }
 
     async fn cas(
@@ -268,9 +307,14 @@ fn entry_from(kv: KeyValue) -> Entry {
 }
 
 impl ReadStore for EtcdStore {
-    /// `etcd <first endpoint>`, as given (with its scheme), whether or not it answered.
+    /// `etcd <endpoint>` of the member that answered last (with its scheme): with a dead
+    /// member first in `--endpoints`, the live one that served the scan.
     fn source(&self) -> String {
-        self.inner.source.clone()
+        format!("etcd {}", self.answering())
+    }
+
+    fn unanswered(&self) -> Vec<Unanswered> {
+        EtcdStore::unanswered(self)
     }
 
     async fn count(&self, prefix: &[u8]) -> Result<u64, StoreError> {
