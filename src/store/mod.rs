@@ -102,6 +102,17 @@ pub enum StoreError {
     Stopped,
 }
 
+impl StoreError {
+    /// What the user can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            StoreError::Etcd(e) => e.advice(),
+            StoreError::Snapshot(e) => e.advice(),
+            StoreError::Stopped => "run again",
+        }
+    }
+}
+
 /// One page of a scan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {

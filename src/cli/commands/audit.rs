@@ -76,8 +76,7 @@ pub(crate) async fn connect(args: &StoreArgs) -> Result<EtcdStore, CliError> {
         None
     };
     let store = EtcdStore::connect(opts).await.map_err(|e| {
-        let advice = e.advice();
-        let mut err = CliError::store(e.to_string()).advice(advice);
+        let mut err = CliError::from(atrest::store::StoreError::from(e));
         if let Some(used) = used {
             err = err.detail(used);
         }
@@ -118,10 +117,7 @@ pub(crate) async fn run(args: AuditArgs, format: Option<OutputFormat>) -> Result
     let prefix = args.prefix.as_bytes();
     let report = match &args.snapshot {
         Some(path) => {
-            let snap = Snapshot::open(path).map_err(|e| {
-                CliError::from(atrest::store::StoreError::from(e))
-                    .advice("pass a file written by `etcdctl snapshot save`, or the `member/snap/db` of a stopped etcd")
-            })?;
+            let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
             audit::audit_snapshot(&snap, chain.as_ref(), prefix, &bar).await?
         }
         None => {

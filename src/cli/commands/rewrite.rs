@@ -36,8 +36,12 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     if let Some(path) = &args.backup {
         if !args.dry_run {
             let size = store.backup(path).await.map_err(|e| {
-                CliError::store(format!("backup to {} failed: {e}", path.display()))
-                    .advice("nothing was written; fix the backup path or drop --backup")
+                let mut err = CliError::store(format!("backup to {} failed: {e}", path.display()))
+                    .advice("nothing was written; fix the backup path or drop --backup");
+                for cause in crate::cli::error::causes(&e) {
+                    err = err.detail(format!("caused by: {cause}"));
+                }
+                err
             })?;
             eprintln!(
                 "Backup: {} ({size} bytes) saved before any write.",
@@ -63,10 +67,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     };
     let summary = rewrite::apply(&store, &chain, &opts, &bar, shutdown).await;
     warn_failover(&store);
-    let summary = summary.map_err(|e| {
-        let advice = e.advice();
-        CliError::store(e.to_string()).advice(advice)
-    })?;
+    let summary = summary.map_err(rewrite_error)?;
     bar.0.finish_and_clear();
 
     let mut compacted = None;
@@ -85,6 +86,24 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         atrest::audit::Verdict::Clean => Exit::Clean,
         atrest::audit::Verdict::Findings => Exit::Findings,
     })
+}
+
+/// A rewrite that did not run or stopped: what happened, why (each cause), what was done
+/// before it stopped, and what to do.
+fn rewrite_error(e: rewrite::RewriteError) -> CliError {
+    let mut err = CliError::store(e.to_string()).advice(e.advice());
+    for cause in crate::cli::error::causes(&e) {
+        err = err.detail(format!("caused by: {cause}"));
+    }
+    if let Some(s) = e.summary() {
+        err = err.detail(format!(
+            "done before it stopped: {} rewritten, {} already current, {} skipped, {} conflicts, \
+             {} failed, {} deleted; run the same command again to finish (rewritten entries \
+             are current and are passed over)",
+            s.rewritten, s.already_current, s.skipped, s.conflicts, s.failed, s.deleted
+        ));
+    }
+    err
 }
 
 async fn offline(

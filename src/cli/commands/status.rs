@@ -17,10 +17,7 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
     let prefix = args.prefix.as_bytes();
     let status = match &args.snapshot {
         Some(path) => {
-            let snap = Snapshot::open(path).map_err(|e| {
-                CliError::from(atrest::store::StoreError::from(e))
-                    .advice("pass a file written by `etcdctl snapshot save`, or the `member/snap/db` of a stopped etcd")
-            })?;
+            let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
             status::status(&snap, &chain, prefix).await?
         }
         None => {
