@@ -30,7 +30,9 @@
 //! A bad entry is data, not an error: `failed` (a new value could not be produced or did not
 //! verify — nothing is written), `skipped`, `conflict`. A store failure on one transaction is
 //! retried (planned and sent again) [`STORE_RETRIES`] times; then the run stops — finishing the
-//! transactions in flight — and [`RewriteError::Store`] carries the partial summary.
+//! transactions in flight — and [`RewriteError::Store`] carries the partial summary. etcd's
+//! "database space exceeded" (the `NOSPACE` alarm) is never retried: the run stops at once and
+//! leaves the alarm to the operator.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -65,6 +67,13 @@ pub struct RewriteOptions {
     pub allow_decrypt: bool,
     /// How many conflicts one key may have before it is reported as `conflict` (default 5).
     pub max_conflict_retries: u32,
+    /// Progressive compaction: after every this many rewritten entries, finish the
+    /// transactions in flight and compact the store at the newest revision written, so that
+    /// the old revisions' pages are freed and reused by the next batch instead of growing the
+    /// database towards its quota (`None`: never; see [`crate::space`]). The scan then goes on
+    /// at a new revision: each entry is still written only if it did not change since it was
+    /// read.
+    pub compact_every: Option<u64>,
 }
 
 impl Default for RewriteOptions {
@@ -75,6 +84,7 @@ impl Default for RewriteOptions {
             dry_run: false,
             allow_decrypt: false,
             max_conflict_retries: 5,
+            compact_every: None,
         }
     }
 }
@@ -178,8 +188,15 @@ pub struct RewriteSummary {
     /// The run was stopped by its shutdown signal (or a store failure) before it finished: run
     /// it again to complete the job.
     pub interrupted: bool,
-    /// The store revision every page was read at (0 if no page was read).
+    /// The store revision the first page was read at (0 if no page was read); later pages are
+    /// read at it too, unless a progressive compaction moved the scan on.
     pub revision: i64,
+    /// Progressive compactions done during the run (see `compact_every`).
+    pub compactions: u64,
+    /// Live rewrites: etcd's space, the estimated growth and how the run stays under the quota
+    /// (set by the caller that made the plan; see [`crate::space`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub space: Option<crate::space::SpacePlan>,
     /// Every entry that was not already current, in key order.
     pub entries: Vec<RewriteEntry>,
     /// Live etcd only: each member that did not answer (left out at connect time, or failed
@@ -327,17 +344,24 @@ where
     let mut waiting: Option<Page> = None;
     let mut pending: VecDeque<Entry> = VecDeque::new();
     let mut revision: Option<i64> = None;
+    // The revision the next page is read at: the first page's, until a compaction removes it.
+    let mut pin: Option<i64> = None;
     let mut in_flight = FuturesUnordered::new();
+    // Progressive compaction: rewritten since the last one, the newest revision written, and
+    // whether the run is draining its transactions to compact.
+    let mut since_compact = 0u64;
+    let mut newest_written = 0i64;
+    let mut compacting = false;
 
     loop {
         // Start transactions up to the limit, moving to the waiting page (and fetching the one
         // after it) when the current page runs out.
-        while !stop && failure.is_none() && in_flight.len() < concurrency {
+        while !stop && failure.is_none() && !compacting && in_flight.len() < concurrency {
             if pending.is_empty() {
                 let Some(page) = waiting.take() else { break };
                 if page.more {
-                    if let (Some(last), Some(rev)) = (page.entries.last(), revision) {
-                        fetching.push(fetch_page(store, prefix, Some(last.key.clone()), Some(rev)));
+                    if let Some(last) = page.entries.last() {
+                        fetching.push(fetch_page(store, prefix, Some(last.key.clone()), pin));
                     }
                 }
                 pending = page.entries.into();
@@ -346,6 +370,22 @@ where
             if let Some(entry) = pending.pop_front() {
                 in_flight.push(rewrite_one(store, chain, opts, &stopping, entry));
             }
+        }
+        if compacting && in_flight.is_empty() && fetching.is_empty() {
+            compacting = false;
+            since_compact = 0;
+            if stop || failure.is_some() {
+                continue;
+            }
+            match store.compact(newest_written).await {
+                Ok(()) => {
+                    summary.compactions += 1;
+                    // The pinned revision is gone: the next page is read at the current one.
+                    pin = None;
+                }
+                Err(source) => failure = Some((None, source)),
+            }
+            continue;
         }
         let scanned_all = pending.is_empty() && waiting.is_none() && fetching.is_empty();
         if in_flight.is_empty() && (stop || failure.is_some() || scanned_all) {
@@ -358,7 +398,14 @@ where
                 stopping.store(true, Ordering::Relaxed);
             }
             Some(done) = in_flight.next() => match done {
-                Ok(entry) => {
+                Ok((entry, written)) => {
+                    if let Some(rev) = written {
+                        newest_written = newest_written.max(rev);
+                        since_compact += 1;
+                        if opts.compact_every.is_some_and(|n| since_compact >= n.max(1)) {
+                            compacting = true;
+                        }
+                    }
                     observer.entry(&entry);
                     summary.add(entry);
                 }
@@ -370,6 +417,7 @@ where
             Some(page) = fetching.next(), if !stop && failure.is_none() => match page {
                 Ok(page) => {
                     revision.get_or_insert(page.revision);
+                    pin.get_or_insert(page.revision);
                     waiting = Some(page);
                 }
                 Err(source) => {
@@ -412,19 +460,22 @@ async fn rewrite_one<S: WriteStore + Sync>(
     opts: &RewriteOptions,
     stopping: &AtomicBool,
     mut entry: Entry,
-) -> Result<RewriteEntry, (String, StoreError)> {
+) -> Result<(RewriteEntry, Option<i64>), (String, StoreError)> {
     let key = String::from_utf8_lossy(&entry.key).into_owned();
     let mut conflicts = 0u32;
     let mut store_failures = 0u32;
     loop {
         let (found, plan) = chain.plan_rewrite(&entry.value, &entry.key);
         let done = |result, error| {
-            Ok(RewriteEntry {
-                key: key.clone(),
-                from: found.state,
-                result,
-                error,
-            })
+            Ok((
+                RewriteEntry {
+                    key: key.clone(),
+                    from: found.state,
+                    result,
+                    error,
+                },
+                None,
+            ))
         };
         let new_value = match plan {
             RewritePlan::AlreadyCurrent => return done(EntryResult::AlreadyCurrent, None),
@@ -437,7 +488,9 @@ async fn rewrite_one<S: WriteStore + Sync>(
             .compare_and_put(&entry.key, entry.mod_revision, new_value, entry.lease)
             .await
         {
-            Ok(CasOutcome::Written { .. }) => return done(EntryResult::Rewritten, None),
+            Ok(CasOutcome::Written { mod_revision }) => {
+                return done(EntryResult::Rewritten, None).map(|(e, _)| (e, Some(mod_revision)))
+            }
             Ok(CasOutcome::Conflict { current: None }) => return done(EntryResult::Deleted, None),
             Ok(CasOutcome::Conflict {
                 current: Some(current),
@@ -461,7 +514,7 @@ async fn rewrite_one<S: WriteStore + Sync>(
             }
             Err(source) => {
                 store_failures += 1;
-                if store_failures > STORE_RETRIES {
+                if store_failures > STORE_RETRIES || source.is_nospace() {
                     return Err((key, source));
                 }
                 tokio::time::sleep(Duration::from_millis(100 << store_failures)).await;

@@ -111,6 +111,12 @@ impl StoreError {
             StoreError::Stopped => "run again",
         }
     }
+
+    /// Whether etcd refused a write because its database is full (the `NOSPACE` alarm): a
+    /// rewrite stops at once and never retries such a write.
+    pub fn is_nospace(&self) -> bool {
+        matches!(self, StoreError::Etcd(etcd::EtcdError::NoSpace { .. }))
+    }
 }
 
 /// One page of a scan.

@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod endpoints;
 mod etcd_store;
+mod faults;
 mod harness;
 mod ops;
 mod rewrite;

@@ -2,6 +2,8 @@
 
 use atrest::offline::{rewrite_snapshot, OfflineError};
 use atrest::rewrite::{self, Observer, RewriteEntry, RewriteOptions, RewriteSummary};
+use atrest::space::{self, SpacePlan};
+use atrest::store::etcd::QuotaSource;
 use atrest::store::snapshot::Snapshot;
 use atrest::store::{ReadStore, WriteStore};
 use indicatif::ProgressBar;
@@ -33,6 +35,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         return offline(&chain, input, out, &args, format).await;
     }
     let store = connect(&args.store).await?;
+    let space = check_space(&store, &chain, &args).await?;
     if let Some(path) = &args.backup {
         if !args.dry_run {
             let size = store.backup(path).await.map_err(|e| {
@@ -54,6 +57,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         concurrency: args.concurrency,
         dry_run: args.dry_run,
         allow_decrypt: args.allow_decrypt,
+        compact_every: space.as_ref().and_then(|p| p.compact_every),
         ..RewriteOptions::default()
     };
     let bar = Progress(output::progress(if args.dry_run {
@@ -67,7 +71,8 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     };
     let summary = rewrite::apply(&store, &chain, &opts, &bar, shutdown).await;
     warn_failover(&store);
-    let summary = summary.map_err(rewrite_error)?;
+    let mut summary = summary.map_err(rewrite_error)?;
+    summary.space = space;
     bar.0.finish_and_clear();
 
     let mut compacted = None;
@@ -86,6 +91,93 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         atrest::audit::Verdict::Clean => Exit::Clean,
         atrest::audit::Verdict::Findings => Exit::Findings,
     })
+}
+
+/// Reads etcd's space and the rewrite's growth, prints the plan on stderr, and refuses (before
+/// anything is written) when the rewrite cannot stay under the quota's margin or a NOSPACE alarm
+/// is active. A dry run prints the refusal a real run would meet and goes on.
+async fn check_space(
+    store: &atrest::store::etcd::EtcdStore,
+    chain: &atrest::transform::Chain,
+    args: &RewriteArgs,
+) -> Result<Option<SpacePlan>, CliError> {
+    let opts = super::audit::etcd_options(&args.store);
+    let etcd = store
+        .space(&opts, args.quota_bytes)
+        .await
+        .map_err(atrest::store::StoreError::from)?;
+    let estimate = space::estimate(store, chain, args.prefix.as_bytes()).await?;
+    match space::plan(etcd, estimate, args.max_db_fraction, args.compact_every) {
+        Ok(plan) => {
+            eprint!("{}", describe_space(&plan));
+            Ok(Some(plan))
+        }
+        Err(e) if args.dry_run => {
+            eprintln!("A real run would refuse: {e}\nhint: {}", e.advice());
+            Ok(None)
+        }
+        Err(e) => Err(CliError::store(e.to_string()).advice(e.advice())),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The plan in words: the space, the quota and where it came from, the growth, the batches.
+fn describe_space(p: &SpacePlan) -> String {
+    let e = &p.etcd;
+    let fullest = e
+        .members
+        .iter()
+        .max_by_key(|m| m.db_size_in_use)
+        .map(|m| {
+            format!(
+                "{} in use ({} file) on {}",
+                mib(m.db_size_in_use),
+                mib(m.db_size),
+                m.endpoint
+            )
+        })
+        .unwrap_or_else(|| "no member status".to_owned());
+    let source = match e.quota_source {
+        QuotaSource::Status => "from etcd's status".to_owned(),
+        QuotaSource::Metrics => "from etcd's /metrics".to_owned(),
+        QuotaSource::Given => format!(
+            "from --quota-bytes; /metrics unread: {}",
+            e.quota_note.as_deref().unwrap_or("-")
+        ),
+        _ => format!(
+            "etcd's default, assumed: /metrics unread ({}); pass --quota-bytes if etcd runs \
+             with another --quota-backend-bytes",
+            e.quota_note.as_deref().unwrap_or("-")
+        ),
+    };
+    let mut out = format!(
+        "Space: {fullest}; quota {} ({source}); margin {}% = {}.\n",
+        mib(e.quota_bytes),
+        p.max_db_percent,
+        mib(p.limit_bytes)
+    );
+    out += &format!(
+        "Growth: this rewrite writes {} entries, about {} (new revisions and bbolt overhead): \
+         {} projected.\n",
+        p.estimate.entries,
+        mib(p.estimate.growth_bytes),
+        mib(p.projected_bytes)
+    );
+    match p.compact_every {
+        Some(n) => {
+            out += &format!(
+                "Plan: {} batches of up to {n} entries, compacting etcd's history at each \
+                 batch's revision so freed pages are reused (kube-apiserver compacts the same \
+                 history every 5 minutes anyway).\n",
+                p.batches()
+            )
+        }
+        None => out += "Plan: one pass, under the margin; no compaction needed.\n",
+    }
+    out
 }
 
 /// A rewrite that did not run or stopped: what happened, why (each cause), what was done
@@ -240,6 +332,12 @@ fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>) -> Str
             ]);
         }
         out += &format!("\n{d}\n");
+    }
+    if s.compactions > 0 {
+        out += &format!(
+            "\nProgressive compaction: etcd's history was compacted {} times during the run, to stay under the space quota.\n",
+            s.compactions
+        );
     }
     if s.interrupted {
         out += "\nInterrupted: the transactions in flight were finished; run the same command again to complete the job.\n";

@@ -84,6 +84,16 @@ pub enum EtcdError {
         /// The pinned revision.
         revision: i64,
     },
+    /// etcd refused a write because its database reached the backend quota: the `NOSPACE`
+    /// alarm is (or is about to be) active and every write in the cluster fails until an
+    /// operator frees space. atrest never disarms it.
+    #[error(
+        "etcd at {endpoint} refused a write: the database reached its space quota (NOSPACE alarm)"
+    )]
+    NoSpace {
+        /// The endpoint.
+        endpoint: String,
+    },
     /// Any other failed request.
     #[error("etcd at {endpoint}: {op} failed")]
     Request {
@@ -255,6 +265,7 @@ impl EtcdError {
             | EtcdError::Tls { endpoint, .. }
             | EtcdError::Auth { endpoint, .. }
             | EtcdError::Compacted { endpoint, .. }
+            | EtcdError::NoSpace { endpoint }
             | EtcdError::Request { endpoint, .. }
             | EtcdError::BadSnapshot { endpoint, .. } => Some(endpoint),
             EtcdError::InvalidEndpoint { endpoint, .. } => Some(endpoint),
@@ -295,6 +306,13 @@ impl EtcdError {
                 "pass a user with read and write access to the prefix, or a client certificate \
                  etcd maps to such a user"
             }
+            EtcdError::NoSpace { .. } => {
+                "etcd refuses every write (kube-apiserver's too) until space is freed; atrest \
+                 stopped and left the alarm as it is. Free space: `etcdctl compact` at the \
+                 current revision, `etcdctl defrag` on each member, then `etcdctl alarm \
+                 disarm` (or raise --quota-backend-bytes); then run the same command again: \
+                 rewritten entries are passed over"
+            }
             EtcdError::Compacted { .. } => {
                 "run again: a scan reads one revision, and etcd's automatic compaction removed it \
                  (kube-apiserver compacts every 5 minutes by default)"
@@ -325,6 +343,8 @@ pub(super) enum Kind {
     Auth,
     /// The pinned revision is gone.
     Compacted,
+    /// The database is full (`mvcc: database space exceeded`).
+    NoSpace,
     /// The response was larger than the decoding limit.
     TooLarge,
     /// Anything else.
@@ -355,6 +375,7 @@ impl Failed {
                 detail,
             },
             Kind::Auth => EtcdError::Auth { endpoint, detail },
+            Kind::NoSpace => EtcdError::NoSpace { endpoint },
             Kind::Compacted | Kind::TooLarge | Kind::Other => EtcdError::Request {
                 endpoint,
                 op,
@@ -443,6 +464,8 @@ fn classify_parts(code: Option<i32>, transport: bool, detail: &str) -> Kind {
         || lower.contains("user name is empty")
     {
         Kind::Auth
+    } else if lower.contains("database space exceeded") {
+        Kind::NoSpace
     } else if lower.contains("message length too large") {
         Kind::TooLarge
     } else if code == Some(OUT_OF_RANGE) && lower.contains("compacted") {

@@ -43,6 +43,7 @@ mod error;
 mod failover;
 mod options;
 mod scan;
+mod space;
 
 use std::fmt;
 use std::path::Path;
@@ -58,6 +59,7 @@ pub use error::{EtcdError, TlsProblem};
 pub use failover::{FAILOVER_ROUNDS, FAILOVER_WINDOW};
 pub use options::{EtcdOptions, DEFAULT_ENDPOINT, DEFAULT_MAX_PAGE_BYTES};
 pub use scan::{MAX_PAGE_LIMIT, PAGE_LIMIT, PAGE_TARGET_BYTES, RANGE_KEYS};
+pub use space::{parse_quota, MemberSpace, QuotaSource, Space, DEFAULT_QUOTA_BYTES};
 
 use super::{CasOutcome, Entry, Page, ReadStore, StoreError, Unanswered, WriteStore};
 use failover::probe;

@@ -1,0 +1,618 @@
+//! Fault injection against real etcd processes (issue 13): connections cut at random and
+//! stalled by a TCP proxy, etcd killed and restarted, a cluster losing its leader and a paused
+//! member, a small space quota, and a compaction under a paging scan.
+//!
+//! Every test checks the outcome against ground truth: for every key, the last value a
+//! concurrent writer successfully put, or the original plaintext, now stored encrypted with
+//! the write key; no key a writer deleted comes back. Loops are bounded; randomness is seeded
+//! and the seed is printed (set `ATREST_FAULT_SEED` to replay a run). Each test prints one
+//! `FIGURES` line (docs/reliability.md quotes the last run's).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atrest::config::Config;
+use atrest::transform::{Chain, State};
+use serde_json::Value;
+
+use crate::audit::{atrest, stored_secret, write_config, CONFIG};
+use crate::common::proxy::TcpProxy;
+use crate::common::{put_many, EtcdCluster, EtcdOptions, EtcdServer};
+
+const PREFIX: &str = "/registry/secrets/";
+
+fn chain() -> Chain {
+    Chain::from_config(&Config::from_yaml(CONFIG).unwrap(), "", "secrets").unwrap()
+}
+
+/// The run's seed: `ATREST_FAULT_SEED`, else the clock; printed so a failure can be replayed.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("ATREST_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: seed {seed} (ATREST_FAULT_SEED={seed} replays it)");
+    seed
+}
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// A plaintext stored Secret of about `size` bytes, unique to `tag`.
+fn secret_value(tag: &str, size: usize) -> Vec<u8> {
+    let mut v = stored_secret();
+    v.resize(size.saturating_sub(tag.len() + 1).max(v.len()), b'x');
+    v.push(b'#');
+    v.extend_from_slice(tag.as_bytes());
+    v
+}
+
+/// What every key must hold: its plaintext (`None`: deleted).
+type Truth = Arc<Mutex<BTreeMap<String, Option<Vec<u8>>>>>;
+
+/// Seeds `n` plaintext Secrets over 20 namespaces and returns the ground truth.
+async fn seed_plaintext(endpoint: &str, n: usize, size: usize) -> Truth {
+    let client = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
+    let mut truth = BTreeMap::new();
+    let mut items = Vec::new();
+    for i in 0..n {
+        let key = format!("{PREFIX}ns{:02}/s{i:05}", i % 20);
+        let value = secret_value(&format!("{i}-v0"), size);
+        items.push((key.clone().into_bytes(), value.clone(), 0));
+        truth.insert(key, Some(value));
+    }
+    put_many(&client, items).await;
+    Arc::new(Mutex::new(truth))
+}
+
+/// A writer racing the rewrite: puts new plaintext and deletes keys at random (straight to
+/// etcd, not through any proxy), recording each success in `truth`. Returns the writes done.
+fn start_writer(
+    endpoint: String,
+    truth: Truth,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut client = etcd_client::Client::connect([endpoint.as_str()], None)
+            .await
+            .unwrap();
+        let keys: Vec<String> = truth.lock().unwrap().keys().cloned().collect();
+        let mut x = seed | 1;
+        let mut writes = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let key = &keys[(xorshift(&mut x) % keys.len() as u64) as usize];
+            if xorshift(&mut x) % 10 < 7 {
+                let value = secret_value(&format!("w{writes}"), 1500);
+                if client.put(key.as_str(), value.clone(), None).await.is_ok() {
+                    truth.lock().unwrap().insert(key.clone(), Some(value));
+                    writes += 1;
+                }
+            } else if client.delete(key.as_str(), None).await.is_ok() {
+                truth.lock().unwrap().insert(key.clone(), None);
+                writes += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        writes
+    })
+}
+
+/// Checks every key against the ground truth: present keys hold their expected plaintext,
+/// encrypted with the write key (`all_current`) or possibly still plaintext; deleted keys are
+/// absent. Returns the number of keys checked.
+async fn check_truth(endpoint: &str, truth: &Truth, all_current: bool) -> usize {
+    let chain = chain();
+    let client = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
+    let mut kv = client.kv_client().max_decoding_message_size(256 << 20);
+    let resp = kv
+        .get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let truth = truth.lock().unwrap();
+    let mut seen = 0;
+    for kv in resp.kvs() {
+        let key = std::str::from_utf8(kv.key()).unwrap();
+        let expected = truth
+            .get(key)
+            .unwrap_or_else(|| panic!("{key}: a key nobody wrote"));
+        let expected = expected
+            .as_ref()
+            .unwrap_or_else(|| panic!("{key}: deleted by the writer, re-created"));
+        let c = chain.classify(kv.value(), kv.key());
+        match c.state {
+            State::Current => {}
+            State::Plaintext if !all_current => {}
+            other => panic!("{key} is {other}"),
+        }
+        assert_eq!(
+            c.plaintext.unwrap().as_slice(),
+            expected.as_slice(),
+            "{key}: lost the last value written"
+        );
+        seen += 1;
+    }
+    let live = truth.values().filter(|v| v.is_some()).count();
+    assert_eq!(seen, live, "every live key is there, no other");
+    seen
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `atrest rewrite` against `endpoints` until it exits 0 (at most `runs` times).
+/// Returns (runs needed, the last JSON summary).
+fn rewrite_until_done(
+    endpoints: &str,
+    config: &std::path::Path,
+    runs: usize,
+    extra: &[&str],
+) -> (usize, Value) {
+    for run in 1..=runs {
+        let out = atrest()
+            .args([
+                "rewrite",
+                "-o",
+                "json",
+                "--dial-timeout",
+                "5",
+                "--command-timeout",
+                "5",
+            ])
+            .args(["--endpoints", endpoints])
+            .args(extra)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{err}");
+        match out.status.code() {
+            Some(0) => return (run, serde_json::from_slice(&out.stdout).unwrap()),
+            Some(1) | Some(3) => {
+                // Stopped (exit 3) or left something behind (exit 1): every failure says what
+                // happened and what to do.
+                if out.status.code() == Some(3) {
+                    assert!(err.contains("error:") && err.contains("hint:"), "{err}");
+                }
+                eprintln!(
+                    "run {run}: exit {:?}: {}",
+                    out.status.code(),
+                    err.lines().next().unwrap_or("")
+                );
+            }
+            other => panic!("rewrite exited {other:?}: {err}"),
+        }
+    }
+    panic!("rewrite did not converge in {runs} runs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_cut_at_random_while_a_writer_races() {
+    let seed = seed("connections_cut_at_random");
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let truth = seed_plaintext(&server.endpoint, 3000, 1500).await;
+    let proxy = TcpProxy::start(&server.endpoint);
+    proxy.cut_randomly(seed, 30, 250);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(
+        server.endpoint.clone(),
+        truth.clone(),
+        seed ^ 0x5555,
+        stop.clone(),
+    );
+
+    let config2 = config.clone();
+    let endpoint = proxy.endpoint.clone();
+    let (runs, _) = tokio::task::spawn_blocking(move || {
+        rewrite_until_done(&endpoint, &config2, 12, &["--concurrency", "16"])
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    // The writer's last puts may be plaintext: a final run (still through the cutting proxy)
+    // brings everything to current.
+    let endpoint = proxy.endpoint.clone();
+    let config2 = config.clone();
+    let (final_runs, summary) = tokio::task::spawn_blocking(move || {
+        rewrite_until_done(&endpoint, &config2, 12, &["--concurrency", "16"])
+    })
+    .await
+    .unwrap();
+    let cuts = proxy.cuts();
+    drop(proxy);
+    let checked = check_truth(&server.endpoint, &truth, true).await;
+    assert!(
+        cuts > 0,
+        "the proxy cut no connection: the test proved nothing"
+    );
+    assert!(writes > 0, "the writer raced nothing");
+    eprintln!(
+        "FIGURES connections_cut: writes raced {writes}, cuts injected {cuts}, runs {runs}+{final_runs}, entries checked {checked}, lost 0 (last summary: {} rewritten)",
+        summary["rewritten"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_member_is_left_for_one_that_answers() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let truth = seed_plaintext(&server.endpoint, 2000, 1500).await;
+    let proxy = TcpProxy::start(&server.endpoint);
+    // The proxy answers the connect-time status, then stalls once the scan's first page
+    // starts coming back: requests through it hang without the connection closing.
+    let endpoints = format!("{},{}", proxy.endpoint, server.endpoint);
+    proxy.stall_after(64 * 1024);
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        atrest()
+            .args(["rewrite", "-o", "json", "--command-timeout", "3"])
+            .args(["--endpoints", &endpoints])
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        proxy.is_stalled(),
+        "the proxy never stalled: the test proved nothing"
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["unanswered"][0]["endpoint"],
+        proxy.endpoint.as_str(),
+        "{summary}"
+    );
+    assert!(stderr(&out).contains(&proxy.endpoint), "{}", stderr(&out));
+    let checked = check_truth(&server.endpoint, &truth, true).await;
+    eprintln!("FIGURES stalled_member: stalled 1 of 2 endpoints, finished in {took:?}, entries checked {checked}, lost 0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_killed_mid_rewrite_then_restarted_converges() {
+    let mut server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let truth = seed_plaintext(&server.endpoint, 6000, 2000).await;
+    let bin = assert_cmd::cargo::cargo_bin("atrest");
+    let child = std::process::Command::new(&bin)
+        .args([
+            "rewrite",
+            "-o",
+            "json",
+            "--concurrency",
+            "8",
+            "--command-timeout",
+            "3",
+        ])
+        .args(["--endpoints", &server.endpoint])
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // SIGKILL etcd once the rewrite has written something.
+    let chain = chain();
+    let mut client = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .get(format!("{PREFIX}ns00/s00000"), None)
+            .await
+            .unwrap();
+        if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rewrite never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.kill();
+    let killed_at = Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    // With its only member dead, the run stops (after the failover window) and says why.
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("unreachable") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(err.contains("done before it stopped"), "{err}");
+    eprintln!(
+        "first run stopped {:?} after the kill: {}",
+        killed_at.elapsed(),
+        err.lines().next().unwrap_or("")
+    );
+
+    server.restart();
+    let partial = check_truth(&server.endpoint, &truth, false).await;
+    let endpoint = server.endpoint.clone();
+    let (runs, summary) =
+        tokio::task::spawn_blocking(move || rewrite_until_done(&endpoint, &config, 3, &[]))
+            .await
+            .unwrap();
+    assert!(
+        summary["already_current"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    let checked = check_truth(&server.endpoint, &truth, true).await;
+    assert_eq!(partial, checked);
+    eprintln!("FIGURES etcd_killed: 1 SIGKILL + restart, second run converged in {runs} run(s), entries checked {checked}, lost 0");
+}
+
+/// The member id of the cluster's leader, and its index in `cluster`.
+async fn leader(cluster: &EtcdCluster) -> usize {
+    for (i, m) in cluster.members.iter().enumerate() {
+        let mut c = m.client().await;
+        if let Ok(s) = c.status().await {
+            if s.header().map(|h| h.member_id()) == Some(s.leader()) {
+                return i;
+            }
+        }
+    }
+    panic!("no leader");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_loses_its_leader_mid_rewrite_and_a_paused_member_hangs() {
+    let mut cluster = EtcdCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let live = cluster.members[0].endpoint.clone();
+    let truth = seed_plaintext(&live, 4000, 2000).await;
+    let endpoints = cluster.endpoints().join(",");
+
+    // Pause the first non-leader member: requests to it hang (no reset, no refusal).
+    let lead = leader(&cluster).await;
+    let paused = (0..3).find(|&i| i != lead).unwrap();
+    cluster.members[paused].signal("STOP");
+    // Start the rewrite with the paused member first in --endpoints, and kill the leader once
+    // it has written something.
+    let mut order: Vec<String> = cluster.endpoints();
+    order.swap(0, paused);
+    let endpoints_ordered = order.join(",");
+    let bin = assert_cmd::cargo::cargo_bin("atrest");
+    let child = std::process::Command::new(&bin)
+        .args(["rewrite", "-o", "json", "--concurrency", "8"])
+        .args(["--dial-timeout", "2", "--command-timeout", "3"])
+        .args(["--endpoints", &endpoints_ordered])
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let chain = chain();
+    let survivor = (0..3).find(|&i| i != lead && i != paused).unwrap();
+    let mut client = cluster.members[survivor].client().await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let r = client
+            .get(format!("{PREFIX}ns00/s00000"), None)
+            .await
+            .unwrap();
+        if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rewrite never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Resume the paused member so that the two left keep a quorum, then kill the leader.
+    cluster.members[paused].signal("CONT");
+    cluster.kill(lead);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("warning"),
+        "the paused member is reported: {err}"
+    );
+    // Finished by this run or the next one; either way, every entry is intact and current.
+    let mut runs = 1;
+    if out.status.code() != Some(0) {
+        assert!(err.contains("hint:"), "{err}");
+        let survivors = format!(
+            "{},{}",
+            cluster.members[paused].endpoint, cluster.members[survivor].endpoint
+        );
+        let config = config.clone();
+        let (more, _) =
+            tokio::task::spawn_blocking(move || rewrite_until_done(&survivors, &config, 3, &[]))
+                .await
+                .unwrap();
+        runs += more;
+    }
+    let checked = check_truth(&cluster.members[survivor].endpoint, &truth, true).await;
+    let _ = endpoints;
+    eprintln!("FIGURES cluster: leader SIGKILLed + 1 member SIGSTOPped, {runs} run(s), entries checked {checked}, lost 0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_quota_is_never_exceeded() {
+    // 5,000 Secrets of 2 KiB take about 14 MiB in bbolt; a rewrite writes about as much again,
+    // over 80% of a 32 MiB quota: the plan batches it with progressive compaction.
+    let quota = 32u64 << 20;
+    let server = EtcdServer::start_with(EtcdOptions {
+        extra_flags: vec![format!("--quota-backend-bytes={quota}")],
+        ..EtcdOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let truth = seed_plaintext(&server.endpoint, 5000, 2048).await;
+
+    let dry = atrest()
+        .args([
+            "rewrite",
+            "--dry-run",
+            "-o",
+            "json",
+            "--endpoints",
+            &server.endpoint,
+        ])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = stderr(&dry);
+    eprintln!("{err}");
+    assert!(
+        err.contains("quota 32.0 MiB (from etcd's /metrics)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Growth: this rewrite writes 5000 entries"),
+        "{err}"
+    );
+    assert!(err.contains("batches of up to"), "{err}");
+    let plan: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(plan["space"]["etcd"]["quota_source"], "metrics", "{plan}");
+
+    let out = atrest()
+        .args(["rewrite", "-o", "json", "--endpoints", &server.endpoint])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["rewritten"], 5000, "{summary}");
+    let compactions = summary["compactions"].as_u64().unwrap();
+    assert!(compactions > 0, "{summary}");
+    let alarms = server.etcdctl(&["alarm", "list"]);
+    assert!(
+        alarms.is_empty(),
+        "alarm raised: {}",
+        String::from_utf8_lossy(&alarms)
+    );
+    let checked = check_truth(&server.endpoint, &truth, true).await;
+    let status = server.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let status: Value = serde_json::from_slice(&status).unwrap();
+    let db = status[0]["Status"]["dbSize"].as_u64().unwrap();
+    assert!(db < quota, "db {db} over the quota");
+    eprintln!(
+        "FIGURES small_quota: quota {quota}, db after {db} ({}%), {compactions} compactions, no alarm, entries checked {checked}, lost 0",
+        db * 100 / quota
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_too_full_is_refused_before_writing() {
+    let quota = 16u64 << 20;
+    let server = EtcdServer::start_with(EtcdOptions {
+        extra_flags: vec![format!("--quota-backend-bytes={quota}")],
+        ..EtcdOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let truth = seed_plaintext(&server.endpoint, 5000, 2048).await;
+    let before = server.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let before: Value = serde_json::from_slice(&before).unwrap();
+    let out = atrest()
+        .args(["rewrite", "-o", "json", "--endpoints", &server.endpoint])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(err.contains("etcdctl defrag"), "{err}");
+    let after = server.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let after: Value = serde_json::from_slice(&after).unwrap();
+    assert_eq!(
+        before[0]["Status"]["header"]["revision"], after[0]["Status"]["header"]["revision"],
+        "nothing was written"
+    );
+    assert!(server.etcdctl(&["alarm", "list"]).is_empty());
+    let checked = check_truth(&server.endpoint, &truth, false).await;
+    eprintln!("FIGURES too_full: refused before writing, entries checked {checked}, lost 0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compaction_under_a_paging_scan_is_a_clear_error() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    seed_plaintext(&server.endpoint, 6000, 2048).await;
+    let proxy = TcpProxy::start(&server.endpoint);
+    // Let the connect-time status and the first page through, then stall the scan.
+    proxy.stall_after(1 << 20);
+    let endpoint = proxy.endpoint.clone();
+    let config2 = config.clone();
+    let audit = tokio::task::spawn_blocking(move || {
+        atrest()
+            .args(["audit", "-o", "json", "--endpoints", &endpoint])
+            .arg("--config")
+            .arg(&config2)
+            .output()
+            .unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proxy.is_stalled() {
+        assert!(Instant::now() < deadline, "the scan never paged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Someone else (kube-apiserver, every 5 minutes) compacts past the scan's revision.
+    let mut client = server.client().await;
+    let rev = client
+        .put("/other/key", "x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(rev, None).await.unwrap();
+    proxy.set_stalled(false);
+    let out = audit.await.unwrap();
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "never a partial report presented as complete: {err}"
+    );
+    assert!(out.stdout.is_empty(), "no report printed");
+    assert!(err.contains("compacted revision"), "{err}");
+    assert!(
+        err.contains("hint: run again"),
+        "the advice reaches audit: {err}"
+    );
+    // Run again: a complete report.
+    let again = atrest()
+        .args(["audit", "-o", "json", "--endpoints", &server.endpoint])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(r["summary"]["total"], 6000);
+    eprintln!("FIGURES compaction_under_scan: 1 compaction past the pinned revision, clear error, second run complete (6000 entries)");
+}
