@@ -297,7 +297,7 @@ mod tests {
     #[test]
     fn a_nearly_full_database_is_refused_with_the_numbers() {
         let err = plan(
-            space(26 << 20, 25 << 20, 32 << 20),
+            space(26 << 20, 26_700_000, 32 << 20),
             estimate(10_000, 2048),
             0.8,
             None,
