@@ -333,26 +333,27 @@ async fn etcd_killed_mid_rewrite_then_restarted_converges() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.kill();
-    let killed_at = Instant::now();
+    // etcd comes back on the same data directory while the run is failing over.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
     let err = stderr(&out);
-    // With its only member dead, the run stops (after the failover window) and says why.
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(
-        err.contains("unreachable") && err.contains("hint:"),
-        "{err}"
-    );
-    assert!(err.contains("done before it stopped"), "{err}");
-    eprintln!(
-        "first run stopped {:?} after the kill: {}",
-        killed_at.elapsed(),
-        err.lines().next().unwrap_or("")
-    );
+    assert!(!err.contains("panicked"), "{err}");
+    // The run rides out the restart (failover retries the member) or stops saying why.
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => {
+            assert!(err.contains("hint:"), "{err}");
+            assert!(err.contains("done before it stopped"), "{err}");
+        }
+        other => panic!("exit {other:?}: {err}"),
+    }
+    eprintln!("first run: exit {:?}", out.status.code());
 
-    server.restart();
     let partial = check_truth(&server.endpoint, &truth, false).await;
+    assert_eq!(partial, truth.lock().unwrap().len());
     let endpoint = server.endpoint.clone();
     let (runs, summary) =
         tokio::task::spawn_blocking(move || rewrite_until_done(&endpoint, &config, 3, &[]))
@@ -533,17 +534,20 @@ async fn a_database_too_full_is_refused_before_writing() {
     });
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), CONFIG);
-    let truth = seed_plaintext(&server.endpoint, 5000, 2048).await;
+    let truth = seed_plaintext(&server.endpoint, 3000, 2048).await;
     let before = server.etcdctl(&["endpoint", "status", "-w", "json"]);
     let before: Value = serde_json::from_slice(&before).unwrap();
+    // About 11 MiB in use; a margin of half the 16 MiB quota is already crossed.
     let out = atrest()
-        .args(["rewrite", "-o", "json", "--endpoints", &server.endpoint])
+        .args(["rewrite", "-o", "json", "--max-db-fraction", "0.5"])
+        .args(["--endpoints", &server.endpoint])
         .arg("--config")
         .arg(&config)
         .output()
         .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("50% of the 16777216-byte quota"), "{err}");
     assert!(err.contains("nothing was written"), "{err}");
     assert!(err.contains("etcdctl defrag"), "{err}");
     let after = server.etcdctl(&["endpoint", "status", "-w", "json"]);
