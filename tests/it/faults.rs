@@ -620,3 +620,93 @@ async fn a_compaction_under_a_paging_scan_is_a_clear_error() {
     assert_eq!(r["summary"]["total"], 6000);
     eprintln!("FIGURES compaction_under_scan: 1 compaction past the pinned revision, clear error, second run complete (6000 entries)");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nospace_alarm_mid_run_stops_at_once_and_a_second_run_resumes() {
+    let quota = 16u64 << 20;
+    let server = EtcdServer::start_with(EtcdOptions {
+        extra_flags: vec![format!("--quota-backend-bytes={quota}")],
+        ..EtcdOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let truth = seed_plaintext(&server.endpoint, 2000, 2048).await;
+    let bin = assert_cmd::cargo::cargo_bin("atrest");
+    let child = std::process::Command::new(&bin)
+        .args(["rewrite", "-o", "json", "--concurrency", "1"])
+        .args(["--endpoints", &server.endpoint])
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the rewrite is writing, another writer fills the database until etcd raises NOSPACE.
+    let chain = chain();
+    let mut client = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .get(format!("{PREFIX}ns00/s00000"), None)
+            .await
+            .unwrap();
+        if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rewrite never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut junk = 0;
+    loop {
+        let value = crate::common::pseudo_random_bytes(junk, 512 * 1024);
+        match client.put(format!("/junk/{junk}"), value, None).await {
+            Ok(_) => junk += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("database space exceeded"), "{e}");
+                break;
+            }
+        }
+        assert!(junk < 100, "etcd never raised NOSPACE");
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("space quota (NOSPACE alarm)"), "{err}");
+    assert!(
+        err.contains("done before it stopped"),
+        "what was done is reported: {err}"
+    );
+    assert!(err.contains("etcdctl alarm disarm"), "{err}");
+    // atrest left the alarm as it was: an operator's call.
+    let alarms = String::from_utf8(server.etcdctl(&["alarm", "list"])).unwrap();
+    assert!(alarms.contains("NOSPACE"), "{alarms}");
+    let partial = check_truth(&server.endpoint, &truth, false).await;
+
+    // The operator frees space and disarms; the second run resumes and finishes.
+    server.etcdctl(&["del", "--prefix", "/junk/"]);
+    let status: Value =
+        serde_json::from_slice(&server.etcdctl(&["endpoint", "status", "-w", "json"])).unwrap();
+    let rev = status[0]["Status"]["header"]["revision"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    server.etcdctl(&["compact", &rev, "--physical"]);
+    server.etcdctl(&["defrag"]);
+    server.etcdctl(&["alarm", "disarm"]);
+    let (runs, summary) = tokio::task::spawn_blocking({
+        let endpoint = server.endpoint.clone();
+        move || rewrite_until_done(&endpoint, &config, 2, &[])
+    })
+    .await
+    .unwrap();
+    assert!(
+        summary["already_current"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    let checked = check_truth(&server.endpoint, &truth, true).await;
+    assert_eq!(partial, checked);
+    assert!(server.etcdctl(&["alarm", "list"]).is_empty());
+    eprintln!("FIGURES nospace_mid_run: NOSPACE raised by another writer after {junk} junk puts, run stopped at once, alarm left, resumed in {runs} run(s), entries checked {checked}, lost 0");
+}
