@@ -206,3 +206,34 @@ fn issue_14_8_a_certificate_from_another_ca_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn issue_13_the_quota_is_read_from_metrics_over_the_same_tls() {
+    let pki = TestPki::generate();
+    let server = EtcdServer::start_tls(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let out = atrest()
+        .args([
+            "rewrite",
+            "--dry-run",
+            "-o",
+            "json",
+            "--endpoints",
+            &server.endpoint,
+        ])
+        .args(pki.etcdctl_flags())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("quota 2048.0 MiB (from etcd's /metrics)"),
+        "{}",
+        stderr(&out)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["space"]["etcd"]["quota_source"], "metrics", "{r}");
+    assert_eq!(r["space"]["etcd"]["quota_bytes"], 2u64 << 30, "{r}");
+}
