@@ -32,7 +32,8 @@
 //! retried (planned and sent again) [`STORE_RETRIES`] times; then the run stops — finishing the
 //! transactions in flight — and [`RewriteError::Store`] carries the partial summary. etcd's
 //! "database space exceeded" (the `NOSPACE` alarm) is never retried: the run stops at once and
-//! leaves the alarm to the operator.
+//! leaves the alarm to the operator. Nor is a failure after which no member answered for the
+//! store's whole failover window (the store already retried it).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -514,7 +515,8 @@ async fn rewrite_one<S: WriteStore + Sync>(
             }
             Err(source) => {
                 store_failures += 1;
-                if store_failures > STORE_RETRIES || source.is_nospace() {
+                if store_failures > STORE_RETRIES || source.is_nospace() || source.is_unreachable()
+                {
                     return Err((key, source));
                 }
                 tokio::time::sleep(Duration::from_millis(100 << store_failures)).await;

@@ -117,6 +117,12 @@ impl StoreError {
     pub fn is_nospace(&self) -> bool {
         matches!(self, StoreError::Etcd(etcd::EtcdError::NoSpace { .. }))
     }
+
+    /// Whether no member answered, after the live store's own failover went round all of them
+    /// for its whole window: sending the request again at once would only wait that long again.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Etcd(etcd::EtcdError::Unreachable { .. }))
+    }
 }
 
 /// One page of a scan.
