@@ -106,7 +106,13 @@ async fn check_space(
         .space(&opts, args.quota_bytes)
         .await
         .map_err(atrest::store::StoreError::from)?;
-    let estimate = space::estimate(store, chain, args.prefix.as_bytes()).await?;
+    // A dry run always counts; a real run skips the extra scan when even rewriting the whole
+    // database once would stay under the margin.
+    let estimate = if !args.dry_run && space::bound_fits(&etcd, args.max_db_fraction) {
+        space::Estimate::bound(etcd.largest_in_use())
+    } else {
+        space::estimate(store, chain, args.prefix.as_bytes()).await?
+    };
     match space::plan(etcd, estimate, args.max_db_fraction, args.compact_every) {
         Ok(plan) => {
             eprint!("{}", describe_space(&plan));
@@ -159,13 +165,21 @@ fn describe_space(p: &SpacePlan) -> String {
         p.max_db_percent,
         mib(p.limit_bytes)
     );
-    out += &format!(
-        "Growth: this rewrite writes {} entries, about {} (new revisions and bbolt overhead): \
-         {} projected.\n",
-        p.estimate.entries,
-        mib(p.estimate.growth_bytes),
-        mib(p.projected_bytes)
-    );
+    out += &if p.estimate.upper_bound {
+        format!(
+            "Growth: at most {} even if every entry were rewritten: {} projected.\n",
+            mib(p.estimate.growth_bytes),
+            mib(p.projected_bytes)
+        )
+    } else {
+        format!(
+            "Growth: this rewrite writes {} entries, about {} (new revisions and bbolt \
+             overhead): {} projected.\n",
+            p.estimate.entries,
+            mib(p.estimate.growth_bytes),
+            mib(p.projected_bytes)
+        )
+    };
     match p.compact_every {
         Some(n) => {
             out += &format!(

@@ -149,17 +149,12 @@ impl EtcdStore {
             })
             .collect();
 
-        let (quota_bytes, quota_source, quota_note) = if let Some(q) = status_quota {
-            (q, QuotaSource::Status, None)
-        } else {
-            match self.metrics_quota(opts).await {
-                Ok(q) => (q, QuotaSource::Metrics, None),
-                Err(why) => match given_quota {
-                    Some(q) => (q, QuotaSource::Given, Some(why)),
-                    None => (DEFAULT_QUOTA_BYTES, QuotaSource::Default, Some(why)),
-                },
-            }
+        let metrics = match status_quota {
+            Some(_) => Err(String::new()),
+            None => self.metrics_quota(opts).await,
         };
+        let (quota_bytes, quota_source, quota_note) =
+            choose_quota(status_quota, metrics, given_quota);
         Ok(Space {
             members,
             alarms,
@@ -192,6 +187,23 @@ impl EtcdStore {
             }
         }
         Err(why.join("; "))
+    }
+}
+
+/// The quota and its source: the status's, else the metrics', else the given one, else the
+/// default (with why the metrics were not used).
+fn choose_quota(
+    status: Option<u64>,
+    metrics: Result<u64, String>,
+    given: Option<u64>,
+) -> (u64, QuotaSource, Option<String>) {
+    if let Some(q) = status {
+        return (q, QuotaSource::Status, None);
+    }
+    match (metrics, given) {
+        (Ok(q), _) => (q, QuotaSource::Metrics, None),
+        (Err(why), Some(q)) => (q, QuotaSource::Given, Some(why)),
+        (Err(why), None) => (DEFAULT_QUOTA_BYTES, QuotaSource::Default, Some(why)),
     }
 }
 
@@ -312,6 +324,21 @@ fn metrics_tls(opts: &EtcdOptions) -> Result<tokio_rustls::rustls::ClientConfig,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quota_comes_from_status_metrics_the_flag_or_the_default_in_that_order() {
+        let no = || Err("http://a:1/metrics: cannot connect".to_owned());
+        assert_eq!(choose_quota(Some(5), Ok(6), Some(7)).1, QuotaSource::Status);
+        assert_eq!(
+            choose_quota(None, Ok(6), Some(7)),
+            (6, QuotaSource::Metrics, None)
+        );
+        let (q, source, note) = choose_quota(None, no(), Some(7));
+        assert_eq!((q, source), (7, QuotaSource::Given));
+        assert!(note.unwrap().contains("cannot connect"));
+        let (q, source, _) = choose_quota(None, no(), None);
+        assert_eq!((q, source), (DEFAULT_QUOTA_BYTES, QuotaSource::Default));
+    }
 
     #[test]
     fn quota_is_read_from_prometheus_text() {
