@@ -164,10 +164,13 @@ pub struct RewriteEntry {
 /// ```json
 /// {"scanned": 10, "rewritten": 7, "would_rewrite": 0, "already_current": 2, "skipped": 1,
 ///  "conflicts": 0, "failed": 0, "deleted": 0, "interrupted": false, "revision": 1234,
+///  "compactions": 0,
 ///  "entries": [{"key": "/registry/secrets/default/db", "from": "plaintext", "result": "rewritten"}]}
 /// ```
 ///
-/// `scanned` is the sum of the seven counts that follow it. No secret value ever appears.
+/// `scanned` is the sum of the seven counts that follow it. A live rewrite's CLI adds `space`
+/// (the quota plan, [`crate::space::SpacePlan`]); `unanswered` appears when a member did not
+/// answer. No secret value ever appears.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RewriteSummary {
     /// Entries handled (an interrupted run handles fewer than the prefix holds).
