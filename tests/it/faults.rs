@@ -293,7 +293,7 @@ async fn etcd_killed_mid_rewrite_then_restarted_converges() {
     let mut server = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), CONFIG);
-    let truth = seed_plaintext(&server.endpoint, 6000, 2000).await;
+    let truth = seed_plaintext(&server.endpoint, 4000, 1500).await;
     let bin = assert_cmd::cargo::cargo_bin("atrest");
     let child = std::process::Command::new(&bin)
         .args([
@@ -377,7 +377,7 @@ async fn a_cluster_loses_its_leader_mid_rewrite_and_a_paused_member_hangs() {
     let mut cluster = EtcdCluster::start(3);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), CONFIG);
-    let truth = seed_plaintext(&cluster.members[0].endpoint, 6000, 2000).await;
+    let truth = seed_plaintext(&cluster.members[0].endpoint, 3000, 1500).await;
 
     // The member atrest prefers (first in --endpoints) is not the leader; it is paused
     // mid-run (SIGSTOP: requests to it hang, nothing is refused or reset), then the leader is
@@ -389,7 +389,7 @@ async fn a_cluster_loses_its_leader_mid_rewrite_and_a_paused_member_hangs() {
     order.swap(0, paused);
     let bin = assert_cmd::cargo::cargo_bin("atrest");
     let mut child = std::process::Command::new(&bin)
-        .args(["rewrite", "-o", "json", "--concurrency", "4"])
+        .args(["rewrite", "-o", "json", "--concurrency", "2"])
         .args(["--dial-timeout", "2", "--command-timeout", "3"])
         .args(["--endpoints", &order.join(",")])
         .arg("--config")
@@ -567,7 +567,7 @@ async fn a_compaction_under_a_paging_scan_is_a_clear_error() {
     let server = EtcdServer::start();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), CONFIG);
-    seed_plaintext(&server.endpoint, 6000, 2048).await;
+    seed_plaintext(&server.endpoint, 3000, 2048).await;
     let proxy = TcpProxy::start(&server.endpoint);
     // Let the connect-time status and the first page through, then stall the scan.
     proxy.stall_after(1 << 20);
@@ -618,8 +618,8 @@ async fn a_compaction_under_a_paging_scan_is_a_clear_error() {
         .output()
         .unwrap();
     let r: Value = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(r["summary"]["total"], 6000);
-    eprintln!("FIGURES compaction_under_scan: 1 compaction past the pinned revision, clear error, second run complete (6000 entries)");
+    assert_eq!(r["summary"]["total"], 3000);
+    eprintln!("FIGURES compaction_under_scan: 1 compaction past the pinned revision, clear error, second run complete (3000 entries)");
 }
 
 #[tokio::test(flavor = "multi_thread")]
