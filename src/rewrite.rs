@@ -582,7 +582,7 @@ mod tests {
             Ok(self.0.lock().unwrap().keys.get(key).cloned())
         }
 
-        async fn backup(&self, _path: &Path) -> Result<u64, StoreError> {
+        async fn backup(&self, _path: &Path, _overwrite: bool) -> Result<u64, StoreError> {
             Ok(0)
         }
 

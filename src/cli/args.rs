@@ -240,6 +240,9 @@ pub(crate) struct RewriteArgs {
     #[arg(long, default_value_t = 64)]
     pub(crate) concurrency: usize,
     /// Save an etcd snapshot to FILE before writing anything (refuse to start if it fails).
+    /// The file holds every Secret in plaintext or under today's keys: it is created with mode
+    /// 0600 (written beside FILE, fsynced, then renamed), and an existing FILE is refused
+    /// unless --force.
     #[arg(long, value_name = "FILE")]
     pub(crate) backup: Option<PathBuf>,
     /// Allow an identity write provider: decrypt everything back to plaintext.
@@ -256,8 +259,8 @@ pub(crate) struct RewriteArgs {
     /// Offline: the new snapshot file to write.
     #[arg(long, value_name = "OUT", requires = "snapshot")]
     pub(crate) out: Option<PathBuf>,
-    /// Offline: overwrite OUT if it exists.
-    #[arg(long, requires = "out")]
+    /// Overwrite the --backup FILE or the offline --out file if it exists.
+    #[arg(long)]
     pub(crate) force: bool,
 }
 

@@ -176,8 +176,14 @@ pub trait WriteStore: ReadStore {
     /// Reads one key now (`None`: it does not exist).
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
 
-    /// Saves a full snapshot of the store to `path` (temp file, fsync, rename). Returns its size.
-    fn backup(&self, path: &Path) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Saves a full snapshot of the store to `path`: a temporary file of mode 0600 beside it,
+    /// fsync, then moved into place. An existing `path` is replaced only with `overwrite`.
+    /// Returns the snapshot's size.
+    fn backup(
+        &self,
+        path: &Path,
+        overwrite: bool,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Compacts the store's history up to `revision`.
     fn compact(&self, revision: i64) -> impl Future<Output = Result<(), StoreError>> + Send;

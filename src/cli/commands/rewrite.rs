@@ -2,8 +2,9 @@
 
 use atrest::offline::{rewrite_snapshot, OfflineError};
 use atrest::rewrite::{self, Observer, RewriteEntry, RewriteOptions, RewriteSummary};
+use atrest::store::etcd::EtcdError;
 use atrest::store::snapshot::Snapshot;
-use atrest::store::{ReadStore, WriteStore};
+use atrest::store::{ReadStore, StoreError, WriteStore};
 use indicatif::ProgressBar;
 
 use super::audit::connect;
@@ -32,12 +33,36 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     if let (Some(input), Some(out)) = (&args.snapshot, &args.out) {
         return offline(&chain, input, out, &args, format).await;
     }
+    if args.force && args.backup.is_none() && args.out.is_none() {
+        return Err(CliError::usage("--force needs --backup FILE or --out FILE"));
+    }
+    if let Some(path) = args
+        .backup
+        .as_deref()
+        .filter(|_| !args.dry_run && !args.force)
+    {
+        if path.symlink_metadata().is_ok() {
+            return Err(CliError::usage(format!(
+                "the backup file {} already exists; refusing to overwrite it",
+                path.display()
+            ))
+            .advice("choose a new file name, or pass --force to replace it"));
+        }
+    }
     let store = connect(&args.store).await?;
     if let Some(path) = &args.backup {
         if !args.dry_run {
-            let size = store.backup(path).await.map_err(|e| {
-                CliError::store(format!("backup to {} failed: {e}", path.display()))
-                    .advice("nothing was written; fix the backup path or drop --backup")
+            let size = store.backup(path, args.force).await.map_err(|e| match e {
+                StoreError::Etcd(EtcdError::Backup { path, source }) => {
+                    // A local file problem (exit 2), with the OS's reason.
+                    CliError::io(
+                        &format!("cannot write the backup {}", path.display()),
+                        source,
+                    )
+                    .advice("nothing was written to etcd; fix the backup path or drop --backup")
+                }
+                e => CliError::store(format!("backup to {} failed: {e}", path.display()))
+                    .advice("nothing was written to etcd; fix the backup path or drop --backup"),
             })?;
             eprintln!(
                 "Backup: {} ({size} bytes) saved before any write.",
