@@ -8,6 +8,7 @@ mod audit;
 mod bad_input;
 mod cli;
 mod etcd_store;
+mod first_run;
 mod harness;
 mod ops;
 mod rewrite;
