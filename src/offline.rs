@@ -167,6 +167,7 @@ pub async fn rewrite_snapshot(
                     from: found.state,
                     result,
                     error,
+                    conflicts_retried: 0,
                 });
             }
         } else if new_value.is_some() {

@@ -145,6 +145,14 @@ pub struct RewriteEntry {
     /// Why, for `skipped`, `failed` and `conflict` entries (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How many times a write lost the compare-and-swap because the key had changed, and the
+    /// entry was handled afresh from what etcd returned (absent when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicts_retried: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The outcome of a rewrite: counts, the revision the scan read, and every entry that was not
@@ -152,7 +160,8 @@ pub struct RewriteEntry {
 ///
 /// ```json
 /// {"scanned": 10, "rewritten": 7, "would_rewrite": 0, "already_current": 2, "skipped": 1,
-///  "conflicts": 0, "failed": 0, "deleted": 0, "interrupted": false, "revision": 1234,
+///  "conflicts": 0, "conflicts_retried": 3, "failed": 0, "deleted": 0, "interrupted": false,
+///  "revision": 1234,
 ///  "entries": [{"key": "/registry/secrets/default/db", "from": "plaintext", "result": "rewritten"}]}
 /// ```
 ///
@@ -169,8 +178,12 @@ pub struct RewriteSummary {
     pub already_current: u64,
     /// Entries not touched: `unknown-key`, `undecryptable`, `kms`.
     pub skipped: u64,
-    /// Entries left alone because they kept changing during the rewrite.
+    /// Entries abandoned because they kept changing during the rewrite (more than
+    /// [`RewriteOptions::max_conflict_retries`] lost compare-and-swaps, or one after shutdown).
     pub conflicts: u64,
+    /// Compare-and-swaps lost to a concurrent writer and retried from the entry etcd returned,
+    /// over all entries (most end `rewritten` or `already_current`; not part of `scanned`).
+    pub conflicts_retried: u64,
     /// Entries for which no verified new value could be produced (nothing written).
     pub failed: u64,
     /// Entries deleted between the scan and their rewrite.
@@ -187,6 +200,7 @@ pub struct RewriteSummary {
 impl RewriteSummary {
     fn add(&mut self, entry: RewriteEntry) {
         self.scanned += 1;
+        self.conflicts_retried += u64::from(entry.conflicts_retried);
         let count = match entry.result {
             EntryResult::Rewritten => &mut self.rewritten,
             EntryResult::WouldRewrite => &mut self.would_rewrite,
@@ -412,12 +426,16 @@ async fn rewrite_one<S: WriteStore + Sync>(
     let mut store_failures = 0u32;
     loop {
         let (found, plan) = chain.plan_rewrite(&entry.value, &entry.key);
+        // The conflicts before this attempt, each retried (a conflict that ends the loop below
+        // is not counted: it was not retried).
+        let retried = conflicts;
         let done = |result, error| {
             Ok(RewriteEntry {
                 key: key.clone(),
                 from: found.state,
                 result,
                 error,
+                conflicts_retried: retried,
             })
         };
         let new_value = match plan {
@@ -663,6 +681,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((s.scanned, s.conflicts), (3, 3));
+        // Each key lost three compare-and-swaps: two retried, the third abandoned it.
+        assert_eq!(s.conflicts_retried, 6);
         assert_eq!(s.entries[0].result, EntryResult::Conflict);
         assert!(s.entries[0].error.as_deref().unwrap().contains("3 times"));
         assert_eq!(s.verdict(), Verdict::Findings);
@@ -700,6 +720,7 @@ mod tests {
             from: State::Plaintext,
             result,
             error: None,
+            conflicts_retried: 0,
         }
     }
 

@@ -50,8 +50,9 @@ pub(crate) enum Command {
     CheckApiserver(CheckApiserverArgs),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
     Completions(CompletionsArgs),
-    /// Print the man page (roff) to standard output.
-    Man,
+    /// Print a man page (roff): atrest(1), or one subcommand's (`atrest man config rotate`);
+    /// `--dir DIR` writes every page (atrest.1, atrest-audit.1, …).
+    Man(ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,16 +93,20 @@ pub(crate) struct ConfigRotateArgs {
     /// The resource whose providers are edited.
     #[arg(long, default_value = "secrets")]
     pub(crate) resource: String,
-    /// Do not keep the previous file as FILE.bak.
+    /// Do not keep the previous file (as FILE.bak.N, N counting up, mode 0600).
     #[arg(long)]
     pub(crate) no_backup: bool,
+    /// prune: also remove a key that `--stage add` added and that was never promoted (undo the
+    /// add). Without it, prune refuses while such a key is there.
+    #[arg(long)]
+    pub(crate) discard_new: bool,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// prune: check an etcd snapshot or data file instead of a live etcd.
     #[arg(long, value_name = "FILE")]
     pub(crate) snapshot: Option<PathBuf>,
     /// prune: the key prefix whose entries must stay readable.
-    #[arg(long, default_value = "/registry/secrets/")]
+    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
 }
 
@@ -155,7 +160,7 @@ pub(crate) struct CryptArgs {
     pub(crate) etcd_key: String,
     /// Input file (`-` or absent: standard input).
     pub(crate) input: Option<PathBuf>,
-    /// Output file (absent: standard output).
+    /// Output file (absent or `-`: standard output; decrypt refuses a terminal unless `-`).
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
 }
@@ -191,12 +196,12 @@ pub(crate) struct StoreArgs {
     /// Client certificate's private key.
     #[arg(long, env = "ETCDCTL_KEY", value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
-    /// Connection timeout in seconds.
-    #[arg(long, default_value_t = 5)]
-    pub(crate) dial_timeout: u64,
-    /// Per-request timeout in seconds.
-    #[arg(long, default_value_t = 60)]
-    pub(crate) command_timeout: u64,
+    /// Connection timeout, as etcdctl writes it (2s, 500ms, 1m) or in plain seconds.
+    #[arg(long, default_value = "5s", value_parser = atrest::config::parse_timeout)]
+    pub(crate) dial_timeout: std::time::Duration,
+    /// Per-request timeout, as etcdctl writes it (5s, 1m) or in plain seconds.
+    #[arg(long, default_value = "60s", value_parser = atrest::config::parse_timeout)]
+    pub(crate) command_timeout: std::time::Duration,
     /// A kubeadm control-plane node: default to https://127.0.0.1:2379 with kube-apiserver's
     /// etcd client certificate under /etc/kubernetes/pki (flags given explicitly still win).
     #[arg(long)]
@@ -215,7 +220,7 @@ pub(crate) struct AuditArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Key prefix to audit.
-    #[arg(long, default_value = "/registry/secrets/")]
+    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
     /// Also fail (exit 1) on stale entries.
     #[arg(long)]
@@ -231,7 +236,7 @@ pub(crate) struct RewriteArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) config: PathBuf,
     /// Key prefix to rewrite.
-    #[arg(long, default_value = "/registry/secrets/")]
+    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
     /// Plan only: show what would be rewritten, write nothing.
     #[arg(long)]
@@ -275,7 +280,7 @@ pub(crate) struct StatusArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) config: PathBuf,
     /// Key prefix to scan.
-    #[arg(long, default_value = "/registry/secrets/")]
+    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
 }
 
@@ -305,4 +310,29 @@ pub(crate) struct CompletionsArgs {
     /// The shell.
     #[arg(value_enum)]
     pub(crate) shell: Shell,
+}
+
+/// A `--prefix` names a directory of keys: `/registry/configmaps` means `/registry/configmaps/`
+/// (without the slash it would also match `/registry/configmapsfoo/…` and split namespaces
+/// wrongly).
+fn prefix_dir(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!(
+            "{text:?} does not start with / (e.g. /registry/secrets/)"
+        ));
+    }
+    Ok(if text.ends_with('/') {
+        text.to_owned()
+    } else {
+        format!("{text}/")
+    })
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// The subcommand whose page to print (`audit`, `config rotate`, …).
+    pub(crate) command: Vec<String>,
+    /// Write every page, one file each (atrest.1, atrest-audit.1, …), into DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "command")]
+    pub(crate) dir: Option<PathBuf>,
 }

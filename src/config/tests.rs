@@ -1144,3 +1144,17 @@ fn deep_flow_nesting_is_refused_before_parsing() {
         Some(2)
     );
 }
+
+#[test]
+fn timeouts_parse_as_etcdctl_writes_them() {
+    use crate::config::parse_timeout;
+    use std::time::Duration;
+    assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+    assert!(parse_timeout("0s").unwrap_err().contains("not a positive"));
+    assert!(parse_timeout("-1s").unwrap_err().contains("not a positive"));
+    assert!(parse_timeout("2x").unwrap_err().contains("unknown unit"));
+    assert!(parse_timeout("").is_err());
+}

@@ -1,7 +1,6 @@
 //! `atrest audit`: entry by entry, what is plaintext, stale or unreadable.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use atrest::audit::{self, Observer, Report, ReportEntry, Verdict};
 use atrest::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_ENDPOINT};
@@ -51,8 +50,8 @@ pub(crate) fn etcd_options(args: &StoreArgs) -> EtcdOptions {
         cacert: args.cacert.clone().or_else(|| kubeadm(KUBEADM_CACERT)),
         cert: args.cert.clone().or_else(|| kubeadm(KUBEADM_CERT)),
         key: args.key.clone().or_else(|| kubeadm(KUBEADM_KEY)),
-        connect_timeout: Duration::from_secs(args.dial_timeout),
-        request_timeout: Duration::from_secs(args.command_timeout),
+        connect_timeout: args.dial_timeout,
+        request_timeout: args.command_timeout,
         ..EtcdOptions::default()
     }
 }
@@ -238,17 +237,18 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
     out += "\n";
     out += &match (r.verdict(args.strict), chain) {
         (Verdict::Clean, Some(_)) if r.summary.stale > 0 => format!(
-            "OK: nothing unreadable or plaintext; {} stale entries can be moved to the write key with `atrest rewrite`.\n",
-            r.summary.stale
+            "OK: nothing unreadable or plaintext; {} can be moved to the write key with `atrest rewrite`.\n",
+            output::count(r.summary.stale, "stale entry", "stale entries")
         ),
         (Verdict::Clean, _) => "OK: every entry is encrypted as configured.\n".to_owned(),
         (Verdict::Findings, Some(_)) => format!(
-            "FINDINGS: {findings} entries are plaintext or unreadable{}. Plaintext and stale entries can be re-encrypted with `atrest rewrite --config FILE`; unreadable ones need the key that wrote them.\n",
+            "FINDINGS: {} plaintext or unreadable{}. Plaintext and stale entries can be re-encrypted with `atrest rewrite --config FILE`; unreadable ones need the key that wrote them.\n",
+            output::count(findings, "entry is", "entries are"),
             if args.strict && r.summary.stale > 0 { format!(", {} stale", r.summary.stale) } else { String::new() }
         ),
         (Verdict::Findings, None) => format!(
-            "FINDINGS: {} entries are stored in plaintext. Configure encryption (`atrest config new`), restart kube-apiserver with it, then run `atrest rewrite`.\n",
-            r.summary.plaintext
+            "FINDINGS: {} stored in plaintext. Configure encryption (`atrest config new`), restart kube-apiserver with it, then run `atrest rewrite`.\n",
+            output::count(r.summary.plaintext, "entry is", "entries are")
         ),
     };
     out

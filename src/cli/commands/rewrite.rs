@@ -206,7 +206,8 @@ fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>) -> Str
         "rewritten",
         "already current",
         "skipped",
-        "conflicts",
+        "conflicts retried",
+        "abandoned",
         "failed",
         "deleted",
     ]);
@@ -215,6 +216,7 @@ fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>) -> Str
         s.rewritten.to_string(),
         s.already_current.to_string(),
         s.skipped.to_string(),
+        s.conflicts_retried.to_string(),
         s.conflicts.to_string(),
         s.failed.to_string(),
         s.deleted.to_string(),
