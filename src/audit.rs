@@ -438,6 +438,26 @@ pub async fn audit_snapshot(
     Ok(report)
 }
 
+/// Audits kine's SQLite file (k3s): the same report as a live audit through kine, plus
+/// `history`: every stored copy of an older value under the prefix, by state — superseded rows
+/// and delete rows until kine compacts, and the `old_value` copy that each row keeps of the
+/// value before it, which kine's compaction never clears (see [`crate::store::kine`]).
+/// `residue` (free database pages) is not read for SQLite files.
+pub async fn audit_kine(
+    db: &crate::store::kine::KineDb,
+    chain: Option<&Chain>,
+    prefix: &[u8],
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut report = audit(db, chain, prefix, observer).await?;
+    let mut history = Counts::default();
+    db.history(prefix, |_, entry| {
+        history.add(classify(chain, &entry.value, &entry.key).state);
+    })?;
+    report.history = Some(history);
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,13 @@ pub struct RewriteOptions {
     pub allow_decrypt: bool,
     /// How many conflicts one key may have before it is reported as `conflict` (default 5).
     pub max_conflict_retries: u32,
+    /// Write every rewritten key a second time, with the same new value. For kine (k3s's
+    /// datastore), whose every row keeps an `old_value` copy of the value before it — a copy
+    /// kine's compaction never clears: after one write the current row would keep the old
+    /// plaintext; after the second it keeps the new ciphertext, and compaction then removes
+    /// the row that held the plaintext (see [`crate::store::kine`]). Default off (etcd keeps no
+    /// such copy, and the second write would only double the history).
+    pub write_twice: bool,
 }
 
 impl Default for RewriteOptions {
@@ -75,6 +82,7 @@ impl Default for RewriteOptions {
             dry_run: false,
             allow_decrypt: false,
             max_conflict_retries: 5,
+            write_twice: false,
         }
     }
 }
@@ -445,11 +453,23 @@ async fn rewrite_one<S: WriteStore + Sync>(
             RewritePlan::Write(_) if opts.dry_run => return done(EntryResult::WouldRewrite, None),
             RewritePlan::Write(value) => value,
         };
+        let again = opts.write_twice.then(|| new_value.clone());
         match store
             .compare_and_put(&entry.key, entry.mod_revision, new_value, entry.lease)
             .await
         {
-            Ok(CasOutcome::Written { .. }) => return done(EntryResult::Rewritten, None),
+            Ok(CasOutcome::Written { mod_revision }) => {
+                if let Some(value) = again {
+                    // The same bytes on top of themselves: the store's copy of the previous
+                    // value is now this ciphertext. A conflict here means someone wrote after
+                    // us, which replaces the copy just as well; a store failure leaves the
+                    // first write, which is correct, with the copy until the key's next write.
+                    let _ = store
+                        .compare_and_put(&entry.key, mod_revision, value, entry.lease)
+                        .await;
+                }
+                return done(EntryResult::Rewritten, None);
+            }
             Ok(CasOutcome::Conflict { current: None }) => return done(EntryResult::Deleted, None),
             Ok(CasOutcome::Conflict {
                 current: Some(current),
@@ -652,6 +672,26 @@ mod tests {
         .unwrap();
         assert_eq!(empty.scanned, 0);
         assert_eq!(empty.verdict(), Verdict::Clean);
+    }
+
+    #[tokio::test]
+    async fn write_twice_writes_each_rewritten_key_again_with_the_same_bytes() {
+        let store = MemStore::with_plaintext(10);
+        let once = run(&store, RewriteOptions::default()).await.unwrap();
+        assert_eq!(once.rewritten, 10);
+        assert_eq!(store.0.lock().unwrap().writes, 10);
+        let store = MemStore::with_plaintext(10);
+        let opts = RewriteOptions {
+            write_twice: true,
+            ..RewriteOptions::default()
+        };
+        let twice = run(&store, opts).await.unwrap();
+        assert_eq!((twice.rewritten, twice.conflicts_retried), (10, 0));
+        let m = store.0.lock().unwrap();
+        assert_eq!(m.writes, 20);
+        for e in m.keys.values() {
+            assert_eq!(chain().classify(&e.value, &e.key).state, State::Current);
+        }
     }
 
     #[tokio::test]

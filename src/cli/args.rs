@@ -62,7 +62,7 @@ pub(crate) enum ConfigCommand {
     /// Validate a file the way kube-apiserver does, and warn about weak settings.
     Check(ConfigCheckArgs),
     /// Take one step of the documented key rotation: add a key, promote it, prune old keys.
-    Rotate(ConfigRotateArgs),
+    Rotate(Box<ConfigRotateArgs>),
 }
 
 /// Rotation stages.
@@ -103,8 +103,11 @@ pub(crate) struct ConfigRotateArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// prune: check an etcd snapshot or data file instead of a live etcd.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kine_db")]
     pub(crate) snapshot: Option<PathBuf>,
+    /// prune: check kine's SQLite file (k3s: /var/lib/rancher/k3s/server/db/state.db).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kine_db: Option<PathBuf>,
     /// prune: the key prefix whose entries must stay readable.
     #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
@@ -174,8 +177,11 @@ pub(crate) struct InspectArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) etcd_key: Option<String>,
     /// Read the value from an etcd snapshot or data file (needs --etcd-key).
-    #[arg(long, value_name = "FILE", conflicts_with = "input")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["input", "kine_db"])]
     pub(crate) snapshot: Option<PathBuf>,
+    /// Read the value from kine's SQLite file (k3s's state.db; needs --etcd-key).
+    #[arg(long, value_name = "FILE", conflicts_with = "input")]
+    pub(crate) kine_db: Option<PathBuf>,
     /// Input file holding the raw stored value (`-` or absent: standard input).
     pub(crate) input: Option<PathBuf>,
 }
@@ -214,8 +220,12 @@ pub(crate) struct AuditArgs {
     pub(crate) store: StoreArgs,
     /// Audit an etcd snapshot (`etcdctl snapshot save`) or a stopped member's `member/snap/db`
     /// instead of a live etcd.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kine_db")]
     pub(crate) snapshot: Option<PathBuf>,
+    /// Audit kine's SQLite file (k3s: /var/lib/rancher/k3s/server/db/state.db) instead of a
+    /// live etcd; its history includes the `old_value` copies kine keeps.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kine_db: Option<PathBuf>,
     /// The EncryptionConfiguration kube-apiserver runs with (without it: plaintext vs encrypted).
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
@@ -259,10 +269,14 @@ pub(crate) struct RewriteArgs {
     pub(crate) compact: bool,
     /// Offline: re-encrypt this etcd snapshot file into --out instead of a live etcd (every
     /// stored revision, no free pages; the input is never modified).
-    #[arg(long, value_name = "IN", requires = "out", conflicts_with_all = ["backup", "compact"])]
+    #[arg(long, value_name = "IN", requires = "out", conflicts_with_all = ["backup", "compact", "kine_db"])]
     pub(crate) snapshot: Option<PathBuf>,
-    /// Offline: the new snapshot file to write.
-    #[arg(long, value_name = "OUT", requires = "snapshot")]
+    /// Offline: re-encrypt kine's SQLite file (k3s's state.db) into --out instead (every row,
+    /// `old_value` copies included, then vacuumed; the input is never modified).
+    #[arg(long, value_name = "IN", requires = "out", conflicts_with_all = ["backup", "compact"])]
+    pub(crate) kine_db: Option<PathBuf>,
+    /// Offline: the new file to write.
+    #[arg(long, value_name = "OUT")]
     pub(crate) out: Option<PathBuf>,
     /// Overwrite the --backup FILE or the offline --out file if it exists.
     #[arg(long)]
@@ -274,8 +288,11 @@ pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// Read an etcd snapshot or a stopped member's `member/snap/db` instead of a live etcd.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kine_db")]
     pub(crate) snapshot: Option<PathBuf>,
+    /// Read kine's SQLite file (k3s: /var/lib/rancher/k3s/server/db/state.db) instead.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kine_db: Option<PathBuf>,
     /// The EncryptionConfiguration kube-apiserver runs with.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: PathBuf,

@@ -503,6 +503,9 @@ struct Member {
     client: Client,
     /// The KV client with the raised decoding limit.
     kv: KvClient,
+    /// The member is kine (k3s's etcd-API shim over SQL), not etcd: its status has no member
+    /// or cluster ID.
+    kine: bool,
 }
 
 struct Inner {
@@ -595,6 +598,13 @@ impl EtcdStore {
     /// The endpoints that answered at connect time, in the order given.
     pub fn endpoints(&self) -> impl Iterator<Item = &str> {
         self.inner.members.iter().map(|m| m.endpoint.as_str())
+    }
+
+    /// Whether the store is kine (k3s's datastore) rather than etcd: every member that answered
+    /// said so. kine has no maintenance snapshot and no alarms, and keeps an `old_value` copy
+    /// in every row (see [`crate::store::kine`]).
+    pub fn is_kine(&self) -> bool {
+        self.inner.members.iter().all(|m| m.kine)
     }
 
     /// Why the other endpoints were left out at connect time (for a warning).
@@ -1009,14 +1019,19 @@ async fn probe(
 ) -> Result<Member, EtcdError> {
     let attempt = async {
         let mut client = Client::connect([endpoint], Some(options)).await?;
-        client.status().await?;
-        Ok::<_, etcd_client::Error>(client)
+        let status = client.status().await?;
+        // etcd always names its member and cluster; kine answers with an empty header.
+        let kine = status
+            .header()
+            .is_none_or(|h| h.member_id() == 0 && h.cluster_id() == 0);
+        Ok::<_, etcd_client::Error>((client, kine))
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(client)) => Ok(Member {
+        Ok(Ok((client, kine))) => Ok(Member {
             endpoint: endpoint.to_owned(),
             kv: client.kv_client().max_decoding_message_size(max_page_bytes),
             client,
+            kine,
         }),
         Ok(Err(error)) => {
             let (mut kind, mut detail) = classify(&error);

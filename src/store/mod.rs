@@ -16,6 +16,7 @@ use std::path::Path;
 use thiserror::Error;
 
 pub mod etcd;
+pub mod kine;
 pub mod snapshot;
 
 /// One key as stored in etcd: the raw value plus the revision bookkeeping a rewrite needs.
@@ -85,6 +86,9 @@ pub enum StoreError {
     /// The snapshot or data file could not be read.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
+    /// kine's SQLite file could not be read.
+    #[error(transparent)]
+    Kine(#[from] kine::KineError),
     /// The scan was stopped by its visitor.
     #[error("scan stopped")]
     Stopped,

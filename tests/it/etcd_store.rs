@@ -156,7 +156,7 @@ async fn a_scan_reads_one_revision_while_etcd_is_written() {
     // Writes during the scan: a later key changes, one is deleted, one is added.
     let later = before[2000].key.clone();
     put_raw(&mut client, &later, b"changed during the scan").await;
-    client.delete(before[2400].key.clone(), None).await.unwrap();
+    crate::common::delete_key(&mut client, before[2400].key.clone()).await;
     put_raw(&mut client, b"/registry/secrets/zz/new", b"new").await;
 
     read_rest_pinned(&store, &mut seen, pinned).await;
@@ -235,7 +235,7 @@ async fn a_scan_split_at_namespaces_equals_one_full_get_at_one_revision() {
     let mut seen = first.entries;
     let later = before[8000].key.clone();
     put_raw(&mut client, &later, b"changed during the scan").await;
-    client.delete(before[8500].key.clone(), None).await.unwrap();
+    crate::common::delete_key(&mut client, before[8500].key.clone()).await;
     put_raw(&mut client, b"/registry/secrets/empty/new", b"new").await;
     put_raw(&mut client, b"/registry/secrets/m/new", b"new").await;
     let mut end = seen.len();
@@ -330,7 +330,7 @@ async fn compare_and_put_keeps_the_lease_and_reports_conflicts() {
     assert_eq!(store.get(&key).await.unwrap().unwrap().value, b"new");
 
     // A deleted key.
-    client.delete(key.clone(), None).await.unwrap();
+    crate::common::delete_key(&mut client, key.clone()).await;
     let outcome = store
         .compare_and_put(&key, now.mod_revision, b"again".to_vec(), lease)
         .await

@@ -10,6 +10,7 @@ mod cli;
 mod etcd_store;
 mod first_run;
 mod harness;
+mod kine;
 mod ops;
 mod rewrite;
 mod rewrite_cli;

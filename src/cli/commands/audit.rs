@@ -92,15 +92,19 @@ pub(crate) async fn run(args: AuditArgs, format: Option<OutputFormat>) -> Result
     };
     let bar = Progress(output::progress("auditing"));
     let prefix = args.prefix.as_bytes();
-    let report = match &args.snapshot {
-        Some(path) => {
+    let report = match (&args.snapshot, &args.kine_db) {
+        (None, Some(path)) => {
+            let db = super::open_kine(path)?;
+            audit::audit_kine(&db, chain.as_ref(), prefix, &bar).await?
+        }
+        (Some(path), _) => {
             let snap = Snapshot::open(path).map_err(|e| {
                 CliError::from(atrest::store::StoreError::from(e))
                     .advice("pass a file written by `etcdctl snapshot save`, or the `member/snap/db` of a stopped etcd")
             })?;
             audit::audit_snapshot(&snap, chain.as_ref(), prefix, &bar).await?
         }
-        None => {
+        (None, None) => {
             let store = connect(&args.store).await?;
             audit::audit(&store, chain.as_ref(), prefix, &bar).await?
         }
@@ -209,14 +213,24 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
 
     if let Some(h) = &r.history {
         let exposed = h.plaintext + h.stale + h.unknown_key + h.undecryptable;
-        out +=
-            &format!(
-            "\nHistory: {} older revisions under the prefix are still stored ({} plaintext{}).\n",
+        out += &format!(
+            "\nHistory: {} older {} under the prefix are still stored ({} plaintext{}).\n",
             h.total,
+            if args.kine_db.is_some() {
+                "copies (rows and old_value)"
+            } else {
+                "revisions"
+            },
             h.plaintext,
-            if chain.is_some() { format!(", {} under other keys", h.stale) } else { String::new() }
+            if chain.is_some() {
+                format!(", {} under other keys", h.stale)
+            } else {
+                String::new()
+            }
         );
-        if exposed > 0 {
+        if exposed > 0 && args.kine_db.is_some() {
+            out += "  kine keeps older rows until it compacts (k3s: every 5 minutes), and each row's old_value\n  copy of the value before it until the key is written again: compaction does not clear it.\n";
+        } else if exposed > 0 {
             out += &format!(
                 "  They stay until compaction: `etcdctl compact {}` (kube-apiserver compacts every 5 minutes by default).\n",
                 r.revision

@@ -20,7 +20,7 @@ pub(crate) fn run(cmd: ConfigCommand, format: Option<OutputFormat>) -> Result<Ex
             .enable_all()
             .build()
             .map_err(|e| CliError::internal(format!("cannot start the async runtime: {e}")))?
-            .block_on(super::rotate::run(a, format)),
+            .block_on(super::rotate::run(*a, format)),
     }
 }
 

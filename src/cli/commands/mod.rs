@@ -46,6 +46,20 @@ pub(crate) fn invalid_config(file: &str, e: &ConfigError) -> CliError {
     cli
 }
 
+/// Opens kine's SQLite file (`--kine-db`); failures are exit 3 with what to do.
+pub(crate) fn open_kine(path: &std::path::Path) -> Result<atrest::store::kine::KineDb, CliError> {
+    atrest::store::kine::KineDb::open(path).map_err(|e| {
+        let advice = e.advice();
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text += &format!(": {cause}");
+            source = cause.source();
+        }
+        CliError::store(text).advice(advice)
+    })
+}
+
 /// The error for a file atrest could not write (exit 2: a local path, not the store): the
 /// path and the operating system's reason.
 pub(crate) fn write_error(file: &std::path::Path, e: ConfigError) -> CliError {

@@ -172,12 +172,15 @@ pub(crate) async fn run(
             let after_config = Config::from_model(model.clone())?;
             let after = chain_for(&after_config, &args.resource, file)?;
             let prefix = args.prefix.as_bytes();
-            let PruneCheck { blocked, lost } = match &args.snapshot {
-                Some(path) => {
+            let PruneCheck { blocked, lost } = match (&args.snapshot, &args.kine_db) {
+                (None, Some(path)) => {
+                    prune_check(&super::open_kine(path)?, &before, &after, prefix).await?
+                }
+                (Some(path), _) => {
                     let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
                     prune_check(&snap, &before, &after, prefix).await?
                 }
-                None => {
+                (None, None) => {
                     let store = connect(&args.store).await?;
                     prune_check(&store, &before, &after, prefix).await?
                 }

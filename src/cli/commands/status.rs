@@ -15,15 +15,16 @@ use crate::cli::{prometheus, CliError, Exit};
 pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
     let chain = load_chain(&args.config, &args.prefix)?;
     let prefix = args.prefix.as_bytes();
-    let status = match &args.snapshot {
-        Some(path) => {
+    let status = match (&args.snapshot, &args.kine_db) {
+        (None, Some(path)) => status::status(&super::open_kine(path)?, &chain, prefix).await?,
+        (Some(path), _) => {
             let snap = Snapshot::open(path).map_err(|e| {
                 CliError::from(atrest::store::StoreError::from(e))
                     .advice("pass a file written by `etcdctl snapshot save`, or the `member/snap/db` of a stopped etcd")
             })?;
             status::status(&snap, &chain, prefix).await?
         }
-        None => {
+        (None, None) => {
             let store = connect(&args.store).await?;
             status::status(&store, &chain, prefix).await?
         }
