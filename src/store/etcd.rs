@@ -894,16 +894,31 @@ impl EtcdStore {
     }
 
     async fn compact_to(&self, revision: i64) -> Result<(), EtcdError> {
-        self.call(|m| {
-            let mut kv = m.kv.clone();
-            async move {
-                kv.compact(revision, Some(CompactionOptions::new().with_physical()))
-                    .await
+        // kine learns its newest revision by polling its table, so right after a write it can
+        // call that revision "a future revision" for a moment: retry for a few seconds.
+        let mut future_tries = 0;
+        loop {
+            let result = self
+                .call(|m| {
+                    let mut kv = m.kv.clone();
+                    async move {
+                        kv.compact(revision, Some(CompactionOptions::new().with_physical()))
+                            .await
+                    }
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                // Someone (kube-apiserver's compactor, an earlier run) already compacted at or
+                // past this revision: what was asked for is done.
+                Err(f) if f.kind == Kind::Compacted => return Ok(()),
+                Err(f) if f.detail.contains("future revision") && future_tries < 50 => {
+                    future_tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(f) => return Err(f.into_error("compact")),
             }
-        })
-        .await
-        .map_err(|f| f.into_error("compact"))?;
-        Ok(())
+        }
     }
 
     async fn save_snapshot(&self, path: &Path, overwrite: bool) -> Result<u64, EtcdError> {

@@ -466,3 +466,32 @@ async fn counts_and_prefixes_read_as_an_operator_writes_them() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rewrite_compact_twice_is_not_an_error() {
+    // The second run compacts at a revision already compacted: done, not a failure.
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "enc.yaml", TWO_KEYS);
+    let mut client = server.client().await;
+    put_raw(
+        &mut client,
+        b"/registry/secrets/team-a/db",
+        &crate::audit::stored_secret(),
+    )
+    .await;
+    for run_no in 1..=2 {
+        let (code, _, err) = run(atrest()
+            .args([
+                "rewrite",
+                "--compact",
+                "-o",
+                "json",
+                "--endpoints",
+                &server.endpoint,
+            ])
+            .arg("--config")
+            .arg(&config));
+        assert_eq!(code, 0, "run {run_no}: {err}");
+    }
+}
