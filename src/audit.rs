@@ -353,28 +353,51 @@ pub fn kind_of_resource(resource: &str) -> Option<&'static str> {
     }
 }
 
-/// The entries `before` can read but `after` cannot: what removing keys (`config rotate
-/// --stage prune`) would make unreadable. Empty means the change is safe for this store.
+/// What removing keys (`config rotate --stage prune`) would do to a store: the chain
+/// `before` the edit against the chain `after` it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PruneCheck {
+    /// Entries `before` reads and `after` cannot: the prune must wait until they are
+    /// rewritten. Empty means the change is safe for this store.
+    pub blocked: Vec<ReportEntry>,
+    /// Entries no key reads either way that name a key `before` has and `after` lacks: already
+    /// undecryptable, they are lost for good once that key is gone (a key that was wrong for
+    /// them cannot be tried again).
+    pub lost: Vec<ReportEntry>,
+}
+
+/// Scans `prefix` once and sorts out what removing keys would do (see [`PruneCheck`]).
+pub async fn prune_check<S: ReadStore + Sync>(
+    store: &S,
+    before: &Chain,
+    after: &Chain,
+    prefix: &[u8],
+) -> Result<PruneCheck, StoreError> {
+    let mut auditor = Auditor::new(Some(before), prefix);
+    let mut check = PruneCheck::default();
+    store
+        .scan(prefix, |entry| {
+            let now = before.classify(&entry.value, &entry.key);
+            let then = after.classify(&entry.value, &entry.key);
+            if now.readable == Some(true) && then.readable != Some(true) {
+                check.blocked.push(auditor.add(&entry).clone());
+            } else if now.state == State::Undecryptable && then.state == State::UnknownKey {
+                check.lost.push(auditor.add(&entry).clone());
+            }
+            true
+        })
+        .await?;
+    Ok(check)
+}
+
+/// The entries `before` can read but `after` cannot ([`PruneCheck::blocked`]).
 pub async fn unreadable_after<S: ReadStore + Sync>(
     store: &S,
     before: &Chain,
     after: &Chain,
     prefix: &[u8],
 ) -> Result<Vec<ReportEntry>, StoreError> {
-    let mut lost = Auditor::new(Some(before), prefix);
-    let mut blocked = Vec::new();
-    store
-        .scan(prefix, |entry| {
-            let now = before.classify(&entry.value, &entry.key);
-            if now.readable == Some(true)
-                && after.classify(&entry.value, &entry.key).readable != Some(true)
-            {
-                blocked.push(lost.add(&entry).clone());
-            }
-            true
-        })
-        .await?;
-    Ok(blocked)
+    Ok(prune_check(store, before, after, prefix).await?.blocked)
 }
 
 /// Counts stored objects (`k8s\0` + runtime.Unknown envelope) of `kind` (any kind when `None`)
@@ -420,6 +443,26 @@ pub async fn audit_snapshot(
         .sum();
     report.history = Some(history);
     report.residue = Some(Residue { plaintext: residue });
+    Ok(report)
+}
+
+/// Audits kine's SQLite file (k3s): the same report as a live audit through kine, plus
+/// `history`: every stored copy of an older value under the prefix, by state — superseded rows
+/// and delete rows until kine compacts, and the `old_value` copy that each row keeps of the
+/// value before it, which kine's compaction never clears (see [`crate::store::kine`]).
+/// `residue` (free database pages) is not read for SQLite files.
+pub async fn audit_kine(
+    db: &crate::store::kine::KineDb,
+    chain: Option<&Chain>,
+    prefix: &[u8],
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut report = audit(db, chain, prefix, observer).await?;
+    let mut history = Counts::default();
+    db.history(prefix, |_, entry| {
+        history.add(classify(chain, &entry.value, &entry.key).state);
+    })?;
+    report.history = Some(history);
     Ok(report)
 }
 

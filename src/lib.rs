@@ -33,6 +33,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod apiserver;
+mod atomic_file;
 pub mod audit;
 pub mod config;
 pub mod inspect;

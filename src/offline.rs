@@ -18,6 +18,7 @@ use crate::audit::{classify, count_plaintext_objects, kind_of_resource, resource
 use crate::audit::{Counts, Verdict};
 use crate::provider::Provider;
 use crate::rewrite::{EntryResult, RewriteEntry};
+use crate::store::kine::{KineDb, RowValue};
 use crate::store::snapshot::{write_snapshot, Snapshot, SnapshotError};
 use crate::store::{ReadStore, StoreError};
 use crate::transform::{Chain, RewritePlan};
@@ -167,6 +168,7 @@ pub async fn rewrite_snapshot(
                     from: found.state,
                     result,
                     error,
+                    conflicts_retried: 0,
                 });
             }
         } else if new_value.is_some() {
@@ -220,6 +222,122 @@ pub async fn rewrite_snapshot(
         .free_runs()
         .map(|(_, b)| count_plaintext_objects(b, kind))
         .sum();
+    s.after = after;
+    s.after_history = after_history;
+    Ok(s)
+}
+/// Rewrites kine's SQLite file `input` into `output`: every row under the prefix — newest
+/// values, older rows, delete rows and every `old_value` copy — is planned with
+/// [`Chain::plan_rewrite`] (verified before it is used), written into a vacuumed copy (see
+/// [`KineDb::write_copy`]), and the copy is then re-read and audited. `input` is never modified.
+pub async fn rewrite_kine(
+    input: &KineDb,
+    output: &Path,
+    overwrite: bool,
+    chain: &Chain,
+    prefix: &[u8],
+    allow_decrypt: bool,
+) -> Result<OfflineSummary, OfflineError> {
+    match &chain.write_entry().provider {
+        Provider::Identity(_) if !allow_decrypt => return Err(OfflineError::IdentityWrite),
+        Provider::Kms(_) => return Err(OfflineError::KmsWrite),
+        _ => {}
+    }
+    let same = match (input.path().canonicalize(), output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(OfflineError::SameFile(output.to_path_buf()));
+    }
+    let mut s = OfflineSummary {
+        input: input.path().display().to_string(),
+        output: output.display().to_string(),
+        revision: input.revision(),
+        scanned: 0,
+        rewritten: 0,
+        already_current: 0,
+        skipped: 0,
+        failed: 0,
+        history_rewritten: 0,
+        history_left: 0,
+        after: Counts::default(),
+        after_history: Counts::default(),
+        after_residue: 0,
+        entries: Vec::new(),
+    };
+    input
+        .write_copy(output, overwrite, prefix, |which, entry| {
+            let (found, plan) = chain.plan_rewrite(&entry.value, &entry.key);
+            let (result, error, new_value) = match plan {
+                RewritePlan::Write(v) => (EntryResult::Rewritten, None, Some(v)),
+                RewritePlan::AlreadyCurrent => (EntryResult::AlreadyCurrent, None, None),
+                RewritePlan::Skip => (EntryResult::Skipped, found.error.clone(), None),
+                RewritePlan::Failed(why) => (EntryResult::Failed, Some(why), None),
+            };
+            if which == RowValue::Newest {
+                s.scanned += 1;
+                match result {
+                    EntryResult::Rewritten => s.rewritten += 1,
+                    EntryResult::AlreadyCurrent => s.already_current += 1,
+                    EntryResult::Skipped => s.skipped += 1,
+                    _ => s.failed += 1,
+                }
+                if result != EntryResult::AlreadyCurrent {
+                    s.entries.push(RewriteEntry {
+                        key: String::from_utf8_lossy(&entry.key).into_owned(),
+                        from: found.state,
+                        result,
+                        error,
+                        conflicts_retried: 0,
+                    });
+                }
+            } else if new_value.is_some() {
+                s.history_rewritten += 1;
+            } else if result != EntryResult::AlreadyCurrent {
+                s.history_left += 1;
+            }
+            new_value
+        })
+        .map_err(|e| OfflineError::Scan(format!("{e}")))?;
+    s.entries.sort_by(|a, b| a.key.cmp(&b.key));
+
+    // Audit what was written: every key of the input is there, in the states it now has.
+    let written = KineDb::open(output).map_err(|e| OfflineError::Scan(e.to_string()))?;
+    let mut after = Counts::default();
+    let mut after_history = Counts::default();
+    written
+        .history(prefix, |_, e| {
+            after_history.add(classify(Some(chain), &e.value, &e.key).state)
+        })
+        .map_err(|e| OfflineError::Scan(e.to_string()))?;
+    let mut lost = None;
+    let mut lookup = None;
+    input
+        .scan(prefix, |old| {
+            match written.get(&old.key) {
+                Ok(Some(e)) => after.add(classify(Some(chain), &e.value, &e.key).state),
+                Ok(None) => {
+                    lost.get_or_insert(String::from_utf8_lossy(&old.key).into_owned());
+                }
+                Err(e) => {
+                    lookup.get_or_insert(e);
+                }
+            }
+            true
+        })
+        .await
+        .map_err(|e| OfflineError::Scan(e.to_string()))?;
+    if let Some(e) = lookup {
+        return Err(OfflineError::Scan(e.to_string()));
+    }
+    if let Some(key) = lost {
+        return Err(OfflineError::Lost(key));
+    }
+    // A vacuumed file has no free pages; any would be pages that may hold old bytes.
+    s.after_residue = written
+        .free_pages()
+        .map_err(|e| OfflineError::Scan(e.to_string()))?;
     s.after = after;
     s.after_history = after_history;
     Ok(s)

@@ -75,6 +75,13 @@ pub struct RewriteOptions {
     /// at a new revision: each entry is still written only if it did not change since it was
     /// read.
     pub compact_every: Option<u64>,
+    /// Write every rewritten key a second time, with the same new value. For kine (k3s's
+    /// datastore), whose every row keeps an `old_value` copy of the value before it — a copy
+    /// kine's compaction never clears: after one write the current row would keep the old
+    /// plaintext; after the second it keeps the new ciphertext, and compaction then removes
+    /// the row that held the plaintext (see [`crate::store::kine`]). Default off (etcd keeps no
+    /// such copy, and the second write would only double the history).
+    pub write_twice: bool,
 }
 
 impl Default for RewriteOptions {
@@ -86,6 +93,7 @@ impl Default for RewriteOptions {
             allow_decrypt: false,
             max_conflict_retries: 5,
             compact_every: None,
+            write_twice: false,
         }
     }
 }
@@ -156,6 +164,14 @@ pub struct RewriteEntry {
     /// Why, for `skipped`, `failed` and `conflict` entries (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How many times a write lost the compare-and-swap because the key had changed, and the
+    /// entry was handled afresh from what etcd returned (absent when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicts_retried: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The outcome of a rewrite: counts, the revision the scan read, and every entry that was not
@@ -163,8 +179,8 @@ pub struct RewriteEntry {
 ///
 /// ```json
 /// {"scanned": 10, "rewritten": 7, "would_rewrite": 0, "already_current": 2, "skipped": 1,
-///  "conflicts": 0, "failed": 0, "deleted": 0, "interrupted": false, "revision": 1234,
-///  "compactions": 0,
+///  "conflicts": 0, "conflicts_retried": 3, "failed": 0, "deleted": 0, "interrupted": false,
+///  "revision": 1234, "compactions": 0,
 ///  "entries": [{"key": "/registry/secrets/default/db", "from": "plaintext", "result": "rewritten"}]}
 /// ```
 ///
@@ -183,8 +199,12 @@ pub struct RewriteSummary {
     pub already_current: u64,
     /// Entries not touched: `unknown-key`, `undecryptable`, `kms`.
     pub skipped: u64,
-    /// Entries left alone because they kept changing during the rewrite.
+    /// Entries abandoned because they kept changing during the rewrite (more than
+    /// [`RewriteOptions::max_conflict_retries`] lost compare-and-swaps, or one after shutdown).
     pub conflicts: u64,
+    /// Compare-and-swaps lost to a concurrent writer and retried from the entry etcd returned,
+    /// over all entries (most end `rewritten` or `already_current`; not part of `scanned`).
+    pub conflicts_retried: u64,
     /// Entries for which no verified new value could be produced (nothing written).
     pub failed: u64,
     /// Entries deleted between the scan and their rewrite.
@@ -213,6 +233,7 @@ pub struct RewriteSummary {
 impl RewriteSummary {
     fn add(&mut self, entry: RewriteEntry) {
         self.scanned += 1;
+        self.conflicts_retried += u64::from(entry.conflicts_retried);
         let count = match entry.result {
             EntryResult::Rewritten => &mut self.rewritten,
             EntryResult::WouldRewrite => &mut self.would_rewrite,
@@ -470,6 +491,9 @@ async fn rewrite_one<S: WriteStore + Sync>(
     let mut store_failures = 0u32;
     loop {
         let (found, plan) = chain.plan_rewrite(&entry.value, &entry.key);
+        // The conflicts before this attempt, each retried (a conflict that ends the loop below
+        // is not counted: it was not retried).
+        let retried = conflicts;
         let done = |result, error| {
             Ok((
                 RewriteEntry {
@@ -477,6 +501,7 @@ async fn rewrite_one<S: WriteStore + Sync>(
                     from: found.state,
                     result,
                     error,
+                    conflicts_retried: retried,
                 },
                 None,
             ))
@@ -488,12 +513,22 @@ async fn rewrite_one<S: WriteStore + Sync>(
             RewritePlan::Write(_) if opts.dry_run => return done(EntryResult::WouldRewrite, None),
             RewritePlan::Write(value) => value,
         };
+        let again = opts.write_twice.then(|| new_value.clone());
         match store
             .compare_and_put(&entry.key, entry.mod_revision, new_value, entry.lease)
             .await
         {
             Ok(CasOutcome::Written { mod_revision }) => {
-                return done(EntryResult::Rewritten, None).map(|(e, _)| (e, Some(mod_revision)))
+                if let Some(value) = again {
+                    // The same bytes on top of themselves: the store's copy of the previous
+                    // value is now this ciphertext. A conflict here means someone wrote after
+                    // us, which replaces the copy just as well; a store failure leaves the
+                    // first write, which is correct, with the copy until the key's next write.
+                    let _ = store
+                        .compare_and_put(&entry.key, mod_revision, value, entry.lease)
+                        .await;
+                }
+                return done(EntryResult::Rewritten, None).map(|(e, _)| (e, Some(mod_revision)));
             }
             Ok(CasOutcome::Conflict { current: None }) => return done(EntryResult::Deleted, None),
             Ok(CasOutcome::Conflict {
@@ -646,7 +681,7 @@ mod tests {
             Ok(self.0.lock().unwrap().keys.get(key).cloned())
         }
 
-        async fn backup(&self, _path: &Path) -> Result<u64, StoreError> {
+        async fn backup(&self, _path: &Path, _overwrite: bool) -> Result<u64, StoreError> {
             Ok(0)
         }
 
@@ -701,6 +736,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn write_twice_writes_each_rewritten_key_again_with_the_same_bytes() {
+        let store = MemStore::with_plaintext(10);
+        let once = run(&store, RewriteOptions::default()).await.unwrap();
+        assert_eq!(once.rewritten, 10);
+        assert_eq!(store.0.lock().unwrap().writes, 10);
+        let store = MemStore::with_plaintext(10);
+        let opts = RewriteOptions {
+            write_twice: true,
+            ..RewriteOptions::default()
+        };
+        let twice = run(&store, opts).await.unwrap();
+        assert_eq!((twice.rewritten, twice.conflicts_retried), (10, 0));
+        let m = store.0.lock().unwrap();
+        assert_eq!(m.writes, 20);
+        for e in m.keys.values() {
+            assert_eq!(chain().classify(&e.value, &e.key).state, State::Current);
+        }
+    }
+
+    #[tokio::test]
     async fn a_shutdown_before_the_first_page_writes_nothing() {
         let store = MemStore::with_plaintext(20);
         let opts = RewriteOptions::default();
@@ -727,6 +782,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((s.scanned, s.conflicts), (3, 3));
+        // Each key lost three compare-and-swaps: two retried, the third abandoned it.
+        assert_eq!(s.conflicts_retried, 6);
         assert_eq!(s.entries[0].result, EntryResult::Conflict);
         assert!(s.entries[0].error.as_deref().unwrap().contains("3 times"));
         assert_eq!(s.verdict(), Verdict::Findings);
@@ -764,6 +821,7 @@ mod tests {
             from: State::Plaintext,
             result,
             error: None,
+            conflicts_retried: 0,
         }
     }
 

@@ -216,15 +216,16 @@ impl<'a> StatusBuilder<'a> {
                 })
                 .collect();
             reasons.push(format!(
-                "{} entries are encrypted with keys the config does not have: {}; put those keys back (after the write key) or restore the entries",
-                s.unknown_key,
+                "{} encrypted with keys the config does not have: {}; put those keys back (after the write key) or restore the entries",
+                if s.unknown_key == 1 { "1 entry is".to_owned() } else { format!("{} entries are", s.unknown_key) },
                 names.join(", ")
             ));
         }
         if s.undecryptable > 0 {
             reasons.push(format!(
-                "{} entries name a configured key but do not decrypt with it (wrong key material or damaged values); `atrest audit` lists them",
-                s.undecryptable
+                "{} a configured key but {} not decrypt with it (wrong key material or damaged values); `atrest audit` lists them",
+                if s.undecryptable == 1 { "1 entry names".to_owned() } else { format!("{} entries name", s.undecryptable) },
+                if s.undecryptable == 1 { "does" } else { "do" }
             ));
         }
         let apiserver_reads_all = reasons.is_empty();

@@ -50,8 +50,9 @@ pub(crate) enum Command {
     CheckApiserver(CheckApiserverArgs),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
     Completions(CompletionsArgs),
-    /// Print the man page (roff) to standard output.
-    Man,
+    /// Print a man page (roff): atrest(1), or one subcommand's (`atrest man config rotate`);
+    /// `--dir DIR` writes every page (atrest.1, atrest-audit.1, …).
+    Man(ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,7 +62,7 @@ pub(crate) enum ConfigCommand {
     /// Validate a file the way kube-apiserver does, and warn about weak settings.
     Check(ConfigCheckArgs),
     /// Take one step of the documented key rotation: add a key, promote it, prune old keys.
-    Rotate(ConfigRotateArgs),
+    Rotate(Box<ConfigRotateArgs>),
 }
 
 /// Rotation stages.
@@ -92,16 +93,23 @@ pub(crate) struct ConfigRotateArgs {
     /// The resource whose providers are edited.
     #[arg(long, default_value = "secrets")]
     pub(crate) resource: String,
-    /// Do not keep the previous file as FILE.bak.
+    /// Do not keep the previous file (as FILE.bak.N, N counting up, mode 0600).
     #[arg(long)]
     pub(crate) no_backup: bool,
+    /// prune: also remove a key that `--stage add` added and that was never promoted (undo the
+    /// add). Without it, prune refuses while such a key is there.
+    #[arg(long)]
+    pub(crate) discard_new: bool,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// prune: check an etcd snapshot or data file instead of a live etcd.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kine_db")]
     pub(crate) snapshot: Option<PathBuf>,
+    /// prune: check kine's SQLite file (k3s: /var/lib/rancher/k3s/server/db/state.db).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kine_db: Option<PathBuf>,
     /// prune: the key prefix whose entries must stay readable.
-    #[arg(long, default_value = "/registry/secrets/")]
+    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
 }
 
@@ -155,7 +163,7 @@ pub(crate) struct CryptArgs {
     pub(crate) etcd_key: String,
     /// Input file (`-` or absent: standard input).
     pub(crate) input: Option<PathBuf>,
-    /// Output file (absent: standard output).
+    /// Output file (absent or `-`: standard output; decrypt refuses a terminal unless `-`).
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
 }
@@ -169,8 +177,11 @@ pub(crate) struct InspectArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) etcd_key: Option<String>,
     /// Read the value from an etcd snapshot or data file (needs --etcd-key).
-    #[arg(long, value_name = "FILE", conflicts_with = "input")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["input", "kine_db"])]
     pub(crate) snapshot: Option<PathBuf>,
+    /// Read the value from kine's SQLite file (k3s's state.db; needs --etcd-key).
+    #[arg(long, value_name = "FILE", conflicts_with = "input")]
+    pub(crate) kine_db: Option<PathBuf>,
     /// Input file holding the raw stored value (`-` or absent: standard input).
     pub(crate) input: Option<PathBuf>,
 }
@@ -191,12 +202,12 @@ pub(crate) struct StoreArgs {
     /// Client certificate's private key.
     #[arg(long, env = "ETCDCTL_KEY", value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
-    /// Connection timeout in seconds.
-    #[arg(long, default_value_t = 5)]
-    pub(crate) dial_timeout: u64,
-    /// Per-request timeout in seconds.
-    #[arg(long, default_value_t = 60)]
-    pub(crate) command_timeout: u64,
+    /// Connection timeout, as etcdctl writes it (2s, 500ms, 1m) or in plain seconds.
+    #[arg(long, default_value = "5s", value_parser = atrest::config::parse_timeout)]
+    pub(crate) dial_timeout: std::time::Duration,
+    /// Per-request timeout, as etcdctl writes it (5s, 1m) or in plain seconds.
+    #[arg(long, default_value = "60s", value_parser = atrest::config::parse_timeout)]
+    pub(crate) command_timeout: std::time::Duration,
     /// A kubeadm control-plane node: default to https://127.0.0.1:2379 with kube-apiserver's
     /// etcd client certificate under /etc/kubernetes/pki (flags given explicitly still win).
     #[arg(long)]
@@ -209,13 +220,17 @@ pub(crate) struct AuditArgs {
     pub(crate) store: StoreArgs,
     /// Audit an etcd snapshot (`etcdctl snapshot save`) or a stopped member's `member/snap/db`
     /// instead of a live etcd.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kine_db")]
     pub(crate) snapshot: Option<PathBuf>,
+    /// Audit kine's SQLite file (k3s: /var/lib/rancher/k3s/server/db/state.db) instead of a
+    /// live etcd; its history includes the `old_value` copies kine keeps.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kine_db: Option<PathBuf>,
     /// The EncryptionConfiguration kube-apiserver runs with (without it: plaintext vs encrypted).
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Key prefix to audit.
-    #[arg(long, default_value = "/registry/secrets/")]
+    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
     /// Also fail (exit 1) on stale entries.
     #[arg(long)]
@@ -231,7 +246,7 @@ pub(crate) struct RewriteArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) config: PathBuf,
     /// Key prefix to rewrite.
-    #[arg(long, default_value = "/registry/secrets/")]
+    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
     /// Plan only: show what would be rewritten, write nothing.
     #[arg(long)]
@@ -240,6 +255,9 @@ pub(crate) struct RewriteArgs {
     #[arg(long, default_value_t = 64)]
     pub(crate) concurrency: usize,
     /// Save an etcd snapshot to FILE before writing anything (refuse to start if it fails).
+    /// The file holds every Secret in plaintext or under today's keys: it is created with mode
+    /// 0600 (written beside FILE, fsynced, then renamed), and an existing FILE is refused
+    /// unless --force.
     #[arg(long, value_name = "FILE")]
     pub(crate) backup: Option<PathBuf>,
     /// Allow an identity write provider: decrypt everything back to plaintext.
@@ -267,13 +285,17 @@ pub(crate) struct RewriteArgs {
     pub(crate) compact_every: Option<u64>,
     /// Offline: re-encrypt this etcd snapshot file into --out instead of a live etcd (every
     /// stored revision, no free pages; the input is never modified).
-    #[arg(long, value_name = "IN", requires = "out", conflicts_with_all = ["backup", "compact"])]
+    #[arg(long, value_name = "IN", requires = "out", conflicts_with_all = ["backup", "compact", "kine_db"])]
     pub(crate) snapshot: Option<PathBuf>,
-    /// Offline: the new snapshot file to write.
-    #[arg(long, value_name = "OUT", requires = "snapshot")]
+    /// Offline: re-encrypt kine's SQLite file (k3s's state.db) into --out instead (every row,
+    /// `old_value` copies included, then vacuumed; the input is never modified).
+    #[arg(long, value_name = "IN", requires = "out", conflicts_with_all = ["backup", "compact"])]
+    pub(crate) kine_db: Option<PathBuf>,
+    /// Offline: the new file to write.
+    #[arg(long, value_name = "OUT")]
     pub(crate) out: Option<PathBuf>,
-    /// Offline: overwrite OUT if it exists.
-    #[arg(long, requires = "out")]
+    /// Overwrite the --backup FILE or the offline --out file if it exists.
+    #[arg(long)]
     pub(crate) force: bool,
 }
 
@@ -292,13 +314,16 @@ pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// Read an etcd snapshot or a stopped member's `member/snap/db` instead of a live etcd.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kine_db")]
     pub(crate) snapshot: Option<PathBuf>,
+    /// Read kine's SQLite file (k3s: /var/lib/rancher/k3s/server/db/state.db) instead.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kine_db: Option<PathBuf>,
     /// The EncryptionConfiguration kube-apiserver runs with.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: PathBuf,
     /// Key prefix to scan.
-    #[arg(long, default_value = "/registry/secrets/")]
+    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
 }
 
@@ -328,4 +353,29 @@ pub(crate) struct CompletionsArgs {
     /// The shell.
     #[arg(value_enum)]
     pub(crate) shell: Shell,
+}
+
+/// A `--prefix` names a directory of keys: `/registry/configmaps` means `/registry/configmaps/`
+/// (without the slash it would also match `/registry/configmapsfoo/…` and split namespaces
+/// wrongly).
+fn prefix_dir(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!(
+            "{text:?} does not start with / (e.g. /registry/secrets/)"
+        ));
+    }
+    Ok(if text.ends_with('/') {
+        text.to_owned()
+    } else {
+        format!("{text}/")
+    })
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// The subcommand whose page to print (`audit`, `config rotate`, …).
+    pub(crate) command: Vec<String>,
+    /// Write every page, one file each (atrest.1, atrest-audit.1, …), into DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "command")]
+    pub(crate) dir: Option<PathBuf>,
 }

@@ -89,7 +89,14 @@ impl CliError {
 
 impl From<ConfigError> for CliError {
     fn from(err: ConfigError) -> Self {
-        CliError::usage(err.to_string())
+        // The message with its causes: a write error says the OS's reason.
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            message += &format!(": {cause}");
+            source = cause.source();
+        }
+        CliError::usage(message)
             .advice("fix the file and run `atrest config check FILE`; `atrest config new` writes a valid one")
     }
 }

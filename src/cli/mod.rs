@@ -60,6 +60,27 @@ fn run(args: args::Cli) -> Result<Exit, CliError> {
     {
         return Err(output::no_prometheus());
     }
+    // Raw bytes or generated text: no table or JSON form.
+    if let (Some(format), Some((command, what))) = (
+        args.output,
+        match &args.command {
+            args::Command::Encrypt(_) => Some(("encrypt", "the raw value to store")),
+            args::Command::Decrypt(_) => Some(("decrypt", "the raw object bytes")),
+            args::Command::Completions(_) => Some(("completions", "a shell script")),
+            args::Command::Man(_) => Some(("man", "a roff man page")),
+            _ => None,
+        },
+    ) {
+        let format = match format {
+            args::OutputFormat::Table => "table",
+            args::OutputFormat::Json => "json",
+            args::OutputFormat::Prometheus => "prometheus",
+        };
+        return Err(CliError::usage(format!(
+            "-o {format} means nothing for `atrest {command}`: its output is {what}"
+        ))
+        .advice("drop -o; `atrest inspect -o json` describes a stored value"));
+    }
     match args.command {
         args::Command::Config(c) => commands::config::run(c, args.output),
         args::Command::Encrypt(c) => commands::crypt::encrypt(c),
@@ -70,6 +91,6 @@ fn run(args: args::Cli) -> Result<Exit, CliError> {
         args::Command::Status(c) => runtime()?.block_on(commands::status::run(c, args.output)),
         args::Command::CheckApiserver(c) => commands::check_apiserver::run(c, args.output),
         args::Command::Completions(c) => commands::generate::completions(c),
-        args::Command::Man => commands::generate::man(),
+        args::Command::Man(c) => commands::generate::man(c),
     }
 }

@@ -26,13 +26,22 @@ pub(crate) fn no_prometheus() -> CliError {
         .advice("use -o table or -o json with this command")
 }
 
+/// The width tables get on a pipe, or on a terminal narrower than [`MIN_WIDTH`].
+const FALLBACK_WIDTH: u16 = 120;
+
+/// Narrower than this, a terminal's reported width is not believed.
+const MIN_WIDTH: u16 = 40;
+
 /// A table in the project's style.
 pub(crate) fn table() -> Table {
     let mut t = Table::new();
     t.load_style(presets::UTF8_BORDERS_ONLY)
         .set_content_arrangement(ContentArrangement::Dynamic);
-    if !std::io::stdout().is_terminal() {
-        t.set_width(120);
+    // A pipe has no width; a terminal that reports a tiny one (`script` without a tty gives 0
+    // columns, so do some CI consoles) would wrap every cell to one character a line.
+    let usable = std::io::stdout().is_terminal() && t.width().is_some_and(|w| w >= MIN_WIDTH);
+    if !usable {
+        t.set_width(FALLBACK_WIDTH);
     }
     t
 }
@@ -130,4 +139,9 @@ pub(crate) fn yes_no(b: bool) -> &'static str {
     } else {
         "no"
     }
+}
+
+/// `1 entry`, `2 entries`: a count with its noun.
+pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

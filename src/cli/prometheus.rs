@@ -2,6 +2,12 @@
 //! collector (`atrest audit -o prometheus > /var/lib/node_exporter/textfile/atrest.prom.$$ &&
 //! mv …`).
 //!
+//! With `-o prometheus` a command exits 0 whenever it wrote the metrics, findings or not: the
+//! findings are in the metrics (`atrest_audit_ok`, `atrest_apiserver_reads_all`), and the
+//! `&& mv` of the textfile recipe must run exactly when there is something to alert on. Each
+//! metric name belongs to one command (`atrest_audit_*`/`atrest_entries*` to audit,
+//! `atrest_status_*`/`atrest_key_*` to status), so both textfiles can be collected together.
+//!
 //! Every metric gets one `# HELP` and one `# TYPE` line before its samples; samples are
 //! `name{label="value",…} number`. Label values escape `\`, `"` and line feeds, HELP text
 //! escapes `\` and line feeds, as the format requires.
@@ -138,7 +144,7 @@ pub(crate) fn audit(r: &Report, strict: bool) -> String {
     }
     m.gauge(
         "atrest_audit_ok",
-        "1 when the audit found nothing to report (its exit status was 0), else 0.",
+        "1 when the audit found nothing to report (exit status 0 with -o table or json), else 0.",
     )
     .sample(
         "atrest_audit_ok",
@@ -190,10 +196,12 @@ fn key_metric(
 pub(crate) fn status(s: &Status) -> String {
     let mut m = Exposition::default();
     let p = s.prefix.as_str();
+    // Not `atrest_entries`: that one is the audit's. Each metric has one owner, so the two
+    // commands' textfiles can sit side by side in node_exporter's directory.
     counts(
         &mut m,
-        "atrest_entries",
-        "Entries under the prefix at the scanned revision, by state.",
+        "atrest_status_entries",
+        "Entries under the prefix at the revision the status read, by state.",
         &s.summary,
         p,
     );

@@ -35,7 +35,9 @@ pub use model::{
     EncryptionConfiguration, IdentityConfiguration, Key, KeysConfiguration, KmsConfiguration,
     ProviderConfiguration, ResourceConfiguration,
 };
-pub use rotate::{add_key, promote, prune, AddedKey, RotateError};
+pub use rotate::{
+    add_key, keep_markers, pending_adds, pending_marker, promote, prune, AddedKey, RotateError,
+};
 pub use secret::SecretString;
 pub use validate::{FieldError, FieldErrorType, ValidationErrors};
 pub use warnings::Warning;
@@ -169,6 +171,21 @@ fn parse_message(path: Option<&Path>, message: &str) -> String {
     }
 }
 
+/// The YAML scanner's "cannot start any token" at a tab does not say it is a tab.
+fn tab_hint(e: &serde_norway::Error, text: &str) -> &'static str {
+    let at_tab = e.location().is_some_and(|l| {
+        text.lines()
+            .nth(l.line().saturating_sub(1))
+            .and_then(|line| line.chars().nth(l.column().saturating_sub(1)))
+            == Some('\t')
+    });
+    if at_tab {
+        " (a tab character: YAML indents with spaces only)"
+    } else {
+        ""
+    }
+}
+
 /// kube-apiserver's decoder wording. Its full text adds `in scheme "<Go source location>"`,
 /// which means nothing outside its source tree, and for a missing kind it echoes the whole
 /// document (keys included); both are left out here.
@@ -258,7 +275,7 @@ impl Config {
         let model: EncryptionConfiguration =
             serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
                 path: path.map(Path::to_owned),
-                message: redact_decode_message(&e.to_string(), text),
+                message: redact_decode_message(&e.to_string(), text) + tab_hint(&e, text),
             })?;
         Self::from_model(model)
     }
@@ -328,6 +345,27 @@ pub fn parse_group_resource(name: &str) -> (&str, &str) {
         Some((resource, group)) => (group, resource),
         None => ("", name),
     }
+}
+
+/// Parses a timeout as etcdctl does (Go's `time.ParseDuration`: `2s`, `500ms`, `1m30s`), or a
+/// plain number of seconds (`5`). Zero and negative durations are refused.
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let nanos = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<u64>()
+            .ok()
+            .and_then(|s| s.checked_mul(1_000_000_000))
+            .and_then(|n| i64::try_from(n).ok())
+            .ok_or_else(|| format!("{text} seconds is too long"))?
+    } else {
+        duration::parse(text)?
+    };
+    if nanos <= 0 {
+        return Err(format!(
+            "{text} is not a positive duration (write it as 2s, 500ms or 1m)"
+        ));
+    }
+    Ok(std::time::Duration::from_nanos(nanos.unsigned_abs()))
 }
 
 /// How kube-apiserver prints a group/resource in the masking error (`grYAMLString`).

@@ -133,10 +133,17 @@ fn key_names(entry: &ResourceConfiguration) -> Vec<&str> {
         .collect()
 }
 
-/// `key<N+1>` for N keys, counting up until the name is free.
+/// `key<N+1>` for the highest `keyN` in use (`key1` when none is): never a name used before
+/// in the entry, and never a lower number than an existing key, so names follow the rotation
+/// order. (A pruned `key1` is not reused either: old backups still hold values naming it.)
 fn default_name(entry: &ResourceConfiguration) -> String {
     let used = key_names(entry);
-    (used.len() + 1..)
+    let highest = used
+        .iter()
+        .filter_map(|n| n.strip_prefix("key")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    (highest.saturating_add(1)..)
         .map(|n| format!("key{n}"))
         .find(|name| !used.contains(&name.as_str()))
         .unwrap_or_else(|| "key".to_owned())
@@ -264,6 +271,53 @@ pub fn prune(
     Ok(removed)
 }
 
+/// The comment `add` writes at the top of the file: which key it added and that it is not
+/// promoted yet. kube-apiserver ignores comments; [`pending_adds`] reads them back, so that
+/// `prune` right after `add` (promote forgotten) cannot silently remove the key that was just
+/// distributed.
+pub fn pending_marker(key_name: &str, resource: &str) -> String {
+    format!(
+        "{MARKER}{key_name:?} for {resource} by `atrest config rotate --stage add`; \
+         not promoted yet\n"
+    )
+}
+
+const MARKER: &str = "# atrest: added key ";
+
+/// The key names `add` marked as added and not yet promoted in a config file's text (see
+/// [`pending_marker`]), in file order.
+pub fn pending_adds(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(MARKER))
+        .filter_map(|rest| {
+            let rest = rest.strip_prefix('"')?;
+            let mut name = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => return Some(name),
+                    '\\' => name.push(chars.next()?),
+                    c => name.push(c),
+                }
+            }
+            None
+        })
+        .collect()
+}
+
+/// The marker lines of `text` whose key is not `dropped`, to carry into the rewritten file.
+pub fn keep_markers(text: &str, dropped: &[&str]) -> String {
+    text.lines()
+        .filter(|line| line.starts_with(MARKER))
+        .filter(|line| {
+            pending_adds(line)
+                .first()
+                .is_some_and(|name| !dropped.contains(&name.as_str()))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,13 +403,34 @@ mod tests {
     }
 
     #[test]
+    fn pending_markers_round_trip() {
+        let text = format!(
+            "{}{}apiVersion: v1\n",
+            pending_marker("key2", "secrets"),
+            pending_marker("we\"ird:name", "configmaps")
+        );
+        assert_eq!(pending_adds(&text), ["key2", "we\"ird:name"]);
+        assert_eq!(
+            keep_markers(&text, &["key2"]),
+            pending_marker("we\"ird:name", "configmaps")
+        );
+        assert!(pending_adds("# a comment\nkind: x\n").is_empty());
+    }
+
+    #[test]
     fn add_key_names_are_unique() {
         let mut m = model(&format!(
             "  - aesgcm: {{keys: [{{name: key2, secret: '{K32}'}}]}}\n  - aescbc: {{keys: [{{name: key3, secret: '{K32}'}}]}}\n"
         ));
-        // Two keys: key3 would be next, but it is taken.
+        // The next number after the highest in use.
         let added = add_key(&mut m, "secrets", None, None).unwrap();
         assert_eq!(added.key_name, "key4");
+        // key2 is free and follows key1: it is next, whatever else the entry holds.
+        let mut m = model(&format!(
+            "  - aescbc: {{keys: [{{name: key1, secret: '{K32}'}}, {{name: old, secret: '{K32}'}}]}}\n"
+        ));
+        let added = add_key(&mut m, "secrets", None, None).unwrap();
+        assert_eq!(added.key_name, "key2");
         assert_eq!(
             add_key(&mut m, "secrets", Some("key2".into()), None),
             Err(RotateError::NameTaken {

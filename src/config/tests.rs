@@ -877,6 +877,32 @@ fn warns_about_identity_first() {
 }
 
 #[test]
+fn identity_in_a_later_rule_for_the_same_resource_never_writes() {
+    // kube-apiserver appends the second rule's providers to the secrets chain: aesgcm writes.
+    let gcm = format!("aesgcm: {{keys: [{{name: g, secret: '{K32}'}}]}}");
+    let yaml = format!(
+        "{HEAD}resources:\n- resources: [secrets]\n  providers:\n  - {gcm}\n\
+         - resources: [secrets, configmaps]\n  providers:\n  - identity: {{}}\n"
+    );
+    let c = ok(&yaml);
+    let w = warning_paths(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "resources[1].providers[0]");
+    assert!(
+        w[0].1
+            .contains("new writes of configmaps are stored unencrypted"),
+        "{w:?}"
+    );
+    // Only secrets in the later rule: nothing to warn about.
+    let yaml = yaml.replace("[secrets, configmaps]", "[secrets]");
+    assert!(
+        ok(&yaml).warnings().is_empty(),
+        "{:?}",
+        ok(&yaml).warnings()
+    );
+}
+
+#[test]
 fn warns_about_aescbc_as_write_provider_only() {
     let c = ok(&doc("[secrets]", &[&aescbc(K32), "identity: {}"]));
     let w = warning_paths(&c);
@@ -1117,4 +1143,18 @@ fn deep_flow_nesting_is_refused_before_parsing() {
         super::flow_too_deep(&format!("a:\n  {}", "{".repeat(65))),
         Some(2)
     );
+}
+
+#[test]
+fn timeouts_parse_as_etcdctl_writes_them() {
+    use crate::config::parse_timeout;
+    use std::time::Duration;
+    assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+    assert!(parse_timeout("0s").unwrap_err().contains("not a positive"));
+    assert!(parse_timeout("-1s").unwrap_err().contains("not a positive"));
+    assert!(parse_timeout("2x").unwrap_err().contains("unknown unit"));
+    assert!(parse_timeout("").is_err());
 }

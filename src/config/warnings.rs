@@ -30,9 +30,19 @@ pub(crate) fn warnings(model: &EncryptionConfiguration) -> Vec<Warning> {
     let mut out = Vec::new();
     // The first path each distinct key was seen at. Keyed by the decoded bytes (wiped on drop).
     let mut seen: Vec<(zeroize::Zeroizing<Vec<u8>>, String)> = Vec::new();
+    // Resources named by an earlier entry: kube-apiserver appends a later entry's providers to
+    // that resource's chain, so the later entry's first provider never writes it.
+    let mut earlier: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
     for (i, entry) in model.resources.iter().enumerate() {
-        let names = entry.resources.join(", ");
-        if let Some(first) = entry.providers.first() {
+        let written: Vec<&str> = entry
+            .resources
+            .iter()
+            .filter(|r| !earlier.contains(&parse_group_resource(r)))
+            .map(String::as_str)
+            .collect();
+        earlier.extend(entry.resources.iter().map(|r| parse_group_resource(r)));
+        let names = written.join(", ");
+        if let Some(first) = entry.providers.first().filter(|_| !written.is_empty()) {
             let path = format!("resources[{i}].providers[0]");
             if first.identity.is_some() {
                 out.push(Warning {

@@ -17,6 +17,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub mod etcd;
+pub mod kine;
 pub mod snapshot;
 
 /// One key as stored in etcd: the raw value plus the revision bookkeeping a rewrite needs.
@@ -97,6 +98,9 @@ pub enum StoreError {
     /// The snapshot or data file could not be read.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
+    /// kine's SQLite file could not be read.
+    #[error(transparent)]
+    Kine(#[from] kine::KineError),
     /// The scan was stopped by its visitor.
     #[error("scan stopped")]
     Stopped,
@@ -108,6 +112,7 @@ impl StoreError {
         match self {
             StoreError::Etcd(e) => e.advice(),
             StoreError::Snapshot(e) => e.advice(),
+            StoreError::Kine(e) => e.advice(),
             StoreError::Stopped => "run again",
         }
     }
@@ -218,8 +223,14 @@ pub trait WriteStore: ReadStore {
     /// Reads one key now (`None`: it does not exist).
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
 
-    /// Saves a full snapshot of the store to `path` (temp file, fsync, rename). Returns its size.
-    fn backup(&self, path: &Path) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Saves a full snapshot of the store to `path`: a temporary file of mode 0600 beside it,
+    /// fsync, then moved into place. An existing `path` is replaced only with `overwrite`.
+    /// Returns the snapshot's size.
+    fn backup(
+        &self,
+        path: &Path,
+        overwrite: bool,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Compacts the store's history up to `revision`.
     fn compact(&self, revision: i64) -> impl Future<Output = Result<(), StoreError>> + Send;

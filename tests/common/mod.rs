@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod apiserver_writes;
+mod kine;
+pub use apiserver_writes::delete_key;
+pub use kine::KineServer;
+
 /// Finds the etcd binary (`$ATREST_TEST_ETCD`, else `etcd` on PATH); panics with advice if absent.
 pub fn etcd_binary() -> PathBuf {
     let name = std::env::var_os("ATREST_TEST_ETCD").unwrap_or_else(|| "etcd".into());

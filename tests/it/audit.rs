@@ -77,6 +77,13 @@ pub(crate) type Expected = (
 
 /// Seeds one entry of every state and returns key → expected result.
 pub(crate) async fn seed_every_state(server: &EtcdServer) -> BTreeMap<String, Expected> {
+    seed_every_state_into(&mut server.client().await).await
+}
+
+/// [`seed_every_state`] through any etcd API client (etcd or kine).
+pub(crate) async fn seed_every_state_into(
+    client: &mut etcd_client::Client,
+) -> BTreeMap<String, Expected> {
     let config = Config::from_yaml(CONFIG).unwrap();
     let chain = Chain::from_config(&config, "", "secrets").unwrap();
     let k1 = single(Provider::Aescbc(
@@ -150,14 +157,13 @@ pub(crate) async fn seed_every_state(server: &EtcdServer) -> BTreeMap<String, Ex
             ("kms", Some("kms"), Some("vault"), true),
         ),
     ];
-    let mut client = server.client().await;
     let mut expected = BTreeMap::new();
     for (key, value, want) in values {
-        put_raw(&mut client, key.as_bytes(), &value).await;
+        put_raw(client, key.as_bytes(), &value).await;
         expected.insert(key, want);
     }
     // Outside the prefix: never audited.
-    put_raw(&mut client, b"/registry/configmaps/default/x", b"k8s\0x").await;
+    put_raw(client, b"/registry/configmaps/default/x", b"k8s\0x").await;
     expected
 }
 

@@ -156,7 +156,7 @@ async fn a_scan_reads_one_revision_while_etcd_is_written() {
     // Writes during the scan: a later key changes, one is deleted, one is added.
     let later = before[2000].key.clone();
     put_raw(&mut client, &later, b"changed during the scan").await;
-    client.delete(before[2400].key.clone(), None).await.unwrap();
+    crate::common::delete_key(&mut client, before[2400].key.clone()).await;
     put_raw(&mut client, b"/registry/secrets/zz/new", b"new").await;
 
     read_rest_pinned(&store, &mut seen, pinned).await;
@@ -235,7 +235,7 @@ async fn a_scan_split_at_namespaces_equals_one_full_get_at_one_revision() {
     let mut seen = first.entries;
     let later = before[8000].key.clone();
     put_raw(&mut client, &later, b"changed during the scan").await;
-    client.delete(before[8500].key.clone(), None).await.unwrap();
+    crate::common::delete_key(&mut client, before[8500].key.clone()).await;
     put_raw(&mut client, b"/registry/secrets/empty/new", b"new").await;
     put_raw(&mut client, b"/registry/secrets/m/new", b"new").await;
     let mut end = seen.len();
@@ -330,7 +330,7 @@ async fn compare_and_put_keeps_the_lease_and_reports_conflicts() {
     assert_eq!(store.get(&key).await.unwrap().unwrap().value, b"new");
 
     // A deleted key.
-    client.delete(key.clone(), None).await.unwrap();
+    crate::common::delete_key(&mut client, key.clone()).await;
     let outcome = store
         .compare_and_put(&key, now.mod_revision, b"again".to_vec(), lease)
         .await
@@ -355,6 +355,10 @@ async fn compare_and_put_keeps_the_lease_and_reports_conflicts() {
     assert_eq!(outcome, CasOutcome::Conflict { current: None });
 }
 
+fn size_now(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
 #[tokio::test]
 async fn backup_writes_a_snapshot_etcdctl_accepts() {
     let server = EtcdServer::start();
@@ -362,8 +366,12 @@ async fn backup_writes_a_snapshot_etcdctl_accepts() {
     put_many(&client, secrets(300, 0)).await;
     let store = connect(&server).await;
     let path = server.scratch().join("backup.db");
-    let size = store.backup(&path).await.unwrap();
+    let size = store.backup(&path, false).await.unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+    // Every Secret is in it: readable by the owner only, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "backup mode {mode:o}");
     assert_eq!(size % 512, 32, "the sha256 trailer is there");
     let status = server.etcdctl(&["snapshot", "status", path.to_str().unwrap(), "-w", "json"]);
     let status = String::from_utf8(status).unwrap();
@@ -371,13 +379,20 @@ async fn backup_writes_a_snapshot_etcdctl_accepts() {
     let leftovers: Vec<PathBuf> = std::fs::read_dir(server.scratch())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporary file left: {leftovers:?}");
 
+    // An existing file is kept unless overwriting is asked for.
+    std::fs::write(&path, b"keep me").unwrap();
+    let err = store.backup(&path, false).await.unwrap_err();
+    assert!(err.to_string().contains("backup.db"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+    assert_eq!(store.backup(&path, true).await.unwrap(), size_now(&path));
+
     // A directory that does not exist: a Backup error naming the path.
     let err = store
-        .backup(&server.scratch().join("missing/dir/backup.db"))
+        .backup(&server.scratch().join("missing/dir/backup.db"), false)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("missing/dir"), "{err}");

@@ -433,7 +433,7 @@ async fn no_update_is_lost_to_concurrent_writes() {
                         during += 1;
                     }
                     if r % 10 == 0 {
-                        client.delete(k, None).await.unwrap();
+                        crate::common::delete_key(&mut client, k).await;
                         last.insert(i, None);
                     } else {
                         let p = plaintext(i, generation);

@@ -198,9 +198,66 @@ async fn backup_is_taken_before_writing_and_restores() {
         .arg(&config)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("backup"));
+    // A local file problem: exit 2, with the path and the OS's reason.
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/dir/b.db"), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
     assert_eq!(check_intact(&server, &originals).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backup_is_owner_only_and_never_silently_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), CONFIG);
+    let originals = seed_plaintext(&server, 20).await;
+    let backup = dir.path().join("before.db");
+    let rewrite = |extra: &[&str]| {
+        atrest()
+            .args(["rewrite", "--endpoints", &server.endpoint, "-o", "json"])
+            .arg("--backup")
+            .arg(&backup)
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // An existing file: refused before anything is read or written.
+    std::fs::write(&backup, b"an older backup").unwrap();
+    let out = rewrite(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&backup).unwrap(), b"an older backup");
+    assert_eq!(
+        check_intact(&server, &originals).await,
+        (originals.len(), 0)
+    );
+
+    // --force replaces it, and the new file is readable by its owner only.
+    let out = rewrite(&["--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(&backup).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        meta.len() % 512,
+        32,
+        "a whole snapshot with its sha256 trailer"
+    );
+    assert_eq!(
+        check_intact(&server, &originals).await,
+        (0, originals.len())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

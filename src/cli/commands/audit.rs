@@ -1,7 +1,6 @@
 //! `atrest audit`: entry by entry, what is plaintext, stale or unreadable.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use atrest::audit::{self, Observer, Report, ReportEntry, Verdict};
 use atrest::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_ENDPOINT};
@@ -51,8 +50,8 @@ pub(crate) fn etcd_options(args: &StoreArgs) -> EtcdOptions {
         cacert: args.cacert.clone().or_else(|| kubeadm(KUBEADM_CACERT)),
         cert: args.cert.clone().or_else(|| kubeadm(KUBEADM_CERT)),
         key: args.key.clone().or_else(|| kubeadm(KUBEADM_KEY)),
-        connect_timeout: Duration::from_secs(args.dial_timeout),
-        request_timeout: Duration::from_secs(args.command_timeout),
+        connect_timeout: args.dial_timeout,
+        request_timeout: args.command_timeout,
         ..EtcdOptions::default()
     }
 }
@@ -115,12 +114,16 @@ pub(crate) async fn run(args: AuditArgs, format: Option<OutputFormat>) -> Result
     };
     let bar = Progress(output::progress("auditing"));
     let prefix = args.prefix.as_bytes();
-    let report = match &args.snapshot {
-        Some(path) => {
+    let report = match (&args.snapshot, &args.kine_db) {
+        (None, Some(path)) => {
+            let db = super::open_kine(path)?;
+            audit::audit_kine(&db, chain.as_ref(), prefix, &bar).await?
+        }
+        (Some(path), _) => {
             let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
             audit::audit_snapshot(&snap, chain.as_ref(), prefix, &bar).await?
         }
-        None => {
+        (None, None) => {
             let store = connect(&args.store).await?;
             let report = audit::audit(&store, chain.as_ref(), prefix, &bar).await;
             warn_failover(&store);
@@ -132,6 +135,10 @@ pub(crate) async fn run(args: AuditArgs, format: Option<OutputFormat>) -> Result
         OutputFormat::Json => output::print_json(&report)?,
         OutputFormat::Table => output::print(&render(&report, chain.as_ref(), &args))?,
         OutputFormat::Prometheus => output::print(&prometheus::audit(&report, args.strict))?,
+    }
+    if output::format(format) == OutputFormat::Prometheus {
+        // The findings are in the metrics; the textfile recipe's `&& mv` must run.
+        return Ok(Exit::Clean);
     }
     Ok(match report.verdict(args.strict) {
         Verdict::Clean => Exit::Clean,
@@ -227,14 +234,24 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
 
     if let Some(h) = &r.history {
         let exposed = h.plaintext + h.stale + h.unknown_key + h.undecryptable;
-        out +=
-            &format!(
-            "\nHistory: {} older revisions under the prefix are still stored ({} plaintext{}).\n",
+        out += &format!(
+            "\nHistory: {} older {} under the prefix are still stored ({} plaintext{}).\n",
             h.total,
+            if args.kine_db.is_some() {
+                "copies (rows and old_value)"
+            } else {
+                "revisions"
+            },
             h.plaintext,
-            if chain.is_some() { format!(", {} under other keys", h.stale) } else { String::new() }
+            if chain.is_some() {
+                format!(", {} under other keys", h.stale)
+            } else {
+                String::new()
+            }
         );
-        if exposed > 0 {
+        if exposed > 0 && args.kine_db.is_some() {
+            out += "  kine keeps older rows until it compacts (k3s: every 5 minutes), and each row's old_value\n  copy of the value before it until the key is written again: compaction does not clear it.\n";
+        } else if exposed > 0 {
             out += &format!(
                 "  They stay until compaction: `etcdctl compact {}` (kube-apiserver compacts every 5 minutes by default).\n",
                 r.revision
@@ -255,17 +272,18 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
     out += "\n";
     out += &match (r.verdict(args.strict), chain) {
         (Verdict::Clean, Some(_)) if r.summary.stale > 0 => format!(
-            "OK: nothing unreadable or plaintext; {} stale entries can be moved to the write key with `atrest rewrite`.\n",
-            r.summary.stale
+            "OK: nothing unreadable or plaintext; {} can be moved to the write key with `atrest rewrite`.\n",
+            output::count(r.summary.stale, "stale entry", "stale entries")
         ),
         (Verdict::Clean, _) => "OK: every entry is encrypted as configured.\n".to_owned(),
         (Verdict::Findings, Some(_)) => format!(
-            "FINDINGS: {findings} entries are plaintext or unreadable{}. Plaintext and stale entries can be re-encrypted with `atrest rewrite --config FILE`; unreadable ones need the key that wrote them.\n",
+            "FINDINGS: {} plaintext or unreadable{}. Plaintext and stale entries can be re-encrypted with `atrest rewrite --config FILE`; unreadable ones need the key that wrote them.\n",
+            output::count(findings, "entry is", "entries are"),
             if args.strict && r.summary.stale > 0 { format!(", {} stale", r.summary.stale) } else { String::new() }
         ),
         (Verdict::Findings, None) => format!(
-            "FINDINGS: {} entries are stored in plaintext. Configure encryption (`atrest config new`), restart kube-apiserver with it, then run `atrest rewrite`.\n",
-            r.summary.plaintext
+            "FINDINGS: {} stored in plaintext. Configure encryption (`atrest config new`), restart kube-apiserver with it, then run `atrest rewrite`.\n",
+            output::count(r.summary.plaintext, "entry is", "entries are")
         ),
     };
     out

@@ -14,17 +14,35 @@ use crate::cli::{CliError, Exit};
 /// Runs `atrest config …`.
 pub(crate) fn run(cmd: ConfigCommand, format: Option<OutputFormat>) -> Result<Exit, CliError> {
     match cmd {
-        ConfigCommand::New(a) => new(a),
+        ConfigCommand::New(a) => new(a, format),
         ConfigCommand::Check(a) => check(a, format),
         ConfigCommand::Rotate(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(|e| CliError::internal(format!("cannot start the async runtime: {e}")))?
-            .block_on(super::rotate::run(a)),
+            .block_on(super::rotate::run(*a, format)),
     }
 }
 
-fn new(args: ConfigNewArgs) -> Result<Exit, CliError> {
+/// What `config new -o json` prints: the file and what it holds, never the key.
+#[derive(Serialize)]
+struct NewReport<'a> {
+    file: String,
+    mode: &'static str,
+    provider: &'static str,
+    key_name: &'a str,
+    resources: &'a [String],
+    identity_fallback: bool,
+}
+
+fn new(args: ConfigNewArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
+    // Without --out the output *is* the YAML (with its key): no other format makes sense.
+    if args.out.is_none() && matches!(format, Some(OutputFormat::Json)) {
+        return Err(CliError::usage(
+            "config new prints the new config as YAML; -o json needs --out FILE",
+        )
+        .advice("pass --out FILE: the file is written (mode 0600) and the JSON summary printed"));
+    }
     let opts = NewConfig {
         provider: match args.provider {
             NewProviderArg::Aescbc => NewProvider::Aescbc,
@@ -45,8 +63,18 @@ fn new(args: ConfigNewArgs) -> Result<Exit, CliError> {
                 ConfigError::Exists { .. } => CliError::usage(e.to_string()).advice(
                     "pass --force to replace it (the old key is then lost unless you kept a copy)",
                 ),
-                other => CliError::from(other),
+                other => super::write_error(path, other),
             })?;
+            if format == Some(OutputFormat::Json) {
+                output::print_json(&NewReport {
+                    file: path.display().to_string(),
+                    mode: "0600",
+                    provider: opts.provider.as_str(),
+                    key_name: &opts.key_name,
+                    resources: &opts.resources,
+                    identity_fallback: opts.identity_fallback,
+                })?;
+            }
             eprintln!(
                 "Wrote {} (mode 0600). Next: copy it to every control-plane node, point kube-apiserver's --encryption-provider-config at it, restart kube-apiserver, then run `atrest rewrite --config {}`.",
                 path.display(),

@@ -39,6 +39,14 @@ pub(crate) fn encrypt(args: CryptArgs) -> Result<Exit, CliError> {
 
 /// Decrypts a stored value with every key of the config, as kube-apiserver reads it.
 pub(crate) fn decrypt(args: CryptArgs) -> Result<Exit, CliError> {
+    // Secret data, mostly binary protobuf: never to a terminal by accident (`--out -` asks).
+    if args.out.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(
+            CliError::usage("refusing to write decrypted secret data to the terminal").advice(
+                "pass --out FILE, pipe it into another command, or pass --out - to print it anyway",
+            ),
+        );
+    }
     let chain = load_chain(&args.config, &resource_prefix(&args.etcd_key)?)?;
     let input = read_input(args.input.as_deref())?;
     let found = chain.classify(&input, args.etcd_key.as_bytes());
@@ -51,7 +59,12 @@ pub(crate) fn decrypt(args: CryptArgs) -> Result<Exit, CliError> {
             Ok(Exit::Clean)
         }
         (state, None) => {
-            let mut err = CliError::usage(format!("cannot decrypt: the value is {state}"));
+            let what = match state {
+                State::UnknownKey => "the value names a key the config does not have",
+                State::Kms => "the value is encrypted by a KMS provider",
+                _ => "the value does not decrypt with the key it names",
+            };
+            let mut err = CliError::usage(format!("cannot decrypt: {what} ({state})"));
             if let Some(reason) = found.error {
                 err = err.detail(reason);
             }

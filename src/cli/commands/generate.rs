@@ -3,7 +3,7 @@
 
 use clap::CommandFactory;
 
-use crate::cli::args::{Cli, CompletionsArgs, Shell};
+use crate::cli::args::{Cli, CompletionsArgs, ManArgs, Shell};
 use crate::cli::output;
 use crate::cli::{CliError, Exit};
 
@@ -20,10 +20,41 @@ pub(crate) fn completions(args: CompletionsArgs) -> Result<Exit, CliError> {
     Ok(Exit::Clean)
 }
 
-/// Prints the man page (roff).
-pub(crate) fn man() -> Result<Exit, CliError> {
+/// Prints one man page (roff), or writes them all into `--dir`.
+pub(crate) fn man(args: ManArgs) -> Result<Exit, CliError> {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    if let Some(dir) = &args.dir {
+        clap_mangen::generate_to(cmd, dir).map_err(|e| {
+            CliError::io(&format!("cannot write man pages into {}", dir.display()), e)
+        })?;
+        eprintln!("Wrote the man pages into {}.", dir.display());
+        return Ok(Exit::Clean);
+    }
+    let mut page = cmd;
+    for name in &args.command {
+        let known: Vec<String> = page
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        page = match page.find_subcommand(name) {
+            Some(sub) => sub.clone(),
+            None => {
+                return Err(CliError::usage(format!(
+                    "no man page for {:?}: `{}` has no subcommand {name:?}",
+                    args.command.join(" "),
+                    page.get_display_name().unwrap_or("atrest")
+                ))
+                .advice(if known.is_empty() {
+                    "it has no subcommands".to_owned()
+                } else {
+                    format!("one of: {}", known.join(", "))
+                }))
+            }
+        };
+    }
     let mut buf = Vec::new();
-    clap_mangen::Man::new(Cli::command())
+    clap_mangen::Man::new(page)
         .render(&mut buf)
         .map_err(|e| CliError::io("the man page", e))?;
     output::write_output(None, &buf)?;

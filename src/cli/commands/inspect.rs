@@ -11,8 +11,21 @@ use crate::cli::{CliError, Exit};
 
 /// Runs `atrest inspect`.
 pub(crate) async fn run(args: InspectArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
-    let value = match &args.snapshot {
-        Some(path) => {
+    let value = match (&args.snapshot, &args.kine_db) {
+        (None, Some(path)) => {
+            let key = args
+                .etcd_key
+                .as_deref()
+                .ok_or_else(|| CliError::usage("--kine-db needs --etcd-key: the key to look up"))?;
+            super::open_kine(path)?
+                .get(key.as_bytes())
+                .map_err(atrest::store::StoreError::from)?
+                .ok_or_else(|| {
+                    CliError::usage(format!("{key}: no such key in {}", path.display()))
+                })?
+                .value
+        }
+        (Some(path), _) => {
             let key = args.etcd_key.as_deref().ok_or_else(|| {
                 CliError::usage("--snapshot needs --etcd-key: the key to look up")
             })?;
@@ -24,7 +37,7 @@ pub(crate) async fn run(args: InspectArgs, format: Option<OutputFormat>) -> Resu
                 })?
                 .value
         }
-        None => read_input(args.input.as_deref())?,
+        (None, None) => read_input(args.input.as_deref())?,
     };
     let chain = match &args.config {
         Some(path) => {

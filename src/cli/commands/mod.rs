@@ -46,6 +46,36 @@ pub(crate) fn invalid_config(file: &str, e: &ConfigError) -> CliError {
     cli
 }
 
+/// Opens kine's SQLite file (`--kine-db`); failures are exit 3 with what to do.
+pub(crate) fn open_kine(path: &std::path::Path) -> Result<atrest::store::kine::KineDb, CliError> {
+    atrest::store::kine::KineDb::open(path).map_err(|e| {
+        let advice = e.advice();
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text += &format!(": {cause}");
+            source = cause.source();
+        }
+        CliError::store(text).advice(advice)
+    })
+}
+
+/// The error for a file atrest could not write (exit 2: a local path, not the store): the
+/// path and the operating system's reason.
+pub(crate) fn write_error(file: &std::path::Path, e: ConfigError) -> CliError {
+    match e {
+        ConfigError::Exists { .. } => CliError::usage(e.to_string())
+            .advice("choose another file name, or pass --force to replace it"),
+        ConfigError::Write { path, source } => {
+            CliError::io(&format!("cannot write {}", path.display()), source).advice(format!(
+                "check that the directory of {} exists and is writable",
+                file.display()
+            ))
+        }
+        e => CliError::usage(config_error_lines(&e).join("; ")),
+    }
+}
+
 /// One line per problem: each field error of a failed validation, else the error and its causes.
 pub(crate) fn config_error_lines(e: &ConfigError) -> Vec<String> {
     if let ConfigError::Invalid(v) = e {

@@ -1,11 +1,12 @@
 //! `atrest rewrite`: re-encrypt plaintext and stale entries in place, safely.
 
-use atrest::offline::{rewrite_snapshot, OfflineError};
+use atrest::offline::{rewrite_kine, rewrite_snapshot, OfflineError};
 use atrest::rewrite::{self, Observer, RewriteEntry, RewriteOptions, RewriteSummary};
 use atrest::space::{self, SpacePlan};
+use atrest::store::etcd::EtcdError;
 use atrest::store::etcd::QuotaSource;
 use atrest::store::snapshot::Snapshot;
-use atrest::store::{ReadStore, WriteStore};
+use atrest::store::{ReadStore, StoreError, WriteStore};
 use indicatif::ProgressBar;
 
 use super::audit::{connect, warn_failover};
@@ -31,20 +32,72 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }
-    if let (Some(input), Some(out)) = (&args.snapshot, &args.out) {
+    if let Some(out) = &args.out {
+        let input = args
+            .snapshot
+            .as_ref()
+            .or(args.kine_db.as_ref())
+            .ok_or_else(|| {
+                CliError::usage("--out is for offline rewrites: pass --snapshot IN or --kine-db IN")
+            })?;
         return offline(&chain, input, out, &args, format).await;
     }
+    if args.force && args.backup.is_none() && args.out.is_none() {
+        return Err(CliError::usage("--force needs --backup FILE or --out FILE"));
+    }
+    if let Some(path) = args
+        .backup
+        .as_deref()
+        .filter(|_| !args.dry_run && !args.force)
+    {
+        if path.symlink_metadata().is_ok() {
+            return Err(CliError::usage(format!(
+                "the backup file {} already exists; refusing to overwrite it",
+                path.display()
+            ))
+            .advice("choose a new file name, or pass --force to replace it"));
+        }
+    }
     let store = connect(&args.store).await?;
-    let space = check_space(&store, &chain, &args).await?;
+    let kine = store.is_kine();
+    // kine (k3s's SQL datastore) has no space quota and no alarms.
+    let space = if kine {
+        None
+    } else {
+        check_space(&store, &chain, &args).await?
+    };
+    if kine && args.backup.is_some() && !args.dry_run {
+        return Err(CliError::usage(format!(
+            "{} is kine (k3s's datastore): it has no snapshot API, so --backup cannot save one",
+            store.source()
+        ))
+        .advice(
+            "copy the SQLite file instead, e.g. `sqlite3 /var/lib/rancher/k3s/server/db/state.db \
+             \".backup /root/state-before-rewrite.db\"`, then run without --backup",
+        ));
+    }
     if let Some(path) = &args.backup {
         if !args.dry_run {
-            let size = store.backup(path).await.map_err(|e| {
-                let mut err = CliError::store(format!("backup to {} failed: {e}", path.display()))
-                    .advice("nothing was written; fix the backup path or drop --backup");
-                for cause in crate::cli::error::causes(&e) {
-                    err = err.detail(format!("caused by: {cause}"));
+            let size = store.backup(path, args.force).await.map_err(|e| match e {
+                StoreError::Etcd(EtcdError::Backup { path, source }) => {
+                    // A local file problem (exit 2), with the OS's reason.
+                    CliError::io(
+                        &format!("cannot write the backup {}", path.display()),
+                        source,
+                    )
+                    .advice("nothing was written to etcd; fix the backup path or drop --backup")
                 }
-                err
+                e => {
+                    let mut err =
+                        CliError::store(format!("backup to {} failed: {e}", path.display()))
+                            .advice(
+                                "nothing was written to etcd; fix the backup path or drop --backup",
+                            );
+                    for cause in crate::cli::error::causes(&e) {
+                        err = err.detail(format!("caused by: {cause}"));
+                    }
+                    err
+                }
             })?;
             eprintln!(
                 "Backup: {} ({size} bytes) saved before any write.",
@@ -58,6 +111,9 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         dry_run: args.dry_run,
         allow_decrypt: args.allow_decrypt,
         compact_every: space.as_ref().and_then(|p| p.compact_every),
+        // kine keeps the previous value in each row's old_value: write twice so that the copy
+        // beside each re-encrypted value is ciphertext too.
+        write_twice: kine,
         ..RewriteOptions::default()
     };
     let bar = Progress(output::progress(if args.dry_run {
@@ -223,23 +279,40 @@ async fn offline(
         return Err(CliError::usage(format!("{} already exists", out.display()))
             .advice("pass --force to replace it, or choose another --out"));
     }
-    let snap = Snapshot::open(input).map_err(atrest::store::StoreError::from)?;
+    let kine = args.kine_db.is_some();
+    let flag = if kine { "--kine-db" } else { "--snapshot" };
     if args.dry_run {
-        return Err(
-            CliError::usage("--dry-run is for live rewrites; audit the snapshot instead").advice(
-                format!("atrest audit --snapshot {} --config FILE", input.display()),
-            ),
-        );
+        return Err(CliError::usage(format!(
+            "--dry-run is for live rewrites; audit the {flag} file instead"
+        ))
+        .advice(format!(
+            "atrest audit {flag} {} --config FILE",
+            input.display()
+        )));
     }
-    let s = rewrite_snapshot(
-        &snap,
-        out,
-        chain,
-        args.prefix.as_bytes(),
-        args.allow_decrypt,
-    )
-    .await
-    .map_err(|e| match e {
+    let result = if kine {
+        let db = super::open_kine(input)?;
+        rewrite_kine(
+            &db,
+            out,
+            args.force,
+            chain,
+            args.prefix.as_bytes(),
+            args.allow_decrypt,
+        )
+        .await
+    } else {
+        let snap = Snapshot::open(input).map_err(StoreError::from)?;
+        rewrite_snapshot(
+            &snap,
+            out,
+            chain,
+            args.prefix.as_bytes(),
+            args.allow_decrypt,
+        )
+        .await
+    };
+    let s = result.map_err(|e| match e {
         OfflineError::Snapshot(e) => CliError::from(atrest::store::StoreError::from(e)),
         OfflineError::IdentityWrite => CliError::usage(e.to_string())
             .advice("pass --allow-decrypt if decrypting everything is what you want"),
@@ -286,10 +359,17 @@ async fn offline(
                 s.after_history.stale,
                 s.after_residue
             );
-            text += &format!(
-                "Restore it with: etcdctl snapshot restore {} --data-dir <new dir>\n",
-                s.output
-            );
+            text += &if kine {
+                format!(
+                    "Use it with k3s stopped: replace /var/lib/rancher/k3s/server/db/state.db with {} (and remove state.db-wal and state.db-shm), then start k3s.\n",
+                    s.output
+                )
+            } else {
+                format!(
+                    "Restore it with: etcdctl snapshot restore {} --data-dir <new dir>\n",
+                    s.output
+                )
+            };
             output::print(&text)?;
         }
     }
@@ -306,7 +386,8 @@ fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>) -> Str
         "rewritten",
         "already current",
         "skipped",
-        "conflicts",
+        "conflicts retried",
+        "abandoned",
         "failed",
         "deleted",
     ]);
@@ -315,6 +396,7 @@ fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>) -> Str
         s.rewritten.to_string(),
         s.already_current.to_string(),
         s.skipped.to_string(),
+        s.conflicts_retried.to_string(),
         s.conflicts.to_string(),
         s.failed.to_string(),
         s.deleted.to_string(),

@@ -2,16 +2,18 @@
 //! would make stored entries unreadable.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use atrest::audit::unreadable_after;
+use atrest::audit::{prune_check, PruneCheck};
 use atrest::config::{self, Config, NewProvider};
 use atrest::provider::Provider;
 use atrest::store::snapshot::Snapshot;
 use atrest::transform::Chain;
+use serde::Serialize;
 
 use super::audit::connect;
-use crate::cli::args::{ConfigRotateArgs, NewProviderArg, Stage};
+use crate::cli::args::{ConfigRotateArgs, NewProviderArg, OutputFormat, Stage};
+use crate::cli::output;
 use crate::cli::{CliError, Exit};
 
 fn chain_for(config: &Config, resource: &str, file: &Path) -> Result<Chain, CliError> {
@@ -31,8 +33,29 @@ fn added_key(chain: &Chain) -> Option<String> {
     }
 }
 
+/// What `config rotate -o json` prints: the stage's result, never key material.
+#[derive(Serialize)]
+struct RotateReport {
+    file: String,
+    stage: &'static str,
+    /// add: the new key; promote: the key made the write key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_name: Option<String>,
+    /// prune: the keys removed.
+    removed: Vec<String>,
+    /// prune: entries no key reads that named a removed key (lost with it).
+    lost: Vec<String>,
+    /// The copy of the previous file, when one was kept.
+    backup: Option<String>,
+    summary: String,
+    next: String,
+}
+
 /// Runs `atrest config rotate`.
-pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
+pub(crate) async fn run(
+    args: ConfigRotateArgs,
+    format: Option<OutputFormat>,
+) -> Result<Exit, CliError> {
     let file = args.file.as_path();
     // Loaded first: it refuses an oversized file before anything reads all of it.
     let config =
@@ -45,6 +68,26 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
     let mut model = config.model().clone();
     let rotate_err = |e: config::RotateError| CliError::usage(format!("{}: {e}", file.display()));
 
+    // Keys `add` marked as not promoted yet (comments at the top of the file).
+    let pending: Vec<String> = config::pending_adds(&String::from_utf8_lossy(&old_text));
+    let mut markers = String::new();
+    if args.discard_new && args.stage != Stage::Prune {
+        return Err(CliError::usage("--discard-new is only for --stage prune"));
+    }
+    let mut report = RotateReport {
+        file: file.display().to_string(),
+        stage: match args.stage {
+            Stage::Add => "add",
+            Stage::Promote => "promote",
+            Stage::Prune => "prune",
+        },
+        key_name: None,
+        removed: Vec::new(),
+        lost: Vec::new(),
+        backup: None,
+        summary: String::new(),
+        next: String::new(),
+    };
     let (summary, next) = match args.stage {
         Stage::Add => {
             let provider = args.provider.map(|p| match p {
@@ -55,6 +98,9 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
             let added =
                 config::add_key(&mut model, &args.resource, args.key_name.clone(), provider)
                     .map_err(rotate_err)?;
+            markers = config::keep_markers(&String::from_utf8_lossy(&old_text), &[]);
+            markers.push_str(&config::pending_marker(&added.key_name, &args.resource));
+            report.key_name = Some(added.key_name.clone());
             (
                 format!(
                     "Added {} key {:?} in second position (resources[{}].providers[{}]{}).",
@@ -79,6 +125,8 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
                 )),
             };
             config::promote(&mut model, &args.resource, &name).map_err(rotate_err)?;
+            markers = config::keep_markers(&String::from_utf8_lossy(&old_text), &[&name]);
+            report.key_name = Some(name.clone());
             (
                 format!("Promoted key {name:?}: new writes will be encrypted with it."),
                 format!(
@@ -88,22 +136,53 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
             )
         }
         Stage::Prune => {
+            let write_key = before.entries().first().and_then(|e| e.provider.key_name());
+            let unpromoted: Vec<&String> = pending
+                .iter()
+                .filter(|name| {
+                    Some(name.as_str()) != write_key
+                        && before
+                            .entries()
+                            .iter()
+                            .any(|e| e.provider.key_name() == Some(name.as_str()))
+                })
+                .collect();
+            if let (Some(name), false) = (unpromoted.first(), args.discard_new) {
+                let mut err = CliError::usage(format!(
+                    "refusing to prune: key {name:?} was added but never promoted, and pruning \
+                     would remove it"
+                ));
+                err.code = 1;
+                return Err(err.advice(format!(
+                    "run `atrest config rotate {0} --stage promote --key-name {name}` (then \
+                     rewrite), or `atrest config rotate {0} --stage prune --discard-new` to undo \
+                     the add",
+                    file.display()
+                )));
+            }
             let removed = config::prune(&mut model, &args.resource).map_err(rotate_err)?;
             if removed.is_empty() {
-                eprintln!("Nothing to prune: only the write key is left.");
+                report.summary = "Nothing to prune: only the write key is left.".to_owned();
+                eprintln!("{}", report.summary);
+                if format == Some(OutputFormat::Json) {
+                    output::print_json(&report)?;
+                }
                 return Ok(Exit::Clean);
             }
             let after_config = Config::from_model(model.clone())?;
             let after = chain_for(&after_config, &args.resource, file)?;
             let prefix = args.prefix.as_bytes();
-            let blocked = match &args.snapshot {
-                Some(path) => {
-                    let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
-                    unreadable_after(&snap, &before, &after, prefix).await?
+            let PruneCheck { blocked, lost } = match (&args.snapshot, &args.kine_db) {
+                (None, Some(path)) => {
+                    prune_check(&super::open_kine(path)?, &before, &after, prefix).await?
                 }
-                None => {
+                (Some(path), _) => {
+                    let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
+                    prune_check(&snap, &before, &after, prefix).await?
+                }
+                (None, None) => {
                     let store = connect(&args.store).await?;
-                    unreadable_after(&store, &before, &after, prefix).await?
+                    prune_check(&store, &before, &after, prefix).await?
                 }
             };
             if !blocked.is_empty() {
@@ -120,9 +199,11 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
                         .or_default() += 1;
                 }
                 let mut err = CliError::usage(format!(
-                    "refusing to prune: {} entries under {} are still encrypted with keys it would remove",
+                    "refusing to prune: {} {} under {} {} still encrypted with keys it would remove",
                     blocked.len(),
-                    args.prefix
+                    plural(blocked.len(), "entry", "entries"),
+                    args.prefix,
+                    plural(blocked.len(), "is", "are"),
                 ));
                 err.code = 1;
                 for (key, namespaces) in by_key {
@@ -141,12 +222,33 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
                     file.display()
                 )));
             }
+            if !lost.is_empty() {
+                eprintln!(
+                    "warning: {} {} under {} no configured key can decrypt name a key this prune \
+                     removes; without that key they are lost for good:",
+                    lost.len(),
+                    plural(lost.len(), "entry", "entries"),
+                    args.prefix
+                );
+                for e in &lost {
+                    eprintln!(
+                        "  {} ({} key {:?})",
+                        e.key,
+                        e.provider.map_or("-", |p| p.as_str()),
+                        e.key_name.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            report.lost = lost.iter().map(|e| e.key.clone()).collect();
+            report.removed = removed.clone();
             (
                 format!(
-                    "Pruned {} key(s): {}. No entry under {} needs them.",
+                    "Pruned {} {}: {}. No readable entry under {} needs {}.",
                     removed.len(),
+                    plural(removed.len(), "key", "keys"),
                     removed.join(", "),
-                    args.prefix
+                    args.prefix,
+                    plural(removed.len(), "it", "them"),
                 ),
                 "Next: copy the file to every control-plane node and restart every kube-apiserver. Backups and snapshots taken before the rewrite still need the old keys: keep them somewhere safe.".to_owned(),
             )
@@ -155,20 +257,72 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
 
     // Check the result exactly as a loaded file would be, then write it.
     Config::from_model(model.clone())?;
-    let yaml = zeroize::Zeroizing::new(config::to_yaml(&model)?);
-    if !args.no_backup {
-        let mut bak = file.as_os_str().to_owned();
-        bak.push(".bak");
-        config::write_atomic(Path::new(&bak), &old_text, true)?;
-    }
-    config::write_atomic(file, yaml.as_bytes(), true)?;
+    let yaml = zeroize::Zeroizing::new(format!("{markers}{}", config::to_yaml(&model)?));
+    let backup = if args.no_backup {
+        None
+    } else {
+        Some(keep_previous(file, &old_text)?)
+    };
+    config::write_atomic(file, yaml.as_bytes(), true).map_err(|e| super::write_error(file, e))?;
     eprintln!("{summary}");
-    if !args.no_backup {
+    if let Some(bak) = &backup {
         eprintln!(
-            "The previous file is kept as {}.bak (mode 0600).",
-            file.display()
+            "The previous file is kept as {} (mode 0600).",
+            bak.display()
         );
     }
     eprintln!("{next}");
+    if format == Some(OutputFormat::Json) {
+        report.backup = backup.map(|b| b.display().to_string());
+        report.summary = summary;
+        report.next = next;
+        output::print_json(&report)?;
+    }
     Ok(Exit::Clean)
+}
+
+/// `one` or `many` for a count.
+fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// Keeps the file as it was before this stage as `FILE.bak.N`, N one more than the highest
+/// kept so far: every stage of a rotation leaves its own copy (each holds keys: mode 0600).
+fn keep_previous(file: &Path, old_text: &[u8]) -> Result<PathBuf, CliError> {
+    let target = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let prefix = format!("{name}.bak.");
+    let highest = std::fs::read_dir(dir)
+        .map_err(|e| CliError::io(&dir.display().to_string(), e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix(&prefix)?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    for n in highest + 1..highest + 100 {
+        let bak = dir.join(format!("{prefix}{n}"));
+        match config::write_atomic(&bak, old_text, false) {
+            Ok(()) => return Ok(bak),
+            // Another rotation took this number meanwhile: try the next.
+            Err(config::ConfigError::Exists { .. }) => continue,
+            Err(e) => return Err(super::write_error(&bak, e)),
+        }
+    }
+    Err(CliError::usage(format!(
+        "cannot find a free FILE.bak.N name beside {}",
+        target.display()
+    )))
 }

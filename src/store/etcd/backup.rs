@@ -12,46 +12,43 @@ use super::error::{classify, Failed};
 use super::{EtcdError, EtcdStore};
 
 impl EtcdStore {
-    pub(super) async fn save_snapshot(&self, path: &Path) -> Result<u64, EtcdError> {
-        let (stream, endpoint) = self
-            .call(|m| {
-                let mut maintenance = m.client.maintenance_client();
-                let endpoint = m.endpoint.clone();
-                async move { Ok((maintenance.snapshot().await?, endpoint)) }
-            })
-            .await
-            .map_err(|f| f.into_error("snapshot"))?;
-        let file_name = path.file_name().ok_or_else(|| EtcdError::Backup {
+    pub(super) async fn save_snapshot(
+        &self,
+        path: &Path,
+        overwrite: bool,
+    ) -> Result<u64, EtcdError> {
+        let backup_error = |source| EtcdError::Backup {
             path: path.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
-        })?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(file_name);
-        temp_name.push(".partial");
-        let temp = path.with_file_name(temp_name);
-        let result = write_snapshot(stream, &temp, &endpoint).await;
-        let result = result.and_then(|size| {
-            fs::rename(&temp, path).map_err(|source| EtcdError::Backup {
-                path: path.to_owned(),
-                source,
-            })?;
-            // Make the rename itself durable.
-            let dir = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| EtcdError::Backup {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-            Ok(size)
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
+            source,
+        };
+        // Checked before etcd streams anything; `persist` checks again at the end.
+        if !overwrite && path.symlink_metadata().is_ok() {
+            return Err(backup_error(io::Error::from(io::ErrorKind::AlreadyExists)));
         }
-        result
+        // Mode 0600 from the start: the snapshot holds every Secret etcd stores.
+        let (temp, file) = crate::atomic_file::create_temp(path).map_err(backup_error)?;
+        let result = async {
+            let (stream, endpoint) = self
+                .call(|m| {
+                    let mut maintenance = m.client.maintenance_client();
+                    let endpoint = m.endpoint.clone();
+                    async move { Ok((maintenance.snapshot().await?, endpoint)) }
+                })
+                .await
+                .map_err(|f| f.into_error("snapshot"))?;
+            write_snapshot(stream, file, &temp, &endpoint).await
+        }
+        .await;
+        match result {
+            Ok(size) => {
+                crate::atomic_file::persist(&temp, path, overwrite).map_err(backup_error)?;
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -64,6 +61,7 @@ impl EtcdStore {
 /// checks the same two things.
 async fn write_snapshot(
     mut stream: SnapshotStreaming,
+    mut file: File,
     temp: &Path,
     endpoint: &str,
 ) -> Result<u64, EtcdError> {
@@ -71,7 +69,6 @@ async fn write_snapshot(
         path: temp.to_owned(),
         source,
     };
-    let mut file = File::create(temp).map_err(io_error)?;
     let mut hasher = Sha256::new();
     // The last (up to) 32 bytes seen, not hashed yet: they may be the trailer.
     let mut held: Vec<u8> = Vec::with_capacity(64);

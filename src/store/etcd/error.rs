@@ -53,12 +53,12 @@ pub enum EtcdError {
     },
     /// The TLS handshake failed: unknown CA, a certificate refused, or TLS spoken to a plain
     /// server (or the reverse).
-    #[error("TLS with etcd at {endpoint} failed: {}", tls_text(.problem.as_ref(), .detail))]
+    #[error("TLS with etcd at {endpoint} failed: {}", tls_text(.problem.as_deref(), .detail))]
     Tls {
         /// The endpoint.
         endpoint: String,
         /// Which file (or missing file) is at fault, when that could be told.
-        problem: Option<TlsProblem>,
+        problem: Option<Box<TlsProblem>>,
         /// What the TLS layer reported.
         detail: String,
     },

@@ -78,16 +78,21 @@ pub(super) async fn probe(
     let timeout = opts.connect_timeout;
     let attempt = async {
         let mut client = Client::connect([endpoint], Some(options)).await?;
-        client.status().await?;
-        Ok::<_, etcd_client::Error>(client)
+        let status = client.status().await?;
+        // etcd always names its member and cluster; kine answers with an empty header.
+        let kine = status
+            .header()
+            .is_none_or(|h| h.member_id() == 0 && h.cluster_id() == 0);
+        Ok::<_, etcd_client::Error>((client, kine))
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(client)) => Ok(Member {
+        Ok(Ok((client, kine))) => Ok(Member {
             endpoint: endpoint.to_owned(),
             kv: client
                 .kv_client()
                 .max_decoding_message_size(opts.max_page_bytes),
             client,
+            kine,
         }),
         Ok(Err(error)) => {
             let (mut kind, mut detail) = classify(&error);
@@ -101,7 +106,7 @@ pub(super) async fn probe(
                 {
                     return Err(EtcdError::Tls {
                         endpoint: endpoint.to_owned(),
-                        problem: Some(problem),
+                        problem: Some(Box::new(problem)),
                         detail,
                     });
                 }

@@ -49,6 +49,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, ConnectOptions, KeyValue, KvClient, PutOptions,
@@ -62,6 +63,7 @@ pub use scan::{MAX_PAGE_LIMIT, PAGE_LIMIT, PAGE_TARGET_BYTES, RANGE_KEYS};
 pub use space::{parse_quota, MemberSpace, QuotaSource, Space, DEFAULT_QUOTA_BYTES};
 
 use super::{CasOutcome, Entry, Page, ReadStore, StoreError, Unanswered, WriteStore};
+use error::Kind;
 use failover::probe;
 use scan::Splits;
 
@@ -71,6 +73,9 @@ struct Member {
     client: Client,
     /// The KV client with the raised decoding limit.
     kv: KvClient,
+    /// The member is kine (k3s's etcd-API shim over SQL), not etcd: its status has no member
+    /// or cluster ID.
+    kine: bool,
 }
 
 struct Inner {
@@ -167,6 +172,13 @@ impl EtcdStore {
     /// The endpoints that answered at connect time, in the order given.
     pub fn endpoints(&self) -> impl Iterator<Item = &str> {
         self.inner.members.iter().map(|m| m.endpoint.as_str())
+    }
+
+    /// Whether the store is kine (k3s's datastore) rather than etcd: every member that answered
+    /// said so. kine has no maintenance snapshot and no alarms, and keeps an `old_value` copy
+    /// in every row (see [`crate::store::kine`]).
+    pub fn is_kine(&self) -> bool {
+        self.inner.members.iter().all(|m| m.kine)
     }
 
     /// Why the other endpoints were left out at connect time (for a warning).
@@ -271,16 +283,31 @@ impl EtcdStore {
     }
 
     async fn compact_to(&self, revision: i64) -> Result<(), EtcdError> {
-        self.call(|m| {
-            let mut kv = m.kv.clone();
-            async move {
-                kv.compact(revision, Some(CompactionOptions::new().with_physical()))
-                    .await
+        // kine learns its newest revision by polling its table, so right after a write it can
+        // call that revision "a future revision" for a moment: retry for a few seconds.
+        let mut future_tries = 0;
+        loop {
+            let result = self
+                .call(|m| {
+                    let mut kv = m.kv.clone();
+                    async move {
+                        kv.compact(revision, Some(CompactionOptions::new().with_physical()))
+                            .await
+                    }
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                // Someone (kube-apiserver's compactor, an earlier run) already compacted at or
+                // past this revision: what was asked for is done.
+                Err(f) if f.kind == Kind::Compacted => return Ok(()),
+                Err(f) if f.detail.contains("future revision") && future_tries < 50 => {
+                    future_tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(f) => return Err(f.into_error("compact")),
             }
-        })
-        .await
-        .map_err(|f| f.into_error("compact"))?;
-        Ok(())
+        }
     }
 }
 
@@ -348,8 +375,8 @@ impl WriteStore for EtcdStore {
         Ok(self.get_key(key).await?)
     }
 
-    async fn backup(&self, path: &Path) -> Result<u64, StoreError> {
-        Ok(self.save_snapshot(path).await?)
+    async fn backup(&self, path: &Path, overwrite: bool) -> Result<u64, StoreError> {
+        Ok(self.save_snapshot(path, overwrite).await?)
     }
 
     async fn compact(&self, revision: i64) -> Result<(), StoreError> {

@@ -1,0 +1,722 @@
+//! kine's SQL datastore, read offline: the SQLite file of k3s
+//! (`/var/lib/rancher/k3s/server/db/state.db`).
+//!
+//! kine (github.com/k3s-io/kine) serves the etcd API over a SQL table. Every write appends a
+//! row; nothing is updated in place:
+//!
+//! ```text
+//! kine(id INTEGER PRIMARY KEY AUTOINCREMENT,   -- the revision of this write
+//!      name TEXT,                              -- the etcd key
+//!      created INTEGER, deleted INTEGER,        -- 1 on the row that created / deleted the key
+//!      create_revision INTEGER,                 -- the key's creation revision (0 on `created`)
+//!      prev_revision INTEGER,                   -- the id of the key's previous row
+//!      lease INTEGER,
+//!      value BLOB,                              -- the value (a delete row keeps the last one)
+//!      old_value BLOB)                          -- a copy of the previous row's value
+//! ```
+//!
+//! The state at revision R is, per name, the row with the highest `id <= R`, unless that row is
+//! a delete — exactly kine's `listSQL`. kine's compaction (`compact_rev_key` rows record how far
+//! it got) deletes superseded rows and delete rows, but it never clears `old_value`: the
+//! previous value of every key stays in the file, beside the current one, until the key is
+//! written again. [`KineDb::history`] therefore visits superseded rows, delete rows *and*
+//! `old_value` copies.
+//!
+//! The file is opened read-only. When kine is not running (no `-wal` file beside it) it is
+//! opened `immutable`, which takes no lock and reads a file on read-only media; while kine runs,
+//! SQLite's own locking gives a consistent read.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use thiserror::Error;
+
+use super::{prefix_end, Entry, Page, ReadStore, StoreError};
+
+/// Entries per page: pages are bounded by count (and by [`PAGE_BYTES`]).
+const PAGE_ENTRIES: usize = 1000;
+
+/// Value bytes after which a page ends early.
+const PAGE_BYTES: usize = 8 << 20;
+
+/// A failure reading kine's SQLite file. Exit status 3.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum KineError {
+    /// The file cannot be read, or the output cannot be written.
+    #[error("cannot access {}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is missing or cannot be opened as SQLite.
+    #[error("cannot open {} as an SQLite database: {source}", .path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database has no `kine` table with kine's columns.
+    #[error("{} is not kine's datastore: {reason}", .path.display())]
+    NotKine {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// A query failed (a damaged file, or one changing under a running kine).
+    #[error("reading {} failed: {source}", .path.display())]
+    Query {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The revision asked for is newer than the file.
+    #[error("{} holds revisions up to {newest}, not {asked}", .path.display())]
+    RevisionUnavailable {
+        /// The file.
+        path: PathBuf,
+        /// The revision asked for.
+        asked: i64,
+        /// The newest revision in the file.
+        newest: i64,
+    },
+}
+
+impl KineError {
+    /// What the user can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            KineError::Open { .. } | KineError::Io { .. } => {
+                "check the path: k3s keeps it at /var/lib/rancher/k3s/server/db/state.db (reading \
+                 it needs root)"
+            }
+            KineError::NotKine { .. } => {
+                "pass kine's SQLite file (k3s: /var/lib/rancher/k3s/server/db/state.db); for an \
+                 etcd snapshot use --snapshot"
+            }
+            KineError::Query { .. } | KineError::RevisionUnavailable { .. } => {
+                "if k3s is running, copy the file with `sqlite3 state.db '.backup copy.db'` and \
+                 read the copy"
+            }
+        }
+    }
+}
+
+/// The columns kine's table has; a file without them is refused.
+const COLUMNS: [&str; 9] = [
+    "id",
+    "name",
+    "created",
+    "deleted",
+    "create_revision",
+    "prev_revision",
+    "lease",
+    "value",
+    "old_value",
+];
+
+/// One stored copy of an older value: what [`KineDb::history`] visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryCopy {
+    /// A row superseded by a later write to its key, not yet compacted.
+    Superseded,
+    /// The last value of a deleted key, kept in its delete row until compaction.
+    Deleted,
+    /// The `old_value` column of a row: the value before that write (kept even after
+    /// compaction, until the key is written again).
+    OldValue,
+}
+
+/// kine's SQLite file, opened read-only, read at its newest revision.
+pub struct KineDb {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    revision: i64,
+}
+
+impl std::fmt::Debug for KineDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KineDb")
+            .field("path", &self.path)
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
+impl KineDb {
+    /// Opens `path` read-only and checks it is kine's table.
+    pub fn open(path: &Path) -> Result<KineDb, KineError> {
+        let open_err = |source| KineError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Err(source) = std::fs::File::open(path) {
+            return Err(KineError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        if !path.is_file() {
+            return Err(KineError::NotKine {
+                path: path.to_owned(),
+                reason: "it is not a regular file".to_owned(),
+            });
+        }
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let in_use = Path::new(&wal).exists();
+        let mut uri = String::from("file:");
+        for b in path.to_string_lossy().bytes() {
+            match b {
+                b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
+                b => uri.push(b as char),
+            }
+        }
+        uri.push_str(if in_use {
+            "?mode=ro"
+        } else {
+            "?mode=ro&immutable=1"
+        });
+        let conn = Connection::open_with_flags(
+            &uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        let query = |source| KineError::Query {
+            path: path.to_owned(),
+            source,
+        };
+        let not_kine = |reason: String| KineError::NotKine {
+            path: path.to_owned(),
+            reason,
+        };
+        // Reading the schema is the first real read: a file that is not SQLite fails here.
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('kine')")
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::NotADatabase =>
+                {
+                    not_kine("the file is not an SQLite database".to_owned())
+                }
+                e => query(e),
+            })?;
+        if columns.is_empty() {
+            return Err(not_kine("it has no table named kine".to_owned()));
+        }
+        let missing: Vec<&str> = COLUMNS
+            .iter()
+            .filter(|c| !columns.iter().any(|have| have == *c))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            return Err(not_kine(format!(
+                "its kine table lacks the columns {}",
+                missing.join(", ")
+            )));
+        }
+        let revision: i64 = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM kine", [], |r| r.get(0))
+            .map_err(query)?;
+        Ok(KineDb {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+            revision,
+        })
+    }
+
+    /// The newest revision in the file (the highest row id).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The revision kine last compacted to (0: never).
+    pub fn compacted_revision(&self) -> Result<i64, KineError> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT COALESCE(MAX(prev_revision), 0) FROM kine WHERE name = 'compact_rev_key'",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, KineError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|source| KineError::Query {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn pinned(&self, revision: Option<i64>) -> Result<i64, KineError> {
+        match revision {
+            None => Ok(self.revision),
+            Some(r) if r <= self.revision => Ok(r),
+            Some(asked) => Err(KineError::RevisionUnavailable {
+                path: self.path.clone(),
+                asked,
+                newest: self.revision,
+            }),
+        }
+    }
+
+    /// How many keys exist under `prefix` at the newest revision.
+    pub fn count_prefix(&self, prefix: &[u8]) -> Result<u64, KineError> {
+        let (low, high) = bounds(prefix);
+        let revision = self.revision;
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM kine AS kv JOIN (
+                     SELECT MAX(mkv.id) AS id FROM kine AS mkv
+                     WHERE mkv.name >= ?1 AND mkv.name < ?2 AND mkv.id <= ?3
+                     GROUP BY mkv.name) AS maxkv ON maxkv.id = kv.id
+                 WHERE kv.deleted = 0",
+                rusqlite::params![low, high, revision],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n.max(0).unsigned_abs())
+    }
+
+    /// One page of the keys under `prefix` after `after`, at `revision`.
+    pub fn read_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        revision: Option<i64>,
+    ) -> Result<Page, KineError> {
+        let revision = self.pinned(revision)?;
+        let (low, high) = bounds(prefix);
+        let after = after.map(|a| String::from_utf8_lossy(a).into_owned());
+        self.with_conn(|c| {
+            // kine's listSQL, with a strict lower bound for the pages after the first.
+            let mut stmt = c.prepare_cached(
+                "SELECT kv.name, kv.id, kv.created, kv.create_revision, kv.lease, kv.value
+                 FROM kine AS kv JOIN (
+                     SELECT MAX(mkv.id) AS id FROM kine AS mkv
+                     WHERE mkv.name >= ?1 AND mkv.name < ?2 AND mkv.id <= ?3
+                       AND (?4 IS NULL OR mkv.name > ?4)
+                     GROUP BY mkv.name) AS maxkv ON maxkv.id = kv.id
+                 WHERE kv.deleted = 0
+                 ORDER BY kv.name ASC
+                 LIMIT ?5",
+            )?;
+            let mut rows = stmt.query(rusqlite::params![
+                low,
+                high,
+                revision,
+                after,
+                (PAGE_ENTRIES + 1) as i64
+            ])?;
+            let mut entries = Vec::new();
+            let mut bytes = 0usize;
+            let mut more = false;
+            while let Some(row) = rows.next()? {
+                if entries.len() == PAGE_ENTRIES || bytes >= PAGE_BYTES {
+                    more = true;
+                    break;
+                }
+                let entry = entry_from_row(row)?;
+                bytes += entry.value.len();
+                entries.push(entry);
+            }
+            Ok(Page {
+                entries,
+                revision,
+                more,
+            })
+        })
+    }
+
+    /// Visits every stored copy of an older value under `prefix` (see [`HistoryCopy`]) as an
+    /// [`Entry`] whose `mod_revision` is the row that holds it. Returns how many it visited.
+    pub fn history(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(HistoryCopy, Entry),
+    ) -> Result<u64, KineError> {
+        let (low, high) = bounds(prefix);
+        self.with_conn(|c| {
+            let mut stmt = c.prepare(
+                "SELECT kv.name, kv.id, kv.created, kv.create_revision, kv.lease, kv.value,
+                        kv.deleted, kv.old_value,
+                        kv.id = (SELECT MAX(m.id) FROM kine AS m WHERE m.name = kv.name)
+                 FROM kine AS kv
+                 WHERE kv.name >= ?1 AND kv.name < ?2
+                 ORDER BY kv.name ASC, kv.id ASC",
+            )?;
+            let mut rows = stmt.query(rusqlite::params![low, high])?;
+            let mut visited = 0u64;
+            while let Some(row) = rows.next()? {
+                let entry = entry_from_row(row)?;
+                let deleted: i64 = row.get::<_, Option<i64>>(6)?.unwrap_or(0);
+                let old_value: Option<Vec<u8>> = row.get(7)?;
+                let latest: bool = row.get(8)?;
+                if let Some(old) = old_value.filter(|v| !v.is_empty()) {
+                    visited += 1;
+                    visit(
+                        HistoryCopy::OldValue,
+                        Entry {
+                            value: old,
+                            ..entry.clone()
+                        },
+                    );
+                }
+                let copy = if deleted != 0 {
+                    HistoryCopy::Deleted
+                } else if !latest {
+                    HistoryCopy::Superseded
+                } else {
+                    continue;
+                };
+                if !entry.value.is_empty() {
+                    visited += 1;
+                    visit(copy, entry);
+                }
+            }
+            Ok(visited)
+        })
+    }
+
+    /// Finds the current entry of one key (`None`: absent or deleted).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>, KineError> {
+        let name = String::from_utf8_lossy(key).into_owned();
+        let revision = self.revision;
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT name, id, created, create_revision, lease, value, deleted FROM kine
+                 WHERE name = ?1 AND id <= ?2 ORDER BY id DESC LIMIT 1",
+                rusqlite::params![name, revision],
+                |row| {
+                    Ok((
+                        entry_from_row(row)?,
+                        row.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                    ))
+                },
+            )
+            .optional()
+        })
+        .map(|found| found.and_then(|(e, deleted)| (deleted == 0).then_some(e)))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Which stored value [`KineDb::write_copy`] asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowValue {
+    /// The `value` of the key's newest row (the key's current value, unless it is deleted).
+    Newest,
+    /// The `value` of an older row, or of a delete row.
+    Older,
+    /// A row's `old_value` copy.
+    OldValue,
+}
+
+impl KineDb {
+    /// Writes a copy of the whole database to `output` in which every `value` and `old_value`
+    /// of the rows under `prefix` is what `rewrite` returns for it (`None`: kept as it is);
+    /// every other row and column is unchanged. The copy is made with `VACUUM INTO` into a
+    /// temporary file of mode 0600 beside `output`, updated in one transaction, vacuumed again
+    /// (so no free page keeps an old value), synced, and moved into place — replacing an
+    /// existing `output` only with `overwrite`. The input is never written.
+    pub fn write_copy(
+        &self,
+        output: &Path,
+        overwrite: bool,
+        prefix: &[u8],
+        mut rewrite: impl FnMut(RowValue, &Entry) -> Option<Vec<u8>>,
+    ) -> Result<(), KineError> {
+        let out_err = |source| KineError::Query {
+            path: output.to_owned(),
+            source,
+        };
+        let io_err = |source| KineError::Io {
+            path: output.to_owned(),
+            source,
+        };
+        if !overwrite && output.symlink_metadata().is_ok() {
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the output file exists (pass --force to replace it)",
+            )));
+        }
+        let (tmp, file) = crate::atomic_file::create_temp(output).map_err(io_err)?;
+        drop(file);
+        let result = (|| {
+            self.with_conn(|c| c.execute("VACUUM INTO ?1", [tmp.to_string_lossy().into_owned()]))?;
+            let mut out = Connection::open(&tmp).map_err(out_err)?;
+            out.pragma_update(None, "journal_mode", "DELETE")
+                .map_err(out_err)?;
+            let (low, high) = bounds(prefix);
+            let tx = out.transaction().map_err(out_err)?;
+            {
+                let mut read = tx
+                    .prepare(
+                        "SELECT kv.name, kv.id, kv.created, kv.create_revision, kv.lease,
+                                kv.value, kv.deleted, kv.old_value,
+                                kv.id = (SELECT MAX(m.id) FROM kine AS m WHERE m.name = kv.name)
+                         FROM kine AS kv WHERE kv.name >= ?1 AND kv.name < ?2
+                         ORDER BY kv.id",
+                    )
+                    .map_err(out_err)?;
+                let mut update = tx
+                    .prepare("UPDATE kine SET value = ?2, old_value = ?3 WHERE id = ?1")
+                    .map_err(out_err)?;
+                let mut rows = read.query(rusqlite::params![low, high]).map_err(out_err)?;
+                while let Some(row) = rows.next().map_err(out_err)? {
+                    let entry = entry_from_row(row).map_err(out_err)?;
+                    let deleted: i64 = row.get::<_, Option<i64>>(6).map_err(out_err)?.unwrap_or(0);
+                    let old: Option<Vec<u8>> = row.get(7).map_err(out_err)?;
+                    let latest: bool = row.get(8).map_err(out_err)?;
+                    let which = if latest && deleted == 0 {
+                        RowValue::Newest
+                    } else {
+                        RowValue::Older
+                    };
+                    let new_value = rewrite(which, &entry);
+                    let new_old = old.filter(|v| !v.is_empty()).and_then(|v| {
+                        rewrite(
+                            RowValue::OldValue,
+                            &Entry {
+                                value: v,
+                                ..entry.clone()
+                            },
+                        )
+                    });
+                    if new_value.is_some() || new_old.is_some() {
+                        let id = entry.mod_revision;
+                        let value = new_value.unwrap_or(entry.value);
+                        // Unchanged old_value: read it back in SQL, no second copy here.
+                        match new_old {
+                            Some(o) => update.execute(rusqlite::params![id, value, o]),
+                            None => tx.execute(
+                                "UPDATE kine SET value = ?2 WHERE id = ?1",
+                                rusqlite::params![id, value],
+                            ),
+                        }
+                        .map_err(out_err)?;
+                    }
+                }
+            }
+            tx.commit().map_err(out_err)?;
+            // The updates left the old pages free; VACUUM rebuilds the file without them.
+            out.execute_batch("VACUUM").map_err(out_err)?;
+            out.close().map_err(|(_, e)| out_err(e))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err)?;
+            crate::atomic_file::persist(&tmp, output, overwrite).map_err(io_err)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Free pages in the file (`PRAGMA freelist_count`): what may still hold deleted bytes.
+    pub fn free_pages(&self) -> Result<u64, KineError> {
+        self.with_conn(|c| c.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0)))
+            .map(|n| n.max(0).unsigned_abs())
+    }
+}
+
+/// `[prefix, prefix_end)` as text, the way kine compares names.
+fn bounds(prefix: &[u8]) -> (String, String) {
+    let end = prefix_end(prefix);
+    (
+        String::from_utf8_lossy(prefix).into_owned(),
+        if end == [0] {
+            // Open-ended: every name sorts below U+10FFFF.
+            char::MAX.to_string()
+        } else {
+            String::from_utf8_lossy(&end).into_owned()
+        },
+    )
+}
+
+/// Columns 0..=5: name, id, created, create_revision, lease, value.
+fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let name: String = row.get(0)?;
+    let id: i64 = row.get(1)?;
+    // kine leaves these NULL where they mean nothing (create_revision on a creating row).
+    let created: i64 = row.get::<_, Option<i64>>(2)?.unwrap_or(0);
+    let create_revision: i64 = row.get::<_, Option<i64>>(3)?.unwrap_or(0);
+    Ok(Entry {
+        key: name.into_bytes(),
+        value: row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+        mod_revision: id,
+        // kine stores 0 on the creating row; its own reads then report the row's id.
+        create_revision: if created != 0 || create_revision == 0 {
+            id
+        } else {
+            create_revision
+        },
+        // kine keeps no per-key version count.
+        version: 0,
+        lease: row.get::<_, Option<i64>>(4)?.unwrap_or(0),
+    })
+}
+
+impl ReadStore for KineDb {
+    fn source(&self) -> String {
+        format!("kine database {}", self.path.display())
+    }
+
+    fn count(&self, prefix: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        std::future::ready(self.count_prefix(prefix).map_err(StoreError::from))
+    }
+
+    fn page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        revision: Option<i64>,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send {
+        std::future::ready(
+            self.read_page(prefix, after, revision)
+                .map_err(StoreError::from),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table with kine's schema, filled by hand: only for the reader's edge cases. The real
+    /// fixture is written by kine itself in the integration tests.
+    /// (id, name, created, deleted, prev_revision, value, old_value)
+    type Row<'a> = (i64, &'a str, i64, i64, i64, &'a [u8], &'a [u8]);
+
+    fn db(rows: &[Row<'_>]) -> (tempfile::TempDir, KineDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, created INTEGER,
+             deleted INTEGER, create_revision INTEGER, prev_revision INTEGER, lease INTEGER,
+             value BLOB, old_value BLOB)",
+        )
+        .unwrap();
+        for (id, name, created, deleted, prev, value, old) in rows {
+            c.execute(
+                "INSERT INTO kine VALUES (?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7)",
+                rusqlite::params![id, name, created, deleted, prev, value, old],
+            )
+            .unwrap();
+        }
+        drop(c);
+        let db = KineDb::open(&path).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn latest_row_wins_and_deletes_hide_keys() {
+        let (_d, db) = db(&[
+            (1, "/registry/secrets/a/x", 1, 0, 0, b"v1", b""),
+            (2, "/registry/secrets/a/x", 0, 0, 1, b"v2", b"v1"),
+            (3, "/registry/secrets/a/gone", 1, 0, 0, b"g", b""),
+            (4, "/registry/secrets/a/gone", 0, 1, 3, b"g", b"g"),
+            (5, "/registry/secretsX", 1, 0, 0, b"other", b""),
+            (6, "compact_rev_key", 1, 0, 0, b"", b""),
+        ]);
+        assert_eq!(db.revision(), 6);
+        let page = db.read_page(b"/registry/secrets/", None, None).unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.entries[0].value, b"v2");
+        assert_eq!(page.entries[0].mod_revision, 2);
+        assert!(!page.more);
+        // Pinned to revision 1: the first value.
+        let old = db.read_page(b"/registry/secrets/", None, Some(1)).unwrap();
+        assert_eq!(old.entries[0].value, b"v1");
+        assert_eq!(db.count_prefix(b"/registry/secrets/").unwrap(), 1);
+        assert!(db.get(b"/registry/secrets/a/gone").unwrap().is_none());
+        assert!(matches!(
+            db.read_page(b"/", None, Some(99)),
+            Err(KineError::RevisionUnavailable { .. })
+        ));
+        let mut copies = Vec::new();
+        db.history(b"/registry/secrets/", |c, e| copies.push((c, e.value)))
+            .unwrap();
+        assert_eq!(
+            copies,
+            [
+                // The creating row of the deleted key, then its delete row (and its copy).
+                (HistoryCopy::Superseded, b"g".to_vec()),
+                (HistoryCopy::OldValue, b"g".to_vec()),
+                (HistoryCopy::Deleted, b"g".to_vec()),
+                (HistoryCopy::Superseded, b"v1".to_vec()),
+                (HistoryCopy::OldValue, b"v1".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn pages_follow_each_other() {
+        let names: Vec<String> = (0..2500)
+            .map(|i| format!("/registry/secrets/ns/k{i:05}"))
+            .collect();
+        let rows: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as i64 + 1, n.as_str(), 1, 0, 0, &b"v"[..], &b""[..]))
+            .collect();
+        let (_d, db) = db(&rows);
+        let mut after: Option<Vec<u8>> = None;
+        let mut seen = Vec::new();
+        loop {
+            let page = db
+                .read_page(b"/registry/secrets/", after.as_deref(), Some(db.revision()))
+                .unwrap();
+            after = page.entries.last().map(|e| e.key.clone());
+            seen.extend(page.entries.into_iter().map(|e| e.key));
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 2500);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn other_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("t.db");
+        std::fs::write(&text, b"not a database at all, just some text").unwrap();
+        let e = KineDb::open(&text).unwrap_err();
+        assert!(e.to_string().contains("not an SQLite database"), "{e}");
+        let other = dir.path().join("o.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (a)")
+            .unwrap();
+        let e = KineDb::open(&other).unwrap_err();
+        assert!(e.to_string().contains("no table named kine"), "{e}");
+        let e = KineDb::open(&dir.path().join("missing.db")).unwrap_err();
+        assert!(matches!(e, KineError::Io { .. }), "{e}");
+    }
+}
