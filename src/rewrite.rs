@@ -398,7 +398,6 @@ where
         }
         if compacting && in_flight.is_empty() && fetching.is_empty() {
             compacting = false;
-            since_compact = 0;
             if stop || failure.is_some() {
                 continue;
             }
@@ -428,7 +427,9 @@ where
                         newest_written = newest_written.max(rev);
                         since_compact += 1;
                         if opts.compact_every.is_some_and(|n| since_compact >= n.max(1)) {
+                            // Entries finishing while the batch drains count towards the next.
                             compacting = true;
+                            since_compact = 0;
                         }
                     }
                     observer.entry(&entry);
