@@ -116,10 +116,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client.put(key.as_bytes(), plain.to_vec(), None).await?;
         client.put(key.as_bytes(), value.clone(), None).await?;
     }
-    // A deleted Secret: its plaintext revision stays in history until compaction.
-    client
-        .delete("/registry/secrets/default/old-service-token", None)
-        .await?;
+    // A deleted Secret: its plaintext revision stays in history until compaction. Deleted the
+    // way kube-apiserver deletes (a transaction on the key's revision), which kine supports too.
+    let gone = "/registry/secrets/default/old-service-token";
+    let seen = client
+        .get(gone, None)
+        .await?
+        .kvs()
+        .first()
+        .map_or(0, |kv| kv.mod_revision());
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::mod_revision(
+            gone,
+            etcd_client::CompareOp::Equal,
+            seen,
+        )])
+        .and_then([etcd_client::TxnOp::delete(gone, None)])
+        .or_else([etcd_client::TxnOp::get(gone, None)]);
+    client.txn(txn).await?;
     // Something outside the audited prefix.
     client
         .put(

@@ -20,7 +20,7 @@ use crate::provider::Provider;
 use crate::rewrite::{EntryResult, RewriteEntry};
 use crate::store::kine::{KineDb, RowValue};
 use crate::store::snapshot::{write_snapshot, Snapshot, SnapshotError};
-use crate::store::{ReadStore, StoreError};
+use crate::store::{Entry, ReadStore, StoreError};
 use crate::transform::{Chain, RewritePlan};
 
 /// What an offline rewrite did, and what the new file holds. The JSON schema of
@@ -59,6 +59,60 @@ pub struct OfflineSummary {
 }
 
 impl OfflineSummary {
+    fn start(input: &Path, output: &Path, revision: i64) -> OfflineSummary {
+        OfflineSummary {
+            input: input.display().to_string(),
+            output: output.display().to_string(),
+            revision,
+            scanned: 0,
+            rewritten: 0,
+            already_current: 0,
+            skipped: 0,
+            failed: 0,
+            history_rewritten: 0,
+            history_left: 0,
+            after: Counts::default(),
+            after_history: Counts::default(),
+            after_residue: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Plans one stored value (a key's newest revision, or an older copy) and counts it;
+    /// returns the verified new value to store instead, if any.
+    fn plan(&mut self, chain: &Chain, entry: &Entry, newest: bool) -> Option<Vec<u8>> {
+        let (found, plan) = chain.plan_rewrite(&entry.value, &entry.key);
+        let (result, error, new_value) = match plan {
+            RewritePlan::Write(v) => (EntryResult::Rewritten, None, Some(v)),
+            RewritePlan::AlreadyCurrent => (EntryResult::AlreadyCurrent, None, None),
+            RewritePlan::Skip => (EntryResult::Skipped, found.error.clone(), None),
+            RewritePlan::Failed(why) => (EntryResult::Failed, Some(why), None),
+        };
+        if newest {
+            self.scanned += 1;
+            match result {
+                EntryResult::Rewritten => self.rewritten += 1,
+                EntryResult::AlreadyCurrent => self.already_current += 1,
+                EntryResult::Skipped => self.skipped += 1,
+                _ => self.failed += 1,
+            }
+            if result != EntryResult::AlreadyCurrent {
+                self.entries.push(RewriteEntry {
+                    key: String::from_utf8_lossy(&entry.key).into_owned(),
+                    from: found.state,
+                    result,
+                    error,
+                    conflicts_retried: 0,
+                });
+            }
+        } else if new_value.is_some() {
+            self.history_rewritten += 1;
+        } else if result != EntryResult::AlreadyCurrent {
+            self.history_left += 1;
+        }
+        new_value
+    }
+
     /// Clean when every newest revision of the new file is current and nothing plaintext or
     /// stale is left in its history; findings otherwise.
     pub fn verdict(&self) -> Verdict {
@@ -119,22 +173,7 @@ pub async fn rewrite_snapshot(
     if same {
         return Err(OfflineError::SameFile(output.to_path_buf()));
     }
-    let mut s = OfflineSummary {
-        input: input.path().display().to_string(),
-        output: output.display().to_string(),
-        revision: input.revision(),
-        scanned: 0,
-        rewritten: 0,
-        already_current: 0,
-        skipped: 0,
-        failed: 0,
-        history_rewritten: 0,
-        history_left: 0,
-        after: Counts::default(),
-        after_history: Counts::default(),
-        after_residue: 0,
-        entries: Vec::new(),
-    };
+    let mut s = OfflineSummary::start(input.path(), output, input.revision());
     let mut lookup_error = None;
     write_snapshot(input, output, |entry| {
         if !entry.key.starts_with(prefix) {
@@ -147,36 +186,7 @@ pub async fn rewrite_snapshot(
                 false
             }
         };
-        let (found, plan) = chain.plan_rewrite(&entry.value, &entry.key);
-        let (result, error, new_value) = match plan {
-            RewritePlan::Write(v) => (EntryResult::Rewritten, None, Some(v)),
-            RewritePlan::AlreadyCurrent => (EntryResult::AlreadyCurrent, None, None),
-            RewritePlan::Skip => (EntryResult::Skipped, found.error.clone(), None),
-            RewritePlan::Failed(why) => (EntryResult::Failed, Some(why), None),
-        };
-        if newest {
-            s.scanned += 1;
-            match result {
-                EntryResult::Rewritten => s.rewritten += 1,
-                EntryResult::AlreadyCurrent => s.already_current += 1,
-                EntryResult::Skipped => s.skipped += 1,
-                _ => s.failed += 1,
-            }
-            if result != EntryResult::AlreadyCurrent {
-                s.entries.push(RewriteEntry {
-                    key: String::from_utf8_lossy(&entry.key).into_owned(),
-                    from: found.state,
-                    result,
-                    error,
-                    conflicts_retried: 0,
-                });
-            }
-        } else if new_value.is_some() {
-            s.history_rewritten += 1;
-        } else if result != EntryResult::AlreadyCurrent {
-            s.history_left += 1;
-        }
-        new_value
+        s.plan(chain, entry, newest)
     })?;
     if let Some(e) = lookup_error {
         return Err(e.into());
@@ -250,54 +260,10 @@ pub async fn rewrite_kine(
     if same {
         return Err(OfflineError::SameFile(output.to_path_buf()));
     }
-    let mut s = OfflineSummary {
-        input: input.path().display().to_string(),
-        output: output.display().to_string(),
-        revision: input.revision(),
-        scanned: 0,
-        rewritten: 0,
-        already_current: 0,
-        skipped: 0,
-        failed: 0,
-        history_rewritten: 0,
-        history_left: 0,
-        after: Counts::default(),
-        after_history: Counts::default(),
-        after_residue: 0,
-        entries: Vec::new(),
-    };
+    let mut s = OfflineSummary::start(input.path(), output, input.revision());
     input
         .write_copy(output, overwrite, prefix, |which, entry| {
-            let (found, plan) = chain.plan_rewrite(&entry.value, &entry.key);
-            let (result, error, new_value) = match plan {
-                RewritePlan::Write(v) => (EntryResult::Rewritten, None, Some(v)),
-                RewritePlan::AlreadyCurrent => (EntryResult::AlreadyCurrent, None, None),
-                RewritePlan::Skip => (EntryResult::Skipped, found.error.clone(), None),
-                RewritePlan::Failed(why) => (EntryResult::Failed, Some(why), None),
-            };
-            if which == RowValue::Newest {
-                s.scanned += 1;
-                match result {
-                    EntryResult::Rewritten => s.rewritten += 1,
-                    EntryResult::AlreadyCurrent => s.already_current += 1,
-                    EntryResult::Skipped => s.skipped += 1,
-                    _ => s.failed += 1,
-                }
-                if result != EntryResult::AlreadyCurrent {
-                    s.entries.push(RewriteEntry {
-                        key: String::from_utf8_lossy(&entry.key).into_owned(),
-                        from: found.state,
-                        result,
-                        error,
-                        conflicts_retried: 0,
-                    });
-                }
-            } else if new_value.is_some() {
-                s.history_rewritten += 1;
-            } else if result != EntryResult::AlreadyCurrent {
-                s.history_left += 1;
-            }
-            new_value
+            s.plan(chain, entry, which == RowValue::Newest)
         })
         .map_err(|e| OfflineError::Scan(format!("{e}")))?;
     s.entries.sort_by(|a, b| a.key.cmp(&b.key));

@@ -519,15 +519,23 @@ async fn rewrite_one<S: WriteStore + Sync>(
             .compare_and_put(&entry.key, entry.mod_revision, new_value, entry.lease)
             .await
         {
-            Ok(CasOutcome::Written { mod_revision }) => {
+            Ok(CasOutcome::Written { .. }) => {
                 if let Some(value) = again {
                     // The same bytes on top of themselves: the store's copy of the previous
-                    // value is now this ciphertext. A conflict here means someone wrote after
-                    // us, which replaces the copy just as well; a store failure leaves the
-                    // first write, which is correct, with the copy until the key's next write.
-                    let _ = store
-                        .compare_and_put(&entry.key, mod_revision, value, entry.lease)
-                        .await;
+                    // value is now this ciphertext. The revision to compare against is read
+                    // back with the key, not taken from the transaction's header: kine's
+                    // header carries its newest revision, which may already be another
+                    // writer's. Only if the key still holds exactly these bytes (a random IV
+                    // makes them unique) is it written again; a conflict means someone wrote
+                    // after us, which replaces the copy just as well; a store failure leaves
+                    // the first write, which is correct, with the copy until the next write.
+                    if let Ok(Some(now)) = store.get(&entry.key).await {
+                        if now.value == value {
+                            let _ = store
+                                .compare_and_put(&entry.key, now.mod_revision, value, now.lease)
+                                .await;
+                        }
+                    }
                 }
                 return done(EntryResult::Rewritten, None).map(|(e, _)| (e, Some(mod_revision)));
             }

@@ -212,6 +212,19 @@ pub(crate) struct StoreArgs {
     /// etcd client certificate under /etc/kubernetes/pki (flags given explicitly still win).
     #[arg(long)]
     pub(crate) kubeadm: bool,
+    /// A k3s server node: read kine's SQLite file (server/db/state.db) with k3s's encryption
+    /// config (server/cred/encryption-config.json) under the k3s data directory, unless
+    /// --config or --kine-db say otherwise.
+    #[arg(long, conflicts_with = "kubeadm")]
+    pub(crate) k3s: bool,
+    /// k3s's data directory (its --data-dir), for --k3s.
+    #[arg(
+        long,
+        env = "K3S_DATA_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/rancher/k3s"
+    )]
+    pub(crate) k3s_data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -243,8 +256,8 @@ pub(crate) struct RewriteArgs {
     pub(crate) store: StoreArgs,
     /// The EncryptionConfiguration kube-apiserver runs with; its first provider and key
     /// encrypt.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) config: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "k3s")]
+    pub(crate) config: Option<PathBuf>,
     /// Key prefix to rewrite.
     #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
@@ -320,8 +333,8 @@ pub(crate) struct StatusArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) kine_db: Option<PathBuf>,
     /// The EncryptionConfiguration kube-apiserver runs with.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) config: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "k3s")]
+    pub(crate) config: Option<PathBuf>,
     /// Key prefix to scan.
     #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,

@@ -77,7 +77,9 @@ pub struct Unanswered {
 pub enum CasOutcome {
     /// The value was written; `mod_revision` is the key's new revision.
     Written {
-        /// The key's revision after the write.
+        /// The key's revision after the write, from the transaction's response header. Exact on
+        /// etcd; on kine the header carries kine's newest revision, which may already be a later
+        /// write's — read the key back before using it as a compare revision.
         mod_revision: i64,
     },
     /// The key changed since it was read: nothing was written. `current` is what the key holds

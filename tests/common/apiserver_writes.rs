@@ -30,3 +30,33 @@ pub async fn delete_key(client: &mut etcd_client::Client, key: impl AsRef<[u8]>)
         }
     }
 }
+
+/// Writes `value` under `key` as kube-apiserver's `GuaranteedUpdate` does: read the key's
+/// mod_revision, then `if mod_revision == seen then put else get` (creation: `if
+/// mod_revision == 0 then put`), retried until it lands. Returns the revision of the write.
+///
+/// A plain `Put` is not the same on kine: kine implements it as read-then-update and reports
+/// success even when a concurrent write made the update fail, so the value is silently not
+/// stored. kube-apiserver never sends a plain `Put`; neither do the tests' writers.
+pub async fn put_key(
+    client: &mut etcd_client::Client,
+    key: impl AsRef<[u8]>,
+    value: impl AsRef<[u8]>,
+) -> i64 {
+    let (key, value) = (key.as_ref().to_vec(), value.as_ref().to_vec());
+    loop {
+        let resp = client.get(key.clone(), None).await.expect("get before put");
+        // kube-apiserver's shapes: create is `mod_revision == 0` with no failure branch.
+        let seen = resp.kvs().first().map_or(0, |kv| kv.mod_revision());
+        let mut txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
+            .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+        if seen != 0 {
+            txn = txn.or_else([TxnOp::get(key.clone(), None)]);
+        }
+        let resp = client.txn(txn).await.expect("put txn");
+        if resp.succeeded() {
+            return resp.header().map_or(0, |h| h.revision());
+        }
+    }
+}

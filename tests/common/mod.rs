@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod apiserver_writes;
 mod kine;
-pub use apiserver_writes::delete_key;
+pub use apiserver_writes::{delete_key, put_key};
 pub use kine::KineServer;
 
 /// Finds the etcd binary (`$ATREST_TEST_ETCD`, else `etcd` on PATH); panics with advice if absent.

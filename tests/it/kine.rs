@@ -340,3 +340,70 @@ async fn backup_through_kine_is_refused_before_anything_is_written() {
     );
     assert!(!dir.path().join("b.db").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn k3s_finds_its_config_and_datastore() {
+    // A k3s data directory: the JSON config k3s writes (key names with ':'), kine's state.db.
+    let key_name = "aescbckey-2025-05-16T19:21:39Z";
+    let k3s_config = format!(
+        r#"{{"kind":"EncryptionConfiguration","apiVersion":"apiserver.config.k8s.io/v1","resources":[{{"resources":["secrets"],"providers":[{{"aescbc":{{"keys":[{{"name":"{key_name}","secret":"rrbu51iF5Q+RAUNdZZ4HrBOFWTfFZBeOUSsPWYzZGxY="}}]}}}},{{"identity":{{}}}}]}}]}}"#
+    );
+    let data = tempfile::tempdir().unwrap();
+    let cred = data.path().join("server/cred");
+    let db_dir = data.path().join("server/db");
+    std::fs::create_dir_all(&cred).unwrap();
+    std::fs::create_dir_all(&db_dir).unwrap();
+    std::fs::write(cred.join("encryption-config.json"), &k3s_config).unwrap();
+    let chain =
+        Chain::from_config(&Config::from_yaml(&k3s_config).unwrap(), "", "secrets").unwrap();
+
+    let mut kine = KineServer::start();
+    let mut client = kine.client().await;
+    let plain = stored_secret();
+    put_raw(&mut client, b"/registry/secrets/a/plain", &plain).await;
+    let v = chain.encrypt(&plain, b"/registry/secrets/a/enc").unwrap();
+    put_raw(&mut client, b"/registry/secrets/a/enc", &v).await;
+    kine.stop();
+    std::fs::copy(kine.db_path(), db_dir.join("state.db")).unwrap();
+
+    let out = atrest()
+        .args(["audit", "--k3s", "-o", "json"])
+        .env("K3S_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // It says what it used.
+    assert!(
+        err.contains("encryption-config.json") && err.contains("server/db/state.db"),
+        "{err}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            r["summary"]["plaintext"].as_u64(),
+            r["summary"]["current"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(r["write_provider"]["key_name"], key_name);
+    // status the same way; a live rewrite is refused (k3s serves kine on a unix socket only).
+    let st = atrest()
+        .args(["status", "--k3s", "-o", "json"])
+        .env("K3S_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let rw = atrest()
+        .args(["rewrite", "--k3s"])
+        .env("K3S_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert_eq!(rw.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&rw.stderr).contains("--out"));
+}

@@ -442,7 +442,7 @@ async fn no_update_is_lost_to_concurrent_writes() {
                         } else {
                             chain.encrypt(&p, &k).unwrap()
                         };
-                        client.put(k, value, None).await.unwrap();
+                        crate::common::put_key(&mut client, k, value).await;
                         last.insert(i, Some(p));
                     }
                 }

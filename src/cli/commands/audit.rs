@@ -107,7 +107,12 @@ pub(crate) fn warn_failover(store: &EtcdStore) {
 }
 
 /// Runs `atrest audit`.
-pub(crate) async fn run(args: AuditArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
+pub(crate) async fn run(
+    mut args: AuditArgs,
+    format: Option<OutputFormat>,
+) -> Result<Exit, CliError> {
+    (args.config, args.kine_db) =
+        super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
     let chain = match &args.config {
         Some(path) => Some(load_chain(path, &args.prefix)?),
         None => None,

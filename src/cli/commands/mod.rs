@@ -46,6 +46,27 @@ pub(crate) fn invalid_config(file: &str, e: &ConfigError) -> CliError {
     cli
 }
 
+/// What `--k3s` picks on a k3s server node: the config and kine's SQLite file under k3s's data
+/// directory, unless given explicitly. Says on stderr which it used.
+pub(crate) fn k3s_paths(
+    store: &crate::cli::args::StoreArgs,
+    config: Option<&std::path::Path>,
+    kine_db: Option<&std::path::Path>,
+) -> (Option<std::path::PathBuf>, Option<std::path::PathBuf>) {
+    if !store.k3s {
+        return (config.map(Into::into), kine_db.map(Into::into));
+    }
+    let server = store.k3s_data_dir.join("server");
+    let config = config.map_or_else(|| server.join("cred/encryption-config.json"), Into::into);
+    let db = kine_db.map_or_else(|| server.join("db/state.db"), Into::into);
+    eprintln!(
+        "--k3s: config {}, datastore {} (kine's SQLite file, read-only)",
+        config.display(),
+        db.display()
+    );
+    (Some(config), Some(db))
+}
+
 /// Opens kine's SQLite file (`--kine-db`); failures are exit 3 with what to do.
 pub(crate) fn open_kine(path: &std::path::Path) -> Result<atrest::store::kine::KineDb, CliError> {
     atrest::store::kine::KineDb::open(path).map_err(|e| {

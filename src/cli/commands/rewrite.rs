@@ -28,7 +28,22 @@ impl Observer for Progress {
 
 /// Runs `atrest rewrite`.
 pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
-    let chain = load_chain(&args.config, &args.prefix)?;
+    let mut args = args;
+    let (config, kine_db) =
+        super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
+    args.kine_db = kine_db;
+    let config = config.ok_or_else(|| CliError::usage("--config FILE is required"))?;
+    if args.store.k3s && args.out.is_none() {
+        return Err(CliError::usage(
+            "--k3s rewrites offline, into a new file: k3s serves kine only on its unix socket",
+        )
+        .advice(
+            "stop k3s, run `atrest rewrite --k3s --out /root/state-new.db`, put the new file in \
+             place of state.db (removing state.db-wal and -shm) and start k3s; or run kine with \
+             --listen-address and pass --endpoints",
+        ));
+    }
+    let chain = load_chain(&config, &args.prefix)?;
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }
@@ -141,7 +156,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     match output::format(format) {
         OutputFormat::Prometheus => return Err(output::no_prometheus()),
         OutputFormat::Json => output::print_json(&summary)?,
-        OutputFormat::Table => output::print(&render(&summary, &args, compacted))?,
+        OutputFormat::Table => output::print(&render(&summary, &args, compacted, kine))?,
     }
     Ok(match summary.verdict() {
         atrest::audit::Verdict::Clean => Exit::Clean,
@@ -379,7 +394,7 @@ async fn offline(
     })
 }
 
-fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>) -> String {
+fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>, kine: bool) -> String {
     let mut t = output::table();
     t.set_header(vec![
         "scanned",
@@ -446,7 +461,11 @@ fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>) -> Str
             Some(rev) => out += &format!("  - history was compacted at revision {rev}: older revisions are gone.\n"),
             None => out += "  - older revisions keep the old values in etcd's history until compaction\n    (kube-apiserver compacts every 5 minutes by default; or pass --compact).\n",
         }
-        out += "  - the old bytes stay in etcd's database file until `etcdctl defrag` on every member,\n    and in every earlier backup or snapshot.\n";
+        if kine {
+            out += "  - kine: every key was written twice, so each row's old_value copy is ciphertext too;\n    the old rows stay in the SQLite file until kine compacts, and their bytes in its free\n    pages until kine's startup VACUUM — and in every earlier copy of state.db.\n";
+        } else {
+            out += "  - the old bytes stay in etcd's database file until `etcdctl defrag` on every member,\n    and in every earlier backup or snapshot.\n";
+        }
     }
     out
 }

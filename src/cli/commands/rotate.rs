@@ -172,7 +172,8 @@ pub(crate) async fn run(
             let after_config = Config::from_model(model.clone())?;
             let after = chain_for(&after_config, &args.resource, file)?;
             let prefix = args.prefix.as_bytes();
-            let PruneCheck { blocked, lost } = match (&args.snapshot, &args.kine_db) {
+            let (_, kine_db) = super::k3s_paths(&args.store, None, args.kine_db.as_deref());
+            let PruneCheck { blocked, lost } = match (&args.snapshot, &kine_db) {
                 (None, Some(path)) => {
                     prune_check(&super::open_kine(path)?, &before, &after, prefix).await?
                 }

@@ -13,7 +13,16 @@ use crate::cli::{prometheus, CliError, Exit};
 
 /// Runs `atrest status`.
 pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
-    let chain = load_chain(&args.config, &args.prefix)?;
+    let mut args = args;
+    let (config, kine_db) =
+        super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
+    args.kine_db = kine_db;
+    args.config = config;
+    let config = args
+        .config
+        .clone()
+        .ok_or_else(|| CliError::usage("--config FILE is required"))?;
+    let chain = load_chain(&config, &args.prefix)?;
     let prefix = args.prefix.as_bytes();
     let status = match (&args.snapshot, &args.kine_db) {
         (None, Some(path)) => status::status(&super::open_kine(path)?, &chain, prefix).await?,
@@ -49,7 +58,10 @@ fn render(s: &Status, args: &StatusArgs) -> String {
         s.prefix,
         s.source,
         s.revision,
-        args.config.display()
+        args.config
+            .as_deref()
+            .unwrap_or(std::path::Path::new("-"))
+            .display()
     );
     let mut t = output::table();
     t.set_header(vec![
