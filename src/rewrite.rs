@@ -519,7 +519,7 @@ async fn rewrite_one<S: WriteStore + Sync>(
             .compare_and_put(&entry.key, entry.mod_revision, new_value, entry.lease)
             .await
         {
-            Ok(CasOutcome::Written { .. }) => {
+            Ok(CasOutcome::Written { mod_revision }) => {
                 if let Some(value) = again {
                     // The same bytes on top of themselves: the store's copy of the previous
                     // value is now this ciphertext. The revision to compare against is read
