@@ -75,7 +75,7 @@ func main() {
 	flag.StringVar(&o.Repo, "repo", ".", "repository root")
 	flag.Var(&etcds, "etcd", "NAME=PATH of an etcd server binary (repeatable)")
 	flag.Int64Var(&o.Seed, "seed", 0, "seed of the randomised configs (0: from the clock)")
-	flag.IntVar(&o.Rounds, "rounds", 6, "randomised rotation scenarios")
+	flag.IntVar(&o.Rounds, "rounds", 8, "randomised rotation scenarios")
 	flag.BoolVar(&o.Verbose, "v", false, "print each scenario's steps")
 	flag.Parse()
 	// The KMS plugin probes of kube's loader log through klog; the tier reports for itself.
