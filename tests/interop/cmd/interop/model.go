@@ -276,3 +276,5 @@ func describe(c Config) string {
 	}
 	return strings.Join(parts, "; ")
 }
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

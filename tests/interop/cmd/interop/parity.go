@@ -13,7 +13,8 @@ import (
 )
 
 // The config corpora whose every file both loaders must judge alike.
-var configDirs = []string{"tests/data/configs/valid", "tests/data/configs/invalid", "tests/bad-input/configs"}
+var configDirs = []string{"tests/data/configs/valid", "tests/data/configs/invalid", "tests/bad-input/configs",
+	"tests/interop/testdata/configs"}
 
 // The table of deliberate differences, between these markers in docs/interop.md.
 const (
