@@ -67,7 +67,7 @@ func startEtcd(binary, tmp string) (*Etcd, error) {
 	go func() { e.done <- cmd.Wait() }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, err := e.Range("/", ""); err == nil {
+		if _, err := e.Range("/"); err == nil {
 			return e, nil
 		}
 		select {
@@ -111,8 +111,8 @@ func (e *Etcd) Put(key string, value []byte) error {
 	}, &resp)
 }
 
-// Range reads every key with the prefix ("" for just the key itself).
-func (e *Etcd) Range(prefix, _ string) (map[string][]byte, error) {
+// Range reads every key with the prefix.
+func (e *Etcd) Range(prefix string) (map[string][]byte, error) {
 	end := []byte(prefix)
 	end[len(end)-1]++
 	var resp struct {
@@ -181,7 +181,7 @@ func liveTests(s *Suite, version, binary string, scenarios []*Scenario) {
 					return err
 				}
 			}
-			after, err := etcd.Range(sc.Root+"/", "")
+			after, err := etcd.Range(sc.Root + "/")
 			if err != nil {
 				return err
 			}
