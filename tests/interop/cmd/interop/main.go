@@ -94,6 +94,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "interop: -atrest PATH is required")
 		os.Exit(2)
 	}
+	// Config paths are relative to the repository (kube's and atrest's messages quote them).
+	if err := os.Chdir(o.Repo); err != nil {
+		fmt.Fprintln(os.Stderr, "interop: -repo:", err)
+		os.Exit(2)
+	}
 	tmp, err := os.MkdirTemp("", "atrest-interop-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "interop: temp dir:", err)
