@@ -222,14 +222,16 @@ func rotate(r *rand.Rand, c *Config, serial *int) string {
 		e.Providers = append(e.Providers, p)
 		return fmt.Sprintf("entry %d: new read provider %s", ei, kind)
 	case op == 4 && len(e.Providers) > 1:
-		// prune: drop the last provider (values it wrote become unreadable).
-		dropped := e.Providers[len(e.Providers)-1]
-		e.Providers = e.Providers[:len(e.Providers)-1]
+		// prune: drop a read provider (values it wrote become unreadable).
+		i := 1 + r.Intn(len(e.Providers)-1)
+		dropped := e.Providers[i]
+		e.Providers = append(e.Providers[:i:i], e.Providers[i+1:]...)
 		return fmt.Sprintf("entry %d: prune provider %s", ei, dropped.Kind)
 	case op == 5 && first.Kind != "identity" && len(first.Keys) > 1:
-		// prune a key that is not the write key.
-		dropped := first.Keys[len(first.Keys)-1]
-		first.Keys = first.Keys[:len(first.Keys)-1]
+		// prune a key that is not the write key (often the one promote replaced).
+		i := 1 + r.Intn(len(first.Keys)-1)
+		dropped := first.Keys[i]
+		first.Keys = append(first.Keys[:i:i], first.Keys[i+1:]...)
 		return fmt.Sprintf("entry %d: prune key %q", ei, dropped.Name)
 	case op == 6:
 		// decrypt everything: identity becomes the write provider (or stops being one).

@@ -181,6 +181,16 @@ func scenarioStep(o *Options, r *rand.Rand, sc *Scenario, cfg Config, path strin
 			sc.Values = append(sc.Values, v)
 		}
 	}
+	// Damaged and displaced values: one earlier value copied under another key (aesgcm binds
+	// the key, the others do not) and one cut short by a byte.
+	if prev := sc.Values[r.Intn(len(sc.Values))]; len(prev.Stored) > 0 {
+		sc.Values = append(sc.Values,
+			&Value{Key: fmt.Sprintf("%s/%s/ns-%d/moved", sc.Root, prev.Res, step), Res: prev.Res,
+				Plain: prev.Plain, Stored: prev.Stored, Writer: prev.Writer + ", moved"},
+			&Value{Key: fmt.Sprintf("%s/%s/ns-%d/cut", sc.Root, prev.Res, step), Res: prev.Res,
+				Plain: prev.Plain[:max(len(prev.Plain)-1, 0)], Stored: prev.Stored[:len(prev.Stored)-1],
+				Writer: prev.Writer + ", cut short"})
+	}
 	for _, v := range sc.Values {
 		if err := judge(o, codec, path, cfg, v, v.Stored); err != nil {
 			return err
