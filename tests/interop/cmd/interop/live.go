@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"atrest.test/interop/kubecodec"
@@ -60,6 +61,8 @@ func startEtcd(binary, tmp string) (*Etcd, error) {
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 		"--initial-cluster", "interop="+peer, "--log-level", "error")
 	cmd.Stdout, cmd.Stderr = log, log
+	// etcd dies with the driver, even when the driver is killed or crashes.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", binary, err)
 	}
