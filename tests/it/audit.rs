@@ -390,10 +390,13 @@ async fn history_and_residue_follow_compaction_and_defrag() {
         r["history"]["total"], 0,
         "compaction removed the old revision"
     );
+    // The old plaintext stays in free pages until defrag on etcd 3.4; etcd 3.6 has reused
+    // those pages by now at this size. Either way the count must match the file's bytes.
     let residue = r["residue"]["plaintext"].as_u64().unwrap();
-    assert!(
+    assert_eq!(
         residue >= 1,
-        "the old bytes stay in free pages until defrag: {r}"
+        crate::common::file_contains(&snap, &stored_secret()),
+        "residue must be counted exactly when the old bytes are in the file: {r}"
     );
 
     server.etcdctl(&["defrag"]);

@@ -360,7 +360,14 @@ async fn runbook_prove_encryption() {
         "enc.yaml",
     ]);
     assert_eq!(r["history"]["total"], 0);
-    assert!(r["residue"]["plaintext"].as_u64().unwrap() >= 1, "{r}");
+    // Whether the old plaintext values survive in free pages depends on the etcd version
+    // (observed: etcd 3.4 leaves them, etcd 3.6 has reused those pages at this size); the
+    // count must match the file's bytes either way.
+    assert_eq!(
+        r["residue"]["plaintext"].as_u64().unwrap() >= 1,
+        crate::common::file_contains(&t.dir().join("after-compaction.db"), &stored_secret()),
+        "{r}"
+    );
 
     t.etcdctl(&server, "defrag", &["defrag"]);
     snap(&mut t, "defrag", "after-defrag.db");

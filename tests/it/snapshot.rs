@@ -12,7 +12,9 @@ use atrest::store::{prefix_end, Entry, ReadStore};
 use etcd_client::{Client, GetOptions, PutOptions};
 use sha2::{Digest, Sha256};
 
-use crate::common::{etcd_binary, etcdctl_binary, free_port, put_raw, EtcdServer};
+use crate::common::{
+    etcd_binary, etcdctl_binary, free_port, put_raw, snapshot_restore_command, EtcdServer,
+};
 
 const PREFIX: &[u8] = b"/registry/secrets/";
 
@@ -605,20 +607,17 @@ fn restore_and_start(snapshot: &Path, dir: &Path) -> Restored {
     let endpoint = format!("http://127.0.0.1:{}", free_port());
     let cluster = format!("restored={peer}");
     let data: PathBuf = dir.join("restored-data");
-    let out = Command::new(etcdctl_binary())
-        .env("ETCDCTL_API", "3")
-        .arg("snapshot")
-        .arg("restore")
+    let out = snapshot_restore_command()
         .arg(snapshot)
         .arg("--data-dir")
         .arg(&data)
         .args(["--name", "restored", "--initial-cluster", &cluster])
         .args(["--initial-advertise-peer-urls", &peer])
         .output()
-        .expect("run etcdctl snapshot restore");
+        .expect("run snapshot restore");
     assert!(
         out.status.success(),
-        "etcdctl snapshot restore refused the file: {}",
+        "snapshot restore refused the file: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let log_path = dir.join("restored-etcd.log");
