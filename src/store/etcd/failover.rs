@@ -36,7 +36,21 @@ impl EtcdStore {
         loop {
             let index = (start + attempt) % members.len();
             let member = &members[index];
-            match request(member).await {
+            // tonic's own timeout ends when the response headers arrive: a member that stalls
+            // in the middle of a response body (found by the fault tests, with etcd 3.6) would
+            // hang the request for ever. This bounds the whole response.
+            let timeout = self.inner.request_timeout;
+            let answer = match tokio::time::timeout(timeout, request(member)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no complete answer within {} ms (--command-timeout)",
+                        timeout.as_millis()
+                    ),
+                ))),
+            };
+            match answer {
                 Ok(value) => {
                     if index != start {
                         self.inner.preferred.store(index, Ordering::Relaxed);

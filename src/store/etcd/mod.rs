@@ -93,6 +93,8 @@ struct Inner {
     /// Every member that did not answer, at connect time or later, with its last error (one
     /// entry per endpoint, in the order they first failed).
     unanswered: Mutex<Vec<Unanswered>>,
+    /// How long one request may take, its whole response included.
+    request_timeout: Duration,
 }
 
 /// A live etcd cluster: one client per healthy endpoint, with failover between them.
@@ -165,6 +167,7 @@ impl EtcdStore {
                 splits: Mutex::new(None),
                 last_count: Mutex::new(None),
                 unanswered: Mutex::new(unanswered),
+                request_timeout: opts.request_timeout,
             }),
         })
     }

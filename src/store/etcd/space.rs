@@ -98,11 +98,17 @@ impl EtcdStore {
         let mut status_quota = None;
         for member in &self.inner.members {
             let mut maintenance = member.client.maintenance_client();
-            let status = match maintenance.status().await {
-                Ok(status) => status,
-                Err(error) => {
+            let timeout = self.inner.request_timeout;
+            let status = match tokio::time::timeout(timeout, maintenance.status()).await {
+                Ok(Ok(status)) => status,
+                Ok(Err(error)) => {
                     // A member that stopped answering since connect: reported, not counted.
                     let (_, detail) = classify(&error);
+                    self.note_unanswered(&member.endpoint, detail);
+                    continue;
+                }
+                Err(_) => {
+                    let detail = format!("no answer within {} ms", timeout.as_millis());
                     self.note_unanswered(&member.endpoint, detail);
                     continue;
                 }
