@@ -36,6 +36,7 @@ pub mod apiserver;
 pub mod audit;
 pub mod config;
 pub mod inspect;
+pub mod kms;
 pub mod object;
 pub mod offline;
 #[cfg(test)]
