@@ -103,6 +103,8 @@ pub(crate) struct ConfigRotateArgs {
     /// prune: the key prefix whose entries must stay readable.
     #[arg(long, default_value = "/registry/secrets/")]
     pub(crate) prefix: String,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }
 
 /// Providers `config new` can generate.
@@ -158,6 +160,8 @@ pub(crate) struct CryptArgs {
     /// Output file (absent: standard output).
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +177,21 @@ pub(crate) struct InspectArgs {
     pub(crate) snapshot: Option<PathBuf>,
     /// Input file holding the raw stored value (`-` or absent: standard input).
     pub(crate) input: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
+}
+
+/// How to reach the config's KMS plugins.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct KmsArgs {
+    /// Do not contact KMS plugins: KMS entries are only recognised (state `kms`), e.g. on a
+    /// machine without the plugin's socket (or set ATREST_NO_KMS=true).
+    #[arg(long, env = "ATREST_NO_KMS", conflicts_with = "kms_endpoints")]
+    pub(crate) no_kms: bool,
+    /// Reach KMS provider NAME's plugin at this socket instead of the config's endpoint
+    /// (repeatable), e.g. `--kms-endpoint vault=unix:///mnt/node/var/run/kmsplugin/socket.sock`.
+    #[arg(long = "kms-endpoint", value_name = "NAME=unix:///PATH")]
+    pub(crate) kms_endpoints: Vec<String>,
 }
 
 /// How to reach etcd, as etcdctl spells it.
@@ -220,6 +239,8 @@ pub(crate) struct AuditArgs {
     /// Also fail (exit 1) on stale entries.
     #[arg(long)]
     pub(crate) strict: bool,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +280,8 @@ pub(crate) struct RewriteArgs {
     /// Offline: overwrite OUT if it exists.
     #[arg(long, requires = "out")]
     pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +297,8 @@ pub(crate) struct StatusArgs {
     /// Key prefix to scan.
     #[arg(long, default_value = "/registry/secrets/")]
     pub(crate) prefix: String,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }
 
 #[derive(Debug, Args)]

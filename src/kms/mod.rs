@@ -104,6 +104,8 @@ pub struct EncryptResponse {
 pub trait KmsPlugin: Send + Sync + fmt::Debug {
     /// The API this plugin speaks.
     fn api(&self) -> Api;
+    /// Where the plugin is (`unix:///path`), for messages.
+    fn endpoint(&self) -> &str;
     /// Version, health and (v2) the current key ID.
     fn status(&self) -> Result<PluginStatus, KmsError>;
     /// Decrypts a DEK or seed.
@@ -264,11 +266,6 @@ impl PluginClient {
         &self.provider
     }
 
-    /// The endpoint (`unix:///path`).
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
     /// Runs one call on the client's runtime and waits for it, at most the timeout.
     fn call<T, F>(&self, call: &'static str, fut: F) -> Result<T, KmsError>
     where
@@ -365,6 +362,10 @@ fn request_uid() -> String {
 impl KmsPlugin for PluginClient {
     fn api(&self) -> Api {
         self.api
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     fn status(&self) -> Result<PluginStatus, KmsError> {

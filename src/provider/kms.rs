@@ -283,6 +283,72 @@ struct SeedWriter {
     writes: AtomicU64,
 }
 
+/// Why a KMS provider may not write (checked before anything is written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsWriteError {
+    /// The provider has no plugin (`--no-kms`).
+    #[error("kms provider {0:?} has no plugin connection (--no-kms): it cannot encrypt")]
+    NoPlugin(String),
+    /// KMS v1 is deprecated: atrest writes KMS v2 only.
+    #[error(
+        "kms provider {0:?} is KMS v1, which kube-apiserver 1.29+ refuses to write: atrest \
+         writes KMS v2 only"
+    )]
+    V1(String),
+    /// The plugin could not be asked for its status.
+    #[error(transparent)]
+    Plugin(#[from] KmsError),
+    /// The plugin says it is not healthy.
+    #[error("kms provider {provider:?}: the plugin at {endpoint} is not healthy: {healthz:?}")]
+    Unhealthy {
+        /// The provider.
+        provider: String,
+        /// The socket.
+        endpoint: String,
+        /// The plugin's own words.
+        healthz: String,
+    },
+    /// The plugin speaks another API version than `v2`.
+    #[error(
+        "kms provider {provider:?}: the plugin at {endpoint} reports API version {version:?}, \
+         not \"v2\""
+    )]
+    Version {
+        /// The provider.
+        provider: String,
+        /// The socket.
+        endpoint: String,
+        /// What the plugin reported.
+        version: String,
+    },
+}
+
+impl KmsWriteError {
+    /// What the user can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            KmsWriteError::NoPlugin(_) => "drop --no-kms so that atrest can reach the plugin",
+            KmsWriteError::V1(_) => {
+                "put a KMS v2 provider (apiVersion: v2) first in the config; v1 entries stay \
+                 readable and are rewritten to it"
+            }
+            KmsWriteError::Plugin(_) => {
+                "nothing was written; check that the plugin runs and answers on its socket \
+                 (--kms-endpoint NAME=unix:///path if it is mounted elsewhere), then run again"
+            }
+            KmsWriteError::Unhealthy { .. } => {
+                "nothing was written; fix the plugin (its Status must say healthz \"ok\") and run \
+                 again"
+            }
+            KmsWriteError::Version { .. } => {
+                "nothing was written; point the provider at a KMS v2 plugin (kms.endpoint or \
+                 --kms-endpoint)"
+            }
+        }
+    }
+}
+
 /// What reading one value of this provider gave.
 pub struct KmsRead {
     /// v2: the value's `keyID` (when the object could be decoded).
@@ -392,6 +458,33 @@ impl Kms {
         Some(status)
     }
 
+    /// The health gate before any write: the provider is v2, has a plugin, and the plugin's
+    /// `Status` says `healthz: ok` and `version: v2`. Remembers the current key ID.
+    pub fn ready_to_write(&self) -> Result<PluginStatus, KmsWriteError> {
+        let Some(plugin) = &self.plugin else {
+            return Err(KmsWriteError::NoPlugin(self.name.clone()));
+        };
+        if self.version == KmsVersion::V1 {
+            return Err(KmsWriteError::V1(self.name.clone()));
+        }
+        let status = self.status().unwrap_or_else(|| plugin.status())?;
+        if !status.is_healthy() {
+            return Err(KmsWriteError::Unhealthy {
+                provider: self.name.clone(),
+                endpoint: plugin.endpoint().to_owned(),
+                healthz: status.healthz,
+            });
+        }
+        if status.version != "v2" {
+            return Err(KmsWriteError::Version {
+                provider: self.name.clone(),
+                endpoint: plugin.endpoint().to_owned(),
+                version: status.version,
+            });
+        }
+        Ok(status)
+    }
+
     /// The plugin's current key ID, asking `Status` the first time.
     fn current_key_id(&self) -> Option<String> {
         {
@@ -432,10 +525,14 @@ impl Kms {
             Err(e) => {
                 return KmsRead {
                     key_id: None,
-                    result: Err(DecryptError::KmsObject(format!(
-                        "cannot decode the EncryptedObject: {e}"
-                    ))),
-                }
+                    // Without a plugin (`--no-kms`) values are only recognised, as before.
+                    result: Err(match self.plugin {
+                        None => DecryptError::Kms,
+                        Some(_) => DecryptError::KmsObject(format!(
+                            "cannot decode the EncryptedObject: {e}"
+                        )),
+                    }),
+                };
             }
         };
         let key_id = (!object.key_id.is_empty()).then(|| object.key_id.clone());
@@ -720,6 +817,9 @@ mod tests {
     impl KmsPlugin for XorPlugin {
         fn api(&self) -> Api {
             Api::V2
+        }
+        fn endpoint(&self) -> &str {
+            "memory"
         }
         fn status(&self) -> Result<PluginStatus, KmsError> {
             Ok(PluginStatus {

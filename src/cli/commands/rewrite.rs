@@ -25,7 +25,7 @@ impl Observer for Progress {
 
 /// Runs `atrest rewrite`.
 pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Result<Exit, CliError> {
-    let chain = load_chain(&args.config, &args.prefix)?;
+    let chain = load_chain(&args.config, &args.prefix, &args.kms)?;
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }
