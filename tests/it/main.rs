@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod etcd_store;
 mod harness;
+mod kms;
 mod ops;
 mod rewrite;
 mod rewrite_cli;
