@@ -104,7 +104,18 @@ pub(crate) struct ConfigRotateArgs {
     #[arg(long, default_value = "/registry/secrets/")]
     pub(crate) prefix: String,
     #[command(flatten)]
-    pub(crate) kms: KmsArgs,
+    pub(crate) kms: NewKmsArgs,
+}
+
+/// A KMS v2 provider to write into a config (`--provider kms`).
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct NewKmsArgs {
+    /// With --provider kms: the KMS provider's name (written into every value).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) kms_name: Option<String>,
+    /// With --provider kms: the plugin's socket, unix:///PATH.
+    #[arg(long, value_name = "unix:///PATH")]
+    pub(crate) kms_endpoint: Option<String>,
 }
 
 /// Providers `config new` can generate.
@@ -116,6 +127,8 @@ pub(crate) enum NewProviderArg {
     Aesgcm,
     /// XSalsa20-Poly1305 (32-byte key).
     Secretbox,
+    /// A KMS v2 plugin (with --kms-name and --kms-endpoint; no local key).
+    Kms,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +152,8 @@ pub(crate) struct ConfigNewArgs {
     /// Overwrite FILE if it exists.
     #[arg(long, requires = "out")]
     pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) kms: NewKmsArgs,
 }
 
 #[derive(Debug, Args)]

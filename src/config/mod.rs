@@ -30,12 +30,12 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use self::base64::{decode_secret, encode_secret, SecretDecodeError};
-pub use generate::{generate, to_yaml, NewConfig, NewProvider};
+pub use generate::{generate, to_yaml, NewConfig, NewKms, NewProvider};
 pub use model::{
     EncryptionConfiguration, IdentityConfiguration, Key, KeysConfiguration, KmsConfiguration,
     ProviderConfiguration, ResourceConfiguration,
 };
-pub use rotate::{add_key, promote, prune, AddedKey, RotateError};
+pub use rotate::{add_key, add_kms, promote, prune, AddedKey, RotateError};
 pub use secret::SecretString;
 pub use validate::{FieldError, FieldErrorType, ValidationErrors};
 pub use warnings::Warning;

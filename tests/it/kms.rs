@@ -642,3 +642,144 @@ async fn snapshot_audit_and_offline_rewrite_with_the_plugin_and_endpoint_overrid
     assert_eq!(code, 0, "{err}");
     assert_eq!(count(&r, "current", Some("kek-1")), 20, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_new_and_rotate_migrate_aescbc_to_kms_v2() {
+    let s = setup("3s");
+    let file = s.dir.path().join("migrate.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::cargo_bin("atrest")
+            .unwrap()
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let f = file.to_str().unwrap();
+    let endpoint = s.plugin.endpoint();
+    // A KMS config straight away: no key material in it.
+    let (code, yaml, err) = run(&[
+        "config",
+        "new",
+        "--provider",
+        "kms",
+        "--kms-name",
+        "testkms",
+        "--kms-endpoint",
+        &endpoint,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        yaml.contains("apiVersion: v2")
+            && yaml.contains("name: testkms")
+            && !yaml.contains("secret:"),
+        "{yaml}"
+    );
+    let (code, _, err) = run(&["config", "new", "--provider", "kms"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--kms-name"), "{err}");
+
+    // The migration: aescbc config with data, add kms second, promote, rewrite, prune.
+    let (code, _, err) = run(&["config", "new", "--out", f]);
+    assert_eq!(code, 0, "{err}");
+    let aescbc = std::fs::read_to_string(&file).unwrap();
+    put_encrypted(&s, &chain_of(&aescbc), "m", 12).await;
+    let (code, _, err) = run(&[
+        "config",
+        "rotate",
+        f,
+        "--stage",
+        "add",
+        "--provider",
+        "kms",
+        "--kms-name",
+        "testkms",
+        "--kms-endpoint",
+        &endpoint,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["config", "rotate", f, "--stage", "promote"]);
+    assert_eq!(code, 0, "{err}");
+    let promoted = Config::load(&file).unwrap();
+    assert_eq!(
+        promoted.model().resources[0].providers[0]
+            .kms
+            .as_ref()
+            .unwrap()
+            .name,
+        "testkms"
+    );
+    // Prune before the rewrite: refused, naming the provider and key still in use.
+    let (code, _, err) = run(&[
+        "config",
+        "rotate",
+        f,
+        "--stage",
+        "prune",
+        "--endpoints",
+        &s.server.endpoint,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("12 under aescbc key \"key1\""), "{err}");
+    let out = Command::cargo_bin("atrest")
+        .unwrap()
+        .args([
+            "rewrite",
+            "-o",
+            "json",
+            "--endpoints",
+            &s.server.endpoint,
+            "--config",
+            f,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _, err) = run(&[
+        "config",
+        "rotate",
+        f,
+        "--stage",
+        "prune",
+        "--endpoints",
+        &s.server.endpoint,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let pruned = Config::load(&file).unwrap();
+    let kinds: Vec<_> = pruned.model().resources[0]
+        .providers
+        .iter()
+        .map(|p| p.type_name().unwrap())
+        .collect();
+    assert_eq!(kinds, ["kms", "identity"]);
+    let out = Command::cargo_bin("atrest")
+        .unwrap()
+        .args([
+            "audit",
+            "-o",
+            "json",
+            "--strict",
+            "--endpoints",
+            &s.server.endpoint,
+            "--config",
+            f,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(count(&r, "current", Some("kek-1")), 12);
+}

@@ -12,10 +12,10 @@ pub(crate) mod status;
 
 use std::path::Path;
 
-use atrest::config::{Config, ConfigError};
+use atrest::config::{Config, ConfigError, NewKms};
 use atrest::transform::{Chain, KmsOptions, TransformError};
 
-use super::args::KmsArgs;
+use super::args::{KmsArgs, NewKmsArgs};
 use super::CliError;
 
 /// Loads a config file and builds the chain for the resource the prefix names. KMS providers
@@ -34,6 +34,32 @@ pub(crate) fn load_chain(path: &Path, prefix: &str, kms: &KmsArgs) -> Result<Cha
         })?;
     check_kms_plugins(&chain)?;
     Ok(chain)
+}
+
+/// `--provider kms --kms-name NAME --kms-endpoint unix:///PATH` as the library's [`NewKms`].
+pub(crate) fn new_kms(args: &NewKmsArgs) -> Result<NewKms, CliError> {
+    let (Some(name), Some(endpoint)) = (&args.kms_name, &args.kms_endpoint) else {
+        return Err(
+            CliError::usage("--provider kms needs --kms-name and --kms-endpoint").advice(
+                "e.g. --provider kms --kms-name vault --kms-endpoint unix:///var/run/kmsplugin/socket.sock",
+            ),
+        );
+    };
+    if name.is_empty() || name.contains(':') {
+        return Err(CliError::usage(format!(
+            "--kms-name {name:?}: a KMS v2 provider name must be non-empty and contain no ':'"
+        )));
+    }
+    if atrest::kms::socket_path(endpoint).is_none() {
+        return Err(
+            CliError::usage(format!("--kms-endpoint {endpoint:?} is not unix:///PATH"))
+                .advice("KMS plugins listen on a unix socket: pass unix:///absolute/path"),
+        );
+    }
+    Ok(NewKms {
+        name: name.clone(),
+        endpoint: endpoint.clone(),
+    })
 }
 
 /// `--no-kms` and `--kms-endpoint NAME=unix:///PATH` as library options; every NAME must be a

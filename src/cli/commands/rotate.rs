@@ -24,7 +24,7 @@ fn chain_for(config: &Config, resource: &str, file: &Path) -> Result<Chain, CliE
 fn added_key(chain: &Chain) -> Option<String> {
     let entry = chain.entries().get(1)?;
     match &entry.provider {
-        Provider::Aescbc(_) | Provider::Aesgcm(_) | Provider::Secretbox(_) => {
+        Provider::Aescbc(_) | Provider::Aesgcm(_) | Provider::Secretbox(_) | Provider::Kms(_) => {
             entry.provider.key_name().map(str::to_owned)
         }
         _ => None,
@@ -46,9 +46,24 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
     let rotate_err = |e: config::RotateError| CliError::usage(format!("{}: {e}", file.display()));
 
     let (summary, next) = match args.stage {
+        Stage::Add if args.provider == Some(NewProviderArg::Kms) => {
+            let kms = super::new_kms(&args.kms)?;
+            let at = config::add_kms(&mut model, &args.resource, &kms).map_err(rotate_err)?;
+            (
+                format!(
+                    "Added kms provider {:?} (apiVersion v2, {}) in second position (providers[{at}]).",
+                    kms.name, kms.endpoint
+                ),
+                format!(
+                    "Next: run the KMS plugin on every control-plane node, copy {0} there and restart (or let reload) every kube-apiserver, so all of them can read {1:?}. Then: atrest config rotate {0} --stage promote --key-name {1}",
+                    file.display(),
+                    kms.name
+                ),
+            )
+        }
         Stage::Add => {
             let provider = args.provider.map(|p| match p {
-                NewProviderArg::Aescbc => NewProvider::Aescbc,
+                NewProviderArg::Aescbc | NewProviderArg::Kms => NewProvider::Aescbc,
                 NewProviderArg::Aesgcm => NewProvider::Aesgcm,
                 NewProviderArg::Secretbox => NewProvider::Secretbox,
             });
