@@ -20,11 +20,19 @@ fn chain_for(config: &Config, resource: &str, file: &Path) -> Result<Chain, CliE
         .map_err(|e| CliError::usage(format!("{}: {e}", file.display())))
 }
 
-/// The key `add` put second: the second chain entry, if it is a keyed provider.
+/// The key `add` put second: the second chain entry, if it is a keyed provider, or the kms
+/// provider `add --provider kms` put second. `None` when there is none, or when both a second
+/// local key and a second-place kms provider exist (then `--key-name` must say which).
 fn added_key(chain: &Chain) -> Option<String> {
     let entry = chain.entries().get(1)?;
+    let kms_second = chain
+        .entries()
+        .iter()
+        .any(|e| e.origin.1 == 1 && matches!(e.provider, Provider::Kms(_)));
     match &entry.provider {
-        Provider::Aescbc(_) | Provider::Aesgcm(_) | Provider::Secretbox(_) | Provider::Kms(_) => {
+        Provider::Kms(k) => Some(k.name().to_owned()),
+        _ if kms_second => None,
+        Provider::Aescbc(_) | Provider::Aesgcm(_) | Provider::Secretbox(_) => {
             entry.provider.key_name().map(str::to_owned)
         }
         _ => None,
@@ -90,8 +98,8 @@ pub(crate) async fn run(args: ConfigRotateArgs) -> Result<Exit, CliError> {
             let name = match args.key_name.clone().or_else(|| added_key(&before)) {
                 Some(n) => n,
                 None => return Err(CliError::usage(
-                    "there is no second key to promote; run `--stage add` first or pass --key-name",
-                )),
+                    "cannot tell which key to promote: there is no second key, or there are both a second local key and a kms provider",
+                ).advice("pass --key-name NAME (the key or kms provider `--stage add` printed), or run `--stage add` first")),
             };
             config::promote(&mut model, &args.resource, &name).map_err(rotate_err)?;
             (
