@@ -1074,4 +1074,39 @@ mod tests {
         assert_eq!(r.key_id.as_deref(), Some("key-2024"));
         assert_eq!(r.result.err(), Some(DecryptError::Kms));
     }
+
+    proptest::proptest! {
+        /// Seed-mode values round trip for any plaintext and etcd key, and are bound to the key.
+        #[test]
+        fn seed_mode_round_trips(
+            plaintext in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            etcd_key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60),
+        ) {
+            let plugin = Arc::new(XorPlugin::default());
+            *plugin.key_id.lock().unwrap() = "k".into();
+            let kms = Kms::new("p", KmsVersion::V2).with_plugin(plugin, 4);
+            let value = kms.encrypt(&plaintext, &etcd_key).unwrap();
+            let (back, fresh) = kms.read(&value, &etcd_key).unwrap().result.unwrap();
+            proptest::prop_assert_eq!(back.as_slice(), plaintext.as_slice());
+            proptest::prop_assert!(fresh);
+            let mut other = etcd_key.clone();
+            other.push(b'x');
+            proptest::prop_assert!(kms.read(&value, &other).unwrap().result.is_err());
+        }
+
+        /// Any bytes after the prefix: an error or a value, never a panic (v2 and v1).
+        #[test]
+        fn random_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let plugin = Arc::new(XorPlugin::default());
+            for (version, prefix) in [
+                (KmsVersion::V2, &b"k8s:enc:kms:v2:p:"[..]),
+                (KmsVersion::V1, &b"k8s:enc:kms:v1:p:"[..]),
+            ] {
+                let kms = Kms::new("p", version).with_plugin(plugin.clone(), 4);
+                let mut value = prefix.to_vec();
+                value.extend_from_slice(&body);
+                let _ = kms.read(&value, AAD);
+            }
+        }
+    }
 }
