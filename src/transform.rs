@@ -22,11 +22,13 @@
 //!
 //! [`Chain::classify`] gives each value exactly one [`State`]:
 //! - `plaintext`: no `k8s:enc:` prefix, whatever the config says;
-//! - `current`: read by the first entry (the write provider and key);
+//! - `current`: read by the first entry (the write provider and key) — for KMS v2 also under
+//!   the plugin's current key ID (`Status`) and in seed mode; for KMS v1 with GCM, not legacy CBC;
 //! - `stale`: read by a later entry — rewrite it before removing that key;
 //! - `unknown-key`: encrypted, but no entry's prefix matches (kube-apiserver cannot read it);
 //! - `undecryptable`: some entries' prefixes match but every one of them failed;
-//! - `kms`: a configured KMS provider's value (needs the plugin; not verified here);
+//! - `kms`: a configured KMS provider's value read without its plugin (`--no-kms`: recognised,
+//!   not verified);
 //! - `encrypted`: only without a config ([`classify_without_config`]).
 
 use std::collections::HashMap;
@@ -58,7 +60,8 @@ pub enum State {
     UnknownKey,
     /// The config has that provider/key but decryption fails.
     Undecryptable,
-    /// Encrypted by a KMS provider: recognised, not verified locally.
+    /// Encrypted by a KMS provider whose plugin is not connected (`--no-kms`): recognised, not
+    /// verified.
     Kms,
     /// Encrypted, not verified (no config was given).
     Encrypted,
