@@ -12,6 +12,7 @@
 //! - `healthz=disk on fire`: what `Status` reports instead of `ok`;
 //! - `version=v1`: what `Status` reports as the API version instead of `v2`;
 //! - `fail_decrypt=true`: every `Decrypt` fails;
+//! - `fail_encrypt=true`: every `Encrypt` fails;
 //! - `delay_ms=5000`: every call waits that long first (a slow or hanging plugin).
 //!
 //! Call counts are written to `<control dir>/calls` after every call: lines `status N`,
@@ -58,6 +59,7 @@ struct Switches {
     healthz: Option<String>,
     version: Option<String>,
     fail_decrypt: bool,
+    fail_encrypt: bool,
     delay: Duration,
 }
 
@@ -76,6 +78,7 @@ impl Plugin {
                 "healthz" => s.healthz = Some(v),
                 "version" => s.version = Some(v),
                 "fail_decrypt" => s.fail_decrypt = v == "true",
+                "fail_encrypt" => s.fail_encrypt = v == "true",
                 "delay_ms" => s.delay = Duration::from_millis(v.parse().unwrap_or(0)),
                 _ => {}
             }
@@ -200,6 +203,11 @@ impl v2::key_management_service_server::KeyManagementService for Plugin {
         req: Request<v2::EncryptRequest>,
     ) -> Result<Response<v2::EncryptResponse>, Status> {
         let s = self.begin(|c| c.encrypt += 1).await;
+        if s.fail_encrypt {
+            return Err(Status::internal(
+                "encryption disabled by the fail_encrypt switch",
+            ));
+        }
         let key_id = self.current_key_id(&s);
         let ciphertext = wrap(&key_id, &req.into_inner().plaintext)?;
         Ok(Response::new(v2::EncryptResponse {
@@ -246,6 +254,11 @@ impl v1beta1::key_management_service_server::KeyManagementService for Plugin {
         req: Request<v1beta1::EncryptRequest>,
     ) -> Result<Response<v1beta1::EncryptResponse>, Status> {
         let s = self.begin(|c| c.encrypt += 1).await;
+        if s.fail_encrypt {
+            return Err(Status::internal(
+                "encryption disabled by the fail_encrypt switch",
+            ));
+        }
         let cipher = wrap(&self.current_key_id(&s), &req.into_inner().plain)?;
         Ok(Response::new(v1beta1::EncryptResponse { cipher }))
     }

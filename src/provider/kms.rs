@@ -366,7 +366,9 @@ pub struct Kms {
     cache: DekCache,
     /// The plugin's current key ID (v2 `Status`), fetched once and on [`Kms::status`].
     key_id: Mutex<Option<Result<String, KmsError>>>,
-    writer: Mutex<Option<Arc<SeedWriter>>>,
+    /// This run's seed, or why the plugin would not wrap one (kept: a failing or hanging
+    /// `Encrypt` is asked once per run, not once per value).
+    writer: Mutex<Option<Result<Arc<SeedWriter>, EncryptError>>>,
     decrypt_calls: AtomicU64,
     encrypt_calls: AtomicU64,
 }
@@ -676,14 +678,23 @@ impl Kms {
         }
     }
 
-    /// This run's seed: made and wrapped on first use, renewed after [`WRITES_PER_SEED`].
+    /// This run's seed: made and wrapped on first use, renewed after [`WRITES_PER_SEED`]. If
+    /// the plugin fails to wrap it, that failure is returned for every later write of the run.
     fn seed_writer(&self, plugin: &dyn KmsPlugin) -> Result<Arc<SeedWriter>, EncryptError> {
         let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = guard.as_ref() {
-            if w.writes.fetch_add(1, Ordering::Relaxed) < WRITES_PER_SEED {
+        match guard.as_ref() {
+            Some(Ok(w)) if w.writes.fetch_add(1, Ordering::Relaxed) < WRITES_PER_SEED => {
                 return Ok(w.clone());
             }
+            Some(Err(e)) => return Err(e.clone()),
+            _ => {}
         }
+        let made = self.new_seed(plugin);
+        *guard = Some(made.clone());
+        made
+    }
+
+    fn new_seed(&self, plugin: &dyn KmsPlugin) -> Result<Arc<SeedWriter>, EncryptError> {
         let mut seed = Zeroizing::new([0u8; SEED_LEN]);
         fill_random(seed.as_mut_slice());
         self.encrypt_calls.fetch_add(1, Ordering::Relaxed);
@@ -709,15 +720,13 @@ impl Kms {
         // Reading back this run's values must not ask the plugin again.
         self.cache
             .insert(&cache_key(&object), Dek::Seed(Zeroizing::new(*seed)));
-        let writer = Arc::new(SeedWriter {
+        Ok(Arc::new(SeedWriter {
             seed,
             encrypted: wrapped.ciphertext,
             key_id: wrapped.key_id,
             annotations: wrapped.annotations,
             writes: AtomicU64::new(1),
-        });
-        *guard = Some(writer.clone());
-        Ok(writer)
+        }))
     }
 }
 

@@ -541,6 +541,18 @@ async fn plugin_unhealthy_slow_stopped_or_down_is_exit_3_and_nothing_is_written(
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("not healthy"), "{err}");
 
+    // Healthy, but Encrypt fails: one Encrypt call for the whole run, every entry failed, nothing
+    // written.
+    s.plugin.set("fail_encrypt=true");
+    let before = s.plugin.calls();
+    let (code, err) = run_bounded(cli(&s, &["rewrite"]), Duration::from_secs(30));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        s.plugin.calls().2 - before.2,
+        1,
+        "a failing Encrypt is asked once per run"
+    );
+
     // Another API version: refused too.
     s.plugin.set("version=v1");
     let (code, err) = run_bounded(cli(&s, &["rewrite"]), Duration::from_secs(30));
