@@ -11,6 +11,7 @@ mod etcd_store;
 mod first_run;
 mod harness;
 mod kine;
+mod kms;
 mod ops;
 mod rewrite;
 mod rewrite_cli;
