@@ -43,6 +43,10 @@ pub struct ReportEntry {
     pub provider: Option<ProviderKind>,
     /// The key name (KMS: the provider name); `None` for plaintext.
     pub key_name: Option<String>,
+    /// KMS v2 entries: the KMS key ID (KEK) stored in the value's EncryptedObject; absent for
+    /// other entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// The revision of the last write to the key.
     pub mod_revision: i64,
     /// The stored value's size in bytes.
@@ -208,6 +212,21 @@ impl Report {
     }
 }
 
+impl Report {
+    /// KMS v2 entries counted by KMS provider name and KMS key ID, in name, key ID order: shows
+    /// when an old KEK is no longer used.
+    pub fn by_kms_key_id(&self) -> BTreeMap<(&str, &str), u64> {
+        let mut map = BTreeMap::new();
+        for e in &self.entries {
+            if let (Some(ProviderKind::Kms), Some(id)) = (e.provider, e.key_id.as_deref()) {
+                *map.entry((e.key_name.as_deref().unwrap_or(""), id))
+                    .or_default() += 1;
+            }
+        }
+        map
+    }
+}
+
 /// Classifies one value with the config's chain, or without a config.
 pub fn classify(chain: Option<&Chain>, value: &[u8], etcd_key: &[u8]) -> Classification {
     match chain {
@@ -275,6 +294,7 @@ impl<'a> Auditor<'a> {
             state: c.state,
             provider: c.provider,
             key_name: c.key_name,
+            key_id: c.kms_key_id,
             mod_revision: entry.mod_revision,
             size: entry.value.len(),
             readable: c.readable,

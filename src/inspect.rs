@@ -20,6 +20,9 @@ pub struct Inspection {
     pub provider: Option<ProviderKind>,
     /// The key name in the value's prefix (KMS: the provider name).
     pub key_name: Option<String>,
+    /// KMS v2 values: the KMS key ID stored in the value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// The config entry that read it, as a field path
     /// (`resources[0].providers[1].aescbc.keys[0]`).
     pub read_by: Option<String>,
@@ -69,6 +72,7 @@ pub fn inspect(chain: Option<&Chain>, value: &[u8], etcd_key: Option<&[u8]>) -> 
         state: found.state,
         provider: found.provider,
         key_name: found.key_name,
+        key_id: found.kms_key_id,
         read_by,
         readable: found.readable,
         error: found.error,

@@ -37,6 +37,7 @@ mod atomic_file;
 pub mod audit;
 pub mod config;
 pub mod inspect;
+pub mod kms;
 pub mod object;
 pub mod offline;
 #[cfg(test)]

@@ -139,9 +139,9 @@ pub enum OfflineError {
         "the config's first provider is identity: the new file would store every entry unencrypted"
     )]
     IdentityWrite,
-    /// The config writes with KMS.
-    #[error("the config's first provider is KMS: atrest cannot encrypt with a KMS plugin")]
-    KmsWrite,
+    /// The config writes with a KMS provider whose plugin is not ready.
+    #[error("refusing to write: {0}")]
+    KmsWrite(#[from] crate::provider::kms::KmsWriteError),
     /// A key of the input is missing from the output (a bug: the output must not be used).
     #[error("verification of the new file failed: {0} is missing from it; do not use the output")]
     Lost(String),
@@ -163,7 +163,9 @@ pub async fn rewrite_snapshot(
 ) -> Result<OfflineSummary, OfflineError> {
     match &chain.write_entry().provider {
         Provider::Identity(_) if !allow_decrypt => return Err(OfflineError::IdentityWrite),
-        Provider::Kms(_) => return Err(OfflineError::KmsWrite),
+        Provider::Kms(kms) => {
+            kms.ready_to_write()?;
+        }
         _ => {}
     }
     let same = match (input.path().canonicalize(), output.canonicalize()) {
@@ -250,7 +252,9 @@ pub async fn rewrite_kine(
 ) -> Result<OfflineSummary, OfflineError> {
     match &chain.write_entry().provider {
         Provider::Identity(_) if !allow_decrypt => return Err(OfflineError::IdentityWrite),
-        Provider::Kms(_) => return Err(OfflineError::KmsWrite),
+        Provider::Kms(kms) => {
+            kms.ready_to_write()?;
+        }
         _ => {}
     }
     let same = match (input.path().canonicalize(), output.canonicalize()) {

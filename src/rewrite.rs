@@ -272,12 +272,9 @@ pub enum RewriteError {
         "the config's first provider is identity: a rewrite would store every entry unencrypted"
     )]
     IdentityWrite,
-    /// The config writes with a KMS provider, which needs its plugin.
-    #[error("the config's first provider is KMS provider {name:?}: atrest cannot encrypt with a KMS plugin")]
-    KmsWrite {
-        /// The KMS provider's name.
-        name: String,
-    },
+    /// The config writes with a KMS provider whose plugin is not ready (nothing was written).
+    #[error("refusing to write: {0}")]
+    KmsWrite(#[from] crate::provider::kms::KmsWriteError),
     /// The store failed and the run stopped; the transactions in flight were finished.
     #[error("rewrite stopped after {} entries: the store failed{}", .summary.scanned, .key.as_ref().map(|k| format!(" writing {k}")).unwrap_or_default())]
     Store {
@@ -299,10 +296,7 @@ impl RewriteError {
                 "this is the \"decrypt all data\" procedure; pass --allow-decrypt if that is what \
                  you want, or put the new encrypting provider first in the config"
             }
-            RewriteError::KmsWrite { .. } => {
-                "let kube-apiserver re-encrypt through the plugin: `kubectl get secrets \
-                 --all-namespaces -o json | kubectl replace -f -`"
-            }
+            RewriteError::KmsWrite(e) => e.advice(),
             RewriteError::Store { source, .. } => match source {
                 StoreError::Etcd(e) => e.advice(),
                 _ => "run again: entries already rewritten are current and are passed over",
@@ -322,7 +316,8 @@ impl RewriteError {
 /// Rewrites every entry under `opts.prefix` that is not current (see the module docs).
 ///
 /// Refuses before reading anything when the chain's write provider is identity (unless
-/// `allow_decrypt`) or KMS.
+/// `allow_decrypt`), or KMS with a plugin that is not healthy and v2 (the health gate, also in
+/// a dry run).
 pub async fn apply<S>(
     store: &S,
     chain: &Chain,
@@ -336,9 +331,7 @@ where
     match &chain.write_entry().provider {
         Provider::Identity(_) if !opts.allow_decrypt => return Err(RewriteError::IdentityWrite),
         Provider::Kms(kms) => {
-            return Err(RewriteError::KmsWrite {
-                name: kms.name().to_owned(),
-            })
+            kms.ready_to_write()?;
         }
         _ => {}
     }

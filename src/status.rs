@@ -52,6 +52,11 @@ pub struct KeyStatus {
     /// Whether removing it from the config leaves every entry as readable as now: it reads no
     /// entry and it is not the write key. For identity: no plaintext entries.
     pub safe_to_remove: bool,
+    /// KMS v2 providers: the entries naming this provider, by the KMS key ID (KEK) stored in
+    /// them — when the old key ID's count is 0, the plugin may retire that KEK. Absent for
+    /// other providers.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub kms_key_ids: BTreeMap<String, u64>,
 }
 
 /// Entries encrypted with a provider and key name the config does not have.
@@ -140,6 +145,7 @@ impl<'a> StatusBuilder<'a> {
                 entries: 0,
                 undecryptable: 0,
                 safe_to_remove: false,
+                kms_key_ids: BTreeMap::new(),
             })
             .collect();
         StatusBuilder {
@@ -171,6 +177,9 @@ impl<'a> StatusBuilder<'a> {
             State::Current | State::Stale | State::Kms => {
                 if let Some(i) = c.read_by {
                     self.keys[i].entries += 1;
+                    if let Some(id) = c.kms_key_id {
+                        *self.keys[i].kms_key_ids.entry(id).or_default() += 1;
+                    }
                 }
             }
             State::Undecryptable => {
@@ -181,6 +190,9 @@ impl<'a> StatusBuilder<'a> {
                 });
                 if let Some(i) = matched {
                     self.keys[i].undecryptable += 1;
+                    if let Some(id) = c.kms_key_id {
+                        *self.keys[i].kms_key_ids.entry(id).or_default() += 1;
+                    }
                 }
             }
             State::UnknownKey | State::Encrypted => {

@@ -22,19 +22,24 @@
 //!
 //! [`Chain::classify`] gives each value exactly one [`State`]:
 //! - `plaintext`: no `k8s:enc:` prefix, whatever the config says;
-//! - `current`: read by the first entry (the write provider and key);
+//! - `current`: read by the first entry (the write provider and key) — for KMS v2 also under
+//!   the plugin's current key ID (`Status`) and in seed mode; for KMS v1 with GCM, not legacy CBC;
 //! - `stale`: read by a later entry — rewrite it before removing that key;
 //! - `unknown-key`: encrypted, but no entry's prefix matches (kube-apiserver cannot read it);
 //! - `undecryptable`: some entries' prefixes match but every one of them failed;
-//! - `kms`: a configured KMS provider's value (needs the plugin; not verified here);
+//! - `kms`: a configured KMS provider's value read without its plugin (`--no-kms`: recognised,
+//!   not verified);
 //! - `encrypted`: only without a config ([`classify_without_config`]).
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::{Config, ProviderConfiguration};
+use crate::config::{Config, KmsConfiguration, ProviderConfiguration};
+use crate::kms::{Api, KmsError, PluginClient};
 use crate::provider::{
     aescbc::AesCbc, aesgcm::AesGcm, identity::Identity, identity::ENCRYPTED_MARKER, kms::Kms,
     kms::KmsVersion, secretbox::Secretbox, DecryptError, EncryptError, KeyError, Plaintext,
@@ -55,7 +60,8 @@ pub enum State {
     UnknownKey,
     /// The config has that provider/key but decryption fails.
     Undecryptable,
-    /// Encrypted by a KMS provider: recognised, not verified locally.
+    /// Encrypted by a KMS provider whose plugin is not connected (`--no-kms`): recognised, not
+    /// verified.
     Kms,
     /// Encrypted, not verified (no config was given).
     Encrypted,
@@ -196,6 +202,9 @@ pub struct Classification {
     pub plaintext: Option<Plaintext>,
     /// Index of the chain entry that read it.
     pub read_by: Option<usize>,
+    /// KMS v2 values: the stored `keyID` (the KMS key that wrapped the DEK), when the value's
+    /// EncryptedObject decodes — also for `kms`, `stale` and `undecryptable` values.
+    pub kms_key_id: Option<String>,
 }
 
 impl fmt::Debug for Classification {
@@ -208,6 +217,7 @@ impl fmt::Debug for Classification {
             .field("error", &self.error)
             .field("plaintext_len", &self.plaintext.as_ref().map(|p| p.len()))
             .field("read_by", &self.read_by)
+            .field("kms_key_id", &self.kms_key_id)
             .finish()
     }
 }
@@ -223,6 +233,7 @@ pub fn classify_without_config(value: &[u8]) -> Classification {
             error: None,
             plaintext: None,
             read_by: None,
+            kms_key_id: None,
         },
         Some(p) => Classification {
             state: if p.provider == Some(ProviderKind::Kms) {
@@ -241,6 +252,7 @@ pub fn classify_without_config(value: &[u8]) -> Classification {
             readable: None,
             plaintext: None,
             read_by: None,
+            kms_key_id: None,
         },
     }
 }
@@ -266,6 +278,29 @@ pub enum TransformError {
     /// Encryption failed.
     #[error(transparent)]
     Encrypt(#[from] EncryptError),
+    /// A KMS provider's plugin client could not be set up (bad endpoint).
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+}
+
+/// Whether and how a chain's KMS providers reach their plugins.
+#[derive(Debug, Clone, Default)]
+pub struct KmsOptions {
+    /// Connect each KMS provider to its plugin. Without this, KMS values are only recognised
+    /// (state `kms`) and no socket is touched.
+    pub connect: bool,
+    /// Endpoints (`unix:///path`) that replace the config's, by provider name.
+    pub endpoints: HashMap<String, String>,
+}
+
+impl KmsOptions {
+    /// Connect to the plugins, at the config's endpoints.
+    pub fn connect() -> Self {
+        KmsOptions {
+            connect: true,
+            endpoints: HashMap::new(),
+        }
+    }
 }
 
 /// One entry of a chain: a provider with one key, and where it came from in the config.
@@ -287,10 +322,23 @@ pub struct Chain {
 impl Chain {
     /// Builds the chain kube-apiserver would use for `group`/`resource` (`""`/`secrets` for
     /// Secrets).
+    /// KMS providers only recognise their values; see [`Chain::from_config_with_kms`].
     pub fn from_config(
         config: &Config,
         group: &str,
         resource: &str,
+    ) -> Result<Chain, TransformError> {
+        Self::from_config_with_kms(config, group, resource, &KmsOptions::default())
+    }
+
+    /// [`Chain::from_config`], with KMS providers connected to their plugins as `kms` says.
+    /// Clients connect lazily: building the chain does no I/O (check plugins with
+    /// [`Chain::kms_providers`] and [`Kms::status`]).
+    pub fn from_config_with_kms(
+        config: &Config,
+        group: &str,
+        resource: &str,
+        kms: &KmsOptions,
     ) -> Result<Chain, TransformError> {
         let providers = config.providers_for(group, resource);
         if providers.is_empty() {
@@ -302,7 +350,7 @@ impl Chain {
         }
         let mut entries = Vec::new();
         for (origin, p) in providers {
-            Self::flatten(p, origin, &mut entries)?;
+            Self::flatten(p, origin, kms, &mut entries)?;
         }
         Ok(Chain {
             entries,
@@ -332,6 +380,7 @@ impl Chain {
     fn flatten(
         p: &ProviderConfiguration,
         (ri, pi): (usize, usize),
+        kms: &KmsOptions,
         out: &mut Vec<ChainEntry>,
     ) -> Result<(), TransformError> {
         let key_err = |source| TransformError::Key {
@@ -367,9 +416,40 @@ impl Chain {
                 Some("v2") => KmsVersion::V2,
                 _ => KmsVersion::V1,
             };
-            push(Provider::Kms(Kms::new(&k.name, version)), 0);
+            push(Provider::Kms(Self::kms_provider(k, version, kms)?), 0);
         }
         Ok(())
+    }
+
+    fn kms_provider(
+        k: &KmsConfiguration,
+        version: KmsVersion,
+        options: &KmsOptions,
+    ) -> Result<Kms, TransformError> {
+        let provider = Kms::new(&k.name, version);
+        if !options.connect {
+            return Ok(provider);
+        }
+        let endpoint = options.endpoints.get(&k.name).unwrap_or(&k.endpoint);
+        let api = match version {
+            KmsVersion::V1 => Api::V1,
+            KmsVersion::V2 => Api::V2,
+        };
+        let client = PluginClient::new(&k.name, endpoint, api, k.timeout_duration())?;
+        let cache_size = k
+            .cachesize
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(crate::provider::kms::DEFAULT_CACHE_SIZE);
+        Ok(provider.with_plugin(Arc::new(client), cache_size))
+    }
+
+    /// The chain's KMS providers, in read order.
+    pub fn kms_providers(&self) -> impl Iterator<Item = &Kms> {
+        self.entries.iter().filter_map(|e| match &e.provider {
+            Provider::Kms(k) => Some(k),
+            _ => None,
+        })
     }
 
     /// The chain's entries, in read order.
@@ -415,29 +495,51 @@ impl Chain {
                 }),
                 plaintext: Some(zeroize::Zeroizing::new(value.to_vec())),
                 read_by: if identity_first { Some(0) } else { None },
+                kms_key_id: None,
             };
         }
         let mut errors: Vec<String> = Vec::new();
         let mut first_match: Option<&ChainEntry> = None;
+        let mut kms_key_id: Option<String> = None;
         for (i, entry) in self.entries.iter().enumerate() {
-            if matches!(entry.provider, Provider::Identity(_)) {
+            // `fresh`: whether a read by the write provider is current. Only KMS adds a rule
+            // (v2: the plugin's current key ID and the seed type; v1: GCM, not legacy CBC).
+            let (result, fresh) = match &entry.provider {
                 // Identity fails on every encrypted value; kube-apiserver skips that failure.
-                continue;
-            }
-            let Some(result) = entry.provider.try_decrypt(value, etcd_key) else {
-                continue;
+                Provider::Identity(_) => continue,
+                Provider::Kms(kms) => {
+                    let Some(read) = kms.read(value, etcd_key) else {
+                        continue;
+                    };
+                    if kms_key_id.is_none() {
+                        kms_key_id = read.key_id;
+                    }
+                    match read.result {
+                        Ok((plaintext, fresh)) => (Ok(plaintext), fresh),
+                        Err(e) => (Err(e), false),
+                    }
+                }
+                provider => match provider.try_decrypt(value, etcd_key) {
+                    Some(result) => (result, true),
+                    None => continue,
+                },
             };
             first_match.get_or_insert(entry);
             match result {
                 Ok(plaintext) => {
                     return Classification {
-                        state: if i == 0 { State::Current } else { State::Stale },
+                        state: if i == 0 && fresh {
+                            State::Current
+                        } else {
+                            State::Stale
+                        },
                         provider: Some(entry.provider.kind()),
                         key_name: entry.provider.key_name().map(str::to_owned),
                         readable: Some(true),
                         error: None,
                         plaintext: Some(plaintext),
                         read_by: Some(i),
+                        kms_key_id,
                     }
                 }
                 Err(DecryptError::Kms) => {
@@ -449,6 +551,7 @@ impl Chain {
                         error: None,
                         plaintext: None,
                         read_by: Some(i),
+                        kms_key_id,
                     }
                 }
                 Err(e) => {
@@ -472,6 +575,7 @@ impl Chain {
                 }),
                 plaintext: None,
                 read_by: None,
+                kms_key_id,
             },
             None => {
                 let parsed = parse_prefix(value);
@@ -508,6 +612,7 @@ impl Chain {
                     readable: Some(false),
                     plaintext: None,
                     read_by: None,
+                    kms_key_id: None,
                 }
             }
         }

@@ -111,6 +111,19 @@ pub(crate) struct ConfigRotateArgs {
     /// prune: the key prefix whose entries must stay readable.
     #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
+    #[command(flatten)]
+    pub(crate) kms: NewKmsArgs,
+}
+
+/// A KMS v2 provider to write into a config (`--provider kms`).
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct NewKmsArgs {
+    /// With --provider kms: the KMS provider's name (written into every value).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) kms_name: Option<String>,
+    /// With --provider kms: the plugin's socket, unix:///PATH.
+    #[arg(long, value_name = "unix:///PATH")]
+    pub(crate) kms_endpoint: Option<String>,
 }
 
 /// Providers `config new` can generate.
@@ -122,6 +135,8 @@ pub(crate) enum NewProviderArg {
     Aesgcm,
     /// XSalsa20-Poly1305 (32-byte key).
     Secretbox,
+    /// A KMS v2 plugin (with --kms-name and --kms-endpoint; no local key).
+    Kms,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +160,8 @@ pub(crate) struct ConfigNewArgs {
     /// Overwrite FILE if it exists.
     #[arg(long, requires = "out")]
     pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) kms: NewKmsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +183,8 @@ pub(crate) struct CryptArgs {
     /// Output file (absent or `-`: standard output; decrypt refuses a terminal unless `-`).
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +203,21 @@ pub(crate) struct InspectArgs {
     pub(crate) kine_db: Option<PathBuf>,
     /// Input file holding the raw stored value (`-` or absent: standard input).
     pub(crate) input: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
+}
+
+/// How to reach the config's KMS plugins.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct KmsArgs {
+    /// Do not contact KMS plugins: KMS entries are only recognised (state `kms`), e.g. on a
+    /// machine without the plugin's socket (or set ATREST_NO_KMS=true).
+    #[arg(long, env = "ATREST_NO_KMS", conflicts_with = "kms_endpoints")]
+    pub(crate) no_kms: bool,
+    /// Reach KMS provider NAME's plugin at this socket instead of the config's endpoint
+    /// (repeatable), e.g. `--kms-endpoint vault=unix:///mnt/node/var/run/kmsplugin/socket.sock`.
+    #[arg(long = "kms-endpoint", value_name = "NAME=unix:///PATH")]
+    pub(crate) kms_endpoints: Vec<String>,
 }
 
 /// How to reach etcd, as etcdctl spells it.
@@ -248,6 +282,8 @@ pub(crate) struct AuditArgs {
     /// Also fail (exit 1) on stale entries.
     #[arg(long)]
     pub(crate) strict: bool,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +346,8 @@ pub(crate) struct RewriteArgs {
     /// Overwrite the --backup FILE or the offline --out file if it exists.
     #[arg(long)]
     pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }
 
 /// A fraction in (0, 1].
@@ -338,6 +376,8 @@ pub(crate) struct StatusArgs {
     /// Key prefix to scan.
     #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
     pub(crate) prefix: String,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }
 
 #[derive(Debug, Args)]

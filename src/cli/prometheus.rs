@@ -122,6 +122,20 @@ pub(crate) fn audit(r: &Report, strict: bool) -> String {
             n as f64,
         );
     }
+    let by_kms_key_id = r.by_kms_key_id();
+    if !by_kms_key_id.is_empty() {
+        m.gauge(
+            "atrest_entries_by_kms_key_id",
+            "KMS v2 entries under the prefix, by KMS provider name and the KMS key ID stored in them.",
+        );
+        for ((name, id), n) in by_kms_key_id {
+            m.sample(
+                "atrest_entries_by_kms_key_id",
+                &[("key", name), ("key_id", id), ("prefix", p)],
+                n as f64,
+            );
+        }
+    }
     if let Some(h) = &r.history {
         counts(
             &mut m,

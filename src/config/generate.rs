@@ -2,8 +2,8 @@
 
 use super::base64::encode_secret;
 use super::model::{
-    EncryptionConfiguration, IdentityConfiguration, Key, KeysConfiguration, ProviderConfiguration,
-    ResourceConfiguration,
+    EncryptionConfiguration, IdentityConfiguration, Key, KeysConfiguration, KmsConfiguration,
+    ProviderConfiguration, ResourceConfiguration,
 };
 use super::secret::SecretString;
 use super::{ConfigError, API_VERSION, KIND};
@@ -78,6 +78,33 @@ impl std::str::FromStr for NewProvider {
     }
 }
 
+/// A KMS v2 provider for a new config or a rotation: no key material, only the plugin's name
+/// and socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKms {
+    /// The provider's name, written into every value (`k8s:enc:kms:v2:<name>:`); no `:`.
+    pub name: String,
+    /// The plugin's socket, `unix:///path`.
+    pub endpoint: String,
+}
+
+impl NewKms {
+    /// The provider element: `kms: {apiVersion: v2, name, endpoint}` (kube-apiserver's default
+    /// timeout of 3 s applies).
+    pub fn element(&self) -> ProviderConfiguration {
+        ProviderConfiguration {
+            kms: Some(KmsConfiguration {
+                api_version: Some("v2".to_owned()),
+                name: self.name.clone(),
+                cachesize: None,
+                endpoint: self.endpoint.clone(),
+                timeout: None,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// What [`generate`] builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewConfig {
@@ -90,6 +117,9 @@ pub struct NewConfig {
     /// Whether `identity: {}` follows as a second provider, so that data written before
     /// encryption was enabled stays readable.
     pub identity_fallback: bool,
+    /// Write with this KMS v2 plugin instead of a local key (`provider` and `key_name` are then
+    /// unused).
+    pub kms: Option<NewKms>,
 }
 
 impl Default for NewConfig {
@@ -99,6 +129,7 @@ impl Default for NewConfig {
             key_name: "key1".to_owned(),
             resources: vec!["secrets".to_owned()],
             identity_fallback: true,
+            kms: None,
         }
     }
 }
@@ -116,7 +147,10 @@ pub(crate) fn new_key(name: &str) -> Key {
 /// Builds a config with one entry: `resources`, then the provider with a fresh 32-byte key,
 /// then (optionally) `identity: {}`.
 pub fn generate(new: &NewConfig) -> EncryptionConfiguration {
-    let mut providers = vec![new.provider.element(vec![new_key(&new.key_name)])];
+    let mut providers = vec![match &new.kms {
+        Some(kms) => kms.element(),
+        None => new.provider.element(vec![new_key(&new.key_name)]),
+    }];
     if new.identity_fallback {
         providers.push(ProviderConfiguration {
             identity: Some(IdentityConfiguration {}),
@@ -177,6 +211,7 @@ mod tests {
                 key_name: "k-2025:01".into(),
                 resources: vec!["secrets".into(), "configmaps".into(), "*.apps".into()],
                 identity_fallback: false,
+                kms: None,
             };
             let model = generate(&new);
             let config = Config::from_yaml(&to_yaml(&model).unwrap()).unwrap();
@@ -185,6 +220,29 @@ mod tests {
             assert_eq!(entry.providers[0].type_name(), Some(provider.as_str()));
             assert_eq!(entry.providers[0].keys().unwrap().keys[0].name, "k-2025:01");
         }
+    }
+
+    #[test]
+    fn kms_v2_config_has_no_key_and_validates() {
+        let new = NewConfig {
+            kms: Some(NewKms {
+                name: "vault".into(),
+                endpoint: "unix:///var/run/kmsplugin/socket.sock".into(),
+            }),
+            ..NewConfig::default()
+        };
+        let text = to_yaml(&generate(&new)).unwrap();
+        let config = Config::from_yaml(&text).unwrap();
+        let kms = config.model().resources[0].providers[0]
+            .kms
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (kms.api_version.as_deref(), kms.name.as_str()),
+            (Some("v2"), "vault")
+        );
+        assert!(!text.contains("secret:"), "{text}");
+        assert!(config.model().resources[0].providers[1].identity.is_some());
     }
 
     #[test]

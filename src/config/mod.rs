@@ -30,13 +30,14 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use self::base64::{decode_secret, encode_secret, SecretDecodeError};
-pub use generate::{generate, to_yaml, NewConfig, NewProvider};
+pub use generate::{generate, to_yaml, NewConfig, NewKms, NewProvider};
 pub use model::{
     EncryptionConfiguration, IdentityConfiguration, Key, KeysConfiguration, KmsConfiguration,
     ProviderConfiguration, ResourceConfiguration,
 };
 pub use rotate::{
-    add_key, keep_markers, pending_adds, pending_marker, promote, prune, AddedKey, RotateError,
+    add_key, add_kms, keep_markers, pending_adds, pending_marker, promote, prune, AddedKey,
+    RotateError,
 };
 pub use secret::SecretString;
 pub use validate::{FieldError, FieldErrorType, ValidationErrors};

@@ -120,6 +120,22 @@ pub struct KmsConfiguration {
     pub timeout: Option<String>,
 }
 
+impl KmsConfiguration {
+    /// The plugin call timeout: the config's `timeout` (a Go duration), else kube-apiserver's
+    /// default of 3 s. A zero or negative value (refused by validation) also gives the default.
+    pub fn timeout_duration(&self) -> std::time::Duration {
+        self.timeout
+            .as_deref()
+            .and_then(|t| super::duration::parse(t).ok())
+            .and_then(|ns| u64::try_from(ns).ok())
+            .filter(|&ns| ns > 0)
+            .map_or(
+                std::time::Duration::from_secs(3),
+                std::time::Duration::from_nanos,
+            )
+    }
+}
+
 impl ProviderConfiguration {
     /// The provider's type name as it appears in the file, or `None` for an empty element.
     /// With more than one type set (invalid), the first in `aesgcm, aescbc, secretbox, identity,

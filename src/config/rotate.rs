@@ -43,8 +43,10 @@ pub enum RotateError {
         /// The entry's index.
         index: usize,
     },
-    /// No aescbc/aesgcm/secretbox key of that name in the entry.
-    #[error("resources[{index}] has no aescbc, aesgcm or secretbox key named {name:?}")]
+    /// No aescbc/aesgcm/secretbox key (or kms provider) of that name in the entry.
+    #[error(
+        "resources[{index}] has no aescbc, aesgcm or secretbox key or kms provider named {name:?}"
+    )]
     UnknownKey {
         /// The name.
         name: String,
@@ -200,9 +202,39 @@ pub fn add_key(
     })
 }
 
+/// Stage 1 of a migration to KMS v2 (e.g. aescbc → kms): adds the KMS provider `kms` as the
+/// second provider element of the entry covering `resource`, so every kube-apiserver can read
+/// its values before any writes them. Returns the element's index (always 1). A KMS provider of
+/// that name already in the entry is refused.
+pub fn add_kms(
+    model: &mut EncryptionConfiguration,
+    resource: &str,
+    kms: &super::NewKms,
+) -> Result<usize, RotateError> {
+    let index = entry_index(model, resource)?;
+    let entry = &mut model.resources[index];
+    if entry.providers.is_empty() {
+        return Err(RotateError::NoProviders { index });
+    }
+    let taken = entry
+        .providers
+        .iter()
+        .filter_map(|p| p.kms.as_ref())
+        .any(|k| k.name == kms.name);
+    if taken {
+        return Err(RotateError::NameTaken {
+            name: kms.name.clone(),
+            index,
+        });
+    }
+    entry.providers.insert(1, kms.element());
+    Ok(1)
+}
+
 /// Stage 2: makes the key named `key_name` the write key of the entry covering `resource`: it
 /// moves to the front of its key list, and its provider element to the front of the provider
-/// list (the order of the others is kept). A no-op if it is already first.
+/// list (the order of the others is kept). A no-op if it is already first. Without such a key,
+/// a kms provider named `key_name` is moved first instead (the KMS migration).
 pub fn promote(
     model: &mut EncryptionConfiguration,
     resource: &str,
@@ -225,10 +257,20 @@ pub fn promote(
         .collect();
     let (j, k) = match matches.as_slice() {
         [] => {
+            // A KMS provider of that name (a migration to KMS): its element moves first.
+            let kms = entry
+                .providers
+                .iter()
+                .position(|p| p.kms.as_ref().is_some_and(|k| k.name == key_name));
+            if let Some(j) = kms {
+                let element = entry.providers.remove(j);
+                entry.providers.insert(0, element);
+                return Ok(());
+            }
             return Err(RotateError::UnknownKey {
                 name: key_name.to_owned(),
                 index,
-            })
+            });
         }
         [one] => *one,
         many => {

@@ -118,7 +118,7 @@ impl AesCbc {
         Some(self.decrypt_body(body))
     }
 
-    fn decrypt_body(&self, body: &[u8]) -> Result<Plaintext, DecryptError> {
+    pub(crate) fn decrypt_body(&self, body: &[u8]) -> Result<Plaintext, DecryptError> {
         let mut r = Reader::new(body);
         let iv: [u8; IV_LEN] = r.array("aescbc IV")?;
         let ct = r.rest();

@@ -127,7 +127,11 @@ impl AesGcm {
         Some(self.decrypt_body(body, etcd_key))
     }
 
-    fn decrypt_body(&self, body: &[u8], etcd_key: &[u8]) -> Result<Plaintext, DecryptError> {
+    pub(crate) fn decrypt_body(
+        &self,
+        body: &[u8],
+        etcd_key: &[u8],
+    ) -> Result<Plaintext, DecryptError> {
         let mut r = Reader::new(body);
         let nonce: [u8; NONCE_LEN] = r.array("aesgcm nonce")?;
         if r.left() < TAG_LEN {

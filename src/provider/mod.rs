@@ -133,18 +133,35 @@ pub enum DecryptError {
     /// The identity provider refuses to read a value that is encrypted.
     #[error("identity transformer tried to read encrypted data")]
     IdentityEncrypted,
-    /// A KMS value: it needs the KMS plugin to decrypt.
+    /// A KMS value read without its plugin (`--no-kms`): recognised, not decrypted.
     #[error("KMS values can only be decrypted by the KMS plugin")]
     Kms,
+    /// A KMS v2 value whose EncryptedObject does not decode or breaks kube-apiserver's rules.
+    #[error("invalid KMS v2 EncryptedObject: {0}")]
+    KmsObject(String),
+    /// The KMS plugin could not decrypt the value's DEK (its message names the plugin).
+    #[error("the KMS plugin could not decrypt the DEK: {0}")]
+    KmsPlugin(String),
+    /// The KMS plugin returned a DEK or seed of a size no cipher takes.
+    #[error(
+        "the KMS plugin returned a {0}-byte DEK (expected 32; 16 or 24 for AES_GCM_KEY and v1)"
+    )]
+    KmsDekLength(usize),
 }
 
 /// Why a value could not be encrypted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum EncryptError {
-    /// KMS values can only be written by kube-apiserver through the plugin.
+    /// A KMS provider without a plugin (`--no-kms`) cannot encrypt.
     #[error("KMS provider {0:?} cannot encrypt without its plugin")]
     Kms(String),
+    /// The KMS plugin's `Encrypt` failed (its message names the plugin and socket).
+    #[error("{0}")]
+    KmsPlugin(String),
+    /// The KMS plugin's `Encrypt` answer breaks kube-apiserver's rules.
+    #[error("the KMS plugin's Encrypt response is invalid: {0}")]
+    KmsResponse(String),
     /// The AEAD refused the input (larger than the cipher's limit).
     #[error("the cipher refused the input")]
     Cipher,
@@ -162,7 +179,7 @@ pub enum Provider {
     Secretbox(secretbox::Secretbox),
     /// `identity`.
     Identity(identity::Identity),
-    /// `kms` v1 or v2 (recognised, not decrypted).
+    /// `kms` v1 or v2 (decrypted through its plugin, or only recognised without one).
     Kms(kms::Kms),
 }
 
@@ -201,14 +218,14 @@ impl Provider {
     }
 
     /// Encrypts `plaintext` into a complete stored value (prefix included). `etcd_key` is the
-    /// full etcd key; only aesgcm binds it.
+    /// full etcd key; aesgcm and kms bind it.
     pub fn encrypt(&self, plaintext: &[u8], etcd_key: &[u8]) -> Result<Vec<u8>, EncryptError> {
         match self {
             Provider::Aescbc(p) => Ok(p.encrypt(plaintext)),
             Provider::Aesgcm(p) => p.encrypt(plaintext, etcd_key),
             Provider::Secretbox(p) => p.encrypt(plaintext),
             Provider::Identity(_) => Ok(plaintext.to_vec()),
-            Provider::Kms(p) => Err(EncryptError::Kms(p.name().to_owned())),
+            Provider::Kms(p) => p.encrypt(plaintext, etcd_key),
         }
     }
 
@@ -223,7 +240,7 @@ impl Provider {
             Provider::Aesgcm(p) => p.try_decrypt(value, etcd_key),
             Provider::Secretbox(p) => p.try_decrypt(value),
             Provider::Identity(p) => Some(p.read(value)),
-            Provider::Kms(p) => p.try_decrypt(value),
+            Provider::Kms(p) => p.try_decrypt(value, etcd_key),
         }
     }
 }

@@ -46,8 +46,13 @@ pub(crate) fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
+/// The CLI, with KMS plugins not contacted (`ATREST_NO_KMS=true`, i.e. `--no-kms`): CONFIG's kms
+/// provider has no plugin behind it, so its entries are only recognised. tests/it/kms.rs runs
+/// the CLI against a real test plugin.
 pub(crate) fn atrest() -> Command {
-    Command::cargo_bin("atrest").unwrap()
+    let mut cmd = Command::cargo_bin("atrest").unwrap();
+    cmd.env("ATREST_NO_KMS", "true");
+    cmd
 }
 
 /// The Kubernetes Secret fixture: a real stored plaintext value.

@@ -13,6 +13,7 @@ mod faults;
 mod first_run;
 mod harness;
 mod kine;
+mod kms;
 mod ops;
 mod rewrite;
 mod rewrite_cli;

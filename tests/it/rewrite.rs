@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use atrest::audit::{NoProgress, Verdict};
 use atrest::config::Config;
+use atrest::provider::kms::KmsWriteError;
 use atrest::rewrite::{self, EntryResult, Observer, RewriteEntry, RewriteError, RewriteOptions};
 use atrest::store::etcd::{EtcdOptions as StoreOptions, EtcdStore};
 use atrest::store::{Entry, ReadStore};
@@ -725,7 +726,7 @@ resources:
         "decrypted back to the exact plaintext"
     );
 
-    // KMS first: atrest cannot encrypt with a plugin.
+    // KMS first without a plugin connection (`--no-kms`): refused before anything is read.
     let kms_yaml = "apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
 resources:
@@ -749,7 +750,7 @@ resources:
     .await
     .unwrap_err();
     assert!(
-        matches!(err, RewriteError::KmsWrite { ref name } if name == "plugin"),
+        matches!(err, RewriteError::KmsWrite(KmsWriteError::NoPlugin(ref name)) if name == "plugin"),
         "{err:?}"
     );
 }

@@ -77,6 +77,7 @@ async fn a_rewrite_killed_half_way_is_finished_by_a_second_run() {
     let originals = seed_plaintext(&server, 6000).await;
     let bin = assert_cmd::cargo::cargo_bin("atrest");
     let mut child = std::process::Command::new(&bin)
+        .env("ATREST_NO_KMS", "true")
         .args([
             "rewrite",
             "--endpoints",

@@ -114,7 +114,7 @@ pub(crate) async fn run(
     (args.config, args.kine_db) =
         super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
     let chain = match &args.config {
-        Some(path) => Some(load_chain(path, &args.prefix)?),
+        Some(path) => Some(load_chain(path, &args.prefix, &args.kms)?),
         None => None,
     };
     let bar = Progress(output::progress("auditing"));
@@ -149,6 +149,11 @@ pub(crate) async fn run(
         Verdict::Clean => Exit::Clean,
         Verdict::Findings => Exit::Findings,
     })
+}
+
+/// Whether any listed entry carries a KMS key ID (the table then has a column for it).
+fn entries_have_key_ids(groups: &std::collections::BTreeMap<&str, Vec<&ReportEntry>>) -> bool {
+    groups.values().flatten().any(|e| e.key_id.is_some())
 }
 
 fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
@@ -198,12 +203,25 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
         }
         out += &format!("\nEncrypted entries by key:\n{t}\n");
     }
+    let by_kms_key_id = r.by_kms_key_id();
+    if !by_kms_key_id.is_empty() {
+        let mut t = output::table();
+        t.set_header(vec!["kms provider", "KMS key ID", "entries"]);
+        for ((name, id), n) in &by_kms_key_id {
+            t.add_row(vec![(*name).to_owned(), (*id).to_owned(), n.to_string()]);
+        }
+        out += &format!("\nKMS v2 entries by KMS key ID:\n{t}\n");
+    }
 
     let groups = r.findings_by_namespace();
     let shown: usize = groups.values().map(Vec::len).sum();
     if shown > 0 {
         let mut t = output::table();
         let mut header = vec!["namespace", "name", "state", "provider", "key"];
+        let key_ids = entries_have_key_ids(&groups);
+        if key_ids {
+            header.push("KMS key ID");
+        }
         if chain.is_some() {
             header.push("readable");
         }
@@ -222,6 +240,9 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
                     e.provider.map_or("-".to_owned(), |p| p.to_string()),
                     e.key_name.clone().unwrap_or_else(|| "-".to_owned()),
                 ];
+                if key_ids {
+                    row.push(e.key_id.clone().unwrap_or_else(|| "-".to_owned()));
+                }
                 if chain.is_some() {
                     row.push(e.readable.map_or("-", yes_no).to_owned());
                 }

@@ -45,13 +45,17 @@ fn new(args: ConfigNewArgs, format: Option<OutputFormat>) -> Result<Exit, CliErr
     }
     let opts = NewConfig {
         provider: match args.provider {
-            NewProviderArg::Aescbc => NewProvider::Aescbc,
+            NewProviderArg::Aescbc | NewProviderArg::Kms => NewProvider::Aescbc,
             NewProviderArg::Aesgcm => NewProvider::Aesgcm,
             NewProviderArg::Secretbox => NewProvider::Secretbox,
         },
         key_name: args.key_name,
         resources: args.resources,
         identity_fallback: !args.no_identity,
+        kms: match args.provider {
+            NewProviderArg::Kms => Some(super::new_kms(&args.kms)?),
+            _ => None,
+        },
     };
     let model = config::generate(&opts);
     let yaml = zeroize::Zeroizing::new(config::to_yaml(&model)?);

@@ -1,6 +1,6 @@
 //! `atrest encrypt` and `atrest decrypt`: raw bytes in, raw bytes out, exactly as stored.
 
-use atrest::provider::ProviderKind;
+use atrest::provider::{Provider, ProviderKind};
 use atrest::transform::State;
 
 use super::load_chain;
@@ -28,7 +28,11 @@ fn resource_prefix(etcd_key: &str) -> Result<String, CliError> {
 
 /// Encrypts standard input (or a file) with the config's write provider and key.
 pub(crate) fn encrypt(args: CryptArgs) -> Result<Exit, CliError> {
-    let chain = load_chain(&args.config, &resource_prefix(&args.etcd_key)?)?;
+    let chain = load_chain(&args.config, &resource_prefix(&args.etcd_key)?, &args.kms)?;
+    if let Provider::Kms(kms) = &chain.write_entry().provider {
+        kms.ready_to_write()
+            .map_err(|e| CliError::store(e.to_string()).advice(e.advice()))?;
+    }
     let input = zeroize::Zeroizing::new(read_input(args.input.as_deref())?);
     let value = chain
         .encrypt(&input, args.etcd_key.as_bytes())
@@ -47,7 +51,7 @@ pub(crate) fn decrypt(args: CryptArgs) -> Result<Exit, CliError> {
             ),
         );
     }
-    let chain = load_chain(&args.config, &resource_prefix(&args.etcd_key)?)?;
+    let chain = load_chain(&args.config, &resource_prefix(&args.etcd_key)?, &args.kms)?;
     let input = read_input(args.input.as_deref())?;
     let found = chain.classify(&input, args.etcd_key.as_bytes());
     match (found.state, found.plaintext) {
@@ -70,7 +74,7 @@ pub(crate) fn decrypt(args: CryptArgs) -> Result<Exit, CliError> {
             }
             Err(err.advice(match state {
                 State::UnknownKey => "the config has no key with this value's provider and name; use the config that wrote it",
-                State::Kms => "KMS values can only be decrypted by kube-apiserver through its KMS plugin",
+                State::Kms => "KMS values are decrypted through the KMS plugin: drop --no-kms",
                 _ if found.provider == Some(ProviderKind::Aesgcm) => "check --etcd-key (aesgcm binds the value to its full etcd key) and that the config holds the key that wrote the value",
                 _ => "the value is damaged, or a different key was written under the same name: check that the config is the one kube-apiserver uses",
             }))

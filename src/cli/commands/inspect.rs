@@ -49,7 +49,7 @@ pub(crate) async fn run(args: InspectArgs, format: Option<OutputFormat>) -> Resu
                     Some(format!("/{}/{}/", parts.next()?, parts.next()?))
                 })
                 .unwrap_or_else(|| "/registry/secrets/".to_owned());
-            Some(load_chain(path, &prefix)?)
+            Some(load_chain(path, &prefix, &args.kms)?)
         }
         None => None,
     };
@@ -85,6 +85,9 @@ fn render(r: &Inspection) -> String {
         (None, _) => "k8s:enc: prefix with an unrecognised provider".to_owned(),
     };
     row("encryption", how);
+    if let Some(id) = &r.key_id {
+        row("KMS key ID", id.clone());
+    }
     row("state", r.state.to_string());
     if let Some(path) = &r.read_by {
         row("read by", path.clone());

@@ -12,20 +12,126 @@ pub(crate) mod status;
 
 use std::path::Path;
 
-use atrest::config::{Config, ConfigError};
-use atrest::transform::Chain;
+use atrest::config::{Config, ConfigError, NewKms};
+use atrest::transform::{Chain, KmsOptions, TransformError};
 
+use super::args::{KmsArgs, NewKmsArgs};
 use super::CliError;
 
-/// Loads a config file and builds the chain for the resource the prefix names.
-pub(crate) fn load_chain(path: &Path, prefix: &str) -> Result<Chain, CliError> {
+/// Loads a config file and builds the chain for the resource the prefix names. KMS providers
+/// are connected to their plugins unless `--no-kms`, and each plugin must answer `Status`
+/// (else exit 3, before anything is read).
+pub(crate) fn load_chain(path: &Path, prefix: &str, kms: &KmsArgs) -> Result<Chain, CliError> {
     let config = Config::load(path).map_err(|e| invalid_config(&path.display().to_string(), &e))?;
     let (group, resource) = atrest::audit::resource_from_prefix(prefix);
-    Chain::from_config(&config, group, resource).map_err(|e| {
-        CliError::usage(format!("{}: {e}", path.display())).advice(
-            "add the resource to the config's `resources` list, or pass the matching --prefix",
-        )
+    let options = kms_options(&config, kms)?;
+    let chain =
+        Chain::from_config_with_kms(&config, group, resource, &options).map_err(|e| match e {
+            TransformError::Kms(e) => CliError::usage(format!("{}: {e}", path.display())),
+            e => CliError::usage(format!("{}: {e}", path.display())).advice(
+                "add the resource to the config's `resources` list, or pass the matching --prefix",
+            ),
+        })?;
+    check_kms_plugins(&chain)?;
+    Ok(chain)
+}
+
+/// `--provider kms --kms-name NAME --kms-endpoint unix:///PATH` as the library's [`NewKms`].
+pub(crate) fn new_kms(args: &NewKmsArgs) -> Result<NewKms, CliError> {
+    let (Some(name), Some(endpoint)) = (&args.kms_name, &args.kms_endpoint) else {
+        return Err(
+            CliError::usage("--provider kms needs --kms-name and --kms-endpoint").advice(
+                "e.g. --provider kms --kms-name vault --kms-endpoint unix:///var/run/kmsplugin/socket.sock",
+            ),
+        );
+    };
+    if name.is_empty() || name.contains(':') {
+        return Err(CliError::usage(format!(
+            "--kms-name {name:?}: a KMS v2 provider name must be non-empty and contain no ':'"
+        )));
+    }
+    if atrest::kms::socket_path(endpoint).is_none() {
+        return Err(
+            CliError::usage(format!("--kms-endpoint {endpoint:?} is not unix:///PATH"))
+                .advice("KMS plugins listen on a unix socket: pass unix:///absolute/path"),
+        );
+    }
+    Ok(NewKms {
+        name: name.clone(),
+        endpoint: endpoint.clone(),
     })
+}
+
+/// `--no-kms` and `--kms-endpoint NAME=unix:///PATH` as library options; every NAME must be a
+/// KMS provider of the config.
+fn kms_options(config: &Config, kms: &KmsArgs) -> Result<KmsOptions, CliError> {
+    let mut options = KmsOptions {
+        connect: !kms.no_kms,
+        ..KmsOptions::default()
+    };
+    let names: Vec<&str> = config
+        .model()
+        .resources
+        .iter()
+        .flat_map(|r| r.providers.iter())
+        .filter_map(|p| p.kms.as_ref().map(|k| k.name.as_str()))
+        .collect();
+    for spec in &kms.kms_endpoints {
+        let Some((name, endpoint)) = spec.split_once('=') else {
+            return Err(CliError::usage(format!(
+                "--kms-endpoint {spec:?} is not NAME=unix:///PATH"
+            ))
+            .advice("e.g. --kms-endpoint vault=unix:///mnt/node/var/run/kmsplugin/socket.sock"));
+        };
+        if !names.contains(&name) {
+            return Err(CliError::usage(format!(
+                "--kms-endpoint {spec:?}: the config has no kms provider named {name:?}"
+            ))
+            .advice(format!(
+                "use one of the config's kms provider names: {}",
+                if names.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        }
+        if atrest::kms::socket_path(endpoint).is_none() {
+            return Err(CliError::usage(format!(
+                "--kms-endpoint {spec:?}: {endpoint:?} is not unix:///PATH"
+            ))
+            .advice("KMS plugins listen on a unix socket: pass unix:///absolute/path"));
+        }
+        options
+            .endpoints
+            .insert(name.to_owned(), endpoint.to_owned());
+    }
+    Ok(options)
+}
+
+/// Asks every connected KMS plugin for its status: one that does not answer is exit 3 (with
+/// the provider, socket and what to check); an unhealthy one is a warning (reads may still
+/// work; writes are refused by the health gate).
+fn check_kms_plugins(chain: &Chain) -> Result<(), CliError> {
+    for kms in chain.kms_providers() {
+        let Some(result) = kms.status() else {
+            continue;
+        };
+        let status = result.map_err(|e| {
+            CliError::store(e.to_string()).advice(
+                "start the plugin or fix its socket path (--kms-endpoint NAME=unix:///PATH); \
+                 --no-kms audits without it (KMS entries are then only recognised)",
+            )
+        })?;
+        if !status.is_healthy() {
+            eprintln!(
+                "warning: kms provider {:?}: the plugin reports it is not healthy: {:?}",
+                kms.name(),
+                status.healthz
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The error for a config file that could not be loaded: the file named on the first line, one
@@ -36,6 +142,11 @@ pub(crate) fn invalid_config(file: &str, e: &ConfigError) -> CliError {
         ConfigError::Read { .. } | ConfigError::TooLarge { .. } => {
             "check the path: it should name the file given to kube-apiserver's \
              --encryption-provider-config"
+        }
+        // kube-apiserver reads the first document and ignores the rest (docs/interop.md).
+        ConfigError::Parse { message, .. } if message.contains("more than one document") => {
+            "kube-apiserver would read only the first document and silently ignore the others; \
+             keep the one it should use, alone in the file"
         }
         _ => "kube-apiserver would refuse to start with this file; fix each field above (`atrest config check FILE`)",
     };

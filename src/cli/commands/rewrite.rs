@@ -43,7 +43,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
              --listen-address and pass --endpoints",
         ));
     }
-    let chain = load_chain(&config, &args.prefix)?;
+    let chain = load_chain(&config, &args.prefix, &args.kms)?;
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }

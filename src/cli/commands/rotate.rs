@@ -22,10 +22,18 @@ fn chain_for(config: &Config, resource: &str, file: &Path) -> Result<Chain, CliE
         .map_err(|e| CliError::usage(format!("{}: {e}", file.display())))
 }
 
-/// The key `add` put second: the second chain entry, if it is a keyed provider.
+/// The key `add` put second: the second chain entry, if it is a keyed provider, or the kms
+/// provider `add --provider kms` put second. `None` when there is none, or when both a second
+/// local key and a second-place kms provider exist (then `--key-name` must say which).
 fn added_key(chain: &Chain) -> Option<String> {
     let entry = chain.entries().get(1)?;
+    let kms_second = chain
+        .entries()
+        .iter()
+        .any(|e| e.origin.1 == 1 && matches!(e.provider, Provider::Kms(_)));
     match &entry.provider {
+        Provider::Kms(k) => Some(k.name().to_owned()),
+        _ if kms_second => None,
         Provider::Aescbc(_) | Provider::Aesgcm(_) | Provider::Secretbox(_) => {
             entry.provider.key_name().map(str::to_owned)
         }
@@ -89,9 +97,24 @@ pub(crate) async fn run(
         next: String::new(),
     };
     let (summary, next) = match args.stage {
+        Stage::Add if args.provider == Some(NewProviderArg::Kms) => {
+            let kms = super::new_kms(&args.kms)?;
+            let at = config::add_kms(&mut model, &args.resource, &kms).map_err(rotate_err)?;
+            (
+                format!(
+                    "Added kms provider {:?} (apiVersion v2, {}) in second position (providers[{at}]).",
+                    kms.name, kms.endpoint
+                ),
+                format!(
+                    "Next: run the KMS plugin on every control-plane node, copy {0} there and restart (or let reload) every kube-apiserver, so all of them can read {1:?}. Then: atrest config rotate {0} --stage promote --key-name {1}",
+                    file.display(),
+                    kms.name
+                ),
+            )
+        }
         Stage::Add => {
             let provider = args.provider.map(|p| match p {
-                NewProviderArg::Aescbc => NewProvider::Aescbc,
+                NewProviderArg::Aescbc | NewProviderArg::Kms => NewProvider::Aescbc,
                 NewProviderArg::Aesgcm => NewProvider::Aesgcm,
                 NewProviderArg::Secretbox => NewProvider::Secretbox,
             });
@@ -121,8 +144,8 @@ pub(crate) async fn run(
             let name = match args.key_name.clone().or_else(|| added_key(&before)) {
                 Some(n) => n,
                 None => return Err(CliError::usage(
-                    "there is no second key to promote; run `--stage add` first or pass --key-name",
-                )),
+                    "cannot tell which key to promote: there is no second key, or there are both a second local key and a kms provider",
+                ).advice("pass --key-name NAME (the key or kms provider `--stage add` printed), or run `--stage add` first")),
             };
             config::promote(&mut model, &args.resource, &name).map_err(rotate_err)?;
             markers = config::keep_markers(&String::from_utf8_lossy(&old_text), &[&name]);

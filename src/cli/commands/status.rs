@@ -22,7 +22,7 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
         .config
         .clone()
         .ok_or_else(|| CliError::usage("--config FILE is required"))?;
-    let chain = load_chain(&config, &args.prefix)?;
+    let chain = load_chain(&config, &args.prefix, &args.kms)?;
     let prefix = args.prefix.as_bytes();
     let status = match (&args.snapshot, &args.kine_db) {
         (None, Some(path)) => status::status(&super::open_kine(path)?, &chain, prefix).await?,
@@ -88,6 +88,19 @@ fn render(s: &Status, args: &StatusArgs) -> String {
         "\nProviders and keys for {}, in the order kube-apiserver tries them:\n{t}\n",
         s.resource
     );
+    for k in s.keys.iter().filter(|k| !k.kms_key_ids.is_empty()) {
+        let list: Vec<String> = k
+            .kms_key_ids
+            .iter()
+            .map(|(id, n)| format!("{id}: {n}"))
+            .collect();
+        out += &format!(
+            "KMS key IDs in entries of {} ({}): {}\n",
+            k.path,
+            k.key_name.as_deref().unwrap_or("-"),
+            list.join(", ")
+        );
+    }
     if !s.unknown_keys.is_empty() {
         let mut t = output::table();
         t.set_header(vec!["provider", "key", "entries"]);
