@@ -295,7 +295,8 @@ async fn etcd_killed_mid_rewrite_then_restarted_converges() {
     let config = write_config(dir.path(), CONFIG);
     let truth = seed_plaintext(&server.endpoint, 4000, 1500).await;
     let bin = assert_cmd::cargo::cargo_bin("atrest");
-    let child = std::process::Command::new(&bin)
+    let mut child = std::process::Command::new(&bin)
+        .env("ATREST_NO_KMS", "true")
         .args([
             "rewrite",
             "-o",
@@ -323,6 +324,11 @@ async fn etcd_killed_mid_rewrite_then_restarted_converges() {
             .unwrap();
         if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
             break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("rewrite exited before writing: {err}");
         }
         assert!(Instant::now() < deadline, "rewrite never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -389,6 +395,7 @@ async fn a_cluster_loses_its_leader_mid_rewrite_and_a_paused_member_hangs() {
     order.swap(0, paused);
     let bin = assert_cmd::cargo::cargo_bin("atrest");
     let mut child = std::process::Command::new(&bin)
+        .env("ATREST_NO_KMS", "true")
         .args(["rewrite", "-o", "json", "--concurrency", "2"])
         .args(["--dial-timeout", "2", "--command-timeout", "3"])
         .args(["--endpoints", &order.join(",")])
@@ -408,6 +415,11 @@ async fn a_cluster_loses_its_leader_mid_rewrite_and_a_paused_member_hangs() {
             .unwrap();
         if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
             break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("rewrite exited before writing: {err}");
         }
         assert!(Instant::now() < deadline, "rewrite never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -636,7 +648,8 @@ async fn a_nospace_alarm_mid_run_stops_at_once_and_a_second_run_resumes() {
     let config = write_config(dir.path(), CONFIG);
     let truth = seed_plaintext(&server.endpoint, 2000, 2048).await;
     let bin = assert_cmd::cargo::cargo_bin("atrest");
-    let child = std::process::Command::new(&bin)
+    let mut child = std::process::Command::new(&bin)
+        .env("ATREST_NO_KMS", "true")
         .args(["rewrite", "-o", "json", "--concurrency", "1"])
         .args(["--endpoints", &server.endpoint])
         .arg("--config")
@@ -656,6 +669,11 @@ async fn a_nospace_alarm_mid_run_stops_at_once_and_a_second_run_resumes() {
             .unwrap();
         if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
             break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("rewrite exited before writing: {err}");
         }
         assert!(Instant::now() < deadline, "rewrite never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
