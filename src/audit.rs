@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::provider::ProviderKind;
-use crate::store::{Entry, ReadStore, StoreError};
+use crate::store::{Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{classify_without_config, Chain, Classification, State};
 
 /// The write provider and key of the config the audit ran with.
@@ -171,6 +171,11 @@ pub struct Report {
     /// Snapshot audits only: plaintext objects left in unreferenced pages.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub residue: Option<Residue>,
+    /// Live etcd only: each member that did not answer (left out at connect time, or failed
+    /// over from during the run), with its last error; absent when every member answered.
+    /// `source` names the member that did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<Unanswered>,
 }
 
 impl Report {
@@ -322,6 +327,7 @@ impl<'a> Auditor<'a> {
             summary: self.summary,
             history: None,
             residue: None,
+            unanswered: Vec::new(),
         }
     }
 }
@@ -341,7 +347,9 @@ pub async fn audit<S: ReadStore + Sync>(
             true
         })
         .await?;
-    Ok(auditor.finish(store.source(), info.revision))
+    let mut report = auditor.finish(store.source(), info.revision);
+    report.unanswered = store.unanswered();
+    Ok(report)
 }
 
 /// The (group, resource) a key prefix holds: the last path segment of the prefix

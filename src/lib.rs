@@ -44,6 +44,7 @@ pub mod offline;
 mod proptests;
 pub mod provider;
 pub mod rewrite;
+pub mod space;
 pub mod status;
 pub mod store;
 pub mod transform;
