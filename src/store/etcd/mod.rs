@@ -342,7 +342,8 @@ impl ReadStore for EtcdStore {
     /// `etcd <endpoint>` of the member that answered last (with its scheme): with a dead
     /// member first in `--endpoints`, the live one that served the scan.
     fn source(&self) -> String {
-        format!("etcd {}", self.answering())
+        let what = if self.is_kine() { "kine" } else { "etcd" };
+        format!("{what} {}", self.answering())
     }
 
     fn unanswered(&self) -> Vec<Unanswered> {
