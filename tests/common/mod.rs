@@ -20,6 +20,16 @@ mod kine;
 pub use apiserver_writes::{delete_key, put_key};
 pub use kine::KineServer;
 
+/// What the harness's "etcd" really is: `kine` when `$ATREST_TEST_ETCD` is the kine stand-in
+/// (`tests/interop/kine-as-etcd`), else `etcd` — the word atrest's reports put before the
+/// endpoint in `source`.
+pub fn store_kind() -> &'static str {
+    match std::env::var_os("ATREST_TEST_ETCD") {
+        Some(p) if p.to_string_lossy().ends_with("kine-as-etcd") => "kine",
+        _ => "etcd",
+    }
+}
+
 /// Finds the etcd binary (`$ATREST_TEST_ETCD`, else `etcd` on PATH); panics with advice if absent.
 pub fn etcd_binary() -> PathBuf {
     let name = std::env::var_os("ATREST_TEST_ETCD").unwrap_or_else(|| "etcd".into());

@@ -200,7 +200,10 @@ async fn live_audit_reports_every_state() {
     let (report, code) = audit_json(&["--endpoints", &server.endpoint, "--config", config]);
     assert_eq!(code, 1, "plaintext and unreadable entries are findings");
     assert_eq!(report["prefix"], "/registry/secrets/");
-    assert_eq!(report["source"], format!("etcd {}", server.endpoint));
+    assert_eq!(
+        report["source"],
+        format!("{} {}", crate::common::store_kind(), server.endpoint)
+    );
     assert_eq!(report["write_provider"]["provider"], "aescbc");
     assert_eq!(report["write_provider"]["key_name"], "key2");
     let entries = report["entries"].as_array().unwrap();

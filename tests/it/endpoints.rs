@@ -34,7 +34,7 @@ fn issue_14_3_the_member_that_answered_is_named_and_the_dead_one_reported() {
         let r: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             r["source"],
-            format!("etcd {}", server.endpoint),
+            format!("{} {}", crate::common::store_kind(), server.endpoint),
             "{command}"
         );
         let unanswered = r["unanswered"].as_array().expect("unanswered listed");

@@ -573,7 +573,10 @@ async fn refused_credentials_are_auth_errors() {
 
     let store = EtcdStore::connect(with_user("rootpw")).await.unwrap();
     assert_eq!(store.count(PREFIX).await.unwrap(), 0);
-    assert_eq!(store.source(), format!("etcd {}", server.endpoint));
+    assert_eq!(
+        store.source(),
+        format!("{} {}", crate::common::store_kind(), server.endpoint)
+    );
 
     let err = EtcdStore::connect(with_user("wrong")).await.unwrap_err();
     eprintln!("wrong password: {err}");

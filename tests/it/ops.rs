@@ -714,7 +714,10 @@ fn kubeadm_yields_to_explicit_tls_flags() {
         .args(["-o", "json"]));
     assert_eq!(code, 0, "{out}{err}");
     let s: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(s["source"], format!("etcd {}", server.endpoint));
+    assert_eq!(
+        s["source"],
+        format!("{} {}", crate::common::store_kind(), server.endpoint)
+    );
     assert_eq!(s["summary"]["total"], 0);
 }
 
