@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::provider::ProviderKind;
+use crate::resource::GroupResource;
 use crate::store::{Entry, ReadStore, StoreError};
 use crate::transform::{classify_without_config, Chain, Classification, State};
 
@@ -344,16 +345,30 @@ pub async fn audit<S: ReadStore + Sync>(
     Ok(auditor.finish(store.source(), info.revision))
 }
 
-/// The (group, resource) a key prefix holds: the last path segment of the prefix
-/// (`/registry/secrets/` → `("", "secrets")`). Core-group resources are what kube-apiserver keeps
-/// under `<etcd-prefix>/<resource>/`.
-pub fn resource_from_prefix(prefix: &str) -> (&'static str, &str) {
-    let resource = prefix
-        .trim_end_matches('/')
-        .rsplit('/')
+/// The resource a key prefix holds, read with [`crate::resource::split_key`] below the
+/// prefix's first segment (the root: `/registry/`, `/kubernetes.io/`):
+/// `/registry/secrets/` → `secrets`, `/registry/deployments/` → `deployments.apps`,
+/// `/registry/services/specs/` → `services`, `/registry/example.com/widgets/` →
+/// `widgets.example.com`. A prefix with no resource segment gives its last segment as a core
+/// resource (which no config covers by name).
+pub fn resource_from_prefix(prefix: &str) -> GroupResource {
+    let root = prefix
+        .trim_start_matches('/')
+        .split('/')
         .next()
+        .map(|first| format!("/{first}/"))
         .unwrap_or_default();
-    ("", resource)
+    match crate::resource::split_key(&root, prefix.as_bytes()) {
+        Some(info) => info.resource,
+        None => GroupResource::new(
+            "",
+            prefix
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default(),
+        ),
+    }
 }
 
 /// The kind stored under a resource, for counting residue (`secrets` → `Secret`).
@@ -447,8 +462,7 @@ pub async fn audit_snapshot(
     snap.history(prefix, |entry| {
         history.add(classify(chain, &entry.value, &entry.key).state);
     })?;
-    let (_, resource) = resource_from_prefix(&report.prefix);
-    let kind = kind_of_resource(resource);
+    let kind = kind_of_resource(&resource_from_prefix(&report.prefix).resource);
     let residue = snap
         .free_runs()
         .map(|(_, bytes)| count_plaintext_objects(bytes, kind))
@@ -497,6 +511,17 @@ mod tests {
             (None, Some("kube-system".into()))
         );
         assert_eq!(namespace_and_name(p, b"/other/x"), (None, None));
+    }
+
+    #[test]
+    fn prefixes_name_their_group() {
+        let gr = |p: &str| resource_from_prefix(p).to_string();
+        assert_eq!(gr("/registry/secrets/"), "secrets");
+        assert_eq!(gr("/registry/deployments/"), "deployments.apps");
+        assert_eq!(gr("/registry/services/specs/"), "services");
+        assert_eq!(gr("/kubernetes.io/minions/"), "nodes");
+        assert_eq!(gr("/registry/example.com/widgets/"), "widgets.example.com");
+        assert_eq!(gr("/registry/"), "registry");
     }
 
     #[test]

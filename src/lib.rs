@@ -24,6 +24,7 @@
 //! - [`provider`]: one file per provider (aescbc, aesgcm, secretbox, identity, kms).
 //! - [`transform`]: the `k8s:enc:` value format and the read/write chain built from a config.
 //! - [`object`]: what a plaintext value holds (the `k8s\x00` protobuf envelope, JSON).
+//! - [`resource`]: which etcd keys hold which resource (kube's prefixes, custom resources).
 //! - [`store`]: live etcd and snapshot files behind one read trait; writes only on live etcd.
 //! - [`audit`]: classifying entries into a [`audit::Report`].
 //! - [`status`]: the config and the store together: what each configured key reads.
@@ -43,6 +44,7 @@ pub mod offline;
 #[cfg(test)]
 mod proptests;
 pub mod provider;
+pub mod resource;
 pub mod rewrite;
 pub mod status;
 pub mod store;
