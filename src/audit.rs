@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::provider::ProviderKind;
-use crate::resource::GroupResource;
+use crate::resource::{split_key, GroupResource, KeyInfo, ResourceChains, Scope};
 use crate::store::{Entry, ReadStore, StoreError};
 use crate::transform::{classify_without_config, Chain, Classification, State};
 
@@ -33,6 +33,9 @@ pub struct ProviderRef {
 pub struct ReportEntry {
     /// The full etcd key (lossy UTF-8).
     pub key: String,
+    /// The resource stored under the key, as a config names it: `secrets`, `configmaps`,
+    /// `deployments.apps`, `widgets.example.com` (see [`crate::resource`]).
+    pub resource: String,
     /// The namespace, read from the key (`<prefix><namespace>/<name>`); `None` for
     /// cluster-scoped keys.
     pub namespace: Option<String>,
@@ -151,6 +154,17 @@ pub struct Residue {
     pub plaintext: u64,
 }
 
+/// One resource's part of an audit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ResourceSummary {
+    /// The write provider and key of the chain that covers the resource; `null` without a
+    /// config.
+    pub write_provider: Option<ProviderRef>,
+    /// Its entries by state (the fields of [`Counts`], flattened).
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
 /// An audit's result: the JSON schema of `atrest audit -o json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -166,6 +180,11 @@ pub struct Report {
     pub entries: Vec<ReportEntry>,
     /// Counts by state.
     pub summary: Summary,
+    /// Counts by resource (as entries name it), with each resource's write provider.
+    pub resources: BTreeMap<String, ResourceSummary>,
+    /// Entries of resources the config does not cover (kube-apiserver stores them as they
+    /// come), counted by resource: not findings, not listed. Empty for `--prefix` audits.
+    pub not_covered: BTreeMap<String, u64>,
     /// Snapshot audits only: older, not yet compacted revisions under the prefix, by state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Counts>,
@@ -191,6 +210,26 @@ impl Report {
                 .push(e);
         }
         map
+    }
+}
+
+impl Report {
+    /// Entries grouped by resource, then namespace (cluster-scoped entries under `""`),
+    /// skipping `current` and (without a config) `encrypted` ones: what a table lists.
+    pub fn findings_by_resource(&self) -> BTreeMap<(&str, &str), Vec<&ReportEntry>> {
+        let mut map: BTreeMap<(&str, &str), Vec<&ReportEntry>> = BTreeMap::new();
+        let listed = |e: &&ReportEntry| !matches!(e.state, State::Current | State::Encrypted);
+        for e in self.entries.iter().filter(listed) {
+            map.entry((e.resource.as_str(), e.namespace.as_deref().unwrap_or("")))
+                .or_default()
+                .push(e);
+        }
+        map
+    }
+
+    /// Entries of resources the config does not cover, in all.
+    pub fn not_covered_total(&self) -> u64 {
+        self.not_covered.values().sum()
     }
 }
 
@@ -258,13 +297,24 @@ pub struct NoProgress;
 
 impl Observer for NoProgress {}
 
+fn provider_ref(chain: &Chain) -> ProviderRef {
+    let p = &chain.write_entry().provider;
+    ProviderRef {
+        provider: p.kind(),
+        key_name: p.key_name().map(str::to_owned),
+    }
+}
+
 /// Builds a report entry by entry; used by [`audit`] and by callers with their own scan loop.
 #[derive(Debug)]
 pub struct Auditor<'a> {
     chain: Option<&'a Chain>,
     prefix: Vec<u8>,
+    resource: String,
     entries: Vec<ReportEntry>,
     summary: Summary,
+    resources: BTreeMap<String, ResourceSummary>,
+    not_covered: BTreeMap<String, u64>,
 }
 
 impl<'a> Auditor<'a> {
@@ -273,18 +323,61 @@ impl<'a> Auditor<'a> {
         Auditor {
             chain,
             prefix: prefix.to_vec(),
+            resource: resource_from_prefix(&String::from_utf8_lossy(prefix)).to_string(),
             entries: Vec::new(),
             summary: Summary::default(),
+            resources: BTreeMap::new(),
+            not_covered: BTreeMap::new(),
         }
     }
 
     /// Classifies one entry (its value is dropped afterwards; only metadata is kept).
     pub fn add(&mut self, entry: &Entry) -> &ReportEntry {
-        let c = classify(self.chain, &entry.value, &entry.key);
         let (namespace, name) = namespace_and_name(&self.prefix, &entry.key);
+        let resource = self.resource.clone();
+        self.push(self.chain, resource, namespace, name, entry)
+    }
+
+    /// Classifies one entry of `resource` with `chain` (a multi-resource audit: each resource
+    /// is read with its own chain).
+    pub fn add_resource(
+        &mut self,
+        chain: Option<&Chain>,
+        info: KeyInfo,
+        entry: &Entry,
+    ) -> &ReportEntry {
+        self.push(
+            chain,
+            info.resource.to_string(),
+            info.namespace,
+            info.name,
+            entry,
+        )
+    }
+
+    /// Counts one entry of a resource the config does not cover.
+    pub fn not_covered(&mut self, resource: &GroupResource) {
+        *self.not_covered.entry(resource.to_string()).or_default() += 1;
+    }
+
+    fn push(
+        &mut self,
+        chain: Option<&Chain>,
+        resource: String,
+        namespace: Option<String>,
+        name: Option<String>,
+        entry: &Entry,
+    ) -> &ReportEntry {
+        let c = classify(chain, &entry.value, &entry.key);
         self.summary.add(c.state);
+        let per = self.resources.entry(resource.clone()).or_default();
+        per.counts.add(c.state);
+        if per.write_provider.is_none() {
+            per.write_provider = chain.map(provider_ref);
+        }
         self.entries.push(ReportEntry {
             key: String::from_utf8_lossy(&entry.key).into_owned(),
+            resource,
             namespace,
             name,
             state: c.state,
@@ -307,13 +400,16 @@ impl<'a> Auditor<'a> {
 
     /// Finishes the report.
     pub fn finish(self, source: String, revision: i64) -> Report {
-        let write_provider = self.chain.map(|c| {
-            let p = &c.write_entry().provider;
-            ProviderRef {
-                provider: p.kind(),
-                key_name: p.key_name().map(str::to_owned),
-            }
-        });
+        let write_provider = self.chain.map(provider_ref);
+        self.finish_with(source, revision, write_provider)
+    }
+
+    fn finish_with(
+        self,
+        source: String,
+        revision: i64,
+        write_provider: Option<ProviderRef>,
+    ) -> Report {
         Report {
             source,
             prefix: String::from_utf8_lossy(&self.prefix).into_owned(),
@@ -321,10 +417,155 @@ impl<'a> Auditor<'a> {
             write_provider,
             entries: self.entries,
             summary: self.summary,
+            resources: self.resources,
+            not_covered: self.not_covered,
             history: None,
             residue: None,
         }
     }
+}
+
+/// Visits every key under each of `prefixes`, all pinned to the revision of the first page
+/// read, one page in memory at a time. Returns that revision.
+async fn scan_pinned<S, F>(store: &S, prefixes: &[String], mut visit: F) -> Result<i64, StoreError>
+where
+    S: ReadStore + Sync,
+    F: FnMut(Entry),
+{
+    let mut revision = None;
+    for prefix in prefixes {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store
+                .page(prefix.as_bytes(), after.as_deref(), revision)
+                .await?;
+            revision = Some(page.revision);
+            if let Some(last) = page.entries.last() {
+                after = Some(last.key.clone());
+            }
+            let more = page.more;
+            page.entries.into_iter().for_each(&mut visit);
+            if !more || after.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(revision.unwrap_or_default())
+}
+
+/// Audits every resource in `scope`, each entry read with the chain kube-apiserver would use for
+/// its resource (see [`ResourceChains`]); entries of resources the config does not cover are
+/// only counted ([`Report::not_covered`]). Every prefix is read at one revision, one page in
+/// memory at a time.
+pub async fn audit_resources<S: ReadStore + Sync>(
+    store: &S,
+    chains: &mut ResourceChains,
+    scope: &Scope,
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut total = 0;
+    for prefix in &scope.prefixes {
+        total += store.count(prefix.as_bytes()).await?;
+    }
+    observer.total(total);
+    let mut auditor = Auditor::new(None, scope.report_prefix().as_bytes());
+    let revision = scan_pinned(store, &scope.prefixes, |entry| {
+        let Some(info) = split_key(&scope.root, &entry.key) else {
+            return;
+        };
+        if !scope.wants(&info.resource) {
+            return;
+        }
+        match chains.chain_for(&info.resource) {
+            Some(chain) => observer.entry(auditor.add_resource(Some(chain), info, &entry)),
+            None => auditor.not_covered(&info.resource),
+        }
+    })
+    .await?;
+    let write_provider = first_write_provider(chains, scope);
+    Ok(auditor.finish_with(store.source(), revision, write_provider))
+}
+
+/// The report's top-level write provider for a multi-resource audit: the chain of the first
+/// resource the scope names (the config's first element without `--resource`).
+fn first_write_provider(chains: &mut ResourceChains, scope: &Scope) -> Option<ProviderRef> {
+    match scope.only.first() {
+        Some(gr) => chains.chain_for(gr).map(provider_ref),
+        None => chains.chains().first().map(provider_ref),
+    }
+}
+
+/// [`audit_resources`] of a snapshot or data file, with `history` and `residue` as
+/// [`audit_snapshot`] adds them (residue counts stored objects of the scanned resources' kinds
+/// when each is known — Secrets, ConfigMaps — else of any kind).
+pub async fn audit_snapshot_resources(
+    snap: &crate::store::snapshot::Snapshot,
+    chains: &mut ResourceChains,
+    scope: &Scope,
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut report = audit_resources(snap, chains, scope, observer).await?;
+    let mut history = Counts::default();
+    for prefix in &scope.prefixes {
+        snap.history(prefix.as_bytes(), |entry| {
+            if let Some(state) = history_state(chains, scope, &entry) {
+                history.add(state);
+            }
+        })?;
+    }
+    // The kinds stored under the scanned prefixes, when each has a known kind; else any kind.
+    let kinds: Option<Vec<&str>> = scope
+        .prefixes
+        .iter()
+        .map(|p| {
+            (p != &scope.root)
+                .then(|| kind_of_resource(&resource_from_prefix(p).resource))
+                .flatten()
+        })
+        .collect();
+    let residue = snap
+        .free_runs()
+        .map(|(_, bytes)| match &kinds {
+            Some(kinds) => kinds
+                .iter()
+                .map(|k| count_plaintext_objects(bytes, Some(k)))
+                .sum::<u64>(),
+            None => count_plaintext_objects(bytes, None),
+        })
+        .sum();
+    report.history = Some(history);
+    report.residue = Some(Residue { plaintext: residue });
+    Ok(report)
+}
+
+/// [`audit_resources`] of kine's SQLite file, with `history` as [`audit_kine`] adds it.
+pub async fn audit_kine_resources(
+    db: &crate::store::kine::KineDb,
+    chains: &mut ResourceChains,
+    scope: &Scope,
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut report = audit_resources(db, chains, scope, observer).await?;
+    let mut history = Counts::default();
+    for prefix in &scope.prefixes {
+        db.history(prefix.as_bytes(), |_, entry| {
+            if let Some(state) = history_state(chains, scope, &entry) {
+                history.add(state);
+            }
+        })?;
+    }
+    report.history = Some(history);
+    Ok(report)
+}
+
+/// An older revision's state, read with its resource's chain; `None` when not covered.
+fn history_state(chains: &mut ResourceChains, scope: &Scope, entry: &Entry) -> Option<State> {
+    let info = split_key(&scope.root, &entry.key)?;
+    if !scope.wants(&info.resource) {
+        return None;
+    }
+    let chain = chains.chain_for(&info.resource)?;
+    Some(chain.classify(&entry.value, &entry.key).state)
 }
 
 /// Audits every entry under `prefix` in `store`, one page in memory at a time.

@@ -31,9 +31,13 @@
 //! [`BUILTIN`] lists the built-in resources stored in etcd by Kubernetes 1.31 to 1.34
 //! ([`KUBERNETES_VERSIONS`]), with their API groups: what `*.<group>` and `*.` cover.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::Deserialize;
+
+use crate::config::Config;
+use crate::transform::{Chain, KmsOptions, TransformError};
 
 /// The Kubernetes versions the [`BUILTIN`] table was taken from.
 pub const KUBERNETES_VERSIONS: &str = "1.31-1.34";
@@ -401,6 +405,133 @@ pub fn scan_prefixes<'a>(root: &str, names: impl IntoIterator<Item = &'a str>) -
     kept
 }
 
+/// What to read: the root, the key prefixes below it, and (with `--resource`) the only
+/// resources wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// kube-apiserver's `--etcd-prefix` as a key prefix (`/registry/`).
+    pub root: String,
+    /// The key prefixes to scan, in key order, none inside another.
+    pub prefixes: Vec<String>,
+    /// When not empty, only these resources are audited; other keys under the prefixes are
+    /// skipped.
+    pub only: Vec<GroupResource>,
+}
+
+impl Scope {
+    /// Every resource the config names (exact names, `*.<group>`, `*.`, `*.*`), or only the
+    /// resources in `only` when it is not empty.
+    pub fn from_config(config: &Config, root: &str, only: &[GroupResource]) -> Scope {
+        let root = with_slash(root);
+        let prefixes = if only.is_empty() {
+            scan_prefixes(&root, config_names(config))
+        } else {
+            let mut p: Vec<String> = only.iter().map(|gr| gr.storage_prefix(&root)).collect();
+            p.sort();
+            p.dedup();
+            p
+        };
+        Scope {
+            root,
+            prefixes,
+            only: only.to_vec(),
+        }
+    }
+
+    /// Whether a key of `resource` is wanted.
+    pub fn wants(&self, resource: &GroupResource) -> bool {
+        self.only.is_empty() || self.only.contains(resource)
+    }
+
+    /// The prefix a report names: the only prefix scanned, or the root.
+    pub fn report_prefix(&self) -> &str {
+        match self.prefixes.as_slice() {
+            [one] => one,
+            _ => &self.root,
+        }
+    }
+}
+
+fn config_names(config: &Config) -> impl Iterator<Item = &str> {
+    config
+        .model()
+        .resources
+        .iter()
+        .flat_map(|e| e.resources.iter().map(String::as_str))
+}
+
+/// The chain kube-apiserver would use for each resource: the first `resources` element that
+/// covers it wins (exact name, then `*.<group>`, then `*.*`, as [`Config::providers_for`]).
+/// Built once per distinct provider list, so resources that share a config element share a
+/// chain (and its KMS plugin clients and DEK cache).
+#[derive(Debug)]
+pub struct ResourceChains {
+    config: Config,
+    chains: Vec<Chain>,
+    by_origins: HashMap<Vec<(usize, usize)>, usize>,
+    cache: HashMap<GroupResource, Option<usize>>,
+}
+
+impl ResourceChains {
+    /// Builds every chain the config can hand out (one per resource name in it), with KMS
+    /// providers set up as `kms` says.
+    pub fn new(config: Config, kms: &KmsOptions) -> Result<ResourceChains, TransformError> {
+        let mut chains = Vec::new();
+        let mut by_origins = HashMap::new();
+        for name in config_names(&config) {
+            let gr = GroupResource::parse(name);
+            let origins = origins(&config, &gr);
+            if origins.is_empty() || by_origins.contains_key(&origins) {
+                continue;
+            }
+            let chain = Chain::from_config_with_kms(&config, &gr.group, &gr.resource, kms)?;
+            by_origins.insert(origins, chains.len());
+            chains.push(chain);
+        }
+        Ok(ResourceChains {
+            config,
+            chains,
+            by_origins,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// The chain for `resource`; `None` when the config does not cover it (kube-apiserver stores
+    /// it unencrypted).
+    pub fn chain_for(&mut self, resource: &GroupResource) -> Option<&Chain> {
+        let index = match self.cache.get(resource) {
+            Some(i) => *i,
+            None => {
+                let i = self
+                    .by_origins
+                    .get(&origins(&self.config, resource))
+                    .copied();
+                self.cache.insert(resource.clone(), i);
+                i
+            }
+        };
+        index.and_then(|i| self.chains.get(i))
+    }
+
+    /// Every distinct chain, in config order (to check KMS plugins before a run).
+    pub fn chains(&self) -> &[Chain] {
+        &self.chains
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+fn origins(config: &Config, gr: &GroupResource) -> Vec<(usize, usize)> {
+    config
+        .providers_for(&gr.group, &gr.resource)
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +654,82 @@ mod tests {
                 "/registry/example.com/",
                 "/registry/jobs/"
             ]
+        );
+    }
+
+    const CONFIG: &str = "
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [secrets, deployments.apps]
+  providers:
+  - aescbc:
+      keys:
+      - name: k1
+        secret: c2VjcmV0IGlzIHNlY3VyZSwgaXMgaXQ/IDMyIGJ5dGU=
+- resources: ['*.apps']
+  providers:
+  - secretbox:
+      keys:
+      - name: b1
+        secret: c2VjcmV0IGlzIHNlY3VyZSwgaXMgaXQ/IDMyIGJ5dGU=
+- resources: ['*.*']
+  providers:
+  - identity: {}
+";
+
+    #[test]
+    fn first_matching_element_gives_the_chain() {
+        let config = Config::from_yaml(CONFIG).unwrap();
+        let mut chains = ResourceChains::new(config, &KmsOptions::default()).unwrap();
+        assert_eq!(chains.chains().len(), 3);
+        let write = |c: &mut ResourceChains, n: &str| {
+            c.chain_for(&GroupResource::parse(n))
+                .map(|c| c.write_entry().provider.kind().to_string())
+        };
+        assert_eq!(write(&mut chains, "secrets").as_deref(), Some("aescbc"));
+        assert_eq!(
+            write(&mut chains, "deployments.apps").as_deref(),
+            Some("aescbc")
+        );
+        assert_eq!(
+            write(&mut chains, "statefulsets.apps").as_deref(),
+            Some("secretbox")
+        );
+        assert_eq!(
+            write(&mut chains, "configmaps").as_deref(),
+            Some("identity")
+        );
+        assert_eq!(
+            write(&mut chains, "widgets.example.com").as_deref(),
+            Some("identity")
+        );
+        let scope = Scope::from_config(chains.config(), "/registry", &[]);
+        assert_eq!(scope.prefixes, ["/registry/"]);
+        assert_eq!(scope.report_prefix(), "/registry/");
+        let only = [GroupResource::parse("secrets")];
+        let scope = Scope::from_config(chains.config(), "/registry", &only);
+        assert_eq!(scope.prefixes, ["/registry/secrets/"]);
+        assert!(scope.wants(&only[0]));
+        assert!(!scope.wants(&GroupResource::parse("configmaps")));
+    }
+
+    #[test]
+    fn uncovered_resources_have_no_chain() {
+        let text = CONFIG.split("- resources: ['*.apps']").next().unwrap();
+        let config = Config::from_yaml(text).unwrap();
+        let mut chains = ResourceChains::new(config, &KmsOptions::default()).unwrap();
+        assert!(chains
+            .chain_for(&GroupResource::parse("configmaps"))
+            .is_none());
+        assert!(chains
+            .chain_for(&GroupResource::parse("statefulsets.apps"))
+            .is_none());
+        assert!(chains.chain_for(&GroupResource::parse("secrets")).is_some());
+        let scope = Scope::from_config(chains.config(), "/registry/", &[]);
+        assert_eq!(
+            scope.prefixes,
+            ["/registry/deployments/", "/registry/secrets/"]
         );
     }
 

@@ -13,6 +13,7 @@ pub(crate) mod status;
 use std::path::Path;
 
 use atrest::config::{Config, ConfigError, NewKms};
+use atrest::resource::ResourceChains;
 use atrest::transform::{Chain, KmsOptions, TransformError};
 
 use super::args::{KmsArgs, NewKmsArgs};
@@ -61,6 +62,19 @@ pub(crate) fn new_kms(args: &NewKmsArgs) -> Result<NewKms, CliError> {
         name: name.clone(),
         endpoint: endpoint.clone(),
     })
+}
+
+/// Loads a config file and builds the chain of every resource it covers (see
+/// [`ResourceChains`]), with KMS plugins checked as [`load_chain`] does.
+pub(crate) fn load_chains(path: &Path, kms: &KmsArgs) -> Result<ResourceChains, CliError> {
+    let config = Config::load(path).map_err(|e| invalid_config(&path.display().to_string(), &e))?;
+    let options = kms_options(&config, kms)?;
+    let chains = ResourceChains::new(config, &options)
+        .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+    for chain in chains.chains() {
+        check_kms_plugins(chain)?;
+    }
+    Ok(chains)
 }
 
 /// `--no-kms` and `--kms-endpoint NAME=unix:///PATH` as library options; every NAME must be a
