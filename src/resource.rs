@@ -37,6 +37,8 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::config::Config;
+use crate::provider::Plaintext;
+use crate::store::{ReadStore, StoreError};
 use crate::transform::{Chain, KmsOptions, TransformError};
 
 /// The Kubernetes versions the [`BUILTIN`] table was taken from.
@@ -338,6 +340,12 @@ pub enum CrdError {
         #[source]
         source: serde_json::Error,
     },
+    /// The value is encrypted and the config's chain for CRDs cannot read it.
+    #[error("{key}: encrypted, and the config cannot read it")]
+    Unreadable {
+        /// The etcd key.
+        key: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -370,6 +378,43 @@ pub fn parse_crd(key: &[u8], value: &[u8]) -> Result<CustomResource, CrdError> {
         plural: doc.spec.names.plural,
         namespaced: doc.spec.scope == "Namespaced",
     })
+}
+
+/// Reads every stored CRD under `<root>apiextensions.k8s.io/customresourcedefinitions/` for the
+/// custom resources it defines, decrypting with the CRDs' own chain when the config covers
+/// them. A CRD that cannot be read is returned as an error beside the others, not a failure of
+/// the whole read.
+pub async fn custom_resources<S: ReadStore + Sync>(
+    store: &S,
+    root: &str,
+    chains: &mut ResourceChains,
+) -> Result<(Vec<CustomResource>, Vec<CrdError>), StoreError> {
+    let crds = GroupResource::new("apiextensions.k8s.io", "customresourcedefinitions");
+    let prefix = crds.storage_prefix(root);
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    let chain = chains.chain_for(&crds);
+    store
+        .scan(prefix.as_bytes(), |entry| {
+            let read = match chain {
+                Some(chain) => chain.classify(&entry.value, &entry.key).plaintext,
+                None => crate::transform::parse_prefix(&entry.value)
+                    .is_none()
+                    .then(|| Plaintext::new(entry.value.clone())),
+            };
+            match read {
+                Some(plain) => match parse_crd(&entry.key, &plain) {
+                    Ok(crd) => found.push(crd),
+                    Err(e) => errors.push(e),
+                },
+                None => errors.push(CrdError::Unreadable {
+                    key: String::from_utf8_lossy(&entry.key).into_owned(),
+                }),
+            }
+            true
+        })
+        .await?;
+    Ok((found, errors))
 }
 
 /// The key prefixes to scan so as to see every resource `names` cover (EncryptionConfiguration
