@@ -419,3 +419,116 @@ async fn star_star_covers_everything_and_snapshot_audit_equals_live() {
     }
     assert_eq!(offline["history"]["total"], 0);
 }
+
+/// Every key with its value and mod_revision, as etcd has it now.
+async fn dump(server: &EtcdServer) -> BTreeMap<String, (Vec<u8>, i64)> {
+    let mut client = server.client().await;
+    let resp = client
+        .get(
+            "/registry/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key().to_vec()).unwrap(),
+                (kv.value().to_vec(), kv.mod_revision()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rewrite_moves_each_resource_to_its_write_provider_and_leaves_the_rest() {
+    let server = EtcdServer::start();
+    seed(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&[
+        ("secrets", &[AESCBC]),
+        ("configmaps", &[SECRETBOX, IDENTITY]),
+        ("'*.apps'", &[SECRETBOX, IDENTITY]),
+        ("'*.example.com'", &[AESGCM, IDENTITY]),
+        ("'*.'", &[IDENTITY]),
+    ]);
+    let path = write_config(dir.path(), &text);
+    let before = dump(&server).await;
+    let out = atrest()
+        .args([
+            "rewrite",
+            "--endpoints",
+            &server.endpoint,
+            "--config",
+            path.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "s2 stays unknown-key: {summary}"
+    );
+    // c2, w2 and the Deployment were plaintext.
+    assert_eq!(summary["rewritten"], 3, "{summary}");
+    assert_eq!(summary["skipped"], 1, "{summary}");
+    assert_eq!(summary["resources"]["configmaps"]["rewritten"], 1);
+    assert_eq!(summary["resources"]["widgets.example.com"]["rewritten"], 1);
+    assert_eq!(summary["resources"]["deployments.apps"]["rewritten"], 1);
+    assert_eq!(summary["resources"]["secrets"]["skipped"], 1);
+    assert!(
+        summary["left_alone"]["services"]
+            .as_str()
+            .unwrap()
+            .contains("identity"),
+        "{summary}"
+    );
+    let after = dump(&server).await;
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    for key in [
+        "/registry/services/specs/default/kubernetes",
+        "/registry/minions/node-1",
+        "/registry/apiregistration.k8s.io/apiservices/v1.apps",
+        "/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com",
+        "/registry/secrets/default/s2",
+    ] {
+        assert_eq!(before[key], after[key], "{key} was touched");
+    }
+    let prefix = |key: &str| after[key].0.clone();
+    assert!(prefix("/registry/configmaps/default/c2").starts_with(b"k8s:enc:secretbox:v1:b1"));
+    assert!(prefix("/registry/deployments/default/web").starts_with(b"k8s:enc:secretbox:v1:b1"));
+    assert!(prefix("/registry/example.com/widgets/default/w2").starts_with(b"k8s:enc:aesgcm:v1:g1"));
+
+    // The audit agrees: everything covered is current but the value no Secrets key reads.
+    let (r, _) = audit(&[
+        "--endpoints",
+        &server.endpoint,
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    // Plaintext is reported whatever the config says: here only the core resources the config
+    // writes with identity (left alone by the rewrite).
+    assert_eq!(r["summary"]["plaintext"], 2, "{r}");
+    assert_eq!(r["resources"]["services"]["plaintext"], 1);
+    assert_eq!(r["resources"]["nodes"]["plaintext"], 1);
+    assert_eq!(r["resources"]["deployments.apps"]["current"], 1);
+    assert_eq!(r["summary"]["unknown-key"], 1);
+    assert_eq!(r["resources"]["widgets.example.com"]["current"], 2);
+    assert_eq!(r["resources"]["configmaps"]["current"], 2);
+    assert_eq!(
+        r["not_covered"],
+        serde_json::json!({
+            "apiservices.apiregistration.k8s.io": 1,
+            "customresourcedefinitions.apiextensions.k8s.io": 1,
+        })
+    );
+}
