@@ -10,7 +10,8 @@
 //!                                                                     └──▶ Summary ──▶ verdict
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -34,11 +35,14 @@ pub struct ReportEntry {
     /// The full etcd key (lossy UTF-8).
     pub key: String,
     /// The resource stored under the key, as a config names it: `secrets`, `configmaps`,
-    /// `deployments.apps`, `widgets.example.com` (see [`crate::resource`]).
-    pub resource: String,
+    /// `deployments.apps`, `widgets.example.com` (see [`crate::resource`]). Shared by the
+    /// entries of one resource.
+    #[serde(serialize_with = "serialize_shared")]
+    pub resource: Arc<str>,
     /// The namespace, read from the key (`<prefix><namespace>/<name>`); `None` for
     /// cluster-scoped keys.
-    pub namespace: Option<String>,
+    #[serde(serialize_with = "serialize_shared_opt")]
+    pub namespace: Option<Arc<str>>,
     /// The object's name, read from the key.
     pub name: Option<String>,
     /// The entry's state (see [`State`]).
@@ -62,6 +66,20 @@ pub struct ReportEntry {
     /// Why the value could not be read (undecryptable, unknown key, unreadable plaintext).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn serialize_shared<S: serde::Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value)
+}
+
+fn serialize_shared_opt<S: serde::Serializer>(
+    value: &Option<Arc<str>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.serialize_some(&**v),
+        None => s.serialize_none(),
+    }
 }
 
 /// Entry counts by state. Serialised with every state present, `unknown-key` spelled as in
@@ -220,7 +238,7 @@ impl Report {
         let mut map: BTreeMap<(&str, &str), Vec<&ReportEntry>> = BTreeMap::new();
         let listed = |e: &&ReportEntry| !matches!(e.state, State::Current | State::Encrypted);
         for e in self.entries.iter().filter(listed) {
-            map.entry((e.resource.as_str(), e.namespace.as_deref().unwrap_or("")))
+            map.entry((&*e.resource, e.namespace.as_deref().unwrap_or("")))
                 .or_default()
                 .push(e);
         }
@@ -310,7 +328,9 @@ fn provider_ref(chain: &Chain) -> ProviderRef {
 pub struct Auditor<'a> {
     chain: Option<&'a Chain>,
     prefix: Vec<u8>,
-    resource: String,
+    resource: Arc<str>,
+    names: HashMap<GroupResource, Arc<str>>,
+    namespaces: HashSet<Arc<str>>,
     entries: Vec<ReportEntry>,
     summary: Summary,
     resources: BTreeMap<String, ResourceSummary>,
@@ -323,7 +343,11 @@ impl<'a> Auditor<'a> {
         Auditor {
             chain,
             prefix: prefix.to_vec(),
-            resource: resource_from_prefix(&String::from_utf8_lossy(prefix)).to_string(),
+            resource: resource_from_prefix(&String::from_utf8_lossy(prefix))
+                .to_string()
+                .into(),
+            names: HashMap::new(),
+            namespaces: HashSet::new(),
             entries: Vec::new(),
             summary: Summary::default(),
             resources: BTreeMap::new(),
@@ -346,13 +370,15 @@ impl<'a> Auditor<'a> {
         info: KeyInfo,
         entry: &Entry,
     ) -> &ReportEntry {
-        self.push(
-            chain,
-            info.resource.to_string(),
-            info.namespace,
-            info.name,
-            entry,
-        )
+        let resource = match self.names.get(&info.resource) {
+            Some(name) => name.clone(),
+            None => {
+                let name: Arc<str> = info.resource.to_string().into();
+                self.names.insert(info.resource, name.clone());
+                name
+            }
+        };
+        self.push(chain, resource, info.namespace, info.name, entry)
     }
 
     /// Counts one entry of a resource the config does not cover.
@@ -363,14 +389,26 @@ impl<'a> Auditor<'a> {
     fn push(
         &mut self,
         chain: Option<&Chain>,
-        resource: String,
+        resource: Arc<str>,
         namespace: Option<String>,
         name: Option<String>,
         entry: &Entry,
     ) -> &ReportEntry {
         let c = classify(chain, &entry.value, &entry.key);
+        // Entries share their namespace's name (a cluster has few namespaces, many entries).
+        let namespace = namespace.map(|ns| match self.namespaces.get(ns.as_str()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = ns.into();
+                self.namespaces.insert(shared.clone());
+                shared
+            }
+        });
         self.summary.add(c.state);
-        let per = self.resources.entry(resource.clone()).or_default();
+        let per = match self.resources.get_mut(&*resource) {
+            Some(per) => per,
+            None => self.resources.entry(resource.to_string()).or_default(),
+        };
         per.counts.add(c.state);
         if per.write_provider.is_none() {
             per.write_provider = chain.map(provider_ref);
@@ -427,7 +465,18 @@ impl<'a> Auditor<'a> {
 
 /// Visits every key under each of `prefixes`, all pinned to the revision of the first page
 /// read, one page in memory at a time. Returns that revision.
-async fn scan_pinned<S, F>(store: &S, prefixes: &[String], mut visit: F) -> Result<i64, StoreError>
+///
+/// A prefix that holds several resources (the root, for `*.*`) is read one top-level segment
+/// (`<root><segment>/`) at a time: after a page of the root, the rest of the segment its last
+/// key is in is paged with that segment as the prefix, so each range etcd walks ends at the
+/// segment (and the store can split it at namespace boundaries), then the root resumes after the
+/// segment's last key. Every key is visited once, in key order.
+async fn scan_pinned<S, F>(
+    store: &S,
+    root: &str,
+    prefixes: &[String],
+    mut visit: F,
+) -> Result<i64, StoreError>
 where
     S: ReadStore + Sync,
     F: FnMut(Entry),
@@ -440,17 +489,46 @@ where
                 .page(prefix.as_bytes(), after.as_deref(), revision)
                 .await?;
             revision = Some(page.revision);
-            if let Some(last) = page.entries.last() {
-                after = Some(last.key.clone());
-            }
+            let Some(last) = page.entries.last().map(|e| e.key.clone()) else {
+                break;
+            };
             let more = page.more;
             page.entries.into_iter().for_each(&mut visit);
-            if !more || after.is_none() {
+            if !more {
                 break;
             }
+            // Finish the segment the last key is in, with the segment as the prefix.
+            let segment = segment_of(root, prefix, &last);
+            let mut seg_after = last;
+            if let Some(segment) = segment {
+                loop {
+                    let page = store.page(&segment, Some(&seg_after), revision).await?;
+                    let more = page.more;
+                    if let Some(l) = page.entries.last() {
+                        seg_after = l.key.clone();
+                    }
+                    let empty = page.entries.is_empty();
+                    page.entries.into_iter().for_each(&mut visit);
+                    if !more || empty {
+                        break;
+                    }
+                }
+            }
+            after = Some(seg_after);
         }
     }
     Ok(revision.unwrap_or_default())
+}
+
+/// The top-level segment (`<root><segment>/`) `key` is in, when `prefix` is the root itself
+/// (`None` for a narrower prefix, which is paged as it is).
+fn segment_of(root: &str, prefix: &str, key: &[u8]) -> Option<Vec<u8>> {
+    if prefix != root {
+        return None;
+    }
+    let rest = key.strip_prefix(root.as_bytes())?;
+    let end = rest.iter().position(|&b| b == b'/')?;
+    Some(key[..root.len() + end + 1].to_vec())
 }
 
 /// Audits every resource in `scope`, each entry read with the chain kube-apiserver would use for
@@ -469,7 +547,7 @@ pub async fn audit_resources<S: ReadStore + Sync>(
     }
     observer.total(total);
     let mut auditor = Auditor::new(None, scope.report_prefix().as_bytes());
-    let revision = scan_pinned(store, &scope.prefixes, |entry| {
+    let revision = scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
         let Some(info) = split_key(&scope.root, &entry.key) else {
             return;
         };
@@ -763,6 +841,35 @@ mod tests {
         assert_eq!(gr("/kubernetes.io/minions/"), "nodes");
         assert_eq!(gr("/registry/example.com/widgets/"), "widgets.example.com");
         assert_eq!(gr("/registry/"), "registry");
+    }
+
+    #[test]
+    fn root_scans_go_by_top_level_segment() {
+        let seg = |key: &str| {
+            segment_of("/registry/", "/registry/", key.as_bytes())
+                .map(|s| String::from_utf8(s).unwrap())
+        };
+        assert_eq!(
+            seg("/registry/secrets/ns/a").as_deref(),
+            Some("/registry/secrets/")
+        );
+        assert_eq!(
+            seg("/registry/services/specs/ns/a").as_deref(),
+            Some("/registry/services/")
+        );
+        assert_eq!(
+            seg("/registry/example.com/widgets/ns/a").as_deref(),
+            Some("/registry/example.com/")
+        );
+        assert_eq!(seg("/registry/loose"), None);
+        assert_eq!(
+            segment_of(
+                "/registry/",
+                "/registry/secrets/",
+                b"/registry/secrets/ns/a"
+            ),
+            None
+        );
     }
 
     #[test]
