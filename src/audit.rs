@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::provider::ProviderKind;
 use crate::resource::{split_key, GroupResource, KeyInfo, ResourceChains, Scope};
-use crate::store::{Entry, ReadStore, StoreError};
+use crate::store::{Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{classify_without_config, Chain, Classification, State};
 
 /// The write provider and key of the config the audit ran with.
@@ -209,6 +209,11 @@ pub struct Report {
     /// Snapshot audits only: plaintext objects left in unreferenced pages.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub residue: Option<Residue>,
+    /// Live etcd only: each member that did not answer (left out at connect time, or failed
+    /// over from during the run), with its last error; absent when every member answered.
+    /// `source` names the member that did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<Unanswered>,
 }
 
 impl Report {
@@ -459,6 +464,7 @@ impl<'a> Auditor<'a> {
             not_covered: self.not_covered,
             history: None,
             residue: None,
+            unanswered: Vec::new(),
         }
     }
 }
@@ -561,7 +567,9 @@ pub async fn audit_resources<S: ReadStore + Sync>(
     })
     .await?;
     let write_provider = first_write_provider(chains, scope);
-    Ok(auditor.finish_with(store.source(), revision, write_provider))
+    let mut report = auditor.finish_with(store.source(), revision, write_provider);
+    report.unanswered = store.unanswered();
+    Ok(report)
 }
 
 /// The report's top-level write provider for a multi-resource audit: the chain of the first
@@ -661,7 +669,9 @@ pub async fn audit<S: ReadStore + Sync>(
             true
         })
         .await?;
-    Ok(auditor.finish(store.source(), info.revision))
+    let mut report = auditor.finish(store.source(), info.revision);
+    report.unanswered = store.unanswered();
+    Ok(report)
 }
 
 /// The resource a key prefix holds, read with [`crate::resource::split_key`] below the

@@ -48,6 +48,7 @@ pub mod provider;
 pub mod resource;
 pub mod rewrite;
 pub mod rewrite_resources;
+pub mod space;
 pub mod status;
 pub mod store;
 pub mod transform;

@@ -30,7 +30,10 @@
 //! A bad entry is data, not an error: `failed` (a new value could not be produced or did not
 //! verify — nothing is written), `skipped`, `conflict`. A store failure on one transaction is
 //! retried (planned and sent again) [`STORE_RETRIES`] times; then the run stops — finishing the
-//! transactions in flight — and [`RewriteError::Store`] carries the partial summary.
+//! transactions in flight — and [`RewriteError::Store`] carries the partial summary. etcd's
+//! "database space exceeded" (the `NOSPACE` alarm) is never retried: the run stops at once and
+//! leaves the alarm to the operator. Nor is a failure after which no member answered for the
+//! store's whole failover window (the store already retried it).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -45,7 +48,7 @@ use thiserror::Error;
 
 use crate::audit::{NoProgress, Verdict};
 use crate::provider::Provider;
-use crate::store::{CasOutcome, Entry, Page, StoreError, WriteStore};
+use crate::store::{CasOutcome, Entry, Page, StoreError, Unanswered, WriteStore};
 use crate::transform::{Chain, RewritePlan, State};
 
 /// How many times one transaction is planned and sent again after a store failure, before the
@@ -65,6 +68,13 @@ pub struct RewriteOptions {
     pub allow_decrypt: bool,
     /// How many conflicts one key may have before it is reported as `conflict` (default 5).
     pub max_conflict_retries: u32,
+    /// Progressive compaction: after every this many rewritten entries, finish the
+    /// transactions in flight and compact the store at the newest revision written, so that
+    /// the old revisions' pages are freed and reused by the next batch instead of growing the
+    /// database towards its quota (`None`: never; see [`crate::space`]). The scan then goes on
+    /// at a new revision: each entry is still written only if it did not change since it was
+    /// read.
+    pub compact_every: Option<u64>,
     /// Write every rewritten key a second time, with the same new value. For kine (k3s's
     /// datastore), whose every row keeps an `old_value` copy of the value before it — a copy
     /// kine's compaction never clears: after one write the current row would keep the old
@@ -82,6 +92,7 @@ impl Default for RewriteOptions {
             dry_run: false,
             allow_decrypt: false,
             max_conflict_retries: 5,
+            compact_every: None,
             write_twice: false,
         }
     }
@@ -169,11 +180,13 @@ fn is_zero(n: &u32) -> bool {
 /// ```json
 /// {"scanned": 10, "rewritten": 7, "would_rewrite": 0, "already_current": 2, "skipped": 1,
 ///  "conflicts": 0, "conflicts_retried": 3, "failed": 0, "deleted": 0, "interrupted": false,
-///  "revision": 1234,
+///  "revision": 1234, "compactions": 0,
 ///  "entries": [{"key": "/registry/secrets/default/db", "from": "plaintext", "result": "rewritten"}]}
 /// ```
 ///
-/// `scanned` is the sum of the seven counts that follow it. No secret value ever appears.
+/// `scanned` is the sum of the seven counts that follow it. A live rewrite's CLI adds `space`
+/// (the quota plan, [`crate::space::SpacePlan`]); `unanswered` appears when a member did not
+/// answer. No secret value ever appears.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RewriteSummary {
     /// Entries handled (an interrupted run handles fewer than the prefix holds).
@@ -199,10 +212,22 @@ pub struct RewriteSummary {
     /// The run was stopped by its shutdown signal (or a store failure) before it finished: run
     /// it again to complete the job.
     pub interrupted: bool,
-    /// The store revision every page was read at (0 if no page was read).
+    /// The store revision the first page was read at (0 if no page was read); later pages are
+    /// read at it too, unless a progressive compaction moved the scan on.
     pub revision: i64,
+    /// Progressive compactions done during the run (see `compact_every`).
+    pub compactions: u64,
+    /// Live rewrites: etcd's space, the estimated growth and how the run stays under the quota
+    /// (set by the caller that made the plan; see [`crate::space`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub space: Option<crate::space::SpacePlan>,
     /// Every entry that was not already current, in key order.
     pub entries: Vec<RewriteEntry>,
+    /// Live etcd only: each member that did not answer (left out at connect time, or failed
+    /// over from during the run), with its last error; absent when every member answered.
+    ///
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<Unanswered>,
 }
 
 impl RewriteSummary {
@@ -337,17 +362,24 @@ where
     let mut waiting: Option<Page> = None;
     let mut pending: VecDeque<Entry> = VecDeque::new();
     let mut revision: Option<i64> = None;
+    // The revision the next page is read at: the first page's, until a compaction removes it.
+    let mut pin: Option<i64> = None;
     let mut in_flight = FuturesUnordered::new();
+    // Progressive compaction: rewritten since the last one, the newest revision written, and
+    // whether the run is draining its transactions to compact.
+    let mut since_compact = 0u64;
+    let mut newest_written = 0i64;
+    let mut compacting = false;
 
     loop {
         // Start transactions up to the limit, moving to the waiting page (and fetching the one
         // after it) when the current page runs out.
-        while !stop && failure.is_none() && in_flight.len() < concurrency {
+        while !stop && failure.is_none() && !compacting && in_flight.len() < concurrency {
             if pending.is_empty() {
                 let Some(page) = waiting.take() else { break };
                 if page.more {
-                    if let (Some(last), Some(rev)) = (page.entries.last(), revision) {
-                        fetching.push(fetch_page(store, prefix, Some(last.key.clone()), Some(rev)));
+                    if let Some(last) = page.entries.last() {
+                        fetching.push(fetch_page(store, prefix, Some(last.key.clone()), pin));
                     }
                 }
                 pending = page.entries.into();
@@ -356,6 +388,21 @@ where
             if let Some(entry) = pending.pop_front() {
                 in_flight.push(rewrite_one(store, chain, opts, &stopping, entry));
             }
+        }
+        if compacting && in_flight.is_empty() && fetching.is_empty() {
+            compacting = false;
+            if stop || failure.is_some() {
+                continue;
+            }
+            match store.compact(newest_written).await {
+                Ok(()) => {
+                    summary.compactions += 1;
+                    // The pinned revision is gone: the next page is read at the current one.
+                    pin = None;
+                }
+                Err(source) => failure = Some((None, source)),
+            }
+            continue;
         }
         let scanned_all = pending.is_empty() && waiting.is_none() && fetching.is_empty();
         if in_flight.is_empty() && (stop || failure.is_some() || scanned_all) {
@@ -368,7 +415,16 @@ where
                 stopping.store(true, Ordering::Relaxed);
             }
             Some(done) = in_flight.next() => match done {
-                Ok(entry) => {
+                Ok((entry, written)) => {
+                    if let Some(rev) = written {
+                        newest_written = newest_written.max(rev);
+                        since_compact += 1;
+                        if opts.compact_every.is_some_and(|n| since_compact >= n.max(1)) {
+                            // Entries finishing while the batch drains count towards the next.
+                            compacting = true;
+                            since_compact = 0;
+                        }
+                    }
                     observer.entry(&entry);
                     summary.add(entry);
                 }
@@ -380,6 +436,7 @@ where
             Some(page) = fetching.next(), if !stop && failure.is_none() => match page {
                 Ok(page) => {
                     revision.get_or_insert(page.revision);
+                    pin.get_or_insert(page.revision);
                     waiting = Some(page);
                 }
                 Err(source) => {
@@ -393,6 +450,7 @@ where
     summary.revision = revision.unwrap_or_default();
     summary.interrupted = stop || failure.is_some();
     summary.entries.sort_by(|a, b| a.key.cmp(&b.key));
+    summary.unanswered = store.unanswered();
     match failure {
         None => Ok(summary),
         Some((key, source)) => Err(RewriteError::Store {
@@ -421,7 +479,7 @@ async fn rewrite_one<S: WriteStore + Sync>(
     opts: &RewriteOptions,
     stopping: &AtomicBool,
     mut entry: Entry,
-) -> Result<RewriteEntry, (String, StoreError)> {
+) -> Result<(RewriteEntry, Option<i64>), (String, StoreError)> {
     let key = String::from_utf8_lossy(&entry.key).into_owned();
     let mut conflicts = 0u32;
     let mut store_failures = 0u32;
@@ -431,13 +489,16 @@ async fn rewrite_one<S: WriteStore + Sync>(
         // is not counted: it was not retried).
         let retried = conflicts;
         let done = |result, error| {
-            Ok(RewriteEntry {
-                key: key.clone(),
-                from: found.state,
-                result,
-                error,
-                conflicts_retried: retried,
-            })
+            Ok((
+                RewriteEntry {
+                    key: key.clone(),
+                    from: found.state,
+                    result,
+                    error,
+                    conflicts_retried: retried,
+                },
+                None,
+            ))
         };
         let new_value = match plan {
             RewritePlan::AlreadyCurrent => return done(EntryResult::AlreadyCurrent, None),
@@ -451,7 +512,7 @@ async fn rewrite_one<S: WriteStore + Sync>(
             .compare_and_put(&entry.key, entry.mod_revision, new_value, entry.lease)
             .await
         {
-            Ok(CasOutcome::Written { .. }) => {
+            Ok(CasOutcome::Written { mod_revision }) => {
                 if let Some(value) = again {
                     // The same bytes on top of themselves: the store's copy of the previous
                     // value is now this ciphertext. The revision to compare against is read
@@ -469,7 +530,7 @@ async fn rewrite_one<S: WriteStore + Sync>(
                         }
                     }
                 }
-                return done(EntryResult::Rewritten, None);
+                return done(EntryResult::Rewritten, None).map(|(e, _)| (e, Some(mod_revision)));
             }
             Ok(CasOutcome::Conflict { current: None }) => return done(EntryResult::Deleted, None),
             Ok(CasOutcome::Conflict {
@@ -494,7 +555,8 @@ async fn rewrite_one<S: WriteStore + Sync>(
             }
             Err(source) => {
                 store_failures += 1;
-                if store_failures > STORE_RETRIES {
+                if store_failures > STORE_RETRIES || source.is_nospace() || source.is_unreachable()
+                {
                     return Err((key, source));
                 }
                 tokio::time::sleep(Duration::from_millis(100 << store_failures)).await;

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::provider::Provider;
 use crate::resource::{custom_resources, GroupResource, ResourceChains, Scope, BUILTIN};
 use crate::rewrite::{self, Observer, RewriteEntry, RewriteError, RewriteOptions, RewriteSummary};
-use crate::store::WriteStore;
+use crate::store::{ReadStore, StoreError, WriteStore};
 
 /// The outcome of a rewrite by resource: the fields of [`RewriteSummary`] over every resource
 /// (flattened, so `atrest rewrite -o json` keeps its schema), plus the same counts per resource.
@@ -49,6 +49,7 @@ impl ResourceRewriteSummary {
         all.deleted += s.deleted;
         all.interrupted |= s.interrupted;
         all.revision = all.revision.max(s.revision);
+        all.compactions += s.compactions;
         all.entries.append(&mut s.entries);
         self.resources.insert(resource, s);
     }
@@ -97,6 +98,28 @@ fn resources_in_scope(
     out.sort_by(|a, b| a.1.cmp(&b.1));
     out.dedup_by(|a, b| a.1 == b.1);
     out
+}
+
+/// The space a rewrite of `scope` needs ([`crate::space::estimate`] summed over the covered
+/// resources, each with its own chain).
+pub async fn estimate<S: ReadStore + Sync>(
+    store: &S,
+    chains: &mut ResourceChains,
+    scope: &Scope,
+) -> Result<crate::space::Estimate, StoreError> {
+    let (crds, _) = custom_resources(store, &scope.root, chains).await?;
+    let custom: Vec<GroupResource> = crds.iter().map(|c| c.group_resource()).collect();
+    let mut total = crate::space::Estimate::default();
+    for (gr, prefix) in resources_in_scope(chains, scope, &custom) {
+        let Some(chain) = chains.chain_for(&gr) else {
+            continue;
+        };
+        let one = crate::space::estimate(store, chain, prefix.as_bytes()).await?;
+        total.entries += one.entries;
+        total.bytes += one.bytes;
+        total.growth_bytes += one.growth_bytes;
+    }
+    Ok(total)
 }
 
 /// Rewrites every covered resource in `scope` to its own write provider (see the module docs).

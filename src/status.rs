@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::audit::{Counts, ProviderRef, Verdict};
 use crate::provider::{Provider, ProviderKind};
-use crate::store::{Entry, ReadStore, StoreError};
+use crate::store::{Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{Chain, ChainEntry, State};
 
 /// One configured key (or identity, or KMS provider) of the chain, with what the store needs
@@ -101,6 +101,11 @@ pub struct Status {
     /// plaintext entries that the config reads are not findings here (`atrest audit` reports
     /// them).
     pub verdict: Verdict,
+    /// Live etcd only: each member that did not answer (left out at connect time, or failed
+    /// over from during the run), with its last error; absent when every member answered.
+    /// `source` names the member that did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<Unanswered>,
 }
 
 /// Where a chain entry is in the config, as a field path.
@@ -265,6 +270,7 @@ impl<'a> StatusBuilder<'a> {
             } else {
                 Verdict::Findings
             },
+            unanswered: Vec::new(),
         }
     }
 }
@@ -282,7 +288,9 @@ pub async fn status<S: ReadStore + Sync>(
             true
         })
         .await?;
-    Ok(builder.finish(store.source(), info.revision))
+    let mut status = builder.finish(store.source(), info.revision);
+    status.unanswered = store.unanswered();
+    Ok(status)
 }
 
 #[cfg(test)]

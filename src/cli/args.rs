@@ -334,6 +334,22 @@ pub(crate) struct RewriteArgs {
     /// are then gone; `etcdctl defrag` frees their pages).
     #[arg(long)]
     pub(crate) compact: bool,
+    /// etcd's backend quota in bytes, used when it cannot be read from the members' status or
+    /// /metrics [default: etcd's 2 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) quota_bytes: Option<u64>,
+    /// Keep every member's database under this fraction of the quota. A rewrite writes a new
+    /// revision of every entry; when that would cross the margin, it runs in batches and
+    /// compacts etcd's history at each batch's revision so freed pages are reused
+    /// (progressive compaction: it removes only history kube-apiserver itself compacts within
+    /// 5 minutes). When not even that fits, nothing is written.
+    #[arg(long, value_name = "FRACTION", default_value_t = atrest::space::DEFAULT_MAX_DB_FRACTION,
+          value_parser = parse_fraction)]
+    pub(crate) max_db_fraction: f64,
+    /// Compact etcd's history after every N rewritten entries (progressive compaction; by
+    /// default only when the space quota needs it).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) compact_every: Option<u64>,
     /// Offline: re-encrypt this etcd snapshot file into --out instead of a live etcd (every
     /// stored revision, no free pages; the input is never modified).
     #[arg(long, value_name = "IN", requires = "out", conflicts_with_all = ["backup", "compact", "kine_db"])]
@@ -350,6 +366,16 @@ pub(crate) struct RewriteArgs {
     pub(crate) force: bool,
     #[command(flatten)]
     pub(crate) kms: KmsArgs,
+}
+
+/// A fraction in (0, 1].
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a fraction between 0 and 1 (e.g. 0.8)"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

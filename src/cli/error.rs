@@ -102,7 +102,28 @@ impl From<ConfigError> for CliError {
 }
 
 impl From<StoreError> for CliError {
+    /// The error, each cause below it as a detail line, and the store's advice.
     fn from(err: StoreError) -> Self {
-        CliError::store(err.to_string())
+        let mut cli = CliError::store(err.to_string()).advice(err.advice());
+        for cause in causes(&err) {
+            cli = cli.detail(format!("caused by: {cause}"));
+        }
+        cli
     }
+}
+
+/// The causes of `err` (its `source()` chain), skipping text a message already shows.
+pub(crate) fn causes(err: &dyn std::error::Error) -> Vec<String> {
+    let mut shown = err.to_string();
+    let mut out = Vec::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            shown.push_str(&text);
+            out.push(text);
+        }
+        source = cause.source();
+    }
+    out
 }

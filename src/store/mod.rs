@@ -13,6 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::Path;
 
+use serde::Serialize;
 use thiserror::Error;
 
 pub mod etcd;
@@ -60,6 +61,17 @@ pub struct ScanInfo {
     pub entries: u64,
 }
 
+/// A member of a live store that did not answer (at connect time, or a request during the run
+/// that was then sent to another member), with its last error. Reports list these as
+/// `unanswered`, so a failover is never silent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unanswered {
+    /// The member's client URL, e.g. `https://10.0.0.2:2379`.
+    pub endpoint: String,
+    /// The last error it gave (connection refused, TLS failure, timeout, ...).
+    pub error: String,
+}
+
 /// The outcome of [`WriteStore::compare_and_put`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CasOutcome {
@@ -96,6 +108,30 @@ pub enum StoreError {
     Stopped,
 }
 
+impl StoreError {
+    /// What the user can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            StoreError::Etcd(e) => e.advice(),
+            StoreError::Snapshot(e) => e.advice(),
+            StoreError::Kine(e) => e.advice(),
+            StoreError::Stopped => "run again",
+        }
+    }
+
+    /// Whether etcd refused a write because its database is full (the `NOSPACE` alarm): a
+    /// rewrite stops at once and never retries such a write.
+    pub fn is_nospace(&self) -> bool {
+        matches!(self, StoreError::Etcd(etcd::EtcdError::NoSpace { .. }))
+    }
+
+    /// Whether no member answered, after the live store's own failover went round all of them
+    /// for its whole window: sending the request again at once would only wait that long again.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Etcd(etcd::EtcdError::Unreachable { .. }))
+    }
+}
+
 /// One page of a scan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {
@@ -112,6 +148,13 @@ pub trait ReadStore {
     /// Where the data comes from, for reports: `etcd http://127.0.0.1:2379` or
     /// `snapshot /path/to/file`.
     fn source(&self) -> String;
+
+    /// Members that did not answer so far, each with its last error (empty for a file, or when
+    /// every member answered). A live store with several endpoints fails over to another
+    /// member; this is how reports name the ones it left.
+    fn unanswered(&self) -> Vec<Unanswered> {
+        Vec::new()
+    }
 
     /// How many keys are under `prefix` now (used to size progress bars).
     fn count(&self, prefix: &[u8]) -> impl Future<Output = Result<u64, StoreError>> + Send;

@@ -8,6 +8,8 @@
 //! (`tests/interop/run`), with the etcdctl (3.4: it still has `snapshot restore`) left as is.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,6 +124,8 @@ pub struct EtcdOptions {
     pub tls_flags: Vec<String>,
     /// `https` or `http` for client URLs.
     pub client_scheme: Option<&'static str>,
+    /// Other etcd flags (e.g. `--quota-backend-bytes`), appended after the TLS ones.
+    pub extra_flags: Vec<String>,
 }
 
 /// A running etcd server, killed and its data removed on drop.
@@ -135,6 +139,8 @@ pub struct EtcdServer {
     name: String,
     /// Extra etcdctl flags (TLS client files) for readiness checks and [`EtcdServer::etcdctl`].
     etcdctl_flags: Vec<String>,
+    /// How it was last started (initial cluster, state, extra flags), for [`EtcdServer::restart`].
+    spawned: Option<(String, String, Vec<String>)>,
 }
 
 impl EtcdServer {
@@ -158,8 +164,13 @@ impl EtcdServer {
             peer_url: peer,
             name,
             etcdctl_flags: Vec::new(),
+            spawned: None,
         };
-        server.spawn(&cluster, "new", &opts.tls_flags);
+        server.spawn(
+            &cluster,
+            "new",
+            &[opts.tls_flags.clone(), opts.extra_flags.clone()].concat(),
+        );
         server.wait_ready(&opts);
         server
     }
@@ -180,6 +191,7 @@ impl EtcdServer {
             peer_url: peer,
             name,
             etcdctl_flags: pki.etcdctl_flags(),
+            spawned: None,
         };
         server.spawn(&cluster, "new", &pki.server_flags());
         server.wait_healthy();
@@ -187,6 +199,7 @@ impl EtcdServer {
     }
 
     fn spawn(&mut self, initial_cluster: &str, state: &str, extra: &[String]) {
+        self.spawned = Some((initial_cluster.to_owned(), state.to_owned(), extra.to_vec()));
         let data = self.dir.path().join("data");
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log file");
         let child = Command::new(etcd_binary())
@@ -326,6 +339,30 @@ impl EtcdServer {
         etcd_client::Client::connect([self.endpoint.as_str()], None)
             .await
             .expect("connect etcd-client")
+    }
+
+    /// Starts the server again on the same data directory, ports and flags (after
+    /// [`EtcdServer::kill`]), and waits until it is healthy.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (cluster, state, extra) = self.spawned.clone().expect("started before");
+        self.spawn(&cluster, &state, &extra);
+        self.wait_healthy();
+    }
+
+    /// The process id (panics when not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("etcd is running").id()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the server with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
     }
 
     /// Stops the server (SIGKILL) but keeps its data directory.
@@ -476,6 +513,7 @@ impl EtcdCluster {
                 peer_url: format!("http://127.0.0.1:{}", free_port()),
                 name: format!("m{i}"),
                 etcdctl_flags: Vec::new(),
+                spawned: None,
             })
             .collect();
         let initial_cluster = members
@@ -577,6 +615,7 @@ impl EtcdServer {
             peer_url: peer,
             name,
             etcdctl_flags: Vec::new(),
+            spawned: None,
         };
         server.spawn(&cluster, "new", &[]);
         server.wait_ready(&EtcdOptions::default());

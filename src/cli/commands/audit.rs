@@ -75,14 +75,36 @@ pub(crate) async fn connect(args: &StoreArgs) -> Result<EtcdStore, CliError> {
     } else {
         None
     };
-    EtcdStore::connect(opts).await.map_err(|e| {
-        let advice = e.advice();
-        let mut err = CliError::store(e.to_string()).advice(advice);
+    let store = EtcdStore::connect(opts).await.map_err(|e| {
+        let mut err = CliError::from(atrest::store::StoreError::from(e));
         if let Some(used) = used {
             err = err.detail(used);
         }
         err
-    })
+    })?;
+    for e in store.unhealthy() {
+        eprintln!("warning: {e}; using {} instead", store.answering());
+    }
+    Ok(store)
+}
+
+/// Warns about members that stopped answering during the run (the connect-time ones were
+/// warned about by [`connect`]); the reports list all of them as `unanswered`.
+pub(crate) fn warn_failover(store: &EtcdStore) {
+    let at_connect: Vec<_> = store
+        .unhealthy()
+        .iter()
+        .filter_map(|e| e.endpoint())
+        .collect();
+    for u in store.unanswered() {
+        if !at_connect.contains(&u.endpoint.as_str()) {
+            eprintln!(
+                "warning: during the run, {}; the run went on with {}",
+                u.error,
+                store.answering()
+            );
+        }
+    }
 }
 
 /// Runs `atrest audit`.
@@ -125,7 +147,9 @@ pub(crate) async fn run(
             }
             (None, None) => {
                 let store = connect(&args.store).await?;
-                audit::audit_resources(&store, &mut chains, &scope, &bar).await?
+                let report = audit::audit_resources(&store, &mut chains, &scope, &bar).await;
+                warn_failover(&store);
+                report?
             }
         };
         bar.0.finish_and_clear();
@@ -152,7 +176,9 @@ pub(crate) async fn run(
         }
         (None, None) => {
             let store = connect(&args.store).await?;
-            audit::audit(&store, chain.as_ref(), prefix, &bar).await?
+            let report = audit::audit(&store, chain.as_ref(), prefix, &bar).await;
+            warn_failover(&store);
+            report?
         }
     };
     bar.0.finish_and_clear();
@@ -163,11 +189,7 @@ pub(crate) async fn run(
 const DEFAULT_PREFIX: &str = "/registry/secrets/";
 
 fn open_snapshot(path: &std::path::Path) -> Result<Snapshot, CliError> {
-    Snapshot::open(path).map_err(|e| {
-        CliError::from(atrest::store::StoreError::from(e)).advice(
-            "pass a file written by `etcdctl snapshot save`, or the `member/snap/db` of a stopped etcd",
-        )
-    })
+    Ok(Snapshot::open(path).map_err(atrest::store::StoreError::from)?)
 }
 
 /// Renders the report and turns its verdict into the exit status.

@@ -158,6 +158,11 @@ pub(crate) fn invalid_config(file: &str, e: &ConfigError) -> CliError {
             "check the path: it should name the file given to kube-apiserver's \
              --encryption-provider-config"
         }
+        // kube-apiserver reads the first document and ignores the rest (docs/interop.md).
+        ConfigError::Parse { message, .. } if message.contains("more than one document") => {
+            "kube-apiserver would read only the first document and silently ignore the others; \
+             keep the one it should use, alone in the file"
+        }
         _ => "kube-apiserver would refuse to start with this file; fix each field above (`atrest config check FILE`)",
     };
     let mut cli = CliError::usage(format!("{file}: invalid configuration")).advice(advice);

@@ -4,13 +4,15 @@ use atrest::offline::{rewrite_kine, rewrite_snapshot, OfflineError};
 use atrest::resource::{GroupResource, Scope};
 use atrest::rewrite::{self, Observer, RewriteEntry, RewriteOptions};
 use atrest::rewrite_resources::{self, ResourceRewriteSummary};
+use atrest::space::{self, SpacePlan};
 use atrest::store::etcd::EtcdError;
+use atrest::store::etcd::QuotaSource;
 use atrest::store::snapshot::Snapshot;
 use atrest::store::{ReadStore, StoreError, WriteStore};
 use atrest::transform::TransformError;
 use indicatif::ProgressBar;
 
-use super::audit::connect;
+use super::audit::{connect, warn_failover};
 use super::load_chain;
 use crate::cli::args::{OutputFormat, RewriteArgs};
 use crate::cli::output;
@@ -120,6 +122,19 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     }
     let store = connect(&args.store).await?;
     let kine = store.is_kine();
+    // kine (k3s's SQL datastore) has no space quota and no alarms.
+    let space = if kine {
+        None
+    } else {
+        check_space(
+            &store,
+            chain.as_ref(),
+            chains.as_mut().zip(scope.as_ref()),
+            &prefix,
+            &args,
+        )
+        .await?
+    };
     if kine && args.backup.is_some() && !args.dry_run {
         return Err(CliError::usage(format!(
             "{} is kine (k3s's datastore): it has no snapshot API, so --backup cannot save one",
@@ -141,8 +156,17 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
                     )
                     .advice("nothing was written to etcd; fix the backup path or drop --backup")
                 }
-                e => CliError::store(format!("backup to {} failed: {e}", path.display()))
-                    .advice("nothing was written to etcd; fix the backup path or drop --backup"),
+                e => {
+                    let mut err =
+                        CliError::store(format!("backup to {} failed: {e}", path.display()))
+                            .advice(
+                                "nothing was written to etcd; fix the backup path or drop --backup",
+                            );
+                    for cause in crate::cli::error::causes(&e) {
+                        err = err.detail(format!("caused by: {cause}"));
+                    }
+                    err
+                }
             })?;
             eprintln!(
                 "Backup: {} ({size} bytes) saved before any write.",
@@ -155,6 +179,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         concurrency: args.concurrency,
         dry_run: args.dry_run,
         allow_decrypt: args.allow_decrypt,
+        compact_every: space.as_ref().and_then(|p| p.compact_every),
         // kine keeps the previous value in each row's old_value: write twice so that the copy
         // beside each re-encrypted value is ciphertext too.
         write_twice: kine,
@@ -169,24 +194,26 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         // Ctrl-C: finish the transactions in flight, start no new ones.
         let _ = tokio::signal::ctrl_c().await;
     };
-    let store_error = |e: rewrite::RewriteError| {
-        let advice = e.advice();
-        CliError::store(e.to_string()).advice(advice)
-    };
-    let summary = match (&chain, chains.as_mut(), &scope) {
-        (Some(chain), _, _) => ResourceRewriteSummary {
-            all: rewrite::apply(&store, chain, &opts, &bar, shutdown)
-                .await
-                .map_err(store_error)?,
-            ..ResourceRewriteSummary::default()
-        },
+    let mut summary = match (&chain, chains.as_mut(), &scope) {
+        (Some(chain), _, _) => {
+            let summary = rewrite::apply(&store, chain, &opts, &bar, shutdown).await;
+            warn_failover(&store);
+            ResourceRewriteSummary {
+                all: summary.map_err(rewrite_error)?,
+                ..ResourceRewriteSummary::default()
+            }
+        }
         (None, Some(chains), Some(scope)) => {
-            rewrite_resources::apply(&store, chains, scope, &opts, &bar, shutdown)
-                .await
-                .map_err(store_error)?
+            let summary =
+                rewrite_resources::apply(&store, chains, scope, &opts, &bar, shutdown).await;
+            warn_failover(&store);
+            let mut summary = summary.map_err(rewrite_error)?;
+            summary.all.unanswered = store.unanswered();
+            summary
         }
         _ => return Err(CliError::usage("nothing to rewrite")),
     };
+    summary.all.space = space;
     bar.0.finish_and_clear();
 
     let mut compacted = None;
@@ -212,6 +239,133 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         atrest::audit::Verdict::Clean => Exit::Clean,
         atrest::audit::Verdict::Findings => Exit::Findings,
     })
+}
+
+/// Reads etcd's space and the rewrite's growth, prints the plan on stderr, and refuses (before
+/// anything is written) when the rewrite cannot stay under the quota's margin or a NOSPACE alarm
+/// is active. A dry run prints the refusal a real run would meet and goes on.
+async fn check_space(
+    store: &atrest::store::etcd::EtcdStore,
+    chain: Option<&atrest::transform::Chain>,
+    by_resource: Option<(&mut atrest::resource::ResourceChains, &Scope)>,
+    prefix: &str,
+    args: &RewriteArgs,
+) -> Result<Option<SpacePlan>, CliError> {
+    let opts = super::audit::etcd_options(&args.store);
+    let etcd = store
+        .space(&opts, args.quota_bytes)
+        .await
+        .map_err(atrest::store::StoreError::from)?;
+    // A dry run always counts; a real run skips the extra scan when even rewriting the whole
+    // database once would stay under the margin.
+    let estimate = if !args.dry_run && space::bound_fits(&etcd, args.max_db_fraction) {
+        space::Estimate::bound(etcd.largest_in_use())
+    } else {
+        match (chain, by_resource) {
+            (Some(chain), _) => space::estimate(store, chain, prefix.as_bytes()).await?,
+            (None, Some((chains, scope))) => {
+                rewrite_resources::estimate(store, chains, scope).await?
+            }
+            (None, None) => space::Estimate::bound(etcd.largest_in_use()),
+        }
+    };
+    match space::plan(etcd, estimate, args.max_db_fraction, args.compact_every) {
+        Ok(plan) => {
+            eprint!("{}", describe_space(&plan));
+            Ok(Some(plan))
+        }
+        Err(e) if args.dry_run => {
+            eprintln!("A real run would refuse: {e}\nhint: {}", e.advice());
+            Ok(None)
+        }
+        Err(e) => Err(CliError::store(e.to_string()).advice(e.advice())),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The plan in words: the space, the quota and where it came from, the growth, the batches.
+fn describe_space(p: &SpacePlan) -> String {
+    let e = &p.etcd;
+    let fullest = e
+        .members
+        .iter()
+        .max_by_key(|m| m.db_size_in_use)
+        .map(|m| {
+            format!(
+                "{} in use ({} file) on {}",
+                mib(m.db_size_in_use),
+                mib(m.db_size),
+                m.endpoint
+            )
+        })
+        .unwrap_or_else(|| "no member status".to_owned());
+    let source = match e.quota_source {
+        QuotaSource::Status => "from etcd's status".to_owned(),
+        QuotaSource::Metrics => "from etcd's /metrics".to_owned(),
+        QuotaSource::Given => format!(
+            "from --quota-bytes; /metrics unread: {}",
+            e.quota_note.as_deref().unwrap_or("-")
+        ),
+        _ => format!(
+            "etcd's default, assumed: /metrics unread ({}); pass --quota-bytes if etcd runs \
+             with another --quota-backend-bytes",
+            e.quota_note.as_deref().unwrap_or("-")
+        ),
+    };
+    let mut out = format!(
+        "Space: {fullest}; quota {} ({source}); margin {}% = {}.\n",
+        mib(e.quota_bytes),
+        p.max_db_percent,
+        mib(p.limit_bytes)
+    );
+    out += &if p.estimate.upper_bound {
+        format!(
+            "Growth: at most {} even if every entry were rewritten: {} projected.\n",
+            mib(p.estimate.growth_bytes),
+            mib(p.projected_bytes)
+        )
+    } else {
+        format!(
+            "Growth: this rewrite writes {} entries, about {} (new revisions and bbolt \
+             overhead): {} projected.\n",
+            p.estimate.entries,
+            mib(p.estimate.growth_bytes),
+            mib(p.projected_bytes)
+        )
+    };
+    match p.compact_every {
+        Some(n) => {
+            out += &format!(
+                "Plan: {} batches of up to {n} entries, compacting etcd's history at each \
+                 batch's revision so freed pages are reused (kube-apiserver compacts the same \
+                 history every 5 minutes anyway).\n",
+                p.batches()
+            )
+        }
+        None => out += "Plan: one pass, under the margin; no compaction needed.\n",
+    }
+    out
+}
+
+/// A rewrite that did not run or stopped: what happened, why (each cause), what was done
+/// before it stopped, and what to do.
+fn rewrite_error(e: rewrite::RewriteError) -> CliError {
+    let mut err = CliError::store(e.to_string()).advice(e.advice());
+    for cause in crate::cli::error::causes(&e) {
+        err = err.detail(format!("caused by: {cause}"));
+    }
+    if let Some(s) = e.summary() {
+        err = err.detail(format!(
+            "done before it stopped: {} rewritten, {} already current, {} skipped, {} conflicts, \
+             {} failed, {} deleted; run the same command again to finish (rewritten entries \
+             are current and are passed over)",
+            s.rewritten, s.already_current, s.skipped, s.conflicts, s.failed, s.deleted
+        ));
+    }
+    err
 }
 
 async fn offline(
@@ -410,6 +564,12 @@ fn render(
             ]);
         }
         out += &format!("\n{d}\n");
+    }
+    if s.compactions > 0 {
+        out += &format!(
+            "\nProgressive compaction: etcd's history was compacted {} times during the run, to stay under the space quota.\n",
+            s.compactions
+        );
     }
     if s.interrupted {
         out += "\nInterrupted: the transactions in flight were finished; run the same command again to complete the job.\n";

@@ -5,7 +5,7 @@ use atrest::audit::Verdict;
 use atrest::status::{self, Status};
 use atrest::store::snapshot::Snapshot;
 
-use super::audit::connect;
+use super::audit::{connect, warn_failover};
 use super::load_chain;
 use crate::cli::args::{OutputFormat, StatusArgs};
 use crate::cli::output::{self, yes_no};
@@ -27,15 +27,14 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
     let status = match (&args.snapshot, &args.kine_db) {
         (None, Some(path)) => status::status(&super::open_kine(path)?, &chain, prefix).await?,
         (Some(path), _) => {
-            let snap = Snapshot::open(path).map_err(|e| {
-                CliError::from(atrest::store::StoreError::from(e))
-                    .advice("pass a file written by `etcdctl snapshot save`, or the `member/snap/db` of a stopped etcd")
-            })?;
+            let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
             status::status(&snap, &chain, prefix).await?
         }
         (None, None) => {
             let store = connect(&args.store).await?;
-            status::status(&store, &chain, prefix).await?
+            let status = status::status(&store, &chain, prefix).await;
+            warn_failover(&store);
+            status?
         }
     };
     match output::format(format) {

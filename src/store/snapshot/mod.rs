@@ -144,6 +144,36 @@ pub enum SnapshotError {
     },
 }
 
+impl SnapshotError {
+    /// What the user can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            SnapshotError::Io { .. } => {
+                "check the path and permissions; pass a file written by `etcdctl snapshot save`, \
+                 or the `member/snap/db` of a stopped etcd"
+            }
+            SnapshotError::Locked { .. } => {
+                "run `etcdctl snapshot save FILE` against the running etcd and pass FILE"
+            }
+            SnapshotError::HashMismatch { .. } | SnapshotError::Corrupt { .. } => {
+                "take a fresh snapshot with `etcdctl snapshot save`; a copied file may be \
+                 incomplete"
+            }
+            SnapshotError::NotEtcd { .. } => {
+                "pass a file written by `etcdctl snapshot save`, or the `member/snap/db` of a \
+                 stopped etcd"
+            }
+            SnapshotError::Unsupported { .. } => {
+                "rewrite live instead: restore the snapshot into an etcd (`etcdctl snapshot \
+                 restore`), run `atrest rewrite` against it, and save a new snapshot"
+            }
+            SnapshotError::RevisionUnavailable { .. } => {
+                "a snapshot holds one revision; read it without asking for another"
+            }
+        }
+    }
+}
+
 fn page_note(page: Option<u64>) -> String {
     page.map(|p| format!(" at page {p}")).unwrap_or_default()
 }
