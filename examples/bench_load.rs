@@ -3,8 +3,14 @@
 //!
 //! ```text
 //! bench_load load     ENDPOINT CONFIG N [IN_FLIGHT]
+//! bench_load others   ENDPOINT N [IN_FLIGHT]
 //! bench_load baseline ENDPOINT CONFIG [CONCURRENCY] [PREFIX]
 //! ```
+//!
+//! `others` writes N plaintext objects of about 2 KiB that are not Secrets, spread over the
+//! layouts a `*.*` audit meets: ConfigMaps (`/registry/configmaps/`), Deployments
+//! (`/registry/deployments/`), Services (`/registry/services/specs/`) and a custom resource
+//! (`/registry/example.com/widgets/`), in the same 50 namespaces.
 //!
 //! `load` writes N Secrets under `/registry/secrets/ns<i % 50>/s<i>`, and the 50 namespaces
 //! under `/registry/namespaces/ns<k>` (a JSON Namespace), each Secret a `k8s\0` protobuf
@@ -47,10 +53,13 @@ type Res<T> = Result<T, Box<dyn Error>>;
 
 const USAGE: &str = "\
 usage: bench_load load     ENDPOINT CONFIG N [IN_FLIGHT]
+       bench_load others   ENDPOINT N [IN_FLIGHT]
        bench_load baseline ENDPOINT CONFIG [CONCURRENCY] [PREFIX]
 
 load:     writes N Secrets of about 2 KiB under /registry/secrets/ns<i%50>/s<i>:
           1/3 plaintext, 1/3 under the config's write key, 1/3 under its second aescbc key.
+others:   writes N plaintext objects of about 2 KiB that are not Secrets (ConfigMaps,
+          Deployments, Services, a custom resource).
 baseline: one compare(mod_revision)-and-put transaction of a same-size value for every entry
           `atrest rewrite` would write, CONCURRENCY in flight (default 64).";
 
@@ -87,6 +96,12 @@ fn main() -> Res<()> {
             let n = arg(3, "N")?.parse()?;
             let in_flight = number(4, 64)?;
             runtime.block_on(load(&endpoint, &config, n, in_flight))
+        }
+        Some("others") => {
+            let endpoint = arg(1, "ENDPOINT")?;
+            let n = arg(2, "N")?.parse()?;
+            let in_flight = number(3, 64)?;
+            runtime.block_on(others(&endpoint, n, in_flight))
         }
         Some("baseline") => {
             let (endpoint, config) = (arg(1, "ENDPOINT")?, arg(2, "CONFIG")?);
@@ -148,6 +163,40 @@ fn secret(i: u64) -> (String, Vec<u8>) {
         value = build(pad);
     }
     (key, value)
+}
+
+/// Writes `n` plaintext objects that are not Secrets (see the module docs).
+async fn others(endpoint: &str, n: u64, in_flight: usize) -> Res<()> {
+    const LAYOUTS: [&str; 4] = [
+        "/registry/configmaps/",
+        "/registry/deployments/",
+        "/registry/services/specs/",
+        "/registry/example.com/widgets/",
+    ];
+    let kv = connect(endpoint).await?;
+    let start = Instant::now();
+    let mut puts = FuturesUnordered::new();
+    for i in 0..n {
+        let prefix = LAYOUTS[(i % 4) as usize];
+        let key = format!("{prefix}ns{}/o{i}", i % NAMESPACES);
+        let mut value = b"k8s\0".to_vec();
+        value.extend(filler(i ^ 0x5eed, PLAIN_SIZE - 4));
+        let mut kv = kv.clone();
+        puts.push(async move { kv.put(key, value, None).await });
+        if puts.len() >= in_flight.max(1) {
+            if let Some(done) = puts.next().await {
+                done?;
+            }
+        }
+    }
+    while let Some(done) = puts.next().await {
+        done?;
+    }
+    eprintln!(
+        "loaded {n} other objects in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The config's chain (write key first) and a chain that writes with its second aescbc key.

@@ -10,11 +10,13 @@
 //!                                                                     └──▶ Summary ──▶ verdict
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::provider::ProviderKind;
+use crate::resource::{split_key, GroupResource, KeyInfo, ResourceChains, Scope};
 use crate::store::{Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{classify_without_config, Chain, Classification, State};
 
@@ -32,9 +34,15 @@ pub struct ProviderRef {
 pub struct ReportEntry {
     /// The full etcd key (lossy UTF-8).
     pub key: String,
+    /// The resource stored under the key, as a config names it: `secrets`, `configmaps`,
+    /// `deployments.apps`, `widgets.example.com` (see [`crate::resource`]). Shared by the
+    /// entries of one resource.
+    #[serde(serialize_with = "serialize_shared")]
+    pub resource: Arc<str>,
     /// The namespace, read from the key (`<prefix><namespace>/<name>`); `None` for
     /// cluster-scoped keys.
-    pub namespace: Option<String>,
+    #[serde(serialize_with = "serialize_shared_opt")]
+    pub namespace: Option<Arc<str>>,
     /// The object's name, read from the key.
     pub name: Option<String>,
     /// The entry's state (see [`State`]).
@@ -58,6 +66,20 @@ pub struct ReportEntry {
     /// Why the value could not be read (undecryptable, unknown key, unreadable plaintext).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn serialize_shared<S: serde::Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value)
+}
+
+fn serialize_shared_opt<S: serde::Serializer>(
+    value: &Option<Arc<str>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.serialize_some(&**v),
+        None => s.serialize_none(),
+    }
 }
 
 /// Entry counts by state. Serialised with every state present, `unknown-key` spelled as in
@@ -150,6 +172,17 @@ pub struct Residue {
     pub plaintext: u64,
 }
 
+/// One resource's part of an audit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ResourceSummary {
+    /// The write provider and key of the chain that covers the resource; `null` without a
+    /// config.
+    pub write_provider: Option<ProviderRef>,
+    /// Its entries by state (the fields of [`Counts`], flattened).
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
 /// An audit's result: the JSON schema of `atrest audit -o json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -165,6 +198,11 @@ pub struct Report {
     pub entries: Vec<ReportEntry>,
     /// Counts by state.
     pub summary: Summary,
+    /// Counts by resource (as entries name it), with each resource's write provider.
+    pub resources: BTreeMap<String, ResourceSummary>,
+    /// Entries of resources the config does not cover (kube-apiserver stores them as they
+    /// come), counted by resource: not findings, not listed. Empty for `--prefix` audits.
+    pub not_covered: BTreeMap<String, u64>,
     /// Snapshot audits only: older, not yet compacted revisions under the prefix, by state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Counts>,
@@ -195,6 +233,26 @@ impl Report {
                 .push(e);
         }
         map
+    }
+}
+
+impl Report {
+    /// Entries grouped by resource, then namespace (cluster-scoped entries under `""`),
+    /// skipping `current` and (without a config) `encrypted` ones: what a table lists.
+    pub fn findings_by_resource(&self) -> BTreeMap<(&str, &str), Vec<&ReportEntry>> {
+        let mut map: BTreeMap<(&str, &str), Vec<&ReportEntry>> = BTreeMap::new();
+        let listed = |e: &&ReportEntry| !matches!(e.state, State::Current | State::Encrypted);
+        for e in self.entries.iter().filter(listed) {
+            map.entry((&*e.resource, e.namespace.as_deref().unwrap_or("")))
+                .or_default()
+                .push(e);
+        }
+        map
+    }
+
+    /// Entries of resources the config does not cover, in all.
+    pub fn not_covered_total(&self) -> u64 {
+        self.not_covered.values().sum()
     }
 }
 
@@ -262,13 +320,26 @@ pub struct NoProgress;
 
 impl Observer for NoProgress {}
 
+fn provider_ref(chain: &Chain) -> ProviderRef {
+    let p = &chain.write_entry().provider;
+    ProviderRef {
+        provider: p.kind(),
+        key_name: p.key_name().map(str::to_owned),
+    }
+}
+
 /// Builds a report entry by entry; used by [`audit`] and by callers with their own scan loop.
 #[derive(Debug)]
 pub struct Auditor<'a> {
     chain: Option<&'a Chain>,
     prefix: Vec<u8>,
+    resource: Arc<str>,
+    names: HashMap<GroupResource, Arc<str>>,
+    namespaces: HashSet<Arc<str>>,
     entries: Vec<ReportEntry>,
     summary: Summary,
+    resources: BTreeMap<String, ResourceSummary>,
+    not_covered: BTreeMap<String, u64>,
 }
 
 impl<'a> Auditor<'a> {
@@ -277,18 +348,79 @@ impl<'a> Auditor<'a> {
         Auditor {
             chain,
             prefix: prefix.to_vec(),
+            resource: resource_from_prefix(&String::from_utf8_lossy(prefix))
+                .to_string()
+                .into(),
+            names: HashMap::new(),
+            namespaces: HashSet::new(),
             entries: Vec::new(),
             summary: Summary::default(),
+            resources: BTreeMap::new(),
+            not_covered: BTreeMap::new(),
         }
     }
 
     /// Classifies one entry (its value is dropped afterwards; only metadata is kept).
     pub fn add(&mut self, entry: &Entry) -> &ReportEntry {
-        let c = classify(self.chain, &entry.value, &entry.key);
         let (namespace, name) = namespace_and_name(&self.prefix, &entry.key);
+        let resource = self.resource.clone();
+        self.push(self.chain, resource, namespace, name, entry)
+    }
+
+    /// Classifies one entry of `resource` with `chain` (a multi-resource audit: each resource
+    /// is read with its own chain).
+    pub fn add_resource(
+        &mut self,
+        chain: Option<&Chain>,
+        info: KeyInfo,
+        entry: &Entry,
+    ) -> &ReportEntry {
+        let resource = match self.names.get(&info.resource) {
+            Some(name) => name.clone(),
+            None => {
+                let name: Arc<str> = info.resource.to_string().into();
+                self.names.insert(info.resource, name.clone());
+                name
+            }
+        };
+        self.push(chain, resource, info.namespace, info.name, entry)
+    }
+
+    /// Counts one entry of a resource the config does not cover.
+    pub fn not_covered(&mut self, resource: &GroupResource) {
+        *self.not_covered.entry(resource.to_string()).or_default() += 1;
+    }
+
+    fn push(
+        &mut self,
+        chain: Option<&Chain>,
+        resource: Arc<str>,
+        namespace: Option<String>,
+        name: Option<String>,
+        entry: &Entry,
+    ) -> &ReportEntry {
+        let c = classify(chain, &entry.value, &entry.key);
+        // Entries share their namespace's name (a cluster has few namespaces, many entries).
+        let namespace = namespace.map(|ns| match self.namespaces.get(ns.as_str()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = ns.into();
+                self.namespaces.insert(shared.clone());
+                shared
+            }
+        });
         self.summary.add(c.state);
+        let per = match self.resources.get_mut(&*resource) {
+            Some(per) => per,
+            None => self.resources.entry(resource.to_string()).or_default(),
+        };
+        per.counts.add(c.state);
+        if per.write_provider.is_none() {
+            per.write_provider = chain.map(provider_ref);
+        }
         self.entries.push(ReportEntry {
             key: String::from_utf8_lossy(&entry.key).into_owned(),
+            resource,
             namespace,
             name,
             state: c.state,
@@ -311,13 +443,16 @@ impl<'a> Auditor<'a> {
 
     /// Finishes the report.
     pub fn finish(self, source: String, revision: i64) -> Report {
-        let write_provider = self.chain.map(|c| {
-            let p = &c.write_entry().provider;
-            ProviderRef {
-                provider: p.kind(),
-                key_name: p.key_name().map(str::to_owned),
-            }
-        });
+        let write_provider = self.chain.map(provider_ref);
+        self.finish_with(source, revision, write_provider)
+    }
+
+    fn finish_with(
+        self,
+        source: String,
+        revision: i64,
+        write_provider: Option<ProviderRef>,
+    ) -> Report {
         Report {
             source,
             prefix: String::from_utf8_lossy(&self.prefix).into_owned(),
@@ -325,11 +460,198 @@ impl<'a> Auditor<'a> {
             write_provider,
             entries: self.entries,
             summary: self.summary,
+            resources: self.resources,
+            not_covered: self.not_covered,
             history: None,
             residue: None,
             unanswered: Vec::new(),
         }
     }
+}
+
+/// Visits every key under each of `prefixes`, all pinned to the revision of the first page
+/// read, one page in memory at a time. Returns that revision.
+///
+/// A prefix that holds several resources (the root, for `*.*`) is read one top-level segment
+/// (`<root><segment>/`) at a time: after a page of the root, the rest of the segment its last
+/// key is in is paged with that segment as the prefix, so each range etcd walks ends at the
+/// segment (and the store can split it at namespace boundaries), then the root resumes after the
+/// segment's last key. Every key is visited once, in key order.
+async fn scan_pinned<S, F>(
+    store: &S,
+    root: &str,
+    prefixes: &[String],
+    mut visit: F,
+) -> Result<i64, StoreError>
+where
+    S: ReadStore + Sync,
+    F: FnMut(Entry),
+{
+    let mut revision = None;
+    for prefix in prefixes {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store
+                .page(prefix.as_bytes(), after.as_deref(), revision)
+                .await?;
+            revision = Some(page.revision);
+            let Some(last) = page.entries.last().map(|e| e.key.clone()) else {
+                break;
+            };
+            let more = page.more;
+            page.entries.into_iter().for_each(&mut visit);
+            if !more {
+                break;
+            }
+            // Finish the segment the last key is in, with the segment as the prefix.
+            let segment = segment_of(root, prefix, &last);
+            let mut seg_after = last;
+            if let Some(segment) = segment {
+                loop {
+                    let page = store.page(&segment, Some(&seg_after), revision).await?;
+                    let more = page.more;
+                    if let Some(l) = page.entries.last() {
+                        seg_after = l.key.clone();
+                    }
+                    let empty = page.entries.is_empty();
+                    page.entries.into_iter().for_each(&mut visit);
+                    if !more || empty {
+                        break;
+                    }
+                }
+            }
+            after = Some(seg_after);
+        }
+    }
+    Ok(revision.unwrap_or_default())
+}
+
+/// The top-level segment (`<root><segment>/`) `key` is in, when `prefix` is the root itself
+/// (`None` for a narrower prefix, which is paged as it is).
+fn segment_of(root: &str, prefix: &str, key: &[u8]) -> Option<Vec<u8>> {
+    if prefix != root {
+        return None;
+    }
+    let rest = key.strip_prefix(root.as_bytes())?;
+    let end = rest.iter().position(|&b| b == b'/')?;
+    Some(key[..root.len() + end + 1].to_vec())
+}
+
+/// Audits every resource in `scope`, each entry read with the chain kube-apiserver would use for
+/// its resource (see [`ResourceChains`]); entries of resources the config does not cover are
+/// only counted ([`Report::not_covered`]). Every prefix is read at one revision, one page in
+/// memory at a time.
+pub async fn audit_resources<S: ReadStore + Sync>(
+    store: &S,
+    chains: &mut ResourceChains,
+    scope: &Scope,
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut total = 0;
+    for prefix in &scope.prefixes {
+        total += store.count(prefix.as_bytes()).await?;
+    }
+    observer.total(total);
+    let mut auditor = Auditor::new(None, scope.report_prefix().as_bytes());
+    let revision = scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
+        let Some(info) = split_key(&scope.root, &entry.key) else {
+            return;
+        };
+        if !scope.wants(&info.resource) {
+            return;
+        }
+        match chains.chain_for(&info.resource) {
+            Some(chain) => observer.entry(auditor.add_resource(Some(chain), info, &entry)),
+            None => auditor.not_covered(&info.resource),
+        }
+    })
+    .await?;
+    let write_provider = first_write_provider(chains, scope);
+    let mut report = auditor.finish_with(store.source(), revision, write_provider);
+    report.unanswered = store.unanswered();
+    Ok(report)
+}
+
+/// The report's top-level write provider for a multi-resource audit: the chain of the first
+/// resource the scope names (the config's first element without `--resource`).
+fn first_write_provider(chains: &mut ResourceChains, scope: &Scope) -> Option<ProviderRef> {
+    match scope.only.first() {
+        Some(gr) => chains.chain_for(gr).map(provider_ref),
+        None => chains.chains().first().map(provider_ref),
+    }
+}
+
+/// [`audit_resources`] of a snapshot or data file, with `history` and `residue` as
+/// [`audit_snapshot`] adds them (residue counts stored objects of the scanned resources' kinds
+/// when each is known — Secrets, ConfigMaps — else of any kind).
+pub async fn audit_snapshot_resources(
+    snap: &crate::store::snapshot::Snapshot,
+    chains: &mut ResourceChains,
+    scope: &Scope,
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut report = audit_resources(snap, chains, scope, observer).await?;
+    let mut history = Counts::default();
+    for prefix in &scope.prefixes {
+        snap.history(prefix.as_bytes(), |entry| {
+            if let Some(state) = history_state(chains, scope, &entry) {
+                history.add(state);
+            }
+        })?;
+    }
+    // The kinds stored under the scanned prefixes, when each has a known kind; else any kind.
+    let kinds: Option<Vec<&str>> = scope
+        .prefixes
+        .iter()
+        .map(|p| {
+            (p != &scope.root)
+                .then(|| kind_of_resource(&resource_from_prefix(p).resource))
+                .flatten()
+        })
+        .collect();
+    let residue = snap
+        .free_runs()
+        .map(|(_, bytes)| match &kinds {
+            Some(kinds) => kinds
+                .iter()
+                .map(|k| count_plaintext_objects(bytes, Some(k)))
+                .sum::<u64>(),
+            None => count_plaintext_objects(bytes, None),
+        })
+        .sum();
+    report.history = Some(history);
+    report.residue = Some(Residue { plaintext: residue });
+    Ok(report)
+}
+
+/// [`audit_resources`] of kine's SQLite file, with `history` as [`audit_kine`] adds it.
+pub async fn audit_kine_resources(
+    db: &crate::store::kine::KineDb,
+    chains: &mut ResourceChains,
+    scope: &Scope,
+    observer: &dyn Observer,
+) -> Result<Report, StoreError> {
+    let mut report = audit_resources(db, chains, scope, observer).await?;
+    let mut history = Counts::default();
+    for prefix in &scope.prefixes {
+        db.history(prefix.as_bytes(), |_, entry| {
+            if let Some(state) = history_state(chains, scope, &entry) {
+                history.add(state);
+            }
+        })?;
+    }
+    report.history = Some(history);
+    Ok(report)
+}
+
+/// An older revision's state, read with its resource's chain; `None` when not covered.
+fn history_state(chains: &mut ResourceChains, scope: &Scope, entry: &Entry) -> Option<State> {
+    let info = split_key(&scope.root, &entry.key)?;
+    if !scope.wants(&info.resource) {
+        return None;
+    }
+    let chain = chains.chain_for(&info.resource)?;
+    Some(chain.classify(&entry.value, &entry.key).state)
 }
 
 /// Audits every entry under `prefix` in `store`, one page in memory at a time.
@@ -352,16 +674,30 @@ pub async fn audit<S: ReadStore + Sync>(
     Ok(report)
 }
 
-/// The (group, resource) a key prefix holds: the last path segment of the prefix
-/// (`/registry/secrets/` → `("", "secrets")`). Core-group resources are what kube-apiserver keeps
-/// under `<etcd-prefix>/<resource>/`.
-pub fn resource_from_prefix(prefix: &str) -> (&'static str, &str) {
-    let resource = prefix
-        .trim_end_matches('/')
-        .rsplit('/')
+/// The resource a key prefix holds, read with [`crate::resource::split_key`] below the
+/// prefix's first segment (the root: `/registry/`, `/kubernetes.io/`):
+/// `/registry/secrets/` → `secrets`, `/registry/deployments/` → `deployments.apps`,
+/// `/registry/services/specs/` → `services`, `/registry/example.com/widgets/` →
+/// `widgets.example.com`. A prefix with no resource segment gives its last segment as a core
+/// resource (which no config covers by name).
+pub fn resource_from_prefix(prefix: &str) -> GroupResource {
+    let root = prefix
+        .trim_start_matches('/')
+        .split('/')
         .next()
+        .map(|first| format!("/{first}/"))
         .unwrap_or_default();
-    ("", resource)
+    match crate::resource::split_key(&root, prefix.as_bytes()) {
+        Some(info) => info.resource,
+        None => GroupResource::new(
+            "",
+            prefix
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default(),
+        ),
+    }
 }
 
 /// The kind stored under a resource, for counting residue (`secrets` → `Secret`).
@@ -455,8 +791,7 @@ pub async fn audit_snapshot(
     snap.history(prefix, |entry| {
         history.add(classify(chain, &entry.value, &entry.key).state);
     })?;
-    let (_, resource) = resource_from_prefix(&report.prefix);
-    let kind = kind_of_resource(resource);
+    let kind = kind_of_resource(&resource_from_prefix(&report.prefix).resource);
     let residue = snap
         .free_runs()
         .map(|(_, bytes)| count_plaintext_objects(bytes, kind))
@@ -505,6 +840,46 @@ mod tests {
             (None, Some("kube-system".into()))
         );
         assert_eq!(namespace_and_name(p, b"/other/x"), (None, None));
+    }
+
+    #[test]
+    fn prefixes_name_their_group() {
+        let gr = |p: &str| resource_from_prefix(p).to_string();
+        assert_eq!(gr("/registry/secrets/"), "secrets");
+        assert_eq!(gr("/registry/deployments/"), "deployments.apps");
+        assert_eq!(gr("/registry/services/specs/"), "services");
+        assert_eq!(gr("/kubernetes.io/minions/"), "nodes");
+        assert_eq!(gr("/registry/example.com/widgets/"), "widgets.example.com");
+        assert_eq!(gr("/registry/"), "registry");
+    }
+
+    #[test]
+    fn root_scans_go_by_top_level_segment() {
+        let seg = |key: &str| {
+            segment_of("/registry/", "/registry/", key.as_bytes())
+                .map(|s| String::from_utf8(s).unwrap())
+        };
+        assert_eq!(
+            seg("/registry/secrets/ns/a").as_deref(),
+            Some("/registry/secrets/")
+        );
+        assert_eq!(
+            seg("/registry/services/specs/ns/a").as_deref(),
+            Some("/registry/services/")
+        );
+        assert_eq!(
+            seg("/registry/example.com/widgets/ns/a").as_deref(),
+            Some("/registry/example.com/")
+        );
+        assert_eq!(seg("/registry/loose"), None);
+        assert_eq!(
+            segment_of(
+                "/registry/",
+                "/registry/secrets/",
+                b"/registry/secrets/ns/a"
+            ),
+            None
+        );
     }
 
     #[test]

@@ -24,11 +24,13 @@
 //! - [`provider`]: one file per provider (aescbc, aesgcm, secretbox, identity, kms).
 //! - [`transform`]: the `k8s:enc:` value format and the read/write chain built from a config.
 //! - [`object`]: what a plaintext value holds (the `k8s\x00` protobuf envelope, JSON).
+//! - [`resource`]: which etcd keys hold which resource (kube's prefixes, custom resources).
 //! - [`store`]: live etcd and snapshot files behind one read trait; writes only on live etcd.
 //! - [`audit`]: classifying entries into a [`audit::Report`].
 //! - [`status`]: the config and the store together: what each configured key reads.
 //! - [`apiserver`]: checking kube-apiserver's static pod manifest uses an encryption config.
 //! - [`rewrite`]: re-encrypting entries with compare-and-swap, verified before every write.
+//! - [`rewrite_resources`]: the rewrite of every resource a config covers, each to its own key.
 //! - [`wire`]: the bounds-checked cursor every untrusted byte goes through.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
@@ -43,7 +45,9 @@ pub mod offline;
 #[cfg(test)]
 mod proptests;
 pub mod provider;
+pub mod resource;
 pub mod rewrite;
+pub mod rewrite_resources;
 pub mod space;
 pub mod status;
 pub mod store;

@@ -229,7 +229,7 @@ pub async fn rewrite_snapshot(
     if let Some(key) = lost {
         return Err(OfflineError::Lost(key));
     }
-    let kind = kind_of_resource(resource_from_prefix(&String::from_utf8_lossy(prefix)).1);
+    let kind = kind_of_resource(&resource_from_prefix(&String::from_utf8_lossy(prefix)).resource);
     s.after_residue = written
         .free_runs()
         .map(|(_, b)| count_plaintext_objects(b, kind))

@@ -276,9 +276,18 @@ pub(crate) struct AuditArgs {
     /// The EncryptionConfiguration kube-apiserver runs with (without it: plaintext vs encrypted).
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// Key prefix to audit.
-    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
-    pub(crate) prefix: String,
+    /// Key prefix to audit, read with the chain of the resource it names. Without it: with
+    /// --config, every resource the config covers, each with its own chain; without --config,
+    /// /registry/secrets/.
+    #[arg(long, value_parser = prefix_dir, conflicts_with = "resource")]
+    pub(crate) prefix: Option<String>,
+    /// Audit only this resource, as a config names it (`secrets`, `deployments.apps`,
+    /// `widgets.example.com`); repeatable. Needs --config.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub(crate) resource: Vec<String>,
+    /// kube-apiserver's --etcd-prefix (OpenShift: /kubernetes.io/), for audits by resource.
+    #[arg(long, default_value = "/registry/", value_parser = prefix_dir)]
+    pub(crate) etcd_prefix: String,
     /// Also fail (exit 1) on stale entries.
     #[arg(long)]
     pub(crate) strict: bool,
@@ -294,9 +303,18 @@ pub(crate) struct RewriteArgs {
     /// encrypt.
     #[arg(long, value_name = "FILE", required_unless_present = "k3s")]
     pub(crate) config: Option<PathBuf>,
-    /// Key prefix to rewrite.
-    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
-    pub(crate) prefix: String,
+    /// Key prefix to rewrite, with the chain of the resource it names. Without it, a live
+    /// rewrite covers every resource the config covers, each to its own write provider (keys of
+    /// other resources are never touched); an offline one (--out) rewrites /registry/secrets/.
+    #[arg(long, value_parser = prefix_dir, conflicts_with = "resource")]
+    pub(crate) prefix: Option<String>,
+    /// Rewrite only this resource, as a config names it (`secrets`, `deployments.apps`,
+    /// `widgets.example.com`); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) resource: Vec<String>,
+    /// kube-apiserver's --etcd-prefix (OpenShift: /kubernetes.io/), for rewrites by resource.
+    #[arg(long, default_value = "/registry/", value_parser = prefix_dir)]
+    pub(crate) etcd_prefix: String,
     /// Plan only: show what would be rewritten, write nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,

@@ -108,6 +108,32 @@ pub(crate) fn audit(r: &Report, strict: bool) -> String {
         p,
     );
     m.gauge(
+        "atrest_resource_entries",
+        "Entries of each resource the config covers, at the audited revision, by state.",
+    );
+    for (resource, per) in &r.resources {
+        for s in State::ALL {
+            m.sample(
+                "atrest_resource_entries",
+                &[("resource", resource), ("state", s.as_str()), ("prefix", p)],
+                per.counts.get(s) as f64,
+            );
+        }
+    }
+    if !r.not_covered.is_empty() {
+        m.gauge(
+            "atrest_not_covered_entries",
+            "Entries of resources the config does not cover (stored unencrypted by kube-apiserver; not findings), by resource.",
+        );
+        for (resource, n) in &r.not_covered {
+            m.sample(
+                "atrest_not_covered_entries",
+                &[("resource", resource), ("prefix", p)],
+                *n as f64,
+            );
+        }
+    }
+    m.gauge(
         "atrest_entries_by_key",
         "Encrypted entries under the prefix, by the provider and key name in their prefix.",
     );

@@ -15,6 +15,7 @@ mod harness;
 mod kine;
 mod kms;
 mod ops;
+mod resources;
 mod rewrite;
 mod rewrite_cli;
 mod runbook;

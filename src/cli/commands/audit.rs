@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use atrest::audit::{self, Observer, Report, ReportEntry, Verdict};
+use atrest::resource::{GroupResource, Scope};
 use atrest::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_ENDPOINT};
 use atrest::store::snapshot::Snapshot;
-use atrest::transform::{Chain, State};
+use atrest::transform::{State, TransformError};
 use indicatif::ProgressBar;
 
 use super::load_chain;
@@ -113,19 +114,64 @@ pub(crate) async fn run(
 ) -> Result<Exit, CliError> {
     (args.config, args.kine_db) =
         super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
+    // With a config and no --prefix: every resource the config covers, each with its chain.
+    if let (Some(path), None) = (&args.config, &args.prefix) {
+        let mut chains = super::load_chains(path, &args.kms)?;
+        let only: Vec<GroupResource> = args
+            .resource
+            .iter()
+            .map(|n| GroupResource::parse(n))
+            .collect();
+        for gr in &only {
+            if chains.chain_for(gr).is_none() {
+                return Err(CliError::usage(format!(
+                    "{}: {}",
+                    path.display(),
+                    TransformError::NotCovered(gr.to_string())
+                ))
+                .advice(
+                    "name a resource the config covers, or add it to the config's `resources` list",
+                ));
+            }
+        }
+        let scope = Scope::from_config(chains.config(), &args.etcd_prefix, &only);
+        let bar = Progress(output::progress("auditing"));
+        let report = match (&args.snapshot, &args.kine_db) {
+            (None, Some(path)) => {
+                let db = super::open_kine(path)?;
+                audit::audit_kine_resources(&db, &mut chains, &scope, &bar).await?
+            }
+            (Some(path), _) => {
+                let snap = open_snapshot(path)?;
+                audit::audit_snapshot_resources(&snap, &mut chains, &scope, &bar).await?
+            }
+            (None, None) => {
+                let store = connect(&args.store).await?;
+                let report = audit::audit_resources(&store, &mut chains, &scope, &bar).await;
+                warn_failover(&store);
+                report?
+            }
+        };
+        bar.0.finish_and_clear();
+        return finish(&report, true, &args, format);
+    }
+    let prefix_text = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
     let chain = match &args.config {
-        Some(path) => Some(load_chain(path, &args.prefix, &args.kms)?),
+        Some(path) => Some(load_chain(path, &prefix_text, &args.kms)?),
         None => None,
     };
     let bar = Progress(output::progress("auditing"));
-    let prefix = args.prefix.as_bytes();
+    let prefix = prefix_text.as_bytes();
     let report = match (&args.snapshot, &args.kine_db) {
         (None, Some(path)) => {
             let db = super::open_kine(path)?;
             audit::audit_kine(&db, chain.as_ref(), prefix, &bar).await?
         }
         (Some(path), _) => {
-            let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
+            let snap = open_snapshot(path)?;
             audit::audit_snapshot(&snap, chain.as_ref(), prefix, &bar).await?
         }
         (None, None) => {
@@ -136,10 +182,27 @@ pub(crate) async fn run(
         }
     };
     bar.0.finish_and_clear();
+    finish(&report, chain.is_some(), &args, format)
+}
+
+/// The prefix audited without --prefix and without a config.
+const DEFAULT_PREFIX: &str = "/registry/secrets/";
+
+fn open_snapshot(path: &std::path::Path) -> Result<Snapshot, CliError> {
+    Ok(Snapshot::open(path).map_err(atrest::store::StoreError::from)?)
+}
+
+/// Renders the report and turns its verdict into the exit status.
+fn finish(
+    report: &Report,
+    with_config: bool,
+    args: &AuditArgs,
+    format: Option<OutputFormat>,
+) -> Result<Exit, CliError> {
     match output::format(format) {
-        OutputFormat::Json => output::print_json(&report)?,
-        OutputFormat::Table => output::print(&render(&report, chain.as_ref(), &args))?,
-        OutputFormat::Prometheus => output::print(&prometheus::audit(&report, args.strict))?,
+        OutputFormat::Json => output::print_json(report)?,
+        OutputFormat::Table => output::print(&render(report, with_config, args))?,
+        OutputFormat::Prometheus => output::print(&prometheus::audit(report, args.strict))?,
     }
     if output::format(format) == OutputFormat::Prometheus {
         // The findings are in the metrics; the textfile recipe's `&& mv` must run.
@@ -152,11 +215,12 @@ pub(crate) async fn run(
 }
 
 /// Whether any listed entry carries a KMS key ID (the table then has a column for it).
-fn entries_have_key_ids(groups: &std::collections::BTreeMap<&str, Vec<&ReportEntry>>) -> bool {
+fn entries_have_key_ids<K>(groups: &std::collections::BTreeMap<K, Vec<&ReportEntry>>) -> bool {
     groups.values().flatten().any(|e| e.key_id.is_some())
 }
 
-fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
+fn render(r: &Report, with_config: bool, args: &AuditArgs) -> String {
+    let chain = with_config.then_some(());
     let mut out = format!(
         "Audit of {} in {} at revision {}\n",
         r.prefix, r.source, r.revision
@@ -213,11 +277,58 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
         out += &format!("\nKMS v2 entries by KMS key ID:\n{t}\n");
     }
 
-    let groups = r.findings_by_namespace();
+    let several = r.resources.len() > 1 || !r.not_covered.is_empty();
+    if several {
+        let mut t = output::table();
+        t.set_header(vec![
+            "resource",
+            "write provider",
+            "entries",
+            "current",
+            "stale",
+            "plaintext",
+            "unreadable",
+        ]);
+        for (resource, per) in &r.resources {
+            let c = &per.counts;
+            t.add_row(vec![
+                resource.clone(),
+                per.write_provider
+                    .as_ref()
+                    .map_or("-".to_owned(), |w| match &w.key_name {
+                        Some(k) => format!("{} {k}", w.provider),
+                        None => w.provider.to_string(),
+                    }),
+                c.total.to_string(),
+                c.current.to_string(),
+                c.stale.to_string(),
+                c.plaintext.to_string(),
+                (c.unknown_key + c.undecryptable).to_string(),
+            ]);
+        }
+        out += &format!("\nBy resource:\n{t}\n");
+        if !r.not_covered.is_empty() {
+            let list: Vec<String> = r
+                .not_covered
+                .iter()
+                .map(|(res, n)| format!("{res} {n}"))
+                .collect();
+            out += &format!(
+                "Not covered by the config ({} entries, stored as kube-apiserver got them; not findings): {}\n",
+                r.not_covered_total(),
+                list.join(", ")
+            );
+        }
+    }
+
+    let groups = r.findings_by_resource();
     let shown: usize = groups.values().map(Vec::len).sum();
     if shown > 0 {
         let mut t = output::table();
         let mut header = vec!["namespace", "name", "state", "provider", "key"];
+        if several {
+            header.insert(0, "resource");
+        }
         let key_ids = entries_have_key_ids(&groups);
         if key_ids {
             header.push("KMS key ID");
@@ -227,7 +338,7 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
         }
         header.push("note");
         t.set_header(header);
-        for (ns, entries) in &groups {
+        for ((resource, ns), entries) in &groups {
             for e in entries {
                 let mut row = vec![
                     if ns.is_empty() {
@@ -240,6 +351,9 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
                     e.provider.map_or("-".to_owned(), |p| p.to_string()),
                     e.key_name.clone().unwrap_or_else(|| "-".to_owned()),
                 ];
+                if several {
+                    row.insert(0, (*resource).to_owned());
+                }
                 if key_ids {
                     row.push(e.key_id.clone().unwrap_or_else(|| "-".to_owned()));
                 }
@@ -255,7 +369,12 @@ fn render(r: &Report, chain: Option<&Chain>, args: &AuditArgs) -> String {
         } else {
             "Entries that are not encrypted"
         };
-        out += &format!("\n{label} ({shown}), by namespace:\n{t}\n");
+        let by = if several {
+            "by resource and namespace"
+        } else {
+            "by namespace"
+        };
+        out += &format!("\n{label} ({shown}), {by}:\n{t}\n");
     }
 
     if let Some(h) = &r.history {

@@ -8,17 +8,23 @@ use crate::cli::args::CryptArgs;
 use crate::cli::output::{read_input, write_output};
 use crate::cli::{CliError, Exit};
 
-/// The resource prefix an etcd key lives under: `/registry/secrets/default/db` →
-/// `/registry/secrets/` (kube-apiserver's `--etcd-prefix` is one path segment by default).
+/// The resource prefix an etcd key lives under, by kube-apiserver's key map
+/// ([`atrest::resource::split_key`]): `/registry/secrets/default/db` → `/registry/secrets/`,
+/// `/registry/services/specs/default/web` → `/registry/services/specs/`,
+/// `/registry/example.com/widgets/ns/w` → `/registry/example.com/widgets/`
+/// (kube-apiserver's `--etcd-prefix` is one path segment by default).
 fn resource_prefix(etcd_key: &str) -> Result<String, CliError> {
-    let mut parts = etcd_key
+    let root = etcd_key
         .strip_prefix('/')
-        .unwrap_or_default()
-        .splitn(3, '/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(root), Some(resource), Some(_)) if !root.is_empty() && !resource.is_empty() => {
-            Ok(format!("/{root}/{resource}/"))
-        }
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(root, _)| format!("/{root}/"))
+        .filter(|root| root != "//");
+    let info = root
+        .as_deref()
+        .and_then(|root| atrest::resource::split_key(root, etcd_key.as_bytes()))
+        .filter(|info| info.name.is_some());
+    match (root, info) {
+        (Some(root), Some(info)) => Ok(info.resource.storage_prefix(&root)),
         _ => Err(
             CliError::usage(format!("--etcd-key {etcd_key:?} is not a full etcd key"))
                 .advice("pass the key exactly as stored, e.g. /registry/secrets/default/db"),
@@ -96,7 +102,16 @@ mod tests {
             resource_prefix("/kubernetes.io/configmaps/ns/x").unwrap(),
             "/kubernetes.io/configmaps/"
         );
+        assert_eq!(
+            resource_prefix("/registry/services/specs/default/web").unwrap(),
+            "/registry/services/specs/"
+        );
+        assert_eq!(
+            resource_prefix("/registry/example.com/widgets/ns/w").unwrap(),
+            "/registry/example.com/widgets/"
+        );
         assert!(resource_prefix("/registry").is_err());
+        assert!(resource_prefix("/registry/secrets").is_err());
         assert!(resource_prefix("db").is_err());
     }
 }

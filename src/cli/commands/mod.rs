@@ -13,6 +13,7 @@ pub(crate) mod status;
 use std::path::Path;
 
 use atrest::config::{Config, ConfigError, NewKms};
+use atrest::resource::ResourceChains;
 use atrest::transform::{Chain, KmsOptions, TransformError};
 
 use super::args::{KmsArgs, NewKmsArgs};
@@ -23,15 +24,16 @@ use super::CliError;
 /// (else exit 3, before anything is read).
 pub(crate) fn load_chain(path: &Path, prefix: &str, kms: &KmsArgs) -> Result<Chain, CliError> {
     let config = Config::load(path).map_err(|e| invalid_config(&path.display().to_string(), &e))?;
-    let (group, resource) = atrest::audit::resource_from_prefix(prefix);
+    let gr = atrest::audit::resource_from_prefix(prefix);
     let options = kms_options(&config, kms)?;
-    let chain =
-        Chain::from_config_with_kms(&config, group, resource, &options).map_err(|e| match e {
+    let chain = Chain::from_config_with_kms(&config, &gr.group, &gr.resource, &options).map_err(
+        |e| match e {
             TransformError::Kms(e) => CliError::usage(format!("{}: {e}", path.display())),
             e => CliError::usage(format!("{}: {e}", path.display())).advice(
                 "add the resource to the config's `resources` list, or pass the matching --prefix",
             ),
-        })?;
+        },
+    )?;
     check_kms_plugins(&chain)?;
     Ok(chain)
 }
@@ -60,6 +62,19 @@ pub(crate) fn new_kms(args: &NewKmsArgs) -> Result<NewKms, CliError> {
         name: name.clone(),
         endpoint: endpoint.clone(),
     })
+}
+
+/// Loads a config file and builds the chain of every resource it covers (see
+/// [`ResourceChains`]), with KMS plugins checked as [`load_chain`] does.
+pub(crate) fn load_chains(path: &Path, kms: &KmsArgs) -> Result<ResourceChains, CliError> {
+    let config = Config::load(path).map_err(|e| invalid_config(&path.display().to_string(), &e))?;
+    let options = kms_options(&config, kms)?;
+    let chains = ResourceChains::new(config, &options)
+        .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+    for chain in chains.chains() {
+        check_kms_plugins(chain)?;
+    }
+    Ok(chains)
 }
 
 /// `--no-kms` and `--kms-endpoint NAME=unix:///PATH` as library options; every NAME must be a

@@ -1,12 +1,15 @@
 //! `atrest rewrite`: re-encrypt plaintext and stale entries in place, safely.
 
 use atrest::offline::{rewrite_kine, rewrite_snapshot, OfflineError};
-use atrest::rewrite::{self, Observer, RewriteEntry, RewriteOptions, RewriteSummary};
+use atrest::resource::{GroupResource, Scope};
+use atrest::rewrite::{self, Observer, RewriteEntry, RewriteOptions};
+use atrest::rewrite_resources::{self, ResourceRewriteSummary};
 use atrest::space::{self, SpacePlan};
 use atrest::store::etcd::EtcdError;
 use atrest::store::etcd::QuotaSource;
 use atrest::store::snapshot::Snapshot;
 use atrest::store::{ReadStore, StoreError, WriteStore};
+use atrest::transform::TransformError;
 use indicatif::ProgressBar;
 
 use super::audit::{connect, warn_failover};
@@ -43,11 +46,55 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
              --listen-address and pass --endpoints",
         ));
     }
-    let chain = load_chain(&config, &args.prefix, &args.kms)?;
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }
-    if let Some(out) = &args.out {
+    // Live, without --prefix: every resource the config covers, each to its own write provider.
+    let by_resource = args.prefix.is_none() && args.out.is_none();
+    if args.out.is_some() && !args.resource.is_empty() {
+        return Err(CliError::usage("--resource is for live rewrites")
+            .advice("pass --prefix for an offline rewrite (--out)"));
+    }
+    let prefix = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| "/registry/secrets/".to_owned());
+    let (chain, mut chains) = if by_resource {
+        let chains = super::load_chains(&config, &args.kms)?;
+        (None, Some(chains))
+    } else {
+        (Some(load_chain(&config, &prefix, &args.kms)?), None)
+    };
+    let scope = match &chains {
+        Some(chains) => {
+            let only: Vec<GroupResource> = args
+                .resource
+                .iter()
+                .map(|n| GroupResource::parse(n))
+                .collect();
+            Some(Scope::from_config(
+                chains.config(),
+                &args.etcd_prefix,
+                &only,
+            ))
+        }
+        None => None,
+    };
+    if let (Some(chains), Some(scope)) = (chains.as_mut(), &scope) {
+        for gr in &scope.only {
+            if chains.chain_for(gr).is_none() {
+                return Err(CliError::usage(format!(
+                    "{}: {}",
+                    config.display(),
+                    TransformError::NotCovered(gr.to_string())
+                ))
+                .advice(
+                    "name a resource the config covers, or add it to the config's `resources` list",
+                ));
+            }
+        }
+    }
+    if let (Some(out), Some(chain)) = (&args.out, &chain) {
         let input = args
             .snapshot
             .as_ref()
@@ -55,7 +102,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
             .ok_or_else(|| {
                 CliError::usage("--out is for offline rewrites: pass --snapshot IN or --kine-db IN")
             })?;
-        return offline(&chain, input, out, &args, format).await;
+        return offline(chain, input, out, &prefix, &args, format).await;
     }
     if args.force && args.backup.is_none() && args.out.is_none() {
         return Err(CliError::usage("--force needs --backup FILE or --out FILE"));
@@ -79,7 +126,14 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     let space = if kine {
         None
     } else {
-        check_space(&store, &chain, &args).await?
+        check_space(
+            &store,
+            chain.as_ref(),
+            chains.as_mut().zip(scope.as_ref()),
+            &prefix,
+            &args,
+        )
+        .await?
     };
     if kine && args.backup.is_some() && !args.dry_run {
         return Err(CliError::usage(format!(
@@ -121,7 +175,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         }
     }
     let opts = RewriteOptions {
-        prefix: args.prefix.as_bytes().to_vec(),
+        prefix: prefix.as_bytes().to_vec(),
         concurrency: args.concurrency,
         dry_run: args.dry_run,
         allow_decrypt: args.allow_decrypt,
@@ -140,25 +194,48 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         // Ctrl-C: finish the transactions in flight, start no new ones.
         let _ = tokio::signal::ctrl_c().await;
     };
-    let summary = rewrite::apply(&store, &chain, &opts, &bar, shutdown).await;
-    warn_failover(&store);
-    let mut summary = summary.map_err(rewrite_error)?;
-    summary.space = space;
+    let mut summary = match (&chain, chains.as_mut(), &scope) {
+        (Some(chain), _, _) => {
+            let summary = rewrite::apply(&store, chain, &opts, &bar, shutdown).await;
+            warn_failover(&store);
+            ResourceRewriteSummary {
+                all: summary.map_err(rewrite_error)?,
+                ..ResourceRewriteSummary::default()
+            }
+        }
+        (None, Some(chains), Some(scope)) => {
+            let summary =
+                rewrite_resources::apply(&store, chains, scope, &opts, &bar, shutdown).await;
+            warn_failover(&store);
+            let mut summary = summary.map_err(rewrite_error)?;
+            summary.all.unanswered = store.unanswered();
+            summary
+        }
+        _ => return Err(CliError::usage("nothing to rewrite")),
+    };
+    summary.all.space = space;
     bar.0.finish_and_clear();
 
     let mut compacted = None;
-    if args.compact && !args.dry_run && !summary.interrupted {
-        let page = store.page(args.prefix.as_bytes(), None, None).await?;
+    if args.compact && !args.dry_run && !summary.all.interrupted {
+        let compact_prefix = scope.as_ref().map_or(prefix.as_str(), |s| s.root.as_str());
+        let page = store.page(compact_prefix.as_bytes(), None, None).await?;
         store.compact(page.revision).await?;
         compacted = Some(page.revision);
     }
 
     match output::format(format) {
         OutputFormat::Prometheus => return Err(output::no_prometheus()),
-        OutputFormat::Json => output::print_json(&summary)?,
+        OutputFormat::Json => {
+            if by_resource {
+                output::print_json(&summary)?
+            } else {
+                output::print_json(&summary.all)?
+            }
+        }
         OutputFormat::Table => output::print(&render(&summary, &args, compacted, kine))?,
     }
-    Ok(match summary.verdict() {
+    Ok(match summary.all.verdict() {
         atrest::audit::Verdict::Clean => Exit::Clean,
         atrest::audit::Verdict::Findings => Exit::Findings,
     })
@@ -169,7 +246,9 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
 /// is active. A dry run prints the refusal a real run would meet and goes on.
 async fn check_space(
     store: &atrest::store::etcd::EtcdStore,
-    chain: &atrest::transform::Chain,
+    chain: Option<&atrest::transform::Chain>,
+    by_resource: Option<(&mut atrest::resource::ResourceChains, &Scope)>,
+    prefix: &str,
     args: &RewriteArgs,
 ) -> Result<Option<SpacePlan>, CliError> {
     let opts = super::audit::etcd_options(&args.store);
@@ -182,7 +261,13 @@ async fn check_space(
     let estimate = if !args.dry_run && space::bound_fits(&etcd, args.max_db_fraction) {
         space::Estimate::bound(etcd.largest_in_use())
     } else {
-        space::estimate(store, chain, args.prefix.as_bytes()).await?
+        match (chain, by_resource) {
+            (Some(chain), _) => space::estimate(store, chain, prefix.as_bytes()).await?,
+            (None, Some((chains, scope))) => {
+                rewrite_resources::estimate(store, chains, scope).await?
+            }
+            (None, None) => space::Estimate::bound(etcd.largest_in_use()),
+        }
     };
     match space::plan(etcd, estimate, args.max_db_fraction, args.compact_every) {
         Ok(plan) => {
@@ -287,6 +372,7 @@ async fn offline(
     chain: &atrest::transform::Chain,
     input: &std::path::Path,
     out: &std::path::Path,
+    prefix: &str,
     args: &RewriteArgs,
     format: Option<OutputFormat>,
 ) -> Result<Exit, CliError> {
@@ -312,20 +398,13 @@ async fn offline(
             out,
             args.force,
             chain,
-            args.prefix.as_bytes(),
+            prefix.as_bytes(),
             args.allow_decrypt,
         )
         .await
     } else {
         let snap = Snapshot::open(input).map_err(StoreError::from)?;
-        rewrite_snapshot(
-            &snap,
-            out,
-            chain,
-            args.prefix.as_bytes(),
-            args.allow_decrypt,
-        )
-        .await
+        rewrite_snapshot(&snap, out, chain, prefix.as_bytes(), args.allow_decrypt).await
     };
     let s = result.map_err(|e| match e {
         OfflineError::Snapshot(e) => CliError::from(atrest::store::StoreError::from(e)),
@@ -394,7 +473,13 @@ async fn offline(
     })
 }
 
-fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>, kine: bool) -> String {
+fn render(
+    summary: &ResourceRewriteSummary,
+    args: &RewriteArgs,
+    compacted: Option<i64>,
+    kine: bool,
+) -> String {
+    let s = &summary.all;
     let mut t = output::table();
     t.set_header(vec![
         "scanned",
@@ -423,9 +508,45 @@ fn render(s: &RewriteSummary, args: &RewriteArgs, compacted: Option<i64>, kine: 
         } else {
             "Rewrite of"
         },
-        args.prefix,
+        args.prefix
+            .as_deref()
+            .unwrap_or(if summary.resources.is_empty() {
+                "the resources the config covers"
+            } else {
+                "every resource the config covers"
+            }),
         s.revision
     );
+    if !summary.resources.is_empty() {
+        let mut r = output::table();
+        r.set_header(vec![
+            "resource",
+            "scanned",
+            "rewritten",
+            "already current",
+            "skipped",
+            "failed",
+        ]);
+        for (name, c) in &summary.resources {
+            r.add_row(vec![
+                name.clone(),
+                c.scanned.to_string(),
+                (c.rewritten + c.would_rewrite).to_string(),
+                c.already_current.to_string(),
+                c.skipped.to_string(),
+                c.failed.to_string(),
+            ]);
+        }
+        out += &format!("\nBy resource:\n{r}\n");
+    }
+    for (name, why) in &summary.left_alone {
+        out += &format!("Left alone: {name}: {why}.\n");
+    }
+    for e in &summary.crd_errors {
+        out += &format!(
+            "A stored CRD could not be read (its custom resources were not rewritten): {e}\n"
+        );
+    }
     let notable: Vec<_> = s
         .entries
         .iter()

@@ -219,7 +219,7 @@ pub(crate) async fn run(
                     *by_key
                         .entry(key)
                         .or_default()
-                        .entry(e.namespace.clone().unwrap_or_else(|| "-".into()))
+                        .entry(e.namespace.as_deref().unwrap_or("-").to_owned())
                         .or_default() += 1;
                 }
                 let mut err = CliError::usage(format!(
