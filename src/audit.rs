@@ -554,7 +554,8 @@ pub async fn audit_resources<S: ReadStore + Sync>(
     observer.total(total);
     let mut auditor = Auditor::new(None, scope.report_prefix().as_bytes());
     let revision = scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
-        let Some(info) = split_key(&scope.root, &entry.key) else {
+        // A key that names no object (kine's own `/registry/health`) is not a resource's entry.
+        let Some(info) = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some()) else {
             return;
         };
         if !scope.wants(&info.resource) {
@@ -646,7 +647,7 @@ pub async fn audit_kine_resources(
 
 /// An older revision's state, read with its resource's chain; `None` when not covered.
 fn history_state(chains: &mut ResourceChains, scope: &Scope, entry: &Entry) -> Option<State> {
-    let info = split_key(&scope.root, &entry.key)?;
+    let info = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some())?;
     if !scope.wants(&info.resource) {
         return None;
     }
