@@ -27,6 +27,33 @@ fn chain() -> Chain {
     Chain::from_config(&Config::from_yaml(CONFIG).unwrap(), "", "secrets").unwrap()
 }
 
+/// Waits (at most `within`) until the spawned rewrite has re-encrypted the first key; panics
+/// with the rewrite's stderr if it exits before that.
+async fn wait_until_rewriting(
+    client: &mut etcd_client::Client,
+    child: &mut std::process::Child,
+    within: Duration,
+) {
+    let chain = chain();
+    let deadline = Instant::now() + within;
+    loop {
+        let r = client
+            .get(format!("{PREFIX}ns00/s00000"), None)
+            .await
+            .unwrap();
+        if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
+            return;
+        }
+        if child.try_wait().unwrap().is_some() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("rewrite exited before writing: {err}");
+        }
+        assert!(Instant::now() < deadline, "rewrite never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The run's seed: `ATREST_FAULT_SEED`, else the clock; printed so a failure can be replayed.
 fn seed(test: &str) -> u64 {
     let seed = std::env::var("ATREST_FAULT_SEED")
@@ -314,25 +341,8 @@ async fn etcd_killed_mid_rewrite_then_restarted_converges() {
         .spawn()
         .unwrap();
     // SIGKILL etcd once the rewrite has written something.
-    let chain = chain();
     let mut client = server.client().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = client
-            .get(format!("{PREFIX}ns00/s00000"), None)
-            .await
-            .unwrap();
-        if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
-            break;
-        }
-        if child.try_wait().unwrap().is_some() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("rewrite exited before writing: {err}");
-        }
-        assert!(Instant::now() < deadline, "rewrite never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_rewriting(&mut client, &mut child, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.kill();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
@@ -405,25 +415,8 @@ async fn a_cluster_loses_its_leader_mid_rewrite_and_a_paused_member_hangs() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let chain = chain();
     let mut client = cluster.members[survivor].client().await;
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let r = client
-            .get(format!("{PREFIX}ns00/s00000"), None)
-            .await
-            .unwrap();
-        if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
-            break;
-        }
-        if child.try_wait().unwrap().is_some() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("rewrite exited before writing: {err}");
-        }
-        assert!(Instant::now() < deadline, "rewrite never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_rewriting(&mut client, &mut child, Duration::from_secs(40)).await;
     cluster.members[paused].signal("STOP");
     // Longer than --command-timeout: the requests in flight to it time out and fail over.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -659,25 +652,8 @@ async fn a_nospace_alarm_mid_run_stops_at_once_and_a_second_run_resumes() {
         .spawn()
         .unwrap();
     // Once the rewrite is writing, another writer fills the database until etcd raises NOSPACE.
-    let chain = chain();
     let mut client = server.client().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = client
-            .get(format!("{PREFIX}ns00/s00000"), None)
-            .await
-            .unwrap();
-        if chain.classify(r.kvs()[0].value(), r.kvs()[0].key()).state == State::Current {
-            break;
-        }
-        if child.try_wait().unwrap().is_some() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("rewrite exited before writing: {err}");
-        }
-        assert!(Instant::now() < deadline, "rewrite never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_rewriting(&mut client, &mut child, Duration::from_secs(30)).await;
     let mut junk = 0;
     loop {
         let value = crate::common::pseudo_random_bytes(junk, 512 * 1024);
