@@ -60,3 +60,42 @@ pub async fn put_key(
         }
     }
 }
+
+/// One attempt of [`put_key`]'s transaction: `Ok(true)` written, `Ok(false)` the key changed
+/// in between (nothing written), `Err` the store failed (a writer racing faults carries on).
+pub async fn try_put_key(
+    client: &mut etcd_client::Client,
+    key: &str,
+    value: &[u8],
+) -> Result<bool, etcd_client::Error> {
+    let resp = client.get(key, None).await?;
+    let seen = resp.kvs().first().map_or(0, |kv| kv.mod_revision());
+    let mut txn = Txn::new()
+        .when([Compare::mod_revision(key, CompareOp::Equal, seen)])
+        .and_then([TxnOp::put(key, value.to_vec(), None)]);
+    if seen != 0 {
+        txn = txn.or_else([TxnOp::get(key, None)]);
+    }
+    Ok(client.txn(txn).await?.succeeded())
+}
+
+/// One attempt of [`delete_key`]'s transaction: `Ok(true)` deleted (or already absent),
+/// `Ok(false)` the key changed in between, `Err` the store failed.
+pub async fn try_delete_key(
+    client: &mut etcd_client::Client,
+    key: &str,
+) -> Result<bool, etcd_client::Error> {
+    let resp = client.get(key, None).await?;
+    let Some(kv) = resp.kvs().first() else {
+        return Ok(true);
+    };
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            key,
+            CompareOp::Equal,
+            kv.mod_revision(),
+        )])
+        .and_then([TxnOp::delete(key, None)])
+        .or_else([TxnOp::get(key, None)]);
+    Ok(client.txn(txn).await?.succeeded())
+}

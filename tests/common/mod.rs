@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod apiserver_writes;
 mod kine;
-pub use apiserver_writes::{delete_key, put_key};
+pub use apiserver_writes::{delete_key, put_key, try_delete_key, try_put_key};
 pub use kine::KineServer;
 
 /// What the harness's "etcd" really is: `kine` when `$ATREST_TEST_ETCD` is the kine stand-in

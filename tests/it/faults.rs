@@ -124,11 +124,13 @@ fn start_writer(
             let key = &keys[(xorshift(&mut x) % keys.len() as u64) as usize];
             if xorshift(&mut x) % 10 < 7 {
                 let value = secret_value(&format!("w{writes}"), 1500);
-                if client.put(key.as_str(), value.clone(), None).await.is_ok() {
+                // Written as kube-apiserver writes (a transaction on the key's revision): kine
+                // answers a plain Put with success even when it did not store it.
+                if let Ok(true) = crate::common::try_put_key(&mut client, key, &value).await {
                     truth.lock().unwrap().insert(key.clone(), Some(value));
                     writes += 1;
                 }
-            } else if client.delete(key.as_str(), None).await.is_ok() {
+            } else if let Ok(true) = crate::common::try_delete_key(&mut client, key).await {
                 truth.lock().unwrap().insert(key.clone(), None);
                 writes += 1;
             }
