@@ -153,6 +153,32 @@ pub enum OfflineError {
     Snapshot(#[from] SnapshotError),
 }
 
+/// What both offline rewrites check before writing anything: the write provider may write
+/// (identity only with `allow_decrypt`; a KMS plugin healthy and ready), and the output is not
+/// the input file.
+fn check_before_writing(
+    chain: &Chain,
+    allow_decrypt: bool,
+    input: &Path,
+    output: &Path,
+) -> Result<(), OfflineError> {
+    match &chain.write_entry().provider {
+        Provider::Identity(_) if !allow_decrypt => return Err(OfflineError::IdentityWrite),
+        Provider::Kms(kms) => {
+            kms.ready_to_write()?;
+        }
+        _ => {}
+    }
+    let same = match (input.canonicalize(), output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(OfflineError::SameFile(output.to_path_buf()));
+    }
+    Ok(())
+}
+
 /// Rewrites `input` into `output` (see the module docs).
 pub async fn rewrite_snapshot(
     input: &Snapshot,
@@ -161,20 +187,7 @@ pub async fn rewrite_snapshot(
     prefix: &[u8],
     allow_decrypt: bool,
 ) -> Result<OfflineSummary, OfflineError> {
-    match &chain.write_entry().provider {
-        Provider::Identity(_) if !allow_decrypt => return Err(OfflineError::IdentityWrite),
-        Provider::Kms(kms) => {
-            kms.ready_to_write()?;
-        }
-        _ => {}
-    }
-    let same = match (input.path().canonicalize(), output.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        return Err(OfflineError::SameFile(output.to_path_buf()));
-    }
+    check_before_writing(chain, allow_decrypt, input.path(), output)?;
     let mut s = OfflineSummary::start(input.path(), output, input.revision());
     let mut lookup_error = None;
     write_snapshot(input, output, |entry| {
@@ -250,20 +263,7 @@ pub async fn rewrite_kine(
     prefix: &[u8],
     allow_decrypt: bool,
 ) -> Result<OfflineSummary, OfflineError> {
-    match &chain.write_entry().provider {
-        Provider::Identity(_) if !allow_decrypt => return Err(OfflineError::IdentityWrite),
-        Provider::Kms(kms) => {
-            kms.ready_to_write()?;
-        }
-        _ => {}
-    }
-    let same = match (input.path().canonicalize(), output.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        return Err(OfflineError::SameFile(output.to_path_buf()));
-    }
+    check_before_writing(chain, allow_decrypt, input.path(), output)?;
     let mut s = OfflineSummary::start(input.path(), output, input.revision());
     input
         .write_copy(output, overwrite, prefix, |which, entry| {

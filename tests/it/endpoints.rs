@@ -85,30 +85,34 @@ fn issue_14_3_with_every_member_dead_each_is_named() {
     assert!(err.contains("hint:"), "{err}");
 }
 
+/// Runs `atrest audit` against a TLS etcd with the given file flags, expects exit 3 (the
+/// store refused), and returns stderr.
+fn refused_tls_audit(endpoint: &str, files: &[(&str, &std::path::Path)]) -> String {
+    let mut cmd = atrest();
+    cmd.args(["audit", "--dial-timeout", "3", "--endpoints", endpoint]);
+    for (flag, path) in files {
+        cmd.arg(flag).arg(path);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    eprintln!("{err}");
+    err
+}
+
 #[test]
 fn issue_14_8_a_key_that_does_not_match_the_certificate_is_named() {
     let pki = TestPki::generate();
     let server = EtcdServer::start_tls(&pki);
     // The client certificate with the server's key: both valid PEM, not a pair.
-    let out = atrest()
-        .args([
-            "audit",
-            "--dial-timeout",
-            "3",
-            "--endpoints",
-            &server.endpoint,
-        ])
-        .arg("--cacert")
-        .arg(&pki.ca)
-        .arg("--cert")
-        .arg(&pki.client_cert)
-        .arg("--key")
-        .arg(&pki.server_key)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    let err = stderr(&out);
-    eprintln!("{err}");
+    let err = refused_tls_audit(
+        &server.endpoint,
+        &[
+            ("--cacert", pki.ca.as_path()),
+            ("--cert", pki.client_cert.as_path()),
+            ("--key", pki.server_key.as_path()),
+        ],
+    );
     assert!(
         err.contains(&pki.server_key.display().to_string())
             && err.contains(&pki.client_cert.display().to_string()),
@@ -127,21 +131,7 @@ fn issue_14_8_a_key_that_does_not_match_the_certificate_is_named() {
 fn issue_14_8_a_missing_client_certificate_says_so() {
     let pki = TestPki::generate();
     let server = EtcdServer::start_tls(&pki);
-    let out = atrest()
-        .args([
-            "audit",
-            "--dial-timeout",
-            "3",
-            "--endpoints",
-            &server.endpoint,
-        ])
-        .arg("--cacert")
-        .arg(&pki.ca)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    let err = stderr(&out);
-    eprintln!("{err}");
+    let err = refused_tls_audit(&server.endpoint, &[("--cacert", pki.ca.as_path())]);
     assert!(
         err.contains("etcd requires a client certificate and none was given"),
         "{err}"
@@ -158,49 +148,27 @@ fn issue_14_8_a_certificate_from_another_ca_is_named() {
     let other = TestPki::generate();
     let server = EtcdServer::start_tls(&pki);
     // A client certificate the server's CA did not sign.
-    let out = atrest()
-        .args([
-            "audit",
-            "--dial-timeout",
-            "3",
-            "--endpoints",
-            &server.endpoint,
-        ])
-        .arg("--cacert")
-        .arg(&pki.ca)
-        .arg("--cert")
-        .arg(&other.client_cert)
-        .arg("--key")
-        .arg(&other.client_key)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    let err = stderr(&out);
-    eprintln!("{err}");
+    let err = refused_tls_audit(
+        &server.endpoint,
+        &[
+            ("--cacert", pki.ca.as_path()),
+            ("--cert", other.client_cert.as_path()),
+            ("--key", other.client_key.as_path()),
+        ],
+    );
     assert!(
         err.contains(&other.client_cert.display().to_string()),
         "{err}"
     );
     // The server's certificate signed by a CA that --cacert does not hold.
-    let out = atrest()
-        .args([
-            "audit",
-            "--dial-timeout",
-            "3",
-            "--endpoints",
-            &server.endpoint,
-        ])
-        .arg("--cacert")
-        .arg(&other.ca)
-        .arg("--cert")
-        .arg(&pki.client_cert)
-        .arg("--key")
-        .arg(&pki.client_key)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    let err = stderr(&out);
-    eprintln!("{err}");
+    let err = refused_tls_audit(
+        &server.endpoint,
+        &[
+            ("--cacert", other.ca.as_path()),
+            ("--cert", pki.client_cert.as_path()),
+            ("--key", pki.client_key.as_path()),
+        ],
+    );
     assert!(
         err.contains(&format!("not signed by the CA in {}", other.ca.display())),
         "{err}"
