@@ -286,8 +286,6 @@ impl EtcdStore {
     }
 
     async fn compact_to(&self, revision: i64) -> Result<(), EtcdError> {
-        // kine learns its newest revision by polling its table, so right after a write it can
-        // call that revision "a future revision" for a moment: retry for a few seconds.
         let mut future_tries = 0;
         loop {
             let result = self
@@ -304,13 +302,59 @@ impl EtcdStore {
                 // Someone (kube-apiserver's compactor, an earlier run) already compacted at or
                 // past this revision: what was asked for is done.
                 Err(f) if f.kind == Kind::Compacted => return Ok(()),
-                Err(f) if f.detail.contains("future revision") && future_tries < 50 => {
+                Err(f) if f.detail.contains("future revision") && future_tries < 20 => {
                     future_tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if self.is_kine() {
+                        // kine (v0.17) keeps its newest revision in memory and updates it with
+                        // a compare-and-swap after each insert: when writes overlap, as a
+                        // rewrite's do, the swap of the last one can lose and the number then
+                        // lags behind the table until the next write. kube-apiserver's
+                        // compactor always writes first (its compact_rev_key transaction),
+                        // so it never sees this; do what it does.
+                        self.record_compaction_as_apiserver(revision).await?;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
                 Err(f) => return Err(f.into_error("compact")),
             }
         }
+    }
+
+    /// kube-apiserver's compactor transaction (`k8s.io/apiserver/pkg/storage/etcd3/compact.go`):
+    /// `if version(compact_rev_key) == seen then put(compact_rev_key, revision) else get`.
+    /// Used on kine only, where it is the write that brings kine's newest revision up to date;
+    /// kine stores it under its own `compact_rev_key_apiserver`, and every kube-apiserver
+    /// adopts the new version on its next round as it does when another apiserver compacted.
+    async fn record_compaction_as_apiserver(&self, revision: i64) -> Result<(), EtcdError> {
+        const KEY: &[u8] = b"compact_rev_key";
+        let mut seen = self.get_key(KEY).await?.map_or(0, |e| e.version);
+        for _ in 0..3 {
+            let txn = Txn::new()
+                .when([Compare::version(KEY, CompareOp::Equal, seen)])
+                .and_then([TxnOp::put(KEY, revision.to_string(), None)])
+                .or_else([TxnOp::get(KEY, None)]);
+            let resp = self
+                .call(|m| {
+                    let mut kv = m.kv.clone();
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await
+                .map_err(|f| f.into_error("txn"))?;
+            if resp.succeeded() {
+                return Ok(());
+            }
+            seen = resp
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(KeyValue::version),
+                    _ => None,
+                })
+                .unwrap_or(0);
+        }
+        Ok(())
     }
 }
 
