@@ -125,6 +125,18 @@ impl Counts {
         *self.slot(state) += 1;
     }
 
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &Counts) {
+        self.total += other.total;
+        self.plaintext += other.plaintext;
+        self.current += other.current;
+        self.stale += other.stale;
+        self.unknown_key += other.unknown_key;
+        self.undecryptable += other.undecryptable;
+        self.kms += other.kms;
+        self.encrypted += other.encrypted;
+    }
+
     /// The count for one state.
     pub fn get(&self, state: State) -> u64 {
         match state {
@@ -203,6 +215,9 @@ pub struct Report {
     /// Entries of resources the config does not cover (kube-apiserver stores them as they
     /// come), counted by resource: not findings, not listed. Empty for `--prefix` audits.
     pub not_covered: BTreeMap<String, u64>,
+    /// With `--verbose`: the keys counted in `not_covered`, in key order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_covered_keys: Vec<String>,
     /// Snapshot audits only: older, not yet compacted revisions under the prefix, by state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Counts>,
@@ -312,6 +327,9 @@ pub trait Observer: Send + Sync {
     fn total(&self, _n: u64) {}
     /// One more entry was classified.
     fn entry(&self, _e: &ReportEntry) {}
+    /// An audit by resource met an entry of a resource the config does not cover (counted in
+    /// [`Report::not_covered`], not classified).
+    fn not_covered(&self, _key: &[u8], _resource: &GroupResource) {}
 }
 
 /// An observer that ignores everything.
@@ -462,6 +480,7 @@ impl<'a> Auditor<'a> {
             summary: self.summary,
             resources: self.resources,
             not_covered: self.not_covered,
+            not_covered_keys: Vec::new(),
             history: None,
             residue: None,
             unanswered: Vec::new(),
@@ -477,7 +496,7 @@ impl<'a> Auditor<'a> {
 /// key is in is paged with that segment as the prefix, so each range etcd walks ends at the
 /// segment (and the store can split it at namespace boundaries), then the root resumes after the
 /// segment's last key. Every key is visited once, in key order.
-async fn scan_pinned<S, F>(
+pub(crate) async fn scan_pinned<S, F>(
     store: &S,
     root: &str,
     prefixes: &[String],
@@ -543,7 +562,7 @@ fn segment_of(root: &str, prefix: &str, key: &[u8]) -> Option<Vec<u8>> {
 /// memory at a time.
 pub async fn audit_resources<S: ReadStore + Sync>(
     store: &S,
-    chains: &mut ResourceChains,
+    chains: &ResourceChains,
     scope: &Scope,
     observer: &dyn Observer,
 ) -> Result<Report, StoreError> {
@@ -563,7 +582,10 @@ pub async fn audit_resources<S: ReadStore + Sync>(
         }
         match chains.chain_for(&info.resource) {
             Some(chain) => observer.entry(auditor.add_resource(Some(chain), info, &entry)),
-            None => auditor.not_covered(&info.resource),
+            None => {
+                auditor.not_covered(&info.resource);
+                observer.not_covered(&entry.key, &info.resource);
+            }
         }
     })
     .await?;
@@ -575,7 +597,7 @@ pub async fn audit_resources<S: ReadStore + Sync>(
 
 /// The report's top-level write provider for a multi-resource audit: the chain of the first
 /// resource the scope names (the config's first element without `--resource`).
-fn first_write_provider(chains: &mut ResourceChains, scope: &Scope) -> Option<ProviderRef> {
+fn first_write_provider(chains: &ResourceChains, scope: &Scope) -> Option<ProviderRef> {
     match scope.only.first() {
         Some(gr) => chains.chain_for(gr).map(provider_ref),
         None => chains.chains().first().map(provider_ref),
@@ -587,7 +609,7 @@ fn first_write_provider(chains: &mut ResourceChains, scope: &Scope) -> Option<Pr
 /// when each is known — Secrets, ConfigMaps — else of any kind).
 pub async fn audit_snapshot_resources(
     snap: &crate::store::snapshot::Snapshot,
-    chains: &mut ResourceChains,
+    chains: &ResourceChains,
     scope: &Scope,
     observer: &dyn Observer,
 ) -> Result<Report, StoreError> {
@@ -628,7 +650,7 @@ pub async fn audit_snapshot_resources(
 /// [`audit_resources`] of kine's SQLite file, with `history` as [`audit_kine`] adds it.
 pub async fn audit_kine_resources(
     db: &crate::store::kine::KineDb,
-    chains: &mut ResourceChains,
+    chains: &ResourceChains,
     scope: &Scope,
     observer: &dyn Observer,
 ) -> Result<Report, StoreError> {
@@ -646,7 +668,7 @@ pub async fn audit_kine_resources(
 }
 
 /// An older revision's state, read with its resource's chain; `None` when not covered.
-fn history_state(chains: &mut ResourceChains, scope: &Scope, entry: &Entry) -> Option<State> {
+fn history_state(chains: &ResourceChains, scope: &Scope, entry: &Entry) -> Option<State> {
     let info = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some())?;
     if !scope.wants(&info.resource) {
         return None;
@@ -744,6 +766,56 @@ pub async fn prune_check<S: ReadStore + Sync>(
             true
         })
         .await?;
+    Ok(check)
+}
+
+/// [`prune_check`] by resource: every resource in `scope`, each entry read with its resource's
+/// chain from `before` and from `after` (a prune edits one `resources` element, which may serve
+/// many resources: `[secrets, configmaps]`, `*.apps`, `*.*`). Keys of resources neither config
+/// covers are not read. One scan, pinned to one revision.
+pub async fn prune_check_resources<S: ReadStore + Sync>(
+    store: &S,
+    before: &ResourceChains,
+    after: &ResourceChains,
+    scope: &Scope,
+) -> Result<PruneCheck, StoreError> {
+    let mut auditor = Auditor::new(None, scope.report_prefix().as_bytes());
+    let mut check = PruneCheck::default();
+    scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
+        let Some(info) = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some()) else {
+            return;
+        };
+        if !scope.wants(&info.resource) {
+            return;
+        }
+        let Some(was) = before.chain_for(&info.resource) else {
+            return;
+        };
+        let now = was.classify(&entry.value, &entry.key);
+        let (then, then_readable) = match after.chain_for(&info.resource) {
+            Some(chain) => {
+                let c = chain.classify(&entry.value, &entry.key);
+                let readable = c.readable == Some(true);
+                (c, readable)
+            }
+            // Not covered any more: kube-apiserver reads it as stored (plaintext only).
+            None => {
+                let c = classify(None, &entry.value, &entry.key);
+                let readable = c.state == State::Plaintext;
+                (c, readable)
+            }
+        };
+        if now.readable == Some(true) && !then_readable {
+            check
+                .blocked
+                .push(auditor.add_resource(Some(was), info, &entry).clone());
+        } else if now.state == State::Undecryptable && then.state == State::UnknownKey {
+            check
+                .lost
+                .push(auditor.add_resource(Some(was), info, &entry).clone());
+        }
+    })
+    .await?;
     Ok(check)
 }
 

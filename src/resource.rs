@@ -387,7 +387,7 @@ pub fn parse_crd(key: &[u8], value: &[u8]) -> Result<CustomResource, CrdError> {
 pub async fn custom_resources<S: ReadStore + Sync>(
     store: &S,
     root: &str,
-    chains: &mut ResourceChains,
+    chains: &ResourceChains,
 ) -> Result<(Vec<CustomResource>, Vec<CrdError>), StoreError> {
     let crds = GroupResource::new("apiextensions.k8s.io", "customresourcedefinitions");
     let prefix = crds.storage_prefix(root);
@@ -514,7 +514,7 @@ pub struct ResourceChains {
     config: Config,
     chains: Vec<Chain>,
     by_origins: HashMap<Vec<(usize, usize)>, usize>,
-    cache: HashMap<GroupResource, Option<usize>>,
+    cache: std::sync::Mutex<HashMap<GroupResource, Option<usize>>>,
 }
 
 impl ResourceChains {
@@ -537,25 +537,32 @@ impl ResourceChains {
             config,
             chains,
             by_origins,
-            cache: HashMap::new(),
+            cache: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
     /// The chain for `resource`; `None` when the config does not cover it (kube-apiserver stores
     /// it unencrypted).
-    pub fn chain_for(&mut self, resource: &GroupResource) -> Option<&Chain> {
-        let index = match self.cache.get(resource) {
-            Some(i) => *i,
-            None => {
-                let i = self
-                    .by_origins
-                    .get(&origins(&self.config, resource))
-                    .copied();
-                self.cache.insert(resource.clone(), i);
-                i
-            }
-        };
-        index.and_then(|i| self.chains.get(i))
+    pub fn chain_for(&self, resource: &GroupResource) -> Option<&Chain> {
+        self.index_for(resource).and_then(|i| self.chains.get(i))
+    }
+
+    /// The index in [`ResourceChains::chains`] of the chain for `resource`; `None` when the
+    /// config does not cover it.
+    pub fn index_for(&self, resource: &GroupResource) -> Option<usize> {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = cache.get(resource) {
+            return *i;
+        }
+        let i = self
+            .by_origins
+            .get(&origins(&self.config, resource))
+            .copied();
+        cache.insert(resource.clone(), i);
+        i
     }
 
     /// Every distinct chain, in config order (to check KMS plugins before a run).
@@ -726,27 +733,24 @@ resources:
     #[test]
     fn first_matching_element_gives_the_chain() {
         let config = Config::from_yaml(CONFIG).unwrap();
-        let mut chains = ResourceChains::new(config, &KmsOptions::default()).unwrap();
+        let chains = ResourceChains::new(config, &KmsOptions::default()).unwrap();
         assert_eq!(chains.chains().len(), 3);
-        let write = |c: &mut ResourceChains, n: &str| {
+        let write = |c: &ResourceChains, n: &str| {
             c.chain_for(&GroupResource::parse(n))
                 .map(|c| c.write_entry().provider.kind().to_string())
         };
-        assert_eq!(write(&mut chains, "secrets").as_deref(), Some("aescbc"));
+        assert_eq!(write(&chains, "secrets").as_deref(), Some("aescbc"));
         assert_eq!(
-            write(&mut chains, "deployments.apps").as_deref(),
+            write(&chains, "deployments.apps").as_deref(),
             Some("aescbc")
         );
         assert_eq!(
-            write(&mut chains, "statefulsets.apps").as_deref(),
+            write(&chains, "statefulsets.apps").as_deref(),
             Some("secretbox")
         );
+        assert_eq!(write(&chains, "configmaps").as_deref(), Some("identity"));
         assert_eq!(
-            write(&mut chains, "configmaps").as_deref(),
-            Some("identity")
-        );
-        assert_eq!(
-            write(&mut chains, "widgets.example.com").as_deref(),
+            write(&chains, "widgets.example.com").as_deref(),
             Some("identity")
         );
         let scope = Scope::from_config(chains.config(), "/registry", &[]);
@@ -763,7 +767,7 @@ resources:
     fn uncovered_resources_have_no_chain() {
         let text = CONFIG.split("- resources: ['*.apps']").next().unwrap();
         let config = Config::from_yaml(text).unwrap();
-        let mut chains = ResourceChains::new(config, &KmsOptions::default()).unwrap();
+        let chains = ResourceChains::new(config, &KmsOptions::default()).unwrap();
         assert!(chains
             .chain_for(&GroupResource::parse("configmaps"))
             .is_none());

@@ -72,8 +72,8 @@ impl Observer for Offset<'_> {
 }
 
 /// The resources a rewrite of `scope` visits, in key order of their prefixes.
-fn resources_in_scope(
-    chains: &mut ResourceChains,
+pub(crate) fn resources_in_scope(
+    chains: &ResourceChains,
     scope: &Scope,
     custom: &[GroupResource],
 ) -> Vec<(GroupResource, String)> {
@@ -104,7 +104,7 @@ fn resources_in_scope(
 /// resources, each with its own chain).
 pub async fn estimate<S: ReadStore + Sync>(
     store: &S,
-    chains: &mut ResourceChains,
+    chains: &ResourceChains,
     scope: &Scope,
 ) -> Result<crate::space::Estimate, StoreError> {
     let (crds, _) = custom_resources(store, &scope.root, chains).await?;
@@ -127,7 +127,7 @@ pub async fn estimate<S: ReadStore + Sync>(
 /// interrupted (by `shutdown` or a store failure).
 pub async fn apply<S>(
     store: &S,
-    chains: &mut ResourceChains,
+    chains: &ResourceChains,
     scope: &Scope,
     opts: &RewriteOptions,
     observer: &dyn Observer,

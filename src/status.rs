@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::audit::{Counts, ProviderRef, Verdict};
 use crate::provider::{Provider, ProviderKind};
+use crate::resource::{split_key, ResourceChains, Scope};
 use crate::store::{Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{Chain, ChainEntry, State};
 
@@ -77,14 +78,17 @@ pub struct Status {
     pub source: String,
     /// The scanned key prefix, e.g. `/registry/secrets/`.
     pub prefix: String,
-    /// The resource whose providers the config applies (`secrets`).
+    /// The resource whose providers the config applies (`secrets`); for a status of every
+    /// resource the config covers, the config's resource names (`secrets, configmaps, *.*`).
     pub resource: String,
     /// The store revision the scan was pinned to.
     pub revision: i64,
     /// The write provider and key (the chain's first entry).
     pub write_provider: ProviderRef,
     /// Every provider and key that applies to the resource, in the order kube-apiserver tries
-    /// them (config order, one per key).
+    /// them (config order, one per key). By resource: every provider and key of the config
+    /// that applies to a covered resource, in config order, with the entries of every resource
+    /// it serves.
     pub keys: Vec<KeyStatus>,
     /// Entries encrypted with keys the config does not have, by provider and key name.
     pub unknown_keys: Vec<UnknownKey>,
@@ -95,8 +99,16 @@ pub struct Status {
     pub unreadable_plaintext: u64,
     /// Whether kube-apiserver running this config could read every entry under the prefix.
     pub apiserver_reads_all: bool,
-    /// Why not, one sentence per cause (empty when it can).
+    /// Why not, one sentence per cause (empty when it can); by resource, each names the
+    /// resources it is about.
     pub reasons: Vec<String>,
+    /// By resource: the counts of each covered resource (`secrets`, `deployments.apps`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, Counts>,
+    /// By resource: entries of resources the config does not cover (kube-apiserver stores
+    /// them unencrypted; not findings), counted per resource.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_covered: BTreeMap<String, u64>,
     /// `findings` (exit 1) when something is unreadable; `clean` (exit 0) otherwise. Stale and
     /// plaintext entries that the config reads are not findings here (`atrest audit` reports
     /// them).
@@ -158,9 +170,10 @@ impl<'a> StatusBuilder<'a> {
         }
     }
 
-    /// Classifies one entry and counts it against the key that reads it.
-    pub fn add(&mut self, entry: &Entry) {
+    /// Classifies one entry and counts it against the key that reads it; returns its state.
+    pub fn add(&mut self, entry: &Entry) -> State {
         let c = self.chain.classify(&entry.value, &entry.key);
+        let state = c.state;
         self.summary.add(c.state);
         match c.state {
             State::Plaintext => {
@@ -199,6 +212,7 @@ impl<'a> StatusBuilder<'a> {
                 *self.unknown.entry((c.provider, c.key_name)).or_default() += 1;
             }
         }
+        state
     }
 
     /// Finishes the status.
@@ -270,6 +284,8 @@ impl<'a> StatusBuilder<'a> {
             } else {
                 Verdict::Findings
             },
+            resources: BTreeMap::new(),
+            not_covered: BTreeMap::new(),
             unanswered: Vec::new(),
         }
     }
@@ -291,6 +307,172 @@ pub async fn status<S: ReadStore + Sync>(
     let mut status = builder.finish(store.source(), info.revision);
     status.unanswered = store.unanswered();
     Ok(status)
+}
+
+/// The status of every resource in `scope`, each entry read with the chain kube-apiserver would
+/// use for its resource (see [`ResourceChains`]), in one scan pinned to one revision. One
+/// [`StatusBuilder`] per distinct chain; the result merges them: `keys` lists each config path
+/// once (entries of every resource it serves; safe to remove only if it reads none of them and
+/// writes for none), `reasons` name their resources, `resources` counts each covered resource
+/// and `not_covered` the others.
+pub async fn status_resources<S: ReadStore + Sync>(
+    store: &S,
+    chains: &ResourceChains,
+    scope: &Scope,
+) -> Result<Status, StoreError> {
+    let prefix = scope.report_prefix().as_bytes();
+    let mut builders: Vec<StatusBuilder<'_>> = chains
+        .chains()
+        .iter()
+        .map(|c| StatusBuilder::new(c, prefix))
+        .collect();
+    let mut seen: Vec<std::collections::BTreeSet<String>> =
+        vec![Default::default(); builders.len()];
+    let mut resources: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut not_covered: BTreeMap<String, u64> = BTreeMap::new();
+    let revision = crate::audit::scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
+        let Some(info) = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some()) else {
+            return;
+        };
+        if !scope.wants(&info.resource) {
+            return;
+        }
+        let name = info.resource.to_string();
+        match chains.index_for(&info.resource) {
+            Some(i) => {
+                let state = builders[i].add(&entry);
+                resources.entry(name.clone()).or_default().add(state);
+                seen[i].insert(name);
+            }
+            None => *not_covered.entry(name).or_default() += 1,
+        }
+    })
+    .await?;
+    let source = store.source();
+    let parts: Vec<(Vec<String>, Status)> = builders
+        .into_iter()
+        .zip(seen)
+        .map(|(b, seen)| {
+            (
+                seen.into_iter().collect(),
+                b.finish(source.clone(), revision),
+            )
+        })
+        .collect();
+    let mut status = merge_statuses(parts, chains, scope, source, revision);
+    status.resources = resources;
+    status.not_covered = not_covered;
+    status.unanswered = store.unanswered();
+    Ok(status)
+}
+
+/// Merges per-chain statuses into one (see [`status_resources`]).
+fn merge_statuses(
+    parts: Vec<(Vec<String>, Status)>,
+    chains: &ResourceChains,
+    scope: &Scope,
+    source: String,
+    revision: i64,
+) -> Status {
+    let write_chain = match scope.only.first() {
+        Some(gr) => chains.chain_for(gr),
+        None => chains.chains().first(),
+    };
+    let write_provider = write_chain.map_or(
+        ProviderRef {
+            provider: ProviderKind::Identity,
+            key_name: None,
+        },
+        |c| ProviderRef {
+            provider: c.write_entry().provider.kind(),
+            key_name: c.write_entry().provider.key_name().map(str::to_owned),
+        },
+    );
+    let names: Vec<String> = if scope.only.is_empty() {
+        let mut names: Vec<String> = Vec::new();
+        for e in &chains.config().model().resources {
+            for r in &e.resources {
+                if !names.contains(r) {
+                    names.push(r.clone());
+                }
+            }
+        }
+        names
+    } else {
+        scope.only.iter().map(ToString::to_string).collect()
+    };
+    let mut keys: Vec<KeyStatus> = Vec::new();
+    let mut unknown: BTreeMap<(Option<ProviderKind>, Option<String>), u64> = BTreeMap::new();
+    let mut summary = Counts::default();
+    let mut unreadable_plaintext = 0;
+    let mut reasons = Vec::new();
+    for (seen, part) in parts {
+        // Every chain lists its keys, also one whose resources have no entries: its write key
+        // is what kube-apiserver writes them with.
+        for k in part.keys {
+            match keys.iter_mut().find(|have| have.path == k.path) {
+                Some(have) => {
+                    have.entries += k.entries;
+                    have.undecryptable += k.undecryptable;
+                    have.write |= k.write;
+                    for (id, n) in k.kms_key_ids {
+                        *have.kms_key_ids.entry(id).or_default() += n;
+                    }
+                }
+                None => keys.push(k),
+            }
+        }
+        for u in part.unknown_keys {
+            *unknown.entry((u.provider, u.key_name)).or_default() += u.entries;
+        }
+        summary.merge(&part.summary);
+        unreadable_plaintext += part.unreadable_plaintext;
+        for r in part.reasons {
+            reasons.push(format!("{}: {r}", seen.join(", ")));
+        }
+    }
+    keys.sort_by_key(|k| path_order(&k.path));
+    for k in &mut keys {
+        k.safe_to_remove = !k.write && k.entries == 0;
+    }
+    let apiserver_reads_all = reasons.is_empty();
+    Status {
+        source,
+        prefix: scope.report_prefix().to_owned(),
+        resource: names.join(", "),
+        revision,
+        write_provider,
+        keys,
+        unknown_keys: unknown
+            .into_iter()
+            .map(|((provider, key_name), entries)| UnknownKey {
+                provider,
+                key_name,
+                entries,
+            })
+            .collect(),
+        summary,
+        unreadable_plaintext,
+        apiserver_reads_all,
+        reasons,
+        verdict: if apiserver_reads_all {
+            Verdict::Clean
+        } else {
+            Verdict::Findings
+        },
+        resources: BTreeMap::new(),
+        not_covered: BTreeMap::new(),
+        unanswered: Vec::new(),
+    }
+}
+
+/// The numbers in a config path (`resources[1].providers[0].aescbc.keys[2]` → 1, 0, 2): config
+/// order.
+fn path_order(path: &str) -> Vec<u64> {
+    path.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 #[cfg(test)]

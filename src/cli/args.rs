@@ -108,9 +108,14 @@ pub(crate) struct ConfigRotateArgs {
     /// prune: check kine's SQLite file (k3s: /var/lib/rancher/k3s/server/db/state.db).
     #[arg(long, value_name = "FILE")]
     pub(crate) kine_db: Option<PathBuf>,
-    /// prune: the key prefix whose entries must stay readable.
-    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
-    pub(crate) prefix: String,
+    /// prune: the key prefix whose entries must stay readable (read with --resource's chain).
+    /// Without it: every resource the config covers, each read with its own chain before and
+    /// after the prune.
+    #[arg(long, value_parser = prefix_dir)]
+    pub(crate) prefix: Option<String>,
+    /// prune: kube-apiserver's --etcd-prefix (OpenShift: /kubernetes.io/).
+    #[arg(long, default_value = "/registry/", value_parser = prefix_dir)]
+    pub(crate) etcd_prefix: String,
     #[command(flatten)]
     pub(crate) kms: NewKmsArgs,
 }
@@ -291,6 +296,10 @@ pub(crate) struct AuditArgs {
     /// Also fail (exit 1) on stale entries.
     #[arg(long)]
     pub(crate) strict: bool,
+    /// Also list, key by key, the entries of resources the config does not cover (by default
+    /// only counted per resource); JSON: `not_covered_keys`.
+    #[arg(long, short = 'v')]
+    pub(crate) verbose: bool,
     #[command(flatten)]
     pub(crate) kms: KmsArgs,
 }
@@ -303,9 +312,9 @@ pub(crate) struct RewriteArgs {
     /// encrypt.
     #[arg(long, value_name = "FILE", required_unless_present = "k3s")]
     pub(crate) config: Option<PathBuf>,
-    /// Key prefix to rewrite, with the chain of the resource it names. Without it, a live
-    /// rewrite covers every resource the config covers, each to its own write provider (keys of
-    /// other resources are never touched); an offline one (--out) rewrites /registry/secrets/.
+    /// Key prefix to rewrite, with the chain of the resource it names. Without it, a rewrite
+    /// (live or --out) covers every resource the config covers, each to its own write provider
+    /// (keys of other resources are never touched).
     #[arg(long, value_parser = prefix_dir, conflicts_with = "resource")]
     pub(crate) prefix: Option<String>,
     /// Rewrite only this resource, as a config names it (`secrets`, `deployments.apps`,
@@ -391,9 +400,16 @@ pub(crate) struct StatusArgs {
     /// The EncryptionConfiguration kube-apiserver runs with.
     #[arg(long, value_name = "FILE", required_unless_present = "k3s")]
     pub(crate) config: Option<PathBuf>,
-    /// Key prefix to scan.
-    #[arg(long, default_value = "/registry/secrets/", value_parser = prefix_dir)]
-    pub(crate) prefix: String,
+    /// Key prefix to scan, read with the chain of the resource it names. Without it: every
+    /// resource the config covers, each with its own chain.
+    #[arg(long, value_parser = prefix_dir, conflicts_with = "resource")]
+    pub(crate) prefix: Option<String>,
+    /// Only this resource, as a config names it (`secrets`, `deployments.apps`); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) resource: Vec<String>,
+    /// kube-apiserver's --etcd-prefix (OpenShift: /kubernetes.io/), for a status by resource.
+    #[arg(long, default_value = "/registry/", value_parser = prefix_dir)]
+    pub(crate) etcd_prefix: String,
     #[command(flatten)]
     pub(crate) kms: KmsArgs,
 }

@@ -245,6 +245,25 @@ pub(crate) fn status(s: &Status) -> String {
         &s.summary,
         p,
     );
+    if !s.resources.is_empty() {
+        m.gauge(
+            "atrest_status_resource_entries",
+            "Entries of each resource the config covers, at the revision the status read, by state.",
+        );
+        for (resource, c) in &s.resources {
+            for state in State::ALL {
+                m.sample(
+                    "atrest_status_resource_entries",
+                    &[
+                        ("resource", resource),
+                        ("state", state.as_str()),
+                        ("prefix", p),
+                    ],
+                    c.get(state) as f64,
+                );
+            }
+        }
+    }
     key_metric(
         &mut m,
         s,

@@ -126,7 +126,13 @@ async fn old_value_keeps_the_plaintext_after_kine_compacts() {
     // atrest then writes kube-apiserver's compactor record first, as kube-apiserver does).
     let (code, r, err) = json(
         atrest()
-            .args(["rewrite", "--compact", "--endpoints", &kine.endpoint, "--config"])
+            .args([
+                "rewrite",
+                "--compact",
+                "--endpoints",
+                &kine.endpoint,
+                "--config",
+            ])
             .arg(&config),
     );
     assert_eq!(code, 0, "{err}");

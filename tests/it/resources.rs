@@ -367,6 +367,54 @@ async fn group_and_core_wildcards_cover_their_resources_and_count_the_rest() {
         ),
         "{prom}"
     );
+
+    // --verbose lists the entries the config does not cover, key by key.
+    let (quiet, _) = audit(&[
+        "--endpoints",
+        &server.endpoint,
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    assert!(quiet.get("not_covered_keys").is_none(), "{quiet}");
+    let (v, _) = audit(&[
+        "--endpoints",
+        &server.endpoint,
+        "--config",
+        path.to_str().unwrap(),
+        "--verbose",
+    ]);
+    let listed: Vec<&str> = v["not_covered_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let counted: u64 = v["not_covered"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(listed.len() as u64, counted, "{v}");
+    assert!(
+        listed.contains(&"/registry/example.com/widgets/default/w2"),
+        "{listed:?}"
+    );
+    assert!(
+        listed.windows(2).all(|w| w[0] < w[1]),
+        "key order: {listed:?}"
+    );
+    let out = atrest()
+        .args(["audit", "--endpoints", &server.endpoint, "--config"])
+        .arg(&path)
+        .args(["-v", "-o", "table"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("  /registry/example.com/widgets/default/w1\n"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -579,4 +627,382 @@ async fn root_scans_over_many_pages_see_every_key_once() {
     let snap = server.snapshot_save("many.db");
     let (offline, _) = audit(&[&["--snapshot", snap.to_str().unwrap()][..], &args[..]].concat());
     assert_eq!(live["entries"], offline["entries"]);
+}
+
+/// The config of the rewrite tests: every seeded resource has a rule, some write with identity.
+fn rewrite_config() -> String {
+    config(&[
+        ("secrets", &[AESCBC]),
+        ("configmaps", &[SECRETBOX, IDENTITY]),
+        ("'*.apps'", &[SECRETBOX, IDENTITY]),
+        ("'*.example.com'", &[AESGCM, IDENTITY]),
+        ("'*.'", &[IDENTITY]),
+    ])
+}
+
+/// Each resource's counts in an audit report, as JSON.
+fn resource_counts(report: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, r) in report["resources"].as_object().unwrap() {
+        out.insert(
+            name.clone(),
+            serde_json::json!([
+                r["total"],
+                r["current"],
+                r["stale"],
+                r["plaintext"],
+                r["unknown-key"],
+                r["undecryptable"]
+            ]),
+        );
+    }
+    Value::Object(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_rewrite_by_resource_matches_the_live_one_and_leaves_the_rest_byte_identical() {
+    use atrest::store::snapshot::Snapshot;
+
+    let server = EtcdServer::start();
+    let seeded = seed(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &rewrite_config());
+    let input = server.snapshot_save("before.db");
+    let output = dir.path().join("after.db");
+    let out = atrest()
+        .args(["rewrite", "--config"])
+        .arg(&path)
+        .arg("--snapshot")
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    // c2, w2 and the Deployment were plaintext; s2 no Secrets key reads.
+    assert_eq!(s["rewritten"], 3, "{s}");
+    assert_eq!(s["skipped"], 1, "{s}");
+    assert!(
+        s["left_alone"]["services"]
+            .as_str()
+            .unwrap()
+            .contains("identity"),
+        "{s}"
+    );
+    assert_eq!(out.status.code(), Some(1), "s2 stays unknown-key: {s}");
+
+    // Every key the rewrite does not cover is byte-identical in the new file.
+    let before = Snapshot::open(&input).unwrap();
+    let after = Snapshot::open(&output).unwrap();
+    for key in [
+        "/registry/services/specs/default/kubernetes",
+        "/registry/minions/node-1",
+        "/registry/apiregistration.k8s.io/apiservices/v1.apps",
+        "/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com",
+        "/registry/secrets/default/s2",
+        "/registry/secrets/default/s1",
+    ] {
+        let old = before.get(key.as_bytes()).unwrap().unwrap();
+        let new = after.get(key.as_bytes()).unwrap().unwrap();
+        assert_eq!(old.value, new.value, "{key} was changed");
+        assert_eq!(old.value, seeded[key], "{key}");
+    }
+    for (key, provider) in [
+        (
+            "/registry/configmaps/default/c2",
+            "k8s:enc:secretbox:v1:b1:",
+        ),
+        (
+            "/registry/deployments/default/web",
+            "k8s:enc:secretbox:v1:b1:",
+        ),
+        (
+            "/registry/example.com/widgets/default/w2",
+            "k8s:enc:aesgcm:v1:g1:",
+        ),
+    ] {
+        let new = after.get(key.as_bytes()).unwrap().unwrap();
+        assert!(new.value.starts_with(provider.as_bytes()), "{key}");
+    }
+
+    // The new file audits as the live cluster does after a live rewrite by resource.
+    let args = ["--config", path.to_str().unwrap()];
+    let (offline, _) = audit(&[&["--snapshot", output.to_str().unwrap()][..], &args[..]].concat());
+    let live = atrest()
+        .args(["rewrite", "--endpoints", &server.endpoint])
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(live.status.code(), Some(1));
+    let (online, _) = audit(&[&["--endpoints", server.endpoint.as_str()][..], &args[..]].concat());
+    assert_eq!(resource_counts(&offline), resource_counts(&online));
+    assert_eq!(offline["not_covered"], online["not_covered"]);
+    assert_eq!(offline["history"]["plaintext"], 0, "{}", offline["history"]);
+
+    // --prefix still rewrites one prefix with its resource's chain, and nothing else.
+    let narrow = dir.path().join("narrow.db");
+    let out = atrest()
+        .args(["rewrite", "--prefix", "/registry/configmaps/", "--snapshot"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&narrow)
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["rewritten"], 1, "{s}");
+    let narrow = Snapshot::open(&narrow).unwrap();
+    let w2 = narrow
+        .get(b"/registry/example.com/widgets/default/w2")
+        .unwrap()
+        .unwrap();
+    assert_eq!(w2.value, seeded["/registry/example.com/widgets/default/w2"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_by_resource_counts_each_one_and_keeps_every_write_key() {
+    let server = EtcdServer::start();
+    seed(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    // An old secretbox key that reads nothing, kept after the ConfigMaps write key.
+    let old_box = "  - secretbox:
+      keys:
+      - name: b0
+        secret: AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=
+";
+    let text = config(&[
+        ("secrets", &[AESCBC]),
+        ("configmaps", &[SECRETBOX, old_box, IDENTITY]),
+        ("widgets.example.com", &[AESGCM, IDENTITY]),
+    ]);
+    let path = write_config(dir.path(), &text);
+    let out = atrest()
+        .args(["status", "--endpoints", &server.endpoint, "--config"])
+        .arg(&path)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let st: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "s2 is unreadable: {st}");
+    assert_eq!(st["prefix"], "/registry/");
+    assert_eq!(st["resource"], "secrets, configmaps, widgets.example.com");
+    assert_eq!(st["resources"]["secrets"]["total"], 2);
+    assert_eq!(st["resources"]["configmaps"]["current"], 1);
+    assert_eq!(st["resources"]["configmaps"]["plaintext"], 1);
+    assert_eq!(st["resources"]["widgets.example.com"]["total"], 2);
+    assert_eq!(st["summary"]["total"], 6);
+    // Exact names: only their prefixes are read, so nothing uncovered is met.
+    assert!(st.get("not_covered").is_none(), "{st}");
+    let keys: Vec<(String, bool, u64, bool)> = st["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["path"].as_str().unwrap().to_owned(),
+                k["write"].as_bool().unwrap(),
+                k["entries"].as_u64().unwrap(),
+                k["safe_to_remove"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let key = |p: &str, w: bool, n: u64, safe: bool| (p.to_owned(), w, n, safe);
+    assert_eq!(
+        keys,
+        [
+            key("resources[0].providers[0].aescbc.keys[0]", true, 1, false),
+            key(
+                "resources[1].providers[0].secretbox.keys[0]",
+                true,
+                1,
+                false
+            ),
+            key(
+                "resources[1].providers[1].secretbox.keys[0]",
+                false,
+                0,
+                true
+            ),
+            key("resources[1].providers[2].identity", false, 1, false),
+            key("resources[2].providers[0].aesgcm.keys[0]", true, 1, false),
+            key("resources[2].providers[1].identity", false, 1, false),
+        ],
+        "{st}"
+    );
+    let reasons = st["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "{st}");
+    assert!(
+        reasons[0]
+            .as_str()
+            .unwrap()
+            .starts_with("secrets: 1 entry is encrypted with keys the config does not have"),
+        "{st}"
+    );
+
+    // --resource narrows; --prefix keeps the one-prefix status.
+    let out = atrest()
+        .args([
+            "status",
+            "--endpoints",
+            &server.endpoint,
+            "--resource",
+            "configmaps",
+            "--config",
+        ])
+        .arg(&path)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let only: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{only}");
+    assert_eq!(only["prefix"], "/registry/configmaps/");
+    assert_eq!(only["summary"]["total"], 2);
+    let out = atrest()
+        .args([
+            "status",
+            "--endpoints",
+            &server.endpoint,
+            "--prefix",
+            "/registry/secrets/",
+            "--config",
+        ])
+        .arg(&path)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let one: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(one["resource"], "secrets");
+    assert!(one.get("resources").is_none(), "{one}");
+
+    // The table and the metrics name each resource.
+    let out = atrest()
+        .args([
+            "status",
+            "--endpoints",
+            &server.endpoint,
+            "-o",
+            "table",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("By resource:"), "{table}");
+    assert!(
+        table.contains("Safe to remove (no entry under /registry/ needs them): resources[1].providers[1].secretbox.keys[0]"),
+        "{table}"
+    );
+    assert!(table.contains("widgets.example.com"), "{table}");
+    let out = atrest()
+        .args([
+            "status",
+            "--endpoints",
+            &server.endpoint,
+            "-o",
+            "prometheus",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let prom = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        prom.contains("atrest_status_resource_entries{resource=\"configmaps\",state=\"plaintext\",prefix=\"/registry/\"} 1"),
+        "{prom}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_checks_every_resource_the_edited_element_serves() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // One element serves Secrets and ConfigMaps; k2 writes, k1 is old.
+    let keys = |names: &[&str]| {
+        let mut out = "  - aescbc:\n      keys:\n".to_owned();
+        for n in names {
+            let secret = if *n == "k1" {
+                "7d9+9fRVOV06k4tCYRlZgx3EB0XKUbEzNCfAO/j2Cr0="
+            } else {
+                "rrbu51iF5Q+RAUNdZZ4HrBOFWTfFZBeOUSsPWYzZGxY="
+            };
+            out += &format!("      - name: {n}\n        secret: {secret}\n");
+        }
+        out
+    };
+    let old = config(&[("secrets, configmaps", &[&keys(&["k1"])])]);
+    let now = config(&[("secrets, configmaps", &[&keys(&["k2", "k1"])])]);
+    let mut client = server.client().await;
+    let s = "/registry/secrets/default/s";
+    put_raw(
+        &mut client,
+        s.as_bytes(),
+        &encrypt(&now, "", "secrets", s, &stored_secret()),
+    )
+    .await;
+    // The ConfigMap is still under k1: the Secrets-only check would let the prune through.
+    let c = "/registry/configmaps/default/c";
+    put_raw(
+        &mut client,
+        c.as_bytes(),
+        &encrypt(&old, "", "configmaps", c, b"k8s\0cm"),
+    )
+    .await;
+    let path = write_config(dir.path(), &now);
+    let prune = |extra: &[&str]| {
+        atrest()
+            .args(["config", "rotate"])
+            .arg(&path)
+            .args([
+                "--stage",
+                "prune",
+                "--no-backup",
+                "--endpoints",
+                &server.endpoint,
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = prune(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "refusing to prune: 1 entry of the resources the config covers is still encrypted"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("aescbc key \"k1\""), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        now,
+        "the config is unchanged"
+    );
+
+    // Narrowed to Secrets by --prefix (the old check), the prune would go through: rewrite the
+    // ConfigMap instead, then the prune passes.
+    let out = atrest()
+        .args(["rewrite", "--endpoints", &server.endpoint, "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = prune(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("k1"));
 }

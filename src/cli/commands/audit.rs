@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use atrest::audit::{self, Observer, Report, ReportEntry, Verdict};
-use atrest::resource::{GroupResource, Scope};
+use atrest::resource::GroupResource;
 use atrest::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_ENDPOINT};
 use atrest::store::snapshot::Snapshot;
-use atrest::transform::{State, TransformError};
+use atrest::transform::State;
 use indicatif::ProgressBar;
 
 use super::load_chain;
@@ -23,6 +23,31 @@ impl Observer for Progress {
     }
     fn entry(&self, _e: &ReportEntry) {
         self.0.inc(1);
+    }
+}
+
+/// [`Progress`], also keeping the keys of entries the config does not cover (`--verbose`).
+struct Verbose {
+    bar: Progress,
+    list: bool,
+    not_covered: std::sync::Mutex<Vec<String>>,
+}
+
+impl Observer for Verbose {
+    fn total(&self, n: u64) {
+        self.bar.total(n);
+    }
+    fn entry(&self, e: &ReportEntry) {
+        self.bar.entry(e);
+    }
+    fn not_covered(&self, key: &[u8], _resource: &GroupResource) {
+        self.bar.0.inc(1);
+        if self.list {
+            self.not_covered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(String::from_utf8_lossy(key).into_owned());
+        }
     }
 }
 
@@ -116,43 +141,34 @@ pub(crate) async fn run(
         super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
     // With a config and no --prefix: every resource the config covers, each with its chain.
     if let (Some(path), None) = (&args.config, &args.prefix) {
-        let mut chains = super::load_chains(path, &args.kms)?;
-        let only: Vec<GroupResource> = args
-            .resource
-            .iter()
-            .map(|n| GroupResource::parse(n))
-            .collect();
-        for gr in &only {
-            if chains.chain_for(gr).is_none() {
-                return Err(CliError::usage(format!(
-                    "{}: {}",
-                    path.display(),
-                    TransformError::NotCovered(gr.to_string())
-                ))
-                .advice(
-                    "name a resource the config covers, or add it to the config's `resources` list",
-                ));
-            }
-        }
-        let scope = Scope::from_config(chains.config(), &args.etcd_prefix, &only);
-        let bar = Progress(output::progress("auditing"));
-        let report = match (&args.snapshot, &args.kine_db) {
+        let chains = super::load_chains(path, &args.kms)?;
+        let scope = super::resource_scope(path, &chains, &args.resource, &args.etcd_prefix)?;
+        let bar = Verbose {
+            bar: Progress(output::progress("auditing")),
+            list: args.verbose,
+            not_covered: std::sync::Mutex::new(Vec::new()),
+        };
+        let mut report = match (&args.snapshot, &args.kine_db) {
             (None, Some(path)) => {
                 let db = super::open_kine(path)?;
-                audit::audit_kine_resources(&db, &mut chains, &scope, &bar).await?
+                audit::audit_kine_resources(&db, &chains, &scope, &bar).await?
             }
             (Some(path), _) => {
                 let snap = open_snapshot(path)?;
-                audit::audit_snapshot_resources(&snap, &mut chains, &scope, &bar).await?
+                audit::audit_snapshot_resources(&snap, &chains, &scope, &bar).await?
             }
             (None, None) => {
                 let store = connect(&args.store).await?;
-                let report = audit::audit_resources(&store, &mut chains, &scope, &bar).await;
+                let report = audit::audit_resources(&store, &chains, &scope, &bar).await;
                 warn_failover(&store);
                 report?
             }
         };
-        bar.0.finish_and_clear();
+        bar.bar.0.finish_and_clear();
+        report.not_covered_keys = bar
+            .not_covered
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         return finish(&report, true, &args, format);
     }
     let prefix_text = args
@@ -318,6 +334,12 @@ fn render(r: &Report, with_config: bool, args: &AuditArgs) -> String {
                 r.not_covered_total(),
                 list.join(", ")
             );
+            if r.not_covered_keys.is_empty() {
+                out += "(--verbose lists them.)\n";
+            }
+            for key in &r.not_covered_keys {
+                out += &format!("  {key}\n");
+            }
         }
     }
 

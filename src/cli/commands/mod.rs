@@ -13,7 +13,7 @@ pub(crate) mod status;
 use std::path::Path;
 
 use atrest::config::{Config, ConfigError, NewKms};
-use atrest::resource::ResourceChains;
+use atrest::resource::{GroupResource, ResourceChains, Scope};
 use atrest::transform::{Chain, KmsOptions, TransformError};
 
 use super::args::{KmsArgs, NewKmsArgs};
@@ -75,6 +75,30 @@ pub(crate) fn load_chains(path: &Path, kms: &KmsArgs) -> Result<ResourceChains, 
         check_kms_plugins(chain)?;
     }
     Ok(chains)
+}
+
+/// The scope of a command by resource: every resource the config covers, or only the
+/// `--resource` names (each must be covered), below kube-apiserver's `--etcd-prefix`.
+pub(crate) fn resource_scope(
+    path: &Path,
+    chains: &ResourceChains,
+    names: &[String],
+    etcd_prefix: &str,
+) -> Result<Scope, CliError> {
+    let only: Vec<GroupResource> = names.iter().map(|n| GroupResource::parse(n)).collect();
+    for gr in &only {
+        if chains.chain_for(gr).is_none() {
+            return Err(CliError::usage(format!(
+                "{}: {}",
+                path.display(),
+                TransformError::NotCovered(gr.to_string())
+            ))
+            .advice(
+                "name a resource the config covers, or add it to the config's `resources` list",
+            ));
+        }
+    }
+    Ok(Scope::from_config(chains.config(), etcd_prefix, &only))
 }
 
 /// `--no-kms` and `--kms-endpoint NAME=unix:///PATH` as library options; every NAME must be a

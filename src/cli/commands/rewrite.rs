@@ -1,7 +1,7 @@
 //! `atrest rewrite`: re-encrypt plaintext and stale entries in place, safely.
 
-use atrest::offline::{rewrite_kine, rewrite_snapshot, OfflineError};
-use atrest::resource::{GroupResource, Scope};
+use atrest::offline::{rewrite_kine, rewrite_snapshot, Coverage, OfflineError};
+use atrest::resource::Scope;
 use atrest::rewrite::{self, Observer, RewriteEntry, RewriteOptions};
 use atrest::rewrite_resources::{self, ResourceRewriteSummary};
 use atrest::space::{self, SpacePlan};
@@ -9,7 +9,6 @@ use atrest::store::etcd::EtcdError;
 use atrest::store::etcd::QuotaSource;
 use atrest::store::snapshot::Snapshot;
 use atrest::store::{ReadStore, StoreError, WriteStore};
-use atrest::transform::TransformError;
 use indicatif::ProgressBar;
 
 use super::audit::{connect, warn_failover};
@@ -49,52 +48,28 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }
-    // Live, without --prefix: every resource the config covers, each to its own write provider.
-    let by_resource = args.prefix.is_none() && args.out.is_none();
-    if args.out.is_some() && !args.resource.is_empty() {
-        return Err(CliError::usage("--resource is for live rewrites")
-            .advice("pass --prefix for an offline rewrite (--out)"));
-    }
+    // Without --prefix: every resource the config covers, each to its own write provider.
+    let by_resource = args.prefix.is_none();
     let prefix = args
         .prefix
         .clone()
         .unwrap_or_else(|| "/registry/secrets/".to_owned());
-    let (chain, mut chains) = if by_resource {
+    let (chain, chains) = if by_resource {
         let chains = super::load_chains(&config, &args.kms)?;
         (None, Some(chains))
     } else {
         (Some(load_chain(&config, &prefix, &args.kms)?), None)
     };
     let scope = match &chains {
-        Some(chains) => {
-            let only: Vec<GroupResource> = args
-                .resource
-                .iter()
-                .map(|n| GroupResource::parse(n))
-                .collect();
-            Some(Scope::from_config(
-                chains.config(),
-                &args.etcd_prefix,
-                &only,
-            ))
-        }
+        Some(chains) => Some(super::resource_scope(
+            &config,
+            chains,
+            &args.resource,
+            &args.etcd_prefix,
+        )?),
         None => None,
     };
-    if let (Some(chains), Some(scope)) = (chains.as_mut(), &scope) {
-        for gr in &scope.only {
-            if chains.chain_for(gr).is_none() {
-                return Err(CliError::usage(format!(
-                    "{}: {}",
-                    config.display(),
-                    TransformError::NotCovered(gr.to_string())
-                ))
-                .advice(
-                    "name a resource the config covers, or add it to the config's `resources` list",
-                ));
-            }
-        }
-    }
-    if let (Some(out), Some(chain)) = (&args.out, &chain) {
+    if let Some(out) = &args.out {
         let input = args
             .snapshot
             .as_ref()
@@ -102,7 +77,12 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
             .ok_or_else(|| {
                 CliError::usage("--out is for offline rewrites: pass --snapshot IN or --kine-db IN")
             })?;
-        return offline(chain, input, out, &prefix, &args, format).await;
+        let what = match (&chain, &chains, &scope) {
+            (Some(chain), _, _) => Offline::Prefix(chain, &prefix),
+            (None, Some(chains), Some(scope)) => Offline::Resources(chains, scope),
+            _ => return Err(CliError::usage("nothing to rewrite")),
+        };
+        return offline(what, input, out, &args, format).await;
     }
     if args.force && args.backup.is_none() && args.out.is_none() {
         return Err(CliError::usage("--force needs --backup FILE or --out FILE"));
@@ -129,7 +109,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         check_space(
             &store,
             chain.as_ref(),
-            chains.as_mut().zip(scope.as_ref()),
+            chains.as_ref().zip(scope.as_ref()),
             &prefix,
             &args,
         )
@@ -194,7 +174,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         // Ctrl-C: finish the transactions in flight, start no new ones.
         let _ = tokio::signal::ctrl_c().await;
     };
-    let mut summary = match (&chain, chains.as_mut(), &scope) {
+    let mut summary = match (&chain, chains.as_ref(), &scope) {
         (Some(chain), _, _) => {
             let summary = rewrite::apply(&store, chain, &opts, &bar, shutdown).await;
             warn_failover(&store);
@@ -247,7 +227,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
 async fn check_space(
     store: &atrest::store::etcd::EtcdStore,
     chain: Option<&atrest::transform::Chain>,
-    by_resource: Option<(&mut atrest::resource::ResourceChains, &Scope)>,
+    by_resource: Option<(&atrest::resource::ResourceChains, &Scope)>,
     prefix: &str,
     args: &RewriteArgs,
 ) -> Result<Option<SpacePlan>, CliError> {
@@ -368,11 +348,34 @@ fn rewrite_error(e: rewrite::RewriteError) -> CliError {
     err
 }
 
+/// What an offline rewrite covers (see [`Coverage`]).
+enum Offline<'a> {
+    Prefix(&'a atrest::transform::Chain, &'a str),
+    Resources(&'a atrest::resource::ResourceChains, &'a Scope),
+}
+
+impl Offline<'_> {
+    async fn coverage<'a, S: ReadStore + Sync>(
+        &'a self,
+        store: &S,
+        allow_decrypt: bool,
+    ) -> Result<Coverage<'a>, CliError> {
+        Ok(match self {
+            Offline::Prefix(chain, prefix) => Coverage::Prefix {
+                chain,
+                prefix: prefix.as_bytes(),
+            },
+            Offline::Resources(chains, scope) => {
+                Coverage::resources(store, chains, scope, allow_decrypt).await?
+            }
+        })
+    }
+}
+
 async fn offline(
-    chain: &atrest::transform::Chain,
+    what: Offline<'_>,
     input: &std::path::Path,
     out: &std::path::Path,
-    prefix: &str,
     args: &RewriteArgs,
     format: Option<OutputFormat>,
 ) -> Result<Exit, CliError> {
@@ -393,18 +396,12 @@ async fn offline(
     }
     let result = if kine {
         let db = super::open_kine(input)?;
-        rewrite_kine(
-            &db,
-            out,
-            args.force,
-            chain,
-            prefix.as_bytes(),
-            args.allow_decrypt,
-        )
-        .await
+        let coverage = what.coverage(&db, args.allow_decrypt).await?;
+        rewrite_kine(&db, out, args.force, &coverage, args.allow_decrypt).await
     } else {
         let snap = Snapshot::open(input).map_err(StoreError::from)?;
-        rewrite_snapshot(&snap, out, chain, prefix.as_bytes(), args.allow_decrypt).await
+        let coverage = what.coverage(&snap, args.allow_decrypt).await?;
+        rewrite_snapshot(&snap, out, &coverage, args.allow_decrypt).await
     };
     let s = result.map_err(|e| match e {
         OfflineError::Snapshot(e) => CliError::from(atrest::store::StoreError::from(e)),
@@ -453,6 +450,12 @@ async fn offline(
                 s.after_history.stale,
                 s.after_residue
             );
+            for (resource, why) in &s.left_alone {
+                text += &format!("Left {resource} as it is: {why}.\n");
+            }
+            for e in &s.crd_errors {
+                text += &format!("warning: {e}; its custom resources were left as they are\n");
+            }
             text += &if kine {
                 format!(
                     "Use it with k3s stopped: replace /var/lib/rancher/k3s/server/db/state.db with {} (and remove state.db-wal and state.db-shm), then start k3s.\n",

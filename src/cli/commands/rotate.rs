@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use atrest::audit::{prune_check, PruneCheck};
+use atrest::audit::{prune_check, prune_check_resources, PruneCheck};
 use atrest::config::{self, Config, NewProvider};
 use atrest::provider::Provider;
+use atrest::resource::{ResourceChains, Scope};
 use atrest::store::snapshot::Snapshot;
-use atrest::transform::Chain;
+use atrest::transform::{Chain, KmsOptions};
 use serde::Serialize;
 
 use super::audit::connect;
@@ -194,21 +195,49 @@ pub(crate) async fn run(
             }
             let after_config = Config::from_model(model.clone())?;
             let after = chain_for(&after_config, &args.resource, file)?;
-            let prefix = args.prefix.as_bytes();
             let (_, kine_db) = super::k3s_paths(&args.store, None, args.kine_db.as_deref());
-            let PruneCheck { blocked, lost } = match (&args.snapshot, &kine_db) {
-                (None, Some(path)) => {
-                    prune_check(&super::open_kine(path)?, &before, &after, prefix).await?
-                }
-                (Some(path), _) => {
-                    let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
-                    prune_check(&snap, &before, &after, prefix).await?
-                }
-                (None, None) => {
-                    let store = connect(&args.store).await?;
-                    prune_check(&store, &before, &after, prefix).await?
+            // Without --prefix: every resource the config covers (the edited element may serve
+            // several), each read with its own chain before and after.
+            let by_resource = match &args.prefix {
+                Some(_) => None,
+                None => {
+                    let chains = |c: Config| {
+                        ResourceChains::new(c, &KmsOptions::default())
+                            .map_err(|e| CliError::usage(format!("{}: {e}", file.display())))
+                    };
+                    let before_all = chains(config.clone())?;
+                    let after_all = chains(after_config.clone())?;
+                    let scope = Scope::from_config(before_all.config(), &args.etcd_prefix, &[]);
+                    Some((before_all, after_all, scope))
                 }
             };
+            let prefix = args.prefix.as_deref().unwrap_or_default().as_bytes();
+            let PruneCheck { blocked, lost } = match (&args.snapshot, &kine_db, &by_resource) {
+                (None, Some(path), None) => {
+                    prune_check(&super::open_kine(path)?, &before, &after, prefix).await?
+                }
+                (None, Some(path), Some((b, a, scope))) => {
+                    prune_check_resources(&super::open_kine(path)?, b, a, scope).await?
+                }
+                (Some(path), _, by_resource) => {
+                    let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
+                    match by_resource {
+                        None => prune_check(&snap, &before, &after, prefix).await?,
+                        Some((b, a, scope)) => prune_check_resources(&snap, b, a, scope).await?,
+                    }
+                }
+                (None, None, by_resource) => {
+                    let store = connect(&args.store).await?;
+                    match by_resource {
+                        None => prune_check(&store, &before, &after, prefix).await?,
+                        Some((b, a, scope)) => prune_check_resources(&store, b, a, scope).await?,
+                    }
+                }
+            };
+            let under = args
+                .prefix
+                .clone()
+                .unwrap_or_else(|| "the resources the config covers".to_owned());
             if !blocked.is_empty() {
                 let mut by_key: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
                 for e in &blocked {
@@ -223,10 +252,10 @@ pub(crate) async fn run(
                         .or_default() += 1;
                 }
                 let mut err = CliError::usage(format!(
-                    "refusing to prune: {} {} under {} {} still encrypted with keys it would remove",
+                    "refusing to prune: {} {} of {} {} still encrypted with keys it would remove",
                     blocked.len(),
                     plural(blocked.len(), "entry", "entries"),
-                    args.prefix,
+                    under,
                     plural(blocked.len(), "is", "are"),
                 ));
                 err.code = 1;
@@ -248,11 +277,11 @@ pub(crate) async fn run(
             }
             if !lost.is_empty() {
                 eprintln!(
-                    "warning: {} {} under {} no configured key can decrypt name a key this prune \
+                    "warning: {} {} of {} no configured key can decrypt name a key this prune \
                      removes; without that key they are lost for good:",
                     lost.len(),
                     plural(lost.len(), "entry", "entries"),
-                    args.prefix
+                    under
                 );
                 for e in &lost {
                     eprintln!(
@@ -267,11 +296,11 @@ pub(crate) async fn run(
             report.removed = removed.clone();
             (
                 format!(
-                    "Pruned {} {}: {}. No readable entry under {} needs {}.",
+                    "Pruned {} {}: {}. No readable entry of {} needs {}.",
                     removed.len(),
                     plural(removed.len(), "key", "keys"),
                     removed.join(", "),
-                    args.prefix,
+                    under,
                     plural(removed.len(), "it", "them"),
                 ),
                 "Next: copy the file to every control-plane node and restart every kube-apiserver. Backups and snapshots taken before the rewrite still need the old keys: keep them somewhere safe.".to_owned(),

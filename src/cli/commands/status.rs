@@ -22,19 +22,45 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
         .config
         .clone()
         .ok_or_else(|| CliError::usage("--config FILE is required"))?;
-    let chain = load_chain(&config, &args.prefix, &args.kms)?;
-    let prefix = args.prefix.as_bytes();
-    let status = match (&args.snapshot, &args.kine_db) {
-        (None, Some(path)) => status::status(&super::open_kine(path)?, &chain, prefix).await?,
-        (Some(path), _) => {
-            let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
-            status::status(&snap, &chain, prefix).await?
+    let status = match &args.prefix {
+        Some(prefix) => {
+            let chain = load_chain(&config, prefix, &args.kms)?;
+            let prefix = prefix.as_bytes();
+            match (&args.snapshot, &args.kine_db) {
+                (None, Some(path)) => {
+                    status::status(&super::open_kine(path)?, &chain, prefix).await?
+                }
+                (Some(path), _) => {
+                    let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
+                    status::status(&snap, &chain, prefix).await?
+                }
+                (None, None) => {
+                    let store = connect(&args.store).await?;
+                    let status = status::status(&store, &chain, prefix).await;
+                    warn_failover(&store);
+                    status?
+                }
+            }
         }
-        (None, None) => {
-            let store = connect(&args.store).await?;
-            let status = status::status(&store, &chain, prefix).await;
-            warn_failover(&store);
-            status?
+        // Every resource the config covers, each with its own chain.
+        None => {
+            let chains = super::load_chains(&config, &args.kms)?;
+            let scope = super::resource_scope(&config, &chains, &args.resource, &args.etcd_prefix)?;
+            match (&args.snapshot, &args.kine_db) {
+                (None, Some(path)) => {
+                    status::status_resources(&super::open_kine(path)?, &chains, &scope).await?
+                }
+                (Some(path), _) => {
+                    let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
+                    status::status_resources(&snap, &chains, &scope).await?
+                }
+                (None, None) => {
+                    let store = connect(&args.store).await?;
+                    let status = status::status_resources(&store, &chains, &scope).await;
+                    warn_failover(&store);
+                    status?
+                }
+            }
         }
     };
     match output::format(format) {
@@ -129,6 +155,43 @@ fn render(s: &Status, args: &StatusArgs) -> String {
         c.undecryptable,
         c.kms
     );
+    if !s.resources.is_empty() {
+        let mut t = output::table();
+        t.set_header(vec![
+            "resource",
+            "entries",
+            "current",
+            "stale",
+            "plaintext",
+            "unknown-key",
+            "undecryptable",
+            "kms",
+        ]);
+        for (resource, c) in &s.resources {
+            t.add_row(vec![
+                resource.clone(),
+                c.total.to_string(),
+                c.current.to_string(),
+                c.stale.to_string(),
+                c.plaintext.to_string(),
+                c.unknown_key.to_string(),
+                c.undecryptable.to_string(),
+                c.kms.to_string(),
+            ]);
+        }
+        out += &format!("\nBy resource:\n{t}\n");
+    }
+    if !s.not_covered.is_empty() {
+        let list: Vec<String> = s
+            .not_covered
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        out += &format!(
+            "Not covered by the config (stored unencrypted; not findings): {}\n",
+            list.join(", ")
+        );
+    }
     let removable: Vec<&str> = s
         .keys
         .iter()
