@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::provider::ProviderKind;
+use crate::provider::{Provider, ProviderKind};
 use crate::resource::{split_key, GroupResource, KeyInfo, ResourceChains, Scope};
 use crate::store::{Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{classify_without_config, Chain, Classification, State};
@@ -215,6 +215,10 @@ pub struct Report {
     /// Entries of resources the config does not cover (kube-apiserver stores them as they
     /// come), counted by resource: not findings, not listed. Empty for `--prefix` audits.
     pub not_covered: BTreeMap<String, u64>,
+    /// Plaintext entries of resources whose write provider is identity: the config stores them
+    /// unencrypted, kube-apiserver reads them as current (not stale), and a rewrite leaves them
+    /// as they are. Counted in `plaintext`, but not findings.
+    pub plaintext_by_config: u64,
     /// With `--verbose`: the keys counted in `not_covered`, in key order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_covered_keys: Vec<String>,
@@ -232,9 +236,19 @@ pub struct Report {
 }
 
 impl Report {
-    /// The verdict (see [`Counts::verdict`]); history and residue do not change it.
+    /// The verdict (see [`Counts::verdict`]), without the plaintext entries the config asks for
+    /// ([`Report::plaintext_by_config`]); history and residue do not change it.
     pub fn verdict(&self, strict: bool) -> Verdict {
-        self.summary.verdict(strict)
+        let mut counted = self.summary;
+        counted.plaintext -= self.plaintext_by_config.min(counted.plaintext);
+        counted.verdict(strict)
+    }
+
+    /// Plaintext, unknown-key and undecryptable entries that are findings.
+    pub fn findings(&self) -> u64 {
+        self.summary.plaintext - self.plaintext_by_config.min(self.summary.plaintext)
+            + self.summary.unknown_key
+            + self.summary.undecryptable
     }
 
     /// Entries grouped by namespace (cluster-scoped entries under `""`), skipping `current`
@@ -358,6 +372,7 @@ pub struct Auditor<'a> {
     summary: Summary,
     resources: BTreeMap<String, ResourceSummary>,
     not_covered: BTreeMap<String, u64>,
+    plaintext_by_config: u64,
 }
 
 impl<'a> Auditor<'a> {
@@ -375,6 +390,7 @@ impl<'a> Auditor<'a> {
             summary: Summary::default(),
             resources: BTreeMap::new(),
             not_covered: BTreeMap::new(),
+            plaintext_by_config: 0,
         }
     }
 
@@ -428,6 +444,11 @@ impl<'a> Auditor<'a> {
             }
         });
         self.summary.add(c.state);
+        if c.state == State::Plaintext
+            && chain.is_some_and(|ch| matches!(ch.write_entry().provider, Provider::Identity(_)))
+        {
+            self.plaintext_by_config += 1;
+        }
         let per = match self.resources.get_mut(&*resource) {
             Some(per) => per,
             None => self.resources.entry(resource.to_string()).or_default(),
@@ -480,6 +501,7 @@ impl<'a> Auditor<'a> {
             summary: self.summary,
             resources: self.resources,
             not_covered: self.not_covered,
+            plaintext_by_config: self.plaintext_by_config,
             not_covered_keys: Vec::new(),
             history: None,
             residue: None,
@@ -973,6 +995,40 @@ mod tests {
             assert_eq!(e.verdict(false), Verdict::Findings, "{bad}");
             assert_eq!(e.get(bad), 1);
             assert_eq!(e.total, 1);
+        }
+    }
+
+    #[test]
+    fn plaintext_under_an_identity_write_provider_is_not_a_finding() {
+        let yaml = |providers: &str| {
+            format!(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n\
+                 resources:\n- resources: [secrets]\n  providers:\n{providers}"
+            )
+        };
+        let aescbc = "  - aescbc:\n      keys:\n      - {name: k1, secret: 7d9+9fRVOV06k4tCYRlZgx3EB0XKUbEzNCfAO/j2Cr0=}\n";
+        let identity = "  - identity: {}\n";
+        let entry = Entry {
+            key: b"/registry/secrets/ns/a".to_vec(),
+            value: b"k8s\0plain".to_vec(),
+            mod_revision: 2,
+            create_revision: 2,
+            version: 1,
+            lease: 0,
+        };
+        for (providers, by_config, verdict) in [
+            (format!("{identity}{aescbc}"), 1, Verdict::Clean),
+            (format!("{aescbc}{identity}"), 0, Verdict::Findings),
+        ] {
+            let config = crate::config::Config::from_yaml(&yaml(&providers)).unwrap();
+            let chain = Chain::from_config(&config, "", "secrets").unwrap();
+            let mut auditor = Auditor::new(Some(&chain), b"/registry/secrets/");
+            auditor.add(&entry);
+            let report = auditor.finish("test".to_owned(), 2);
+            assert_eq!(report.summary.plaintext, 1);
+            assert_eq!(report.plaintext_by_config, by_config, "{providers}");
+            assert_eq!(report.verdict(false), verdict, "{providers}");
+            assert_eq!(report.findings(), 1 - by_config);
         }
     }
 

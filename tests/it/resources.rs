@@ -564,8 +564,10 @@ async fn rewrite_moves_each_resource_to_its_write_provider_and_leaves_the_rest()
         path.to_str().unwrap(),
     ]);
     // Plaintext is reported whatever the config says: here only the core resources the config
-    // writes with identity (left alone by the rewrite).
+    // writes with identity (left alone by the rewrite). kube-apiserver reads those as current,
+    // so they are not findings.
     assert_eq!(r["summary"]["plaintext"], 2, "{r}");
+    assert_eq!(r["plaintext_by_config"], 2, "{r}");
     assert_eq!(r["resources"]["services"]["plaintext"], 1);
     assert_eq!(r["resources"]["nodes"]["plaintext"], 1);
     assert_eq!(r["resources"]["deployments.apps"]["current"], 1);
@@ -579,6 +581,16 @@ async fn rewrite_moves_each_resource_to_its_write_provider_and_leaves_the_rest()
             "customresourcedefinitions.apiextensions.k8s.io": 1,
         })
     );
+    let (services, code) = audit(&[
+        "--endpoints",
+        &server.endpoint,
+        "--config",
+        path.to_str().unwrap(),
+        "--resource",
+        "services",
+    ]);
+    assert_eq!(services["summary"]["plaintext"], 1, "{services}");
+    assert_eq!(code, 0, "stored as the config says: {services}");
 }
 
 /// A `*.*` audit pages through the root one top-level segment at a time: with more keys than a

@@ -435,13 +435,24 @@ fn render(r: &Report, with_config: bool, args: &AuditArgs) -> String {
         }
     }
 
-    let findings = r.summary.plaintext + r.summary.unknown_key + r.summary.undecryptable;
+    let findings = r.findings();
     out += "\n";
+    if r.plaintext_by_config > 0 {
+        out +=
+            &format!(
+            "{} plaintext because the config's write provider for {} is identity (not findings).\n",
+            output::count(r.plaintext_by_config, "entry is", "entries are"),
+            if r.plaintext_by_config == 1 { "its resource" } else { "their resources" }
+        );
+    }
     out += &match (r.verdict(args.strict), chain) {
         (Verdict::Clean, Some(_)) if r.summary.stale > 0 => format!(
             "OK: nothing unreadable or plaintext; {} can be moved to the write key with `atrest rewrite`.\n",
             output::count(r.summary.stale, "stale entry", "stale entries")
         ),
+        (Verdict::Clean, _) if r.plaintext_by_config > 0 => {
+            "OK: every entry is stored as configured.\n".to_owned()
+        }
         (Verdict::Clean, _) => "OK: every entry is encrypted as configured.\n".to_owned(),
         (Verdict::Findings, Some(_)) => format!(
             "FINDINGS: {} plaintext or unreadable{}. Plaintext and stale entries can be re-encrypted with `atrest rewrite --config FILE`; unreadable ones need the key that wrote them.\n",

@@ -117,7 +117,13 @@ impl EtcdStore {
         after: Option<&[u8]>,
         mut revision: Option<i64>,
     ) -> Result<Page, EtcdError> {
-        if after.is_none() {
+        // A scan's first page finds the splits; so does a page of another prefix than the
+        // splits were found for (a `*.*` audit pages the root, then the rest of one resource's
+        // prefix after a key, then the root again: each resource's prefix gets its own splits).
+        let other_prefix = lock(&self.inner.splits)
+            .as_ref()
+            .is_none_or(|s| s.prefix != prefix);
+        if after.is_none() || other_prefix {
             // Best effort: without splits the scan is one range, as correct and slower.
             let splits = self.find_splits(prefix).await.unwrap_or_default();
             *lock(&self.inner.splits) = Some(Splits {
@@ -205,10 +211,14 @@ impl EtcdStore {
 }
 
 /// Where the namespaces are stored beside a resource prefix: `/registry/secrets/` →
-/// `/registry/namespaces/` (`None` for a prefix without a parent, or the namespaces' own).
+/// `/registry/namespaces/` (`None` for a prefix without a parent — the root `/registry/`
+/// itself — or the namespaces' own).
 fn namespaces_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
     let trimmed = prefix.strip_suffix(b"/")?;
-    let parent_end = trimmed.iter().rposition(|&b| b == b'/')?;
+    let parent_end = trimmed
+        .iter()
+        .rposition(|&b| b == b'/')
+        .filter(|&i| i > 0)?;
     let mut ns = trimmed[..=parent_end].to_vec();
     ns.extend_from_slice(b"namespaces/");
     (ns != prefix).then_some(ns)
@@ -276,6 +286,11 @@ mod tests {
             Some(&b"/custom/prefix/namespaces/"[..])
         );
         assert_eq!(namespaces_prefix(b"/registry/namespaces/"), None);
+        assert_eq!(
+            namespaces_prefix(b"/registry/"),
+            None,
+            "the root has no parent"
+        );
         assert_eq!(namespaces_prefix(b"secrets/"), None);
         assert_eq!(namespaces_prefix(b"/registry/secrets"), None);
         assert_eq!(namespaces_prefix(b""), None);
