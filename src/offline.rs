@@ -340,6 +340,39 @@ fn check_before_writing(
     Ok(())
 }
 
+/// Checks the output against the input: every key the coverage's prefixes hold in `input` is in
+/// the output (read with `get`), covered keys counted in `after` by the states they now have,
+/// every other key byte-identical.
+async fn verify_output<S: ReadStore + Sync>(
+    input: &S,
+    coverage: &Coverage<'_>,
+    get: impl Fn(&[u8]) -> Result<Option<Entry>, OfflineError> + Sync,
+    after: &mut Counts,
+) -> Result<(), OfflineError> {
+    let mut failed = None;
+    for prefix in coverage.prefixes() {
+        input
+            .scan(prefix, |old| {
+                match get(&old.key).and_then(|w| check_written(coverage, &old, w, after)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Snapshot(e) => OfflineError::Snapshot(e),
+                other => OfflineError::Scan(other.to_string()),
+            })?;
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// The output's state of one input key: classified with its chain when the rewrite covers it
 /// (counted in `after`), else it must be byte-identical.
 fn check_written(
@@ -399,31 +432,13 @@ pub async fn rewrite_snapshot(
     }
     // The newest state: every key of the input is in the output, covered keys in the states
     // they now have, every other key byte-identical.
-    let mut failed = None;
-    for prefix in coverage.prefixes() {
-        input
-            .scan(prefix, |old| {
-                let checked = written
-                    .get(&old.key)
-                    .map_err(OfflineError::from)
-                    .and_then(|w| check_written(coverage, &old, w, &mut after));
-                match checked {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
-                }
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::Snapshot(e) => OfflineError::Snapshot(e),
-                other => OfflineError::Scan(other.to_string()),
-            })?;
-        if let Some(e) = failed.take() {
-            return Err(e);
-        }
-    }
+    verify_output(
+        input,
+        coverage,
+        |key| written.get(key).map_err(OfflineError::from),
+        &mut after,
+    )
+    .await?;
     let kind = coverage.kind();
     s.after_residue = written
         .free_runs()
@@ -473,28 +488,17 @@ pub async fn rewrite_kine(
             })
             .map_err(|e| OfflineError::Scan(e.to_string()))?;
     }
-    let mut failed = None;
-    for prefix in coverage.prefixes() {
-        input
-            .scan(prefix, |old| {
-                let checked = written
-                    .get(&old.key)
-                    .map_err(|e| OfflineError::Scan(e.to_string()))
-                    .and_then(|w| check_written(coverage, &old, w, &mut after));
-                match checked {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
-                }
-            })
-            .await
-            .map_err(|e| OfflineError::Scan(e.to_string()))?;
-        if let Some(e) = failed.take() {
-            return Err(e);
-        }
-    }
+    verify_output(
+        input,
+        coverage,
+        |key| {
+            written
+                .get(key)
+                .map_err(|e| OfflineError::Scan(e.to_string()))
+        },
+        &mut after,
+    )
+    .await?;
     // A vacuumed file has no free pages; any would be pages that may hold old bytes.
     s.after_residue = written
         .free_pages()
