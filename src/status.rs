@@ -20,13 +20,13 @@
 //!
 //! No secret value or key material appears in a status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
 use crate::audit::{Counts, ProviderRef, Verdict};
 use crate::provider::{Provider, ProviderKind};
-use crate::resource::{split_key, ResourceChains, Scope};
+use crate::resource::{split_key, GroupResource, ResourceChains, Scope};
 use crate::store::{Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{Chain, ChainEntry, State};
 
@@ -326,10 +326,9 @@ pub async fn status_resources<S: ReadStore + Sync>(
         .iter()
         .map(|c| StatusBuilder::new(c, prefix))
         .collect();
-    let mut seen: Vec<std::collections::BTreeSet<String>> =
-        vec![Default::default(); builders.len()];
-    let mut resources: BTreeMap<String, Counts> = BTreeMap::new();
-    let mut not_covered: BTreeMap<String, u64> = BTreeMap::new();
+    // Keyed by resource, so the scan allocates only for a resource's first entry.
+    let mut resources: HashMap<GroupResource, Counts> = HashMap::new();
+    let mut not_covered: HashMap<GroupResource, u64> = HashMap::new();
     let revision = crate::audit::scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
         let Some(info) = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some()) else {
             return;
@@ -337,17 +336,22 @@ pub async fn status_resources<S: ReadStore + Sync>(
         if !scope.wants(&info.resource) {
             return;
         }
-        let name = info.resource.to_string();
         match chains.index_for(&info.resource) {
             Some(i) => {
                 let state = builders[i].add(&entry);
-                resources.entry(name.clone()).or_default().add(state);
-                seen[i].insert(name);
+                resources.entry(info.resource).or_default().add(state);
             }
-            None => *not_covered.entry(name).or_default() += 1,
+            None => *not_covered.entry(info.resource).or_default() += 1,
         }
     })
     .await?;
+    // The resources each chain read, for the reasons.
+    let mut seen: Vec<BTreeSet<String>> = vec![BTreeSet::new(); builders.len()];
+    for gr in resources.keys() {
+        if let Some(i) = chains.index_for(gr) {
+            seen[i].insert(gr.to_string());
+        }
+    }
     let source = store.source();
     let parts: Vec<(Vec<String>, Status)> = builders
         .into_iter()
@@ -360,8 +364,14 @@ pub async fn status_resources<S: ReadStore + Sync>(
         })
         .collect();
     let mut status = merge_statuses(parts, chains, scope, source, revision);
-    status.resources = resources;
-    status.not_covered = not_covered;
+    status.resources = resources
+        .into_iter()
+        .map(|(gr, c)| (gr.to_string(), c))
+        .collect();
+    status.not_covered = not_covered
+        .into_iter()
+        .map(|(gr, n)| (gr.to_string(), n))
+        .collect();
     status.unanswered = store.unanswered();
     Ok(status)
 }

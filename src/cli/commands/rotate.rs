@@ -9,6 +9,7 @@ use atrest::config::{self, Config, NewProvider};
 use atrest::provider::Provider;
 use atrest::resource::{ResourceChains, Scope};
 use atrest::store::snapshot::Snapshot;
+use atrest::store::ReadStore;
 use atrest::transform::{Chain, KmsOptions};
 use serde::Serialize;
 
@@ -212,26 +213,18 @@ pub(crate) async fn run(
                 }
             };
             let prefix = args.prefix.as_deref().unwrap_or_default().as_bytes();
-            let PruneCheck { blocked, lost } = match (&args.snapshot, &kine_db, &by_resource) {
-                (None, Some(path), None) => {
-                    prune_check(&super::open_kine(path)?, &before, &after, prefix).await?
+            let PruneCheck { blocked, lost } = match (&args.snapshot, &kine_db) {
+                (None, Some(path)) => {
+                    let db = super::open_kine(path)?;
+                    guard(&db, &by_resource, &before, &after, prefix).await?
                 }
-                (None, Some(path), Some((b, a, scope))) => {
-                    prune_check_resources(&super::open_kine(path)?, b, a, scope).await?
-                }
-                (Some(path), _, by_resource) => {
+                (Some(path), _) => {
                     let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
-                    match by_resource {
-                        None => prune_check(&snap, &before, &after, prefix).await?,
-                        Some((b, a, scope)) => prune_check_resources(&snap, b, a, scope).await?,
-                    }
+                    guard(&snap, &by_resource, &before, &after, prefix).await?
                 }
-                (None, None, by_resource) => {
+                (None, None) => {
                     let store = connect(&args.store).await?;
-                    match by_resource {
-                        None => prune_check(&store, &before, &after, prefix).await?,
-                        Some((b, a, scope)) => prune_check_resources(&store, b, a, scope).await?,
-                    }
+                    guard(&store, &by_resource, &before, &after, prefix).await?
                 }
             };
             let under = args
@@ -332,6 +325,21 @@ pub(crate) async fn run(
         output::print_json(&report)?;
     }
     Ok(Exit::Clean)
+}
+
+/// The prune guard: of one prefix with the edited resource's chains, or (`by_resource`) of every
+/// resource the config covers, each with its own chains before and after.
+async fn guard<S: ReadStore + Sync>(
+    store: &S,
+    by_resource: &Option<(ResourceChains, ResourceChains, Scope)>,
+    before: &Chain,
+    after: &Chain,
+    prefix: &[u8],
+) -> Result<PruneCheck, atrest::store::StoreError> {
+    match by_resource {
+        None => prune_check(store, before, after, prefix).await,
+        Some((b, a, scope)) => prune_check_resources(store, b, a, scope).await,
+    }
 }
 
 /// `one` or `many` for a count.

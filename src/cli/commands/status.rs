@@ -4,6 +4,7 @@
 use atrest::audit::Verdict;
 use atrest::status::{self, Status};
 use atrest::store::snapshot::Snapshot;
+use atrest::store::{ReadStore, StoreError};
 
 use super::audit::{connect, warn_failover};
 use super::load_chain;
@@ -22,45 +23,27 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
         .config
         .clone()
         .ok_or_else(|| CliError::usage("--config FILE is required"))?;
-    let status = match &args.prefix {
-        Some(prefix) => {
-            let chain = load_chain(&config, prefix, &args.kms)?;
-            let prefix = prefix.as_bytes();
-            match (&args.snapshot, &args.kine_db) {
-                (None, Some(path)) => {
-                    status::status(&super::open_kine(path)?, &chain, prefix).await?
-                }
-                (Some(path), _) => {
-                    let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
-                    status::status(&snap, &chain, prefix).await?
-                }
-                (None, None) => {
-                    let store = connect(&args.store).await?;
-                    let status = status::status(&store, &chain, prefix).await;
-                    warn_failover(&store);
-                    status?
-                }
-            }
-        }
-        // Every resource the config covers, each with its own chain.
+    // With --prefix, one prefix with its resource's chain; else every resource the config
+    // covers, each with its own chain.
+    let what = match &args.prefix {
+        Some(prefix) => What::Prefix(load_chain(&config, prefix, &args.kms)?, prefix.as_bytes()),
         None => {
             let chains = super::load_chains(&config, &args.kms)?;
             let scope = super::resource_scope(&config, &chains, &args.resource, &args.etcd_prefix)?;
-            match (&args.snapshot, &args.kine_db) {
-                (None, Some(path)) => {
-                    status::status_resources(&super::open_kine(path)?, &chains, &scope).await?
-                }
-                (Some(path), _) => {
-                    let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
-                    status::status_resources(&snap, &chains, &scope).await?
-                }
-                (None, None) => {
-                    let store = connect(&args.store).await?;
-                    let status = status::status_resources(&store, &chains, &scope).await;
-                    warn_failover(&store);
-                    status?
-                }
-            }
+            What::Resources(Box::new(chains), scope)
+        }
+    };
+    let status = match (&args.snapshot, &args.kine_db) {
+        (None, Some(path)) => what.status(&super::open_kine(path)?).await?,
+        (Some(path), _) => {
+            let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
+            what.status(&snap).await?
+        }
+        (None, None) => {
+            let store = connect(&args.store).await?;
+            let status = what.status(&store).await;
+            warn_failover(&store);
+            status?
         }
     };
     match output::format(format) {
@@ -76,6 +59,24 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
         Verdict::Clean => Exit::Clean,
         Verdict::Findings => Exit::Findings,
     })
+}
+
+/// What a status reads.
+enum What<'a> {
+    Prefix(atrest::transform::Chain, &'a [u8]),
+    Resources(
+        Box<atrest::resource::ResourceChains>,
+        atrest::resource::Scope,
+    ),
+}
+
+impl What<'_> {
+    async fn status<S: ReadStore + Sync>(&self, store: &S) -> Result<Status, StoreError> {
+        match self {
+            What::Prefix(chain, prefix) => status::status(store, chain, prefix).await,
+            What::Resources(chains, scope) => status::status_resources(store, chains, scope).await,
+        }
+    }
 }
 
 fn render(s: &Status, args: &StatusArgs) -> String {
