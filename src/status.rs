@@ -50,8 +50,10 @@ pub struct KeyStatus {
     /// Entries whose prefix names this key but that it fails to decrypt (wrong key material,
     /// corrupt, or an aesgcm value moved to another etcd key) and no later key reads either.
     pub undecryptable: u64,
-    /// Whether removing it from the config leaves every entry as readable as now: it reads no
-    /// entry and it is not the write key. For identity: no plaintext entries.
+    /// Whether removing it from the config leaves every entry as readable as now, and loses
+    /// nothing: it reads no entry, no entry that names it fails to decrypt (without the key such
+    /// an entry is lost for good; with it, a repaired key or a recovered KMS plugin may still
+    /// read it), and it is not the write key. For identity: no plaintext entries.
     pub safe_to_remove: bool,
     /// KMS v2 providers: the entries naming this provider, by the KMS key ID (KEK) stored in
     /// them — when the old key ID's count is 0, the plugin may retire that KEK. Absent for
@@ -219,7 +221,7 @@ impl<'a> StatusBuilder<'a> {
     pub fn finish(self, source: String, revision: i64) -> Status {
         let mut keys = self.keys;
         for k in &mut keys {
-            k.safe_to_remove = !k.write && k.entries == 0;
+            k.safe_to_remove = !k.write && k.entries == 0 && k.undecryptable == 0;
         }
         let s = self.summary;
         let mut reasons = Vec::new();
@@ -443,7 +445,7 @@ fn merge_statuses(
     }
     keys.sort_by_key(|k| path_order(&k.path));
     for k in &mut keys {
-        k.safe_to_remove = !k.write && k.entries == 0;
+        k.safe_to_remove = !k.write && k.entries == 0 && k.undecryptable == 0;
     }
     let apiserver_reads_all = reasons.is_empty();
     Status {
@@ -541,5 +543,23 @@ resources:
         assert_eq!(s.reasons.len(), 2, "{:?}", s.reasons);
         assert!(s.reasons[0].contains("no identity provider"));
         assert_eq!(s.verdict, Verdict::Findings);
+    }
+
+    #[test]
+    fn a_key_that_undecryptable_entries_name_is_not_safe_to_remove() {
+        let config = Config::from_yaml(CONFIG).unwrap();
+        let chain = Chain::from_config(&config, "", "secrets").unwrap();
+        let mut b = StatusBuilder::new(&chain, b"/registry/secrets/");
+        // Names key1, which is in the config, but does not decrypt with it.
+        let mut damaged = b"k8s:enc:aescbc:v1:key1:".to_vec();
+        damaged.extend_from_slice(&[7; 32]);
+        b.add(&entry("/registry/secrets/a/x", damaged));
+        let s = b.finish("test".into(), 5);
+        assert_eq!(s.keys[1].key_name.as_deref(), Some("key1"));
+        assert_eq!((s.keys[1].entries, s.keys[1].undecryptable), (0, 1));
+        assert!(
+            !s.keys[1].safe_to_remove,
+            "without key1 the entry is lost for good"
+        );
     }
 }
