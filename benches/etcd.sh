@@ -14,7 +14,7 @@
 #     each run on freshly reloaded data (best of WRITE_RUNS);
 #   - with N other objects beside the Secrets (`bench_load others`), `atrest audit` with the
 #     config's providers under `*.*` (every resource) against the Secrets-only audit of the
-#     same etcd, in entries per second, and its peak RSS.
+#     same etcd, in entries per second, and its peak RSS; and `atrest status` of every resource.
 # It prints markdown tables to stdout and writes nothing into the tree.
 #
 # Environment: RUNS (3), WRITE_RUNS (3), CONCURRENCY (64), CONFIG
@@ -200,6 +200,8 @@ for n in "${sizes[@]}"; do
   ok="0 1" best_of all "$atrest" audit "${ep[@]}" --config "$dir/all.yaml" -o json
   out="$dir/all.json" ok="0 1" timed "$atrest" audit "${ep[@]}" --config "$dir/all.yaml" -o json
   all_entries=$(jq '.summary.total' "$dir/all.json")
+  # status by resource: the same scan, counted per config key instead of listed per entry.
+  ok="0 1" best_of all_status "$atrest" status "${ep[@]}" --config "$dir/all.yaml" -o json
   stop_etcd
   rm -rf "$dir/etcd-$n"
   secrets_eps=$(awk -v n="$n" -v s="$secrets_only_secs" 'BEGIN { printf "%.0f", n / s }')
@@ -225,6 +227,9 @@ snapshot $(mib $((snap_bytes / 1024)))."
   echo "| \`atrest audit --snapshot -o json\` | ${snap_secs} s | $(mib "$snap_rss") | ${snap_cpu} s | - | $(ratio "$snap_secs" "$audit_secs")× the live audit |"
   echo "| \`atrest rewrite --concurrency $concurrency -o json\` | ${rewrite_secs} s | $(mib "$rewrite_rss") | ${rewrite_cpu} s | ${rewrite_etcd} s | $rewritten rewritten, $rewrite_tps entries/s |"
   echo "| baseline: CAS transactions, concurrency $concurrency | ${base_secs} s | $(mib "$base_rss") | ${base_cpu} s | ${base_etcd} s | $written written, $base_tps txn/s |"
+  echo "| \`atrest audit -o json\` beside $n other objects (Secrets only) | ${secrets_only_secs} s | $(mib "$secrets_only_rss") | ${secrets_only_cpu} s | ${secrets_only_etcd} s | $secrets_eps entries/s |"
+  echo "| \`atrest audit -o json\`, config under \`*.*\` | ${all_secs} s | $(mib "$all_rss") | ${all_cpu} s | ${all_etcd} s | $all_entries entries, $all_eps entries/s |"
+  echo "| \`atrest status -o json\`, config under \`*.*\` | ${all_status_secs} s | $(mib "$all_status_rss") | ${all_status_cpu} s | ${all_status_etcd} s | $(awk -v n="$all_entries" -v s="$all_status_secs" 'BEGIN { printf "%.0f", n / s }') entries/s |"
   echo
   echo "| target | measured | verdict |"
   echo "| --- | --- | --- |"
