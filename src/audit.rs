@@ -239,16 +239,20 @@ impl Report {
     /// The verdict (see [`Counts::verdict`]), without the plaintext entries the config asks for
     /// ([`Report::plaintext_by_config`]); history and residue do not change it.
     pub fn verdict(&self, strict: bool) -> Verdict {
-        let mut counted = self.summary;
-        counted.plaintext -= self.plaintext_by_config.min(counted.plaintext);
-        counted.verdict(strict)
+        self.counted().verdict(strict)
     }
 
     /// Plaintext, unknown-key and undecryptable entries that are findings.
     pub fn findings(&self) -> u64 {
-        self.summary.plaintext - self.plaintext_by_config.min(self.summary.plaintext)
-            + self.summary.unknown_key
-            + self.summary.undecryptable
+        let c = self.counted();
+        c.plaintext + c.unknown_key + c.undecryptable
+    }
+
+    /// The summary without the plaintext entries the config asks for.
+    fn counted(&self) -> Counts {
+        let mut c = self.summary;
+        c.plaintext -= self.plaintext_by_config.min(c.plaintext);
+        c
     }
 
     /// Entries grouped by namespace (cluster-scoped entries under `""`), skipping `current`

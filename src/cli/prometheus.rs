@@ -88,6 +88,30 @@ fn counts(m: &mut Exposition, name: &str, help: &str, c: &Counts, prefix: &str) 
     }
 }
 
+/// One gauge of entries by resource and state.
+fn resource_counts<'a>(
+    m: &mut Exposition,
+    name: &str,
+    help: &str,
+    resources: impl Iterator<Item = (&'a str, &'a Counts)>,
+    prefix: &str,
+) {
+    m.gauge(name, help);
+    for (resource, c) in resources {
+        for s in State::ALL {
+            m.sample(
+                name,
+                &[
+                    ("resource", resource),
+                    ("state", s.as_str()),
+                    ("prefix", prefix),
+                ],
+                c.get(s) as f64,
+            );
+        }
+    }
+}
+
 fn bool_value(b: bool) -> f64 {
     if b {
         1.0
@@ -107,19 +131,15 @@ pub(crate) fn audit(r: &Report, strict: bool) -> String {
         &r.summary,
         p,
     );
-    m.gauge(
+    resource_counts(
+        &mut m,
         "atrest_resource_entries",
         "Entries of each resource the config covers, at the audited revision, by state.",
+        r.resources
+            .iter()
+            .map(|(name, per)| (name.as_str(), &per.counts)),
+        p,
     );
-    for (resource, per) in &r.resources {
-        for s in State::ALL {
-            m.sample(
-                "atrest_resource_entries",
-                &[("resource", resource), ("state", s.as_str()), ("prefix", p)],
-                per.counts.get(s) as f64,
-            );
-        }
-    }
     if !r.not_covered.is_empty() {
         m.gauge(
             "atrest_not_covered_entries",
@@ -246,23 +266,13 @@ pub(crate) fn status(s: &Status) -> String {
         p,
     );
     if !s.resources.is_empty() {
-        m.gauge(
+        resource_counts(
+            &mut m,
             "atrest_status_resource_entries",
             "Entries of each resource the config covers, at the revision the status read, by state.",
+            s.resources.iter().map(|(name, c)| (name.as_str(), c)),
+            p,
         );
-        for (resource, c) in &s.resources {
-            for state in State::ALL {
-                m.sample(
-                    "atrest_status_resource_entries",
-                    &[
-                        ("resource", resource),
-                        ("state", state.as_str()),
-                        ("prefix", p),
-                    ],
-                    c.get(state) as f64,
-                );
-            }
-        }
     }
     key_metric(
         &mut m,

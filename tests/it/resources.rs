@@ -140,6 +140,11 @@ fn audit(args: &[&str]) -> (Value, i32) {
     (json, out.status.code().unwrap())
 }
 
+/// What `atrest ARGS` prints on stdout (a table or metrics), whatever its exit status.
+fn stdout_of(args: &[&str]) -> String {
+    String::from_utf8(atrest().args(args).output().unwrap().stdout).unwrap()
+}
+
 /// `key` → (resource, state) of every listed entry.
 fn states(report: &Value) -> BTreeMap<String, (String, String)> {
     report["entries"]
@@ -320,19 +325,19 @@ async fn group_and_core_wildcards_cover_their_resources_and_count_the_rest() {
     assert_eq!(r["summary"]["total"], 7);
 
     // The table groups by resource and names what is not covered.
-    let out = atrest()
-        .args([
+    let config = path.to_str().unwrap();
+    let audit_out = |format: &str| {
+        stdout_of(&[
             "audit",
             "--endpoints",
             &server.endpoint,
             "--config",
-            path.to_str().unwrap(),
+            config,
             "-o",
-            "table",
+            format,
         ])
-        .output()
-        .unwrap();
-    let table = String::from_utf8(out.stdout).unwrap();
+    };
+    let table = audit_out("table");
     assert!(table.contains("By resource:"), "{table}");
     assert!(table.contains("deployments.apps"), "{table}");
     assert!(
@@ -342,19 +347,7 @@ async fn group_and_core_wildcards_cover_their_resources_and_count_the_rest() {
     assert!(table.contains("widgets.example.com 2"), "{table}");
 
     // Prometheus: a resource label.
-    let out = atrest()
-        .args([
-            "audit",
-            "--endpoints",
-            &server.endpoint,
-            "--config",
-            path.to_str().unwrap(),
-            "-o",
-            "prometheus",
-        ])
-        .output()
-        .unwrap();
-    let prom = String::from_utf8(out.stdout).unwrap();
+    let prom = audit_out("prometheus");
     assert!(
         prom.contains(
             "atrest_resource_entries{resource=\"nodes\",state=\"plaintext\",prefix=\"/registry/\"} 1"
@@ -404,13 +397,16 @@ async fn group_and_core_wildcards_cover_their_resources_and_count_the_rest() {
         listed.windows(2).all(|w| w[0] < w[1]),
         "key order: {listed:?}"
     );
-    let out = atrest()
-        .args(["audit", "--endpoints", &server.endpoint, "--config"])
-        .arg(&path)
-        .args(["-v", "-o", "table"])
-        .output()
-        .unwrap();
-    let table = String::from_utf8(out.stdout).unwrap();
+    let table = stdout_of(&[
+        "audit",
+        "--endpoints",
+        &server.endpoint,
+        "--config",
+        config,
+        "-v",
+        "-o",
+        "table",
+    ]);
     assert!(
         table.contains("  /registry/example.com/widgets/default/w1\n"),
         "{table}"
@@ -891,38 +887,26 @@ async fn status_by_resource_counts_each_one_and_keeps_every_write_key() {
     assert!(one.get("resources").is_none(), "{one}");
 
     // The table and the metrics name each resource.
-    let out = atrest()
-        .args([
+    let config = path.to_str().unwrap();
+    let status_out = |format: &str| {
+        stdout_of(&[
             "status",
             "--endpoints",
             &server.endpoint,
             "-o",
-            "table",
+            format,
             "--config",
+            config,
         ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let table = String::from_utf8(out.stdout).unwrap();
+    };
+    let table = status_out("table");
     assert!(table.contains("By resource:"), "{table}");
     assert!(
         table.contains("Safe to remove (no entry under /registry/ needs them): resources[1].providers[1].secretbox.keys[0]"),
         "{table}"
     );
     assert!(table.contains("widgets.example.com"), "{table}");
-    let out = atrest()
-        .args([
-            "status",
-            "--endpoints",
-            &server.endpoint,
-            "-o",
-            "prometheus",
-            "--config",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let prom = String::from_utf8(out.stdout).unwrap();
+    let prom = status_out("prometheus");
     assert!(
         prom.contains("atrest_status_resource_entries{resource=\"configmaps\",state=\"plaintext\",prefix=\"/registry/\"} 1"),
         "{prom}"
