@@ -55,6 +55,32 @@ pub(crate) fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
     Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
 }
 
+/// Writes `contents` to a new file at `path` (not through a symbolic link: a link at `path`
+/// counts as an existing file): created beside it exclusively with mode 0600, flushed, then moved
+/// into place. Without `overwrite` an existing `path` is refused with
+/// [`io::ErrorKind::AlreadyExists`] and left as it was. The temporary file is removed on failure.
+pub fn write_new(path: &Path, contents: &[u8], overwrite: bool) -> io::Result<()> {
+    use std::io::Write;
+    if !overwrite && path.symlink_metadata().is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the file exists",
+        ));
+    }
+    let (tmp, mut file) = create_temp(path)?;
+    let written = file
+        .write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map(|()| drop(file));
+    match written {
+        Ok(()) => persist(&tmp, path, overwrite),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// Moves the finished (already synced and closed) temporary file `tmp` to `path`. Without
 /// `overwrite`, an existing `path` is never replaced — not even one that appeared after the
 /// caller checked: the error is then [`io::ErrorKind::AlreadyExists`]. The directory is flushed
@@ -95,6 +121,27 @@ mod tests {
         let (tmp, _) = create_temp(&path).unwrap();
         persist(&tmp, &path, true).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"");
+    }
+
+    #[test]
+    fn write_new_is_owner_only_and_replaces_a_link_not_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("out");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = write_new(&link, b"secret", false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        write_new(&link, b"secret", true).unwrap();
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            b"keep",
+            "the link's target is untouched"
+        );
+        assert!(!link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&link).unwrap(), b"secret");
+        let mode = fs::metadata(&link).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -35,7 +35,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod apiserver;
-mod atomic_file;
+pub mod atomic_file;
 pub mod audit;
 pub mod config;
 pub mod inspect;

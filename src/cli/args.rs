@@ -185,9 +185,13 @@ pub(crate) struct CryptArgs {
     pub(crate) etcd_key: String,
     /// Input file (`-` or absent: standard input).
     pub(crate) input: Option<PathBuf>,
-    /// Output file (absent or `-`: standard output; decrypt refuses a terminal unless `-`).
+    /// Output file, written atomically with mode 0600 (absent or `-`: standard output; decrypt
+    /// refuses a terminal unless `-`). An existing file is refused unless --force.
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
+    /// Replace the --out FILE if it exists (a symbolic link there is replaced, not followed).
+    #[arg(long, requires = "out")]
+    pub(crate) force: bool,
     #[command(flatten)]
     pub(crate) kms: KmsArgs,
 }

@@ -103,11 +103,21 @@ pub(crate) fn read_input(path: Option<&Path>) -> Result<Vec<u8>, CliError> {
     Ok(buf)
 }
 
-/// Writes raw bytes to a file or standard output.
-pub(crate) fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), CliError> {
+/// Writes raw bytes to standard output (`None` or `-`) or to a new file, atomically and readable
+/// by its owner only (the bytes are often decrypted Secret data). An existing file is refused
+/// unless `force`.
+pub(crate) fn write_output(path: Option<&Path>, bytes: &[u8], force: bool) -> Result<(), CliError> {
     match path {
         Some(p) if p != Path::new("-") => {
-            std::fs::write(p, bytes).map_err(|e| CliError::io(&p.display().to_string(), e))
+            atrest::atomic_file::write_new(p, bytes, force).map_err(|e| {
+                let name = p.display().to_string();
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    CliError::usage(format!("{name} exists"))
+                        .advice("pass --force to replace it, or choose another --out FILE")
+                } else {
+                    CliError::io(&name, e)
+                }
+            })
         }
         _ => {
             let mut out = std::io::stdout().lock();

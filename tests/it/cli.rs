@@ -168,6 +168,69 @@ fn encrypt_then_decrypt_round_trips_raw_bytes() {
         .stdout(plain.clone());
 }
 
+/// Issue 22 item 1: `decrypt --out` wrote decrypted Secret data with `std::fs::write` (mode 0644
+/// under umask 022, through symbolic links, replacing any file without asking).
+#[test]
+fn issue_22_1_decrypt_out_is_owner_only_and_never_replaces_silently() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let enc_path = dir.path().join("value.bin");
+    let enc = atrest()
+        .args([
+            "encrypt",
+            "--config",
+            &example_config(),
+            "--etcd-key",
+            SECRET_KEY,
+        ])
+        .arg(fixture("core.v1.Secret.pb"))
+        .output()
+        .unwrap();
+    assert!(enc.status.success());
+    std::fs::write(&enc_path, &enc.stdout).unwrap();
+    let decrypt = |out: &std::path::Path, force: bool| {
+        let mut cmd = atrest();
+        cmd.args([
+            "decrypt",
+            "--config",
+            &example_config(),
+            "--etcd-key",
+            SECRET_KEY,
+        ]);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.arg("--out").arg(out).arg(&enc_path).output().unwrap()
+    };
+    let out_path = dir.path().join("plain.bin");
+    let done = decrypt(&out_path, false);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let mode = std::fs::metadata(&out_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "decrypted data must be owner-only");
+
+    // An existing file, or a link planted at the name, is refused and left alone.
+    let target = dir.path().join("target");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = dir.path().join("link.bin");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for existing in [&out_path, &link] {
+        let refused = decrypt(existing, false);
+        assert_eq!(refused.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    // --force replaces the link itself, never its target.
+    assert!(decrypt(&link, true).status.success());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert!(!link.symlink_metadata().unwrap().file_type().is_symlink());
+    let mode = std::fs::metadata(&link).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
 #[test]
 fn decrypt_of_a_damaged_value_fails_cleanly() {
     let enc = atrest()

@@ -43,7 +43,7 @@ pub(crate) fn encrypt(args: CryptArgs) -> Result<Exit, CliError> {
     let value = chain
         .encrypt(&input, args.etcd_key.as_bytes())
         .map_err(|e| CliError::usage(format!("cannot encrypt: {e}")))?;
-    write_output(args.out.as_deref(), &value)?;
+    write_output(args.out.as_deref(), &value, args.force)?;
     Ok(Exit::Clean)
 }
 
@@ -65,7 +65,7 @@ pub(crate) fn decrypt(args: CryptArgs) -> Result<Exit, CliError> {
             "the value is not encrypted and the config has no identity provider: kube-apiserver could not read it",
         )),
         (_, Some(plaintext)) => {
-            write_output(args.out.as_deref(), &plaintext)?;
+            write_output(args.out.as_deref(), &plaintext, args.force)?;
             Ok(Exit::Clean)
         }
         (state, None) => {

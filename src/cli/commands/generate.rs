@@ -16,7 +16,7 @@ pub(crate) fn completions(args: CompletionsArgs) -> Result<Exit, CliError> {
     };
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "atrest", &mut buf);
-    output::write_output(None, &buf)?;
+    output::write_output(None, &buf, false)?;
     Ok(Exit::Clean)
 }
 
@@ -57,6 +57,6 @@ pub(crate) fn man(args: ManArgs) -> Result<Exit, CliError> {
     clap_mangen::Man::new(page)
         .render(&mut buf)
         .map_err(|e| CliError::io("the man page", e))?;
-    output::write_output(None, &buf)?;
+    output::write_output(None, &buf, false)?;
     Ok(Exit::Clean)
 }
