@@ -35,20 +35,16 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod apiserver;
-pub mod atomic_file;
 pub mod audit;
 pub mod config;
 pub mod inspect;
-pub mod kms;
 pub mod object;
-pub mod offline;
 #[cfg(test)]
 mod proptests;
 pub mod provider;
 pub mod resource;
 pub mod rewrite;
-pub mod rewrite_resources;
-pub mod space;
+pub mod secret;
 pub mod status;
 pub mod store;
 pub mod transform;

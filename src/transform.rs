@@ -39,7 +39,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::config::{Config, KmsConfiguration, ProviderConfiguration};
-use crate::kms::{Api, KmsError, PluginClient};
+use crate::provider::kms::plugin::{Api, KmsError, PluginClient};
 use crate::provider::{
     aescbc::AesCbc, aesgcm::AesGcm, identity::Identity, identity::ENCRYPTED_MARKER, kms::Kms,
     kms::KmsVersion, secretbox::Secretbox, DecryptError, EncryptError, KeyError, Plaintext,

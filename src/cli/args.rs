@@ -356,7 +356,7 @@ pub(crate) struct RewriteArgs {
     /// compacts etcd's history at each batch's revision so freed pages are reused
     /// (progressive compaction: it removes only history kube-apiserver itself compacts within
     /// 5 minutes). When not even that fits, nothing is written.
-    #[arg(long, value_name = "FRACTION", default_value_t = atrest::space::DEFAULT_MAX_DB_FRACTION,
+    #[arg(long, value_name = "FRACTION", default_value_t = atrest::rewrite::space_plan::DEFAULT_MAX_DB_FRACTION,
           value_parser = parse_fraction)]
     pub(crate) max_db_fraction: f64,
     /// Compact etcd's history after every N rewritten entries (progressive compaction; by

@@ -109,7 +109,7 @@ pub(crate) fn read_input(path: Option<&Path>) -> Result<Vec<u8>, CliError> {
 pub(crate) fn write_output(path: Option<&Path>, bytes: &[u8], force: bool) -> Result<(), CliError> {
     match path {
         Some(p) if p != Path::new("-") => {
-            atrest::atomic_file::write_new(p, bytes, force).map_err(|e| {
+            atrest::secret::file::write_new(p, bytes, force).map_err(|e| {
                 let name = p.display().to_string();
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
                     CliError::usage(format!("{name} exists"))

@@ -1,13 +1,14 @@
 //! New configs with fresh random keys, and YAML kube-apiserver accepts.
 
-use super::base64::encode_secret;
+use super::go::encode_secret;
 use super::model::{
     EncryptionConfiguration, IdentityConfiguration, Key, KeysConfiguration, KmsConfiguration,
     ProviderConfiguration, ResourceConfiguration,
 };
-use super::secret::SecretString;
 use super::{ConfigError, API_VERSION, KIND};
-use crate::provider::{generate_key, ProviderKind};
+use crate::provider::ProviderKind;
+use crate::secret::generate_key;
+use crate::secret::SecretString;
 
 /// The providers a new key can be generated for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -10,12 +10,10 @@
 //!
 //! No error, warning or `Debug` output carries key material.
 
-mod base64;
-mod duration;
 mod generate;
+mod go;
 mod model;
 mod rotate;
-mod secret;
 mod validate;
 mod warnings;
 mod write;
@@ -29,8 +27,9 @@ use zeroize::Zeroize;
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use self::base64::{decode_secret, encode_secret, SecretDecodeError};
+pub use crate::secret::SecretString;
 pub use generate::{generate, to_yaml, NewConfig, NewKms, NewProvider};
+pub use go::{decode_secret, encode_secret, SecretDecodeError};
 pub use model::{
     EncryptionConfiguration, IdentityConfiguration, Key, KeysConfiguration, KmsConfiguration,
     ProviderConfiguration, ResourceConfiguration,
@@ -39,13 +38,12 @@ pub use rotate::{
     add_key, add_kms, keep_markers, pending_adds, pending_marker, promote, prune, AddedKey,
     RotateError,
 };
-pub use secret::SecretString;
 pub use validate::{FieldError, FieldErrorType, ValidationErrors};
 pub use warnings::Warning;
 pub use write::write_atomic;
 
-use crate::provider::KeyMaterial;
-use validate::go_quote;
+use crate::secret::KeyMaterial;
+use go::go_quote;
 
 /// The `apiVersion` of an EncryptionConfiguration.
 pub const API_VERSION: &str = "apiserver.config.k8s.io/v1";
@@ -359,7 +357,7 @@ pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
             .and_then(|n| i64::try_from(n).ok())
             .ok_or_else(|| format!("{text} seconds is too long"))?
     } else {
-        duration::parse(text)?
+        go::duration::parse(text)?
     };
     if nanos <= 0 {
         return Err(format!(

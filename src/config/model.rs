@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::secret::SecretString;
+use crate::secret::SecretString;
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,7 +126,7 @@ impl KmsConfiguration {
     pub fn timeout_duration(&self) -> std::time::Duration {
         self.timeout
             .as_deref()
-            .and_then(|t| super::duration::parse(t).ok())
+            .and_then(|t| super::go::duration::parse(t).ok())
             .and_then(|ns| u64::try_from(ns).ok())
             .filter(|&ns| ns > 0)
             .map_or(
@@ -232,7 +232,7 @@ mod de {
     ) -> Result<Option<String>, D::Error> {
         let s = strict(d, "a duration string such as \"3s\"")?;
         if let Some(text) = &s {
-            crate::config::duration::parse(text)
+            crate::config::go::duration::parse(text)
                 .map_err(|e| de::Error::custom(format_args!("invalid timeout: {e}")))?;
         }
         Ok(s)

@@ -12,8 +12,9 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use super::go::{decode_secret, duration, go_json_string, go_json_string_list, go_quote};
 use super::model::{EncryptionConfiguration, Key, KmsConfiguration, ProviderConfiguration};
-use super::{base64::decode_secret, duration, parse_group_resource};
+use super::parse_group_resource;
 
 /// The kind of a field error, printed as kube-apiserver prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -667,69 +668,6 @@ fn hex_value(c: u8) -> u8 {
 /// Go's `shouldEscape(c, encodeHost)`.
 fn host_char_invalid(c: u8) -> bool {
     !(c.is_ascii_alphanumeric() || b"!$&'()*+,;=:[]<>\"-_.~".contains(&c))
-}
-
-/// Go's `%q` (`strconv.Quote`): double quotes, Go escapes.
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\x07' => out.push_str("\\a"),
-            '\x08' => out.push_str("\\b"),
-            '\x0c' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\x0b' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\x7f' => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if c.is_ascii() => out.push(c),
-            c if !c.is_control() && !c.is_whitespace() && !is_format(c) => out.push(c),
-            c if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push_str(&format!("\\U{:08x}", c as u32)),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A few common Unicode format characters Go does not print (zero-width and direction marks).
-fn is_format(c: char) -> bool {
-    matches!(c as u32, 0xad | 0x200b..=0x200f | 0x202a..=0x202e | 0x2060..=0x2064 | 0xfeff)
-}
-
-/// Go's `json.Marshal` of a string (HTML-safe escapes included).
-pub(crate) fn go_json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\x08' => out.push_str("\\b"),
-            '\x0c' => out.push_str("\\f"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Go's `json.Marshal` of a `[]string`.
-fn go_json_string_list<S: AsRef<str>>(items: &[S]) -> String {
-    let parts: Vec<String> = items.iter().map(|s| go_json_string(s.as_ref())).collect();
-    format!("[{}]", parts.join(","))
 }
 
 #[cfg(test)]

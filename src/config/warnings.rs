@@ -4,9 +4,10 @@
 
 use std::fmt;
 
+use super::go::decode_secret;
 use super::model::EncryptionConfiguration;
+use super::parse_group_resource;
 use super::validate::kms_api_version;
-use super::{base64::decode_secret, parse_group_resource};
 
 /// A weakness in a valid config: where it is and what it means.
 #[derive(Debug, Clone, PartialEq, Eq)]

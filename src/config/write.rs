@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use super::ConfigError;
-use crate::atomic_file;
+use crate::secret::file as atomic_file;
 
 /// Writes `contents` to `path` so that readers see either the old file or the whole new one:
 /// a temporary file is created beside the target with mode 0600, written, flushed to disk,

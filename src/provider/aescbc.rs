@@ -16,9 +16,8 @@ use aes::{Aes128, Aes192, Aes256};
 use cbc::cipher::block_padding::Pkcs7;
 use zeroize::Zeroizing;
 
-use super::{
-    fill_random, key_prefix, DecryptError, KeyError, KeyMaterial, Plaintext, ProviderKind,
-};
+use super::{key_prefix, DecryptError, KeyError, KeyMaterial, Plaintext, ProviderKind};
+use crate::secret::fill_random;
 use crate::wire::Reader;
 
 /// AES block and IV size.

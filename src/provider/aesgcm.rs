@@ -18,9 +18,9 @@ use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm as Gcm};
 use zeroize::Zeroizing;
 
 use super::{
-    fill_random, key_prefix, DecryptError, EncryptError, KeyError, KeyMaterial, Plaintext,
-    ProviderKind,
+    key_prefix, DecryptError, EncryptError, KeyError, KeyMaterial, Plaintext, ProviderKind,
 };
+use crate::secret::fill_random;
 use crate::wire::Reader;
 
 /// Nonce size.

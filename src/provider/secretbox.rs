@@ -15,9 +15,9 @@ use crypto_secretbox::{Tag, XSalsa20Poly1305};
 use zeroize::Zeroizing;
 
 use super::{
-    fill_random, key_prefix, DecryptError, EncryptError, KeyError, KeyMaterial, Plaintext,
-    ProviderKind,
+    key_prefix, DecryptError, EncryptError, KeyError, KeyMaterial, Plaintext, ProviderKind,
 };
+use crate::secret::fill_random;
 use crate::wire::Reader;
 
 /// Nonce size.

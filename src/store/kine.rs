@@ -464,7 +464,7 @@ impl KineDb {
                 "the output file exists (pass --force to replace it)",
             )));
         }
-        let (tmp, file) = crate::atomic_file::create_temp(output).map_err(io_err)?;
+        let (tmp, file) = crate::secret::file::create_temp(output).map_err(io_err)?;
         drop(file);
         let result = (|| {
             self.with_conn(|c| c.execute("VACUUM INTO ?1", [tmp.to_string_lossy().into_owned()]))?;
@@ -529,7 +529,7 @@ impl KineDb {
             std::fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
                 .map_err(io_err)?;
-            crate::atomic_file::persist(&tmp, output, overwrite).map_err(io_err)
+            crate::secret::file::persist(&tmp, output, overwrite).map_err(io_err)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);

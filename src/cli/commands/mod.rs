@@ -52,7 +52,7 @@ pub(crate) fn new_kms(args: &NewKmsArgs) -> Result<NewKms, CliError> {
             "--kms-name {name:?}: a KMS v2 provider name must be non-empty and contain no ':'"
         )));
     }
-    if atrest::kms::socket_path(endpoint).is_none() {
+    if atrest::provider::kms::plugin::socket_path(endpoint).is_none() {
         return Err(
             CliError::usage(format!("--kms-endpoint {endpoint:?} is not unix:///PATH"))
                 .advice("KMS plugins listen on a unix socket: pass unix:///absolute/path"),
@@ -135,7 +135,7 @@ fn kms_options(config: &Config, kms: &KmsArgs) -> Result<KmsOptions, CliError> {
                 }
             )));
         }
-        if atrest::kms::socket_path(endpoint).is_none() {
+        if atrest::provider::kms::plugin::socket_path(endpoint).is_none() {
             return Err(CliError::usage(format!(
                 "--kms-endpoint {spec:?}: {endpoint:?} is not unix:///PATH"
             ))

@@ -1,10 +1,10 @@
 //! `atrest rewrite`: re-encrypt plaintext and stale entries in place, safely.
 
-use atrest::offline::{rewrite_kine, rewrite_snapshot, Coverage, OfflineError};
 use atrest::resource::Scope;
+use atrest::rewrite::offline::{rewrite_kine, rewrite_snapshot, Coverage, OfflineError};
+use atrest::rewrite::resources::{self as rewrite_resources, ResourceRewriteSummary};
+use atrest::rewrite::space_plan::{self as space, SpacePlan};
 use atrest::rewrite::{self, Observer, RewriteEntry, RewriteOptions};
-use atrest::rewrite_resources::{self, ResourceRewriteSummary};
-use atrest::space::{self, SpacePlan};
 use atrest::store::etcd::EtcdError;
 use atrest::store::etcd::QuotaSource;
 use atrest::store::snapshot::Snapshot;

@@ -26,7 +26,7 @@ impl EtcdStore {
             return Err(backup_error(io::Error::from(io::ErrorKind::AlreadyExists)));
         }
         // Mode 0600 from the start: the snapshot holds every Secret etcd stores.
-        let (temp, file) = crate::atomic_file::create_temp(path).map_err(backup_error)?;
+        let (temp, file) = crate::secret::file::create_temp(path).map_err(backup_error)?;
         let result = async {
             let (stream, endpoint) = self
                 .call(|m| {
@@ -41,7 +41,7 @@ impl EtcdStore {
         .await;
         match result {
             Ok(size) => {
-                crate::atomic_file::persist(&temp, path, overwrite).map_err(backup_error)?;
+                crate::secret::file::persist(&temp, path, overwrite).map_err(backup_error)?;
                 Ok(size)
             }
             Err(e) => {

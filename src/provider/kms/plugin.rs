@@ -345,7 +345,7 @@ impl Drop for PluginClient {
 /// A random RFC 4122 v4 UID for a request, as kube-apiserver sends.
 fn request_uid() -> String {
     let mut b = [0u8; 16];
-    crate::provider::fill_random(&mut b);
+    crate::secret::fill_random(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();

@@ -210,7 +210,7 @@ impl<'a> Coverage<'a> {
         let custom: Vec<GroupResource> = crds.iter().map(|c| c.group_resource()).collect();
         let mut resources = HashSet::new();
         let mut left_alone = BTreeMap::new();
-        for (gr, _) in crate::rewrite_resources::resources_in_scope(chains, scope, &custom) {
+        for (gr, _) in crate::rewrite::resources::resources_in_scope(chains, scope, &custom) {
             let identity = chains
                 .chain_for(&gr)
                 .is_some_and(|c| matches!(c.write_entry().provider, Provider::Identity(_)));

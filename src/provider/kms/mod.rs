@@ -31,6 +31,8 @@
 //! `staging/src/k8s.io/apiserver/pkg/storage/value/encrypt/envelope/{envelope.go,kmsv2/envelope.go}`,
 //! `.../value/encrypt/aes/aes_extended_nonce.go`, `.../kmsv2/v2/api.proto`.
 
+pub mod plugin;
+
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,8 +45,9 @@ use zeroize::Zeroizing;
 
 use super::aescbc::AesCbc;
 use super::aesgcm::AesGcm;
-use super::{fill_random, DecryptError, EncryptError, KeyMaterial, Plaintext};
-use crate::kms::{DecryptRequest, KmsError, KmsPlugin, PluginStatus};
+use super::{DecryptError, EncryptError, KeyMaterial, Plaintext};
+use crate::provider::kms::plugin::{DecryptRequest, KmsError, KmsPlugin, PluginStatus};
+use crate::secret::fill_random;
 use crate::wire::Reader;
 
 /// KMS API version.
@@ -803,7 +806,7 @@ fn seal_seeded(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::{Api, EncryptResponse};
+    use crate::provider::kms::plugin::{Api, EncryptResponse};
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();

@@ -4,7 +4,7 @@
 //! prints it back with `Duration.String` in validation messages (`Invalid value: "-1s"`), so
 //! both directions must be Go's, to the character.
 
-use super::validate::go_quote;
+use super::go_quote;
 
 const NANOSECOND: u64 = 1;
 const MICROSECOND: u64 = 1_000 * NANOSECOND;

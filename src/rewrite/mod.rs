@@ -35,6 +35,10 @@
 //! leaves the alarm to the operator. Nor is a failure after which no member answered for the
 //! store's whole failover window (the store already retried it).
 
+pub mod offline;
+pub mod resources;
+pub mod space_plan;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -185,7 +189,7 @@ fn is_zero(n: &u32) -> bool {
 /// ```
 ///
 /// `scanned` is the sum of the seven counts that follow it. A live rewrite's CLI adds `space`
-/// (the quota plan, [`crate::space::SpacePlan`]); `unanswered` appears when a member did not
+/// (the quota plan, [`crate::rewrite::space_plan::SpacePlan`]); `unanswered` appears when a member did not
 /// answer. No secret value ever appears.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RewriteSummary {
@@ -220,7 +224,7 @@ pub struct RewriteSummary {
     /// Live rewrites: etcd's space, the estimated growth and how the run stays under the quota
     /// (set by the caller that made the plan; see [`crate::space`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub space: Option<crate::space::SpacePlan>,
+    pub space: Option<crate::rewrite::space_plan::SpacePlan>,
     /// Every entry that was not already current, in key order.
     pub entries: Vec<RewriteEntry>,
     /// Live etcd only: each member that did not answer (left out at connect time, or failed

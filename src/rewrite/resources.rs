@@ -100,21 +100,21 @@ pub(crate) fn resources_in_scope(
     out
 }
 
-/// The space a rewrite of `scope` needs ([`crate::space::estimate`] summed over the covered
+/// The space a rewrite of `scope` needs ([`crate::rewrite::space_plan::estimate`] summed over the covered
 /// resources, each with its own chain).
 pub async fn estimate<S: ReadStore + Sync>(
     store: &S,
     chains: &ResourceChains,
     scope: &Scope,
-) -> Result<crate::space::Estimate, StoreError> {
+) -> Result<crate::rewrite::space_plan::Estimate, StoreError> {
     let (crds, _) = custom_resources(store, &scope.root, chains).await?;
     let custom: Vec<GroupResource> = crds.iter().map(|c| c.group_resource()).collect();
-    let mut total = crate::space::Estimate::default();
+    let mut total = crate::rewrite::space_plan::Estimate::default();
     for (gr, prefix) in resources_in_scope(chains, scope, &custom) {
         let Some(chain) = chains.chain_for(&gr) else {
             continue;
         };
-        let one = crate::space::estimate(store, chain, prefix.as_bytes()).await?;
+        let one = crate::rewrite::space_plan::estimate(store, chain, prefix.as_bytes()).await?;
         total.entries += one.entries;
         total.bytes += one.bytes;
         total.growth_bytes += one.growth_bytes;

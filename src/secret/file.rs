@@ -38,7 +38,7 @@ pub(crate) fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
     let mut last = None;
     for _ in 0..16 {
         let mut suffix = [0u8; 6];
-        crate::provider::fill_random(&mut suffix);
+        super::fill_random(&mut suffix);
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
         let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
         match OpenOptions::new()
