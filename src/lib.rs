@@ -30,7 +30,6 @@
 //! - [`status`]: the config and the store together: what each configured key reads.
 //! - [`apiserver`]: checking kube-apiserver's static pod manifest uses an encryption config.
 //! - [`rewrite`]: re-encrypting entries with compare-and-swap, verified before every write.
-//! - [`rewrite_resources`]: the rewrite of every resource a config covers, each to its own key.
 //! - [`wire`]: the bounds-checked cursor every untrusted byte goes through.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
 use aes_gcm::{AeadCore, Aes256Gcm};
-use atrest::kms::proto::{v1beta1, v2};
+use atrest::provider::kms::plugin::proto::{v1beta1, v2};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 

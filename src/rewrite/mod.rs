@@ -75,7 +75,7 @@ pub struct RewriteOptions {
     /// Progressive compaction: after every this many rewritten entries, finish the
     /// transactions in flight and compact the store at the newest revision written, so that
     /// the old revisions' pages are freed and reused by the next batch instead of growing the
-    /// database towards its quota (`None`: never; see [`crate::space`]). The scan then goes on
+    /// database towards its quota (`None`: never; see [`crate::rewrite::space_plan`]). The scan then goes on
     /// at a new revision: each entry is still written only if it did not change since it was
     /// read.
     pub compact_every: Option<u64>,
@@ -222,7 +222,7 @@ pub struct RewriteSummary {
     /// Progressive compactions done during the run (see `compact_every`).
     pub compactions: u64,
     /// Live rewrites: etcd's space, the estimated growth and how the run stays under the quota
-    /// (set by the caller that made the plan; see [`crate::space`]).
+    /// (set by the caller that made the plan; see [`crate::rewrite::space_plan`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub space: Option<crate::rewrite::space_plan::SpacePlan>,
     /// Every entry that was not already current, in key order.

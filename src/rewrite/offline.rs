@@ -182,7 +182,7 @@ pub enum Coverage<'a> {
     /// Every resource the config covers and the scope wants, each with the chain
     /// kube-apiserver would use for it: the built-in resources and the custom resources of the
     /// CRDs stored in the input, as a live rewrite by resource
-    /// ([`crate::rewrite_resources`]). Every other key is left byte-identical.
+    /// ([`crate::rewrite::resources`]). Every other key is left byte-identical.
     Resources {
         /// The chains.
         chains: &'a ResourceChains,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
 use atrest::config::Config;
-use atrest::kms::{Api, KmsPlugin, PluginClient};
+use atrest::provider::kms::plugin::{Api, KmsPlugin, PluginClient};
 use atrest::provider::kms::{EncryptedObject, AES_GCM_KEY};
 use atrest::transform::{Chain, KmsOptions};
 use prost::Message;
