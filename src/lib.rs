@@ -36,7 +36,6 @@
 pub mod apiserver;
 pub mod audit;
 pub mod config;
-pub mod inspect;
 pub mod object;
 #[cfg(test)]
 mod proptests;

@@ -42,6 +42,27 @@ mod json;
 mod protobuf;
 mod time;
 
+/// Counts stored objects (`k8s\0` + runtime.Unknown envelope) of `kind` (any kind when `None`)
+/// in raw bytes, such as a free database page.
+pub fn count_plaintext_objects(bytes: &[u8], kind: Option<&str>) -> u64 {
+    let magic = crate::object::PROTOBUF_MAGIC;
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(pos) = bytes
+        .get(at..)
+        .and_then(|rest| rest.windows(magic.len()).position(|w| w == magic))
+    {
+        let start = at + pos;
+        if let Some((_, found)) = crate::object::peek_kind(&bytes[start..]) {
+            if kind.is_none_or(|k| k == found) {
+                count += 1;
+            }
+        }
+        at = start + magic.len();
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests;
 

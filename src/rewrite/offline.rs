@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::audit::{classify, count_plaintext_objects, kind_of_resource, resource_from_prefix};
+use crate::audit::classify;
 use crate::audit::{Counts, Verdict};
+use crate::object::count_plaintext_objects;
 use crate::provider::Provider;
 use crate::resource::{custom_resources, split_key, GroupResource, ResourceChains, Scope};
+use crate::resource::{kind_of_resource, resource_from_prefix};
 use crate::rewrite::{EntryResult, RewriteEntry};
 use crate::store::kine::{KineDb, RowValue};
 use crate::store::snapshot::{write_snapshot, Snapshot, SnapshotError};

@@ -9,6 +9,9 @@
 //!
 //! Stores never decide what to write: that is [`crate::rewrite`]'s job.
 
+mod pinned;
+pub(crate) use pinned::scan_pinned;
+
 use std::fmt;
 use std::future::Future;
 use std::path::Path;

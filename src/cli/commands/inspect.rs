@@ -1,6 +1,6 @@
 //! `atrest inspect`: explain one stored value.
 
-use atrest::inspect::{inspect, Inspection};
+use atrest::audit::inspect::{inspect, Inspection};
 use atrest::store::snapshot::Snapshot;
 use atrest::transform::State;
 

@@ -24,7 +24,7 @@ use super::CliError;
 /// (else exit 3, before anything is read).
 pub(crate) fn load_chain(path: &Path, prefix: &str, kms: &KmsArgs) -> Result<Chain, CliError> {
     let config = Config::load(path).map_err(|e| invalid_config(&path.display().to_string(), &e))?;
-    let gr = atrest::audit::resource_from_prefix(prefix);
+    let gr = atrest::resource::resource_from_prefix(prefix);
     let options = kms_options(&config, kms)?;
     let chain = Chain::from_config_with_kms(&config, &gr.group, &gr.resource, &options).map_err(
         |e| match e {

@@ -15,8 +15,18 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+mod counts;
+pub mod inspect;
+
+pub use counts::{Counts, Summary, Verdict};
+
+use crate::object::count_plaintext_objects;
 use crate::provider::{Provider, ProviderKind};
-use crate::resource::{split_key, GroupResource, KeyInfo, ResourceChains, Scope};
+use crate::resource::{
+    kind_of_resource, namespace_and_name, resource_from_prefix, split_key, GroupResource, KeyInfo,
+    ResourceChains, Scope,
+};
+use crate::store::scan_pinned;
 use crate::store::{Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{classify_without_config, Chain, Classification, State};
 
@@ -79,101 +89,6 @@ fn serialize_shared_opt<S: serde::Serializer>(
     match value {
         Some(v) => s.serialize_some(&**v),
         None => s.serialize_none(),
-    }
-}
-
-/// Entry counts by state. Serialised with every state present, `unknown-key` spelled as in
-/// the report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    /// Entries counted.
-    pub total: u64,
-    /// `plaintext` entries.
-    pub plaintext: u64,
-    /// `current` entries.
-    pub current: u64,
-    /// `stale` entries.
-    pub stale: u64,
-    /// `unknown-key` entries.
-    #[serde(rename = "unknown-key")]
-    pub unknown_key: u64,
-    /// `undecryptable` entries.
-    pub undecryptable: u64,
-    /// `kms` entries.
-    pub kms: u64,
-    /// `encrypted` entries (no config given).
-    pub encrypted: u64,
-}
-
-/// The summary of an audit.
-pub type Summary = Counts;
-
-/// What an audit concludes, and so its exit status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verdict {
-    /// Nothing to report (exit 0).
-    Clean,
-    /// Something is not encrypted with the current key (exit 1).
-    Findings,
-}
-
-impl Counts {
-    /// Counts one more entry in `state`.
-    pub fn add(&mut self, state: State) {
-        self.total += 1;
-        *self.slot(state) += 1;
-    }
-
-    /// Adds every count of `other`.
-    pub fn merge(&mut self, other: &Counts) {
-        self.total += other.total;
-        self.plaintext += other.plaintext;
-        self.current += other.current;
-        self.stale += other.stale;
-        self.unknown_key += other.unknown_key;
-        self.undecryptable += other.undecryptable;
-        self.kms += other.kms;
-        self.encrypted += other.encrypted;
-    }
-
-    /// The count for one state.
-    pub fn get(&self, state: State) -> u64 {
-        match state {
-            State::Plaintext => self.plaintext,
-            State::Current => self.current,
-            State::Stale => self.stale,
-            State::UnknownKey => self.unknown_key,
-            State::Undecryptable => self.undecryptable,
-            State::Kms => self.kms,
-            State::Encrypted => self.encrypted,
-        }
-    }
-
-    fn slot(&mut self, state: State) -> &mut u64 {
-        match state {
-            State::Plaintext => &mut self.plaintext,
-            State::Current => &mut self.current,
-            State::Stale => &mut self.stale,
-            State::UnknownKey => &mut self.unknown_key,
-            State::Undecryptable => &mut self.undecryptable,
-            State::Kms => &mut self.kms,
-            State::Encrypted => &mut self.encrypted,
-        }
-    }
-
-    /// The verdict: findings are plaintext, unknown-key and undecryptable entries, and stale
-    /// ones with `strict`. `current`, `kms` and (without a config) `encrypted` are fine.
-    pub fn verdict(&self, strict: bool) -> Verdict {
-        let findings = self.plaintext
-            + self.unknown_key
-            + self.undecryptable
-            + if strict { self.stale } else { 0 };
-        if findings == 0 {
-            Verdict::Clean
-        } else {
-            Verdict::Findings
-        }
     }
 }
 
@@ -323,19 +238,6 @@ pub fn classify(chain: Option<&Chain>, value: &[u8], etcd_key: &[u8]) -> Classif
     match chain {
         Some(chain) => chain.classify(value, etcd_key),
         None => classify_without_config(value),
-    }
-}
-
-/// Splits `<prefix><namespace>/<name>` (or `<prefix><name>`) into namespace and name.
-pub fn namespace_and_name(prefix: &[u8], key: &[u8]) -> (Option<String>, Option<String>) {
-    let Some(rest) = key.strip_prefix(prefix) else {
-        return (None, None);
-    };
-    let rest = String::from_utf8_lossy(rest);
-    match rest.split_once('/') {
-        Some((ns, name)) => (Some(ns.to_owned()), Some(name.to_owned())),
-        None if rest.is_empty() => (None, None),
-        None => (None, Some(rest.into_owned())),
     }
 }
 
@@ -514,74 +416,6 @@ impl<'a> Auditor<'a> {
     }
 }
 
-/// Visits every key under each of `prefixes`, all pinned to the revision of the first page
-/// read, one page in memory at a time. Returns that revision.
-///
-/// A prefix that holds several resources (the root, for `*.*`) is read one top-level segment
-/// (`<root><segment>/`) at a time: after a page of the root, the rest of the segment its last
-/// key is in is paged with that segment as the prefix, so each range etcd walks ends at the
-/// segment (and the store can split it at namespace boundaries), then the root resumes after the
-/// segment's last key. Every key is visited once, in key order.
-pub(crate) async fn scan_pinned<S, F>(
-    store: &S,
-    root: &str,
-    prefixes: &[String],
-    mut visit: F,
-) -> Result<i64, StoreError>
-where
-    S: ReadStore + Sync,
-    F: FnMut(Entry),
-{
-    let mut revision = None;
-    for prefix in prefixes {
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = store
-                .page(prefix.as_bytes(), after.as_deref(), revision)
-                .await?;
-            revision = Some(page.revision);
-            let Some(last) = page.entries.last().map(|e| e.key.clone()) else {
-                break;
-            };
-            let more = page.more;
-            page.entries.into_iter().for_each(&mut visit);
-            if !more {
-                break;
-            }
-            // Finish the segment the last key is in, with the segment as the prefix.
-            let segment = segment_of(root, prefix, &last);
-            let mut seg_after = last;
-            if let Some(segment) = segment {
-                loop {
-                    let page = store.page(&segment, Some(&seg_after), revision).await?;
-                    let more = page.more;
-                    if let Some(l) = page.entries.last() {
-                        seg_after = l.key.clone();
-                    }
-                    let empty = page.entries.is_empty();
-                    page.entries.into_iter().for_each(&mut visit);
-                    if !more || empty {
-                        break;
-                    }
-                }
-            }
-            after = Some(seg_after);
-        }
-    }
-    Ok(revision.unwrap_or_default())
-}
-
-/// The top-level segment (`<root><segment>/`) `key` is in, when `prefix` is the root itself
-/// (`None` for a narrower prefix, which is paged as it is).
-fn segment_of(root: &str, prefix: &str, key: &[u8]) -> Option<Vec<u8>> {
-    if prefix != root {
-        return None;
-    }
-    let rest = key.strip_prefix(root.as_bytes())?;
-    let end = rest.iter().position(|&b| b == b'/')?;
-    Some(key[..root.len() + end + 1].to_vec())
-}
-
 /// Audits every resource in `scope`, each entry read with the chain kube-apiserver would use for
 /// its resource (see [`ResourceChains`]); entries of resources the config does not cover are
 /// only counted ([`Report::not_covered`]). Every prefix is read at one revision, one page in
@@ -723,41 +557,6 @@ pub async fn audit<S: ReadStore + Sync>(
     Ok(report)
 }
 
-/// The resource a key prefix holds, read with [`crate::resource::split_key`] below the
-/// prefix's first segment (the root: `/registry/`, `/kubernetes.io/`):
-/// `/registry/secrets/` → `secrets`, `/registry/deployments/` → `deployments.apps`,
-/// `/registry/services/specs/` → `services`, `/registry/example.com/widgets/` →
-/// `widgets.example.com`. A prefix with no resource segment gives its last segment as a core
-/// resource (which no config covers by name).
-pub fn resource_from_prefix(prefix: &str) -> GroupResource {
-    let root = prefix
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .map(|first| format!("/{first}/"))
-        .unwrap_or_default();
-    match crate::resource::split_key(&root, prefix.as_bytes()) {
-        Some(info) => info.resource,
-        None => GroupResource::new(
-            "",
-            prefix
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or_default(),
-        ),
-    }
-}
-
-/// The kind stored under a resource, for counting residue (`secrets` → `Secret`).
-pub fn kind_of_resource(resource: &str) -> Option<&'static str> {
-    match resource {
-        "secrets" => Some("Secret"),
-        "configmaps" => Some("ConfigMap"),
-        _ => None,
-    }
-}
-
 /// What removing keys (`config rotate --stage prune`) would do to a store: the chain
 /// `before` the edit against the chain `after` it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -855,27 +654,6 @@ pub async fn unreadable_after<S: ReadStore + Sync>(
     Ok(prune_check(store, before, after, prefix).await?.blocked)
 }
 
-/// Counts stored objects (`k8s\0` + runtime.Unknown envelope) of `kind` (any kind when `None`)
-/// in raw bytes, such as a free database page.
-pub fn count_plaintext_objects(bytes: &[u8], kind: Option<&str>) -> u64 {
-    let magic = crate::object::PROTOBUF_MAGIC;
-    let mut count = 0;
-    let mut at = 0;
-    while let Some(pos) = bytes
-        .get(at..)
-        .and_then(|rest| rest.windows(magic.len()).position(|w| w == magic))
-    {
-        let start = at + pos;
-        if let Some((_, found)) = crate::object::peek_kind(&bytes[start..]) {
-            if kind.is_none_or(|k| k == found) {
-                count += 1;
-            }
-        }
-        at = start + magic.len();
-    }
-    count
-}
-
 /// Audits a snapshot or data file: the same report as a live audit of the same data, plus what
 /// only the file shows — `history` (older, not yet compacted revisions under the prefix, by
 /// state) and `residue` (plaintext objects of the audited kind left in unreferenced pages).
@@ -950,35 +728,6 @@ mod tests {
         assert_eq!(gr("/kubernetes.io/minions/"), "nodes");
         assert_eq!(gr("/registry/example.com/widgets/"), "widgets.example.com");
         assert_eq!(gr("/registry/"), "registry");
-    }
-
-    #[test]
-    fn root_scans_go_by_top_level_segment() {
-        let seg = |key: &str| {
-            segment_of("/registry/", "/registry/", key.as_bytes())
-                .map(|s| String::from_utf8(s).unwrap())
-        };
-        assert_eq!(
-            seg("/registry/secrets/ns/a").as_deref(),
-            Some("/registry/secrets/")
-        );
-        assert_eq!(
-            seg("/registry/services/specs/ns/a").as_deref(),
-            Some("/registry/services/")
-        );
-        assert_eq!(
-            seg("/registry/example.com/widgets/ns/a").as_deref(),
-            Some("/registry/example.com/")
-        );
-        assert_eq!(seg("/registry/loose"), None);
-        assert_eq!(
-            segment_of(
-                "/registry/",
-                "/registry/secrets/",
-                b"/registry/secrets/ns/a"
-            ),
-            None
-        );
     }
 
     #[test]

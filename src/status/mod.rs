@@ -331,7 +331,7 @@ pub async fn status_resources<S: ReadStore + Sync>(
     // Keyed by resource, so the scan allocates only for a resource's first entry.
     let mut resources: HashMap<GroupResource, Counts> = HashMap::new();
     let mut not_covered: HashMap<GroupResource, u64> = HashMap::new();
-    let revision = crate::audit::scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
+    let revision = crate::store::scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
         let Some(info) = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some()) else {
             return;
         };

@@ -584,6 +584,54 @@ fn origins(config: &Config, gr: &GroupResource) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Splits `<prefix><namespace>/<name>` (or `<prefix><name>`) into namespace and name.
+pub fn namespace_and_name(prefix: &[u8], key: &[u8]) -> (Option<String>, Option<String>) {
+    let Some(rest) = key.strip_prefix(prefix) else {
+        return (None, None);
+    };
+    let rest = String::from_utf8_lossy(rest);
+    match rest.split_once('/') {
+        Some((ns, name)) => (Some(ns.to_owned()), Some(name.to_owned())),
+        None if rest.is_empty() => (None, None),
+        None => (None, Some(rest.into_owned())),
+    }
+}
+
+/// The resource a key prefix holds, read with [`crate::resource::split_key`] below the
+/// prefix's first segment (the root: `/registry/`, `/kubernetes.io/`):
+/// `/registry/secrets/` → `secrets`, `/registry/deployments/` → `deployments.apps`,
+/// `/registry/services/specs/` → `services`, `/registry/example.com/widgets/` →
+/// `widgets.example.com`. A prefix with no resource segment gives its last segment as a core
+/// resource (which no config covers by name).
+pub fn resource_from_prefix(prefix: &str) -> GroupResource {
+    let root = prefix
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .map(|first| format!("/{first}/"))
+        .unwrap_or_default();
+    match crate::resource::split_key(&root, prefix.as_bytes()) {
+        Some(info) => info.resource,
+        None => GroupResource::new(
+            "",
+            prefix
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+/// The kind stored under a resource, for counting residue (`secrets` → `Secret`).
+pub fn kind_of_resource(resource: &str) -> Option<&'static str> {
+    match resource {
+        "secrets" => Some("Secret"),
+        "configmaps" => Some("ConfigMap"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
