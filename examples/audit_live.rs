@@ -4,8 +4,10 @@
 
 use atrest::audit::{audit, NoProgress, Verdict};
 use atrest::config::Config;
-use atrest::store::etcd::{EtcdOptions, EtcdStore};
-use atrest::transform::Chain;
+use atrest::resource::{ResourceChains, Target, DEFAULT_ROOT};
+use atrest::store::etcd::EtcdOptions;
+use atrest::store::{Store, StoreSpec};
+use atrest::transform::KmsOptions;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,14 +19,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "examples/encryption-config.yaml".into());
 
-    let chain = Chain::from_config(&Config::load(config.as_ref())?, "", "secrets")?;
+    // Every resource the config covers, each read with its own chain.
+    let chains = ResourceChains::new(Config::load(config.as_ref())?, &KmsOptions::default())?;
+    let target = Target::resources(chains, DEFAULT_ROOT, &[])?;
     // Connecting probes every endpoint, so a wrong address fails here, not mid-scan.
-    let store = EtcdStore::connect(EtcdOptions {
+    let store = Store::open(StoreSpec::Etcd(EtcdOptions {
         endpoints: vec![endpoint],
         ..EtcdOptions::default()
-    })
+    }))
     .await?;
-    let report = audit(&store, Some(&chain), b"/registry/secrets/", &NoProgress).await?;
+    let report = audit(&store, &target, &NoProgress).await?;
     println!("{}", serde_json::to_string_pretty(&report.summary)?);
     if report.verdict(false) == Verdict::Findings {
         println!(

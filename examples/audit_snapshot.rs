@@ -3,10 +3,11 @@
 //! Run: `cargo run --example audit_snapshot [SNAPSHOT] [CONFIG]`
 //! (defaults: `examples/cluster.snapshot`, `examples/encryption-config.yaml`).
 
-use atrest::audit::{audit_snapshot, NoProgress};
+use atrest::audit::{audit, NoProgress};
 use atrest::config::Config;
-use atrest::store::snapshot::Snapshot;
-use atrest::transform::{Chain, State};
+use atrest::resource::{ResourceChains, Target, DEFAULT_ROOT};
+use atrest::store::{Store, StoreSpec};
+use atrest::transform::{KmsOptions, State};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,22 +19,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "examples/encryption-config.yaml".into());
 
-    // 1. The config kube-apiserver runs with, and the chain it uses for Secrets.
+    // 1. The config kube-apiserver runs with: every resource it covers, each with the chain
+    //    kube-apiserver reads it with.
     let config = Config::load(config.as_ref())?;
-    let chain = Chain::from_config(&config, "", "secrets")?;
+    let chains = ResourceChains::new(config, &KmsOptions::default())?;
+    let target = Target::resources(chains, DEFAULT_ROOT, &[])?;
 
     // 2. The snapshot, opened read-only (its sha256 trailer is verified).
-    let snap = Snapshot::open(snapshot.as_ref())?;
+    let store = Store::open(StoreSpec::Snapshot(snapshot.into())).await?;
 
-    // 3. Classify every Secret; the report never holds a secret value.
-    let report = audit_snapshot(&snap, Some(&chain), b"/registry/secrets/", &NoProgress).await?;
+    // 3. Classify every covered entry; the report never holds a secret value.
+    let report = audit(&store, &target, &NoProgress).await?;
     for entry in &report.entries {
         if entry.state != State::Current {
             println!("{:<60} {}", entry.key, entry.state);
         }
     }
     println!(
-        "{} Secrets at revision {}: {} plaintext, {} stale, {} unreadable",
+        "{} entries at revision {}: {} plaintext, {} stale, {} unreadable",
         report.summary.total,
         report.revision,
         report.summary.plaintext,

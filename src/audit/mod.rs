@@ -17,14 +17,14 @@ use serde::Serialize;
 
 mod counts;
 pub mod inspect;
+mod prune;
 
 pub use counts::{Counts, Summary, Verdict};
+pub use prune::{prune_check, PruneCheck};
 
-use crate::object::count_plaintext_objects;
 use crate::provider::{Provider, ProviderKind};
 use crate::resource::{
-    kind_of_resource, namespace_and_name, resource_from_prefix, split_key, GroupResource, KeyInfo,
-    ResourceChains, Scope,
+    kind_of_resource, resource_from_prefix, GroupResource, KeyInfo, Route, Target,
 };
 use crate::store::scan_pinned;
 use crate::store::{Entry, ReadStore, StoreError, Unanswered};
@@ -268,10 +268,8 @@ fn provider_ref(chain: &Chain) -> ProviderRef {
 
 /// Builds a report entry by entry; used by [`audit`] and by callers with their own scan loop.
 #[derive(Debug)]
-pub struct Auditor<'a> {
-    chain: Option<&'a Chain>,
-    prefix: Vec<u8>,
-    resource: Arc<str>,
+pub struct Auditor {
+    prefix: String,
     names: HashMap<GroupResource, Arc<str>>,
     namespaces: HashSet<Arc<str>>,
     entries: Vec<ReportEntry>,
@@ -281,15 +279,11 @@ pub struct Auditor<'a> {
     plaintext_by_config: u64,
 }
 
-impl<'a> Auditor<'a> {
-    /// Starts an audit of `prefix` with an optional config chain.
-    pub fn new(chain: Option<&'a Chain>, prefix: &[u8]) -> Self {
+impl Auditor {
+    /// Starts an audit whose report names `prefix`.
+    pub fn new(prefix: &str) -> Self {
         Auditor {
-            chain,
-            prefix: prefix.to_vec(),
-            resource: resource_from_prefix(&String::from_utf8_lossy(prefix))
-                .to_string()
-                .into(),
+            prefix: prefix.to_owned(),
             names: HashMap::new(),
             namespaces: HashSet::new(),
             entries: Vec::new(),
@@ -300,21 +294,9 @@ impl<'a> Auditor<'a> {
         }
     }
 
-    /// Classifies one entry (its value is dropped afterwards; only metadata is kept).
-    pub fn add(&mut self, entry: &Entry) -> &ReportEntry {
-        let (namespace, name) = namespace_and_name(&self.prefix, &entry.key);
-        let resource = self.resource.clone();
-        self.push(self.chain, resource, namespace, name, entry)
-    }
-
-    /// Classifies one entry of `resource` with `chain` (a multi-resource audit: each resource
-    /// is read with its own chain).
-    pub fn add_resource(
-        &mut self,
-        chain: Option<&Chain>,
-        info: KeyInfo,
-        entry: &Entry,
-    ) -> &ReportEntry {
+    /// Classifies one entry of `info.resource` with `chain` (`None`: no config); its value is
+    /// dropped afterwards, only metadata is kept.
+    pub fn add(&mut self, chain: Option<&Chain>, info: KeyInfo, entry: &Entry) -> &ReportEntry {
         let resource = match self.names.get(&info.resource) {
             Some(name) => name.clone(),
             None => {
@@ -323,32 +305,18 @@ impl<'a> Auditor<'a> {
                 name
             }
         };
-        self.push(chain, resource, info.namespace, info.name, entry)
-    }
-
-    /// Counts one entry of a resource the config does not cover.
-    pub fn not_covered(&mut self, resource: &GroupResource) {
-        *self.not_covered.entry(resource.to_string()).or_default() += 1;
-    }
-
-    fn push(
-        &mut self,
-        chain: Option<&Chain>,
-        resource: Arc<str>,
-        namespace: Option<String>,
-        name: Option<String>,
-        entry: &Entry,
-    ) -> &ReportEntry {
         let c = classify(chain, &entry.value, &entry.key);
         // Entries share their namespace's name (a cluster has few namespaces, many entries).
-        let namespace = namespace.map(|ns| match self.namespaces.get(ns.as_str()) {
-            Some(shared) => shared.clone(),
-            None => {
-                let shared: Arc<str> = ns.into();
-                self.namespaces.insert(shared.clone());
-                shared
-            }
-        });
+        let namespace = info
+            .namespace
+            .map(|ns| match self.namespaces.get(ns.as_str()) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared: Arc<str> = ns.into();
+                    self.namespaces.insert(shared.clone());
+                    shared
+                }
+            });
         self.summary.add(c.state);
         if c.state == State::Plaintext
             && chain.is_some_and(|ch| matches!(ch.write_entry().provider, Provider::Identity(_)))
@@ -367,7 +335,7 @@ impl<'a> Auditor<'a> {
             key: String::from_utf8_lossy(&entry.key).into_owned(),
             resource,
             namespace,
-            name,
+            name: info.name,
             state: c.state,
             provider: c.provider,
             key_name: c.key_name,
@@ -381,18 +349,18 @@ impl<'a> Auditor<'a> {
         &self.entries[self.entries.len() - 1]
     }
 
+    /// Counts one entry of a resource the config does not cover.
+    pub fn not_covered(&mut self, resource: &GroupResource) {
+        *self.not_covered.entry(resource.to_string()).or_default() += 1;
+    }
+
     /// The counts so far.
     pub fn summary(&self) -> &Summary {
         &self.summary
     }
 
     /// Finishes the report.
-    pub fn finish(self, source: String, revision: i64) -> Report {
-        let write_provider = self.chain.map(provider_ref);
-        self.finish_with(source, revision, write_provider)
-    }
-
-    fn finish_with(
+    pub fn finish(
         self,
         source: String,
         revision: i64,
@@ -400,7 +368,7 @@ impl<'a> Auditor<'a> {
     ) -> Report {
         Report {
             source,
-            prefix: String::from_utf8_lossy(&self.prefix).into_owned(),
+            prefix: self.prefix,
             revision,
             write_provider,
             entries: self.entries,
@@ -416,319 +384,75 @@ impl<'a> Auditor<'a> {
     }
 }
 
-/// Audits every resource in `scope`, each entry read with the chain kube-apiserver would use for
-/// its resource (see [`ResourceChains`]); entries of resources the config does not cover are
-/// only counted ([`Report::not_covered`]). Every prefix is read at one revision, one page in
-/// memory at a time.
-pub async fn audit_resources<S: ReadStore + Sync>(
+/// Audits every key `target` reads in `store`, one page in memory at a time, every prefix at
+/// one revision: each covered entry is classified with the chain of its resource (see
+/// [`Target::route`]); entries of resources the config does not cover are only counted
+/// ([`Report::not_covered`]). A file store adds what only the file shows: `history` (older,
+/// not yet compacted revisions, by state) and, for etcd files, `residue` (plaintext objects of
+/// the audited kinds left in unreferenced pages).
+pub async fn audit<S: ReadStore + Sync>(
     store: &S,
-    chains: &ResourceChains,
-    scope: &Scope,
+    target: &Target,
     observer: &dyn Observer,
 ) -> Result<Report, StoreError> {
     let mut total = 0;
-    for prefix in &scope.prefixes {
+    for prefix in target.prefixes() {
         total += store.count(prefix.as_bytes()).await?;
     }
     observer.total(total);
-    let mut auditor = Auditor::new(None, scope.report_prefix().as_bytes());
-    let revision = scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
-        // A key that names no object (kine's own `/registry/health`) is not a resource's entry.
-        let Some(info) = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some()) else {
-            return;
-        };
-        if !scope.wants(&info.resource) {
-            return;
-        }
-        match chains.chain_for(&info.resource) {
-            Some(chain) => observer.entry(auditor.add_resource(Some(chain), info, &entry)),
-            None => {
+    let mut auditor = Auditor::new(target.report_prefix());
+    let revision = scan_pinned(
+        store,
+        target.root(),
+        target.prefixes(),
+        |entry| match target.route(&entry.key) {
+            Route::Covered { info, chain } => observer.entry(auditor.add(chain, info, &entry)),
+            Route::NotCovered(info) => {
                 auditor.not_covered(&info.resource);
                 observer.not_covered(&entry.key, &info.resource);
             }
-        }
-    })
+            Route::Outside => {}
+        },
+    )
     .await?;
-    let write_provider = first_write_provider(chains, scope);
-    let mut report = auditor.finish_with(store.source(), revision, write_provider);
+    let write_provider = target.headline_chain().map(provider_ref);
+    let mut report = auditor.finish(store.source(), revision, write_provider);
     report.unanswered = store.unanswered();
+    if let Some(file) = store.offline() {
+        let mut history = Counts::default();
+        for prefix in target.prefixes() {
+            file.history(prefix.as_bytes(), &mut |entry| {
+                if let Route::Covered { chain, .. } = target.route(&entry.key) {
+                    history.add(classify(chain, &entry.value, &entry.key).state);
+                }
+            })?;
+        }
+        report.history = Some(history);
+        let kinds = stored_kinds(target);
+        report.residue = file
+            .residue(kinds.as_deref())
+            .map(|plaintext| Residue { plaintext });
+    }
     Ok(report)
 }
 
-/// The report's top-level write provider for a multi-resource audit: the chain of the first
-/// resource the scope names (the config's first element without `--resource`).
-fn first_write_provider(chains: &ResourceChains, scope: &Scope) -> Option<ProviderRef> {
-    match scope.only.first() {
-        Some(gr) => chains.chain_for(gr).map(provider_ref),
-        None => chains.chains().first().map(provider_ref),
-    }
-}
-
-/// [`audit_resources`] of a snapshot or data file, with `history` and `residue` as
-/// [`audit_snapshot`] adds them (residue counts stored objects of the scanned resources' kinds
-/// when each is known — Secrets, ConfigMaps — else of any kind).
-pub async fn audit_snapshot_resources(
-    snap: &crate::store::snapshot::Snapshot,
-    chains: &ResourceChains,
-    scope: &Scope,
-    observer: &dyn Observer,
-) -> Result<Report, StoreError> {
-    let mut report = audit_resources(snap, chains, scope, observer).await?;
-    let mut history = Counts::default();
-    for prefix in &scope.prefixes {
-        snap.history(prefix.as_bytes(), |entry| {
-            if let Some(state) = history_state(chains, scope, &entry) {
-                history.add(state);
-            }
-        })?;
-    }
-    // The kinds stored under the scanned prefixes, when each has a known kind; else any kind.
-    let kinds: Option<Vec<&str>> = scope
-        .prefixes
+/// The kinds of object stored under the target's prefixes, when each prefix holds one known
+/// kind (Secrets, ConfigMaps); `None` (any kind) otherwise.
+pub(crate) fn stored_kinds(target: &Target) -> Option<Vec<&'static str>> {
+    target
+        .prefixes()
         .iter()
         .map(|p| {
-            (p != &scope.root)
+            (p != target.root())
                 .then(|| kind_of_resource(&resource_from_prefix(p).resource))
                 .flatten()
         })
-        .collect();
-    let residue = snap
-        .free_runs()
-        .map(|(_, bytes)| match &kinds {
-            Some(kinds) => kinds
-                .iter()
-                .map(|k| count_plaintext_objects(bytes, Some(k)))
-                .sum::<u64>(),
-            None => count_plaintext_objects(bytes, None),
-        })
-        .sum();
-    report.history = Some(history);
-    report.residue = Some(Residue { plaintext: residue });
-    Ok(report)
-}
-
-/// [`audit_resources`] of kine's SQLite file, with `history` as [`audit_kine`] adds it.
-pub async fn audit_kine_resources(
-    db: &crate::store::kine::KineDb,
-    chains: &ResourceChains,
-    scope: &Scope,
-    observer: &dyn Observer,
-) -> Result<Report, StoreError> {
-    let mut report = audit_resources(db, chains, scope, observer).await?;
-    let mut history = Counts::default();
-    for prefix in &scope.prefixes {
-        db.history(prefix.as_bytes(), |_, entry| {
-            if let Some(state) = history_state(chains, scope, &entry) {
-                history.add(state);
-            }
-        })?;
-    }
-    report.history = Some(history);
-    Ok(report)
-}
-
-/// An older revision's state, read with its resource's chain; `None` when not covered.
-fn history_state(chains: &ResourceChains, scope: &Scope, entry: &Entry) -> Option<State> {
-    let info = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some())?;
-    if !scope.wants(&info.resource) {
-        return None;
-    }
-    let chain = chains.chain_for(&info.resource)?;
-    Some(chain.classify(&entry.value, &entry.key).state)
-}
-
-/// Audits every entry under `prefix` in `store`, one page in memory at a time.
-pub async fn audit<S: ReadStore + Sync>(
-    store: &S,
-    chain: Option<&Chain>,
-    prefix: &[u8],
-    observer: &dyn Observer,
-) -> Result<Report, StoreError> {
-    observer.total(store.count(prefix).await?);
-    let mut auditor = Auditor::new(chain, prefix);
-    let info = store
-        .scan(prefix, |entry| {
-            observer.entry(auditor.add(&entry));
-            true
-        })
-        .await?;
-    let mut report = auditor.finish(store.source(), info.revision);
-    report.unanswered = store.unanswered();
-    Ok(report)
-}
-
-/// What removing keys (`config rotate --stage prune`) would do to a store: the chain
-/// `before` the edit against the chain `after` it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PruneCheck {
-    /// Entries `before` reads and `after` cannot: the prune must wait until they are
-    /// rewritten. Empty means the change is safe for this store.
-    pub blocked: Vec<ReportEntry>,
-    /// Entries no key reads either way that name a key `before` has and `after` lacks: already
-    /// undecryptable, they are lost for good once that key is gone (a key that was wrong for
-    /// them cannot be tried again).
-    pub lost: Vec<ReportEntry>,
-}
-
-/// Scans `prefix` once and sorts out what removing keys would do (see [`PruneCheck`]).
-pub async fn prune_check<S: ReadStore + Sync>(
-    store: &S,
-    before: &Chain,
-    after: &Chain,
-    prefix: &[u8],
-) -> Result<PruneCheck, StoreError> {
-    let mut auditor = Auditor::new(Some(before), prefix);
-    let mut check = PruneCheck::default();
-    store
-        .scan(prefix, |entry| {
-            let now = before.classify(&entry.value, &entry.key);
-            let then = after.classify(&entry.value, &entry.key);
-            if now.readable == Some(true) && then.readable != Some(true) {
-                check.blocked.push(auditor.add(&entry).clone());
-            } else if now.state == State::Undecryptable && then.state == State::UnknownKey {
-                check.lost.push(auditor.add(&entry).clone());
-            }
-            true
-        })
-        .await?;
-    Ok(check)
-}
-
-/// [`prune_check`] by resource: every resource in `scope`, each entry read with its resource's
-/// chain from `before` and from `after` (a prune edits one `resources` element, which may serve
-/// many resources: `[secrets, configmaps]`, `*.apps`, `*.*`). Keys of resources neither config
-/// covers are not read. One scan, pinned to one revision.
-pub async fn prune_check_resources<S: ReadStore + Sync>(
-    store: &S,
-    before: &ResourceChains,
-    after: &ResourceChains,
-    scope: &Scope,
-) -> Result<PruneCheck, StoreError> {
-    let mut auditor = Auditor::new(None, scope.report_prefix().as_bytes());
-    let mut check = PruneCheck::default();
-    scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
-        let Some(info) = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some()) else {
-            return;
-        };
-        if !scope.wants(&info.resource) {
-            return;
-        }
-        let Some(was) = before.chain_for(&info.resource) else {
-            return;
-        };
-        let now = was.classify(&entry.value, &entry.key);
-        let (then, then_readable) = match after.chain_for(&info.resource) {
-            Some(chain) => {
-                let c = chain.classify(&entry.value, &entry.key);
-                let readable = c.readable == Some(true);
-                (c, readable)
-            }
-            // Not covered any more: kube-apiserver reads it as stored (plaintext only).
-            None => {
-                let c = classify(None, &entry.value, &entry.key);
-                let readable = c.state == State::Plaintext;
-                (c, readable)
-            }
-        };
-        if now.readable == Some(true) && !then_readable {
-            check
-                .blocked
-                .push(auditor.add_resource(Some(was), info, &entry).clone());
-        } else if now.state == State::Undecryptable && then.state == State::UnknownKey {
-            check
-                .lost
-                .push(auditor.add_resource(Some(was), info, &entry).clone());
-        }
-    })
-    .await?;
-    Ok(check)
-}
-
-/// The entries `before` can read but `after` cannot ([`PruneCheck::blocked`]).
-pub async fn unreadable_after<S: ReadStore + Sync>(
-    store: &S,
-    before: &Chain,
-    after: &Chain,
-    prefix: &[u8],
-) -> Result<Vec<ReportEntry>, StoreError> {
-    Ok(prune_check(store, before, after, prefix).await?.blocked)
-}
-
-/// Audits a snapshot or data file: the same report as a live audit of the same data, plus what
-/// only the file shows — `history` (older, not yet compacted revisions under the prefix, by
-/// state) and `residue` (plaintext objects of the audited kind left in unreferenced pages).
-pub async fn audit_snapshot(
-    snap: &crate::store::snapshot::Snapshot,
-    chain: Option<&Chain>,
-    prefix: &[u8],
-    observer: &dyn Observer,
-) -> Result<Report, StoreError> {
-    let mut report = audit(snap, chain, prefix, observer).await?;
-    let mut history = Counts::default();
-    snap.history(prefix, |entry| {
-        history.add(classify(chain, &entry.value, &entry.key).state);
-    })?;
-    let kind = kind_of_resource(&resource_from_prefix(&report.prefix).resource);
-    let residue = snap
-        .free_runs()
-        .map(|(_, bytes)| count_plaintext_objects(bytes, kind))
-        .sum();
-    report.history = Some(history);
-    report.residue = Some(Residue { plaintext: residue });
-    Ok(report)
-}
-
-/// Audits kine's SQLite file (k3s): the same report as a live audit through kine, plus
-/// `history`: every stored copy of an older value under the prefix, by state — superseded rows
-/// and delete rows until kine compacts, and the `old_value` copy that each row keeps of the
-/// value before it, which kine's compaction never clears (see [`crate::store::kine`]).
-/// `residue` (free database pages) is not read for SQLite files.
-pub async fn audit_kine(
-    db: &crate::store::kine::KineDb,
-    chain: Option<&Chain>,
-    prefix: &[u8],
-    observer: &dyn Observer,
-) -> Result<Report, StoreError> {
-    let mut report = audit(db, chain, prefix, observer).await?;
-    let mut history = Counts::default();
-    db.history(prefix, |_, entry| {
-        history.add(classify(chain, &entry.value, &entry.key).state);
-    })?;
-    report.history = Some(history);
-    Ok(report)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_namespaced_and_cluster_keys() {
-        let p = b"/registry/secrets/";
-        assert_eq!(
-            namespace_and_name(p, b"/registry/secrets/default/db"),
-            (Some("default".into()), Some("db".into()))
-        );
-        assert_eq!(
-            namespace_and_name(
-                b"/registry/namespaces/",
-                b"/registry/namespaces/kube-system"
-            ),
-            (None, Some("kube-system".into()))
-        );
-        assert_eq!(namespace_and_name(p, b"/other/x"), (None, None));
-    }
-
-    #[test]
-    fn prefixes_name_their_group() {
-        let gr = |p: &str| resource_from_prefix(p).to_string();
-        assert_eq!(gr("/registry/secrets/"), "secrets");
-        assert_eq!(gr("/registry/deployments/"), "deployments.apps");
-        assert_eq!(gr("/registry/services/specs/"), "services");
-        assert_eq!(gr("/kubernetes.io/minions/"), "nodes");
-        assert_eq!(gr("/registry/example.com/widgets/"), "widgets.example.com");
-        assert_eq!(gr("/registry/"), "registry");
-    }
 
     #[test]
     fn verdict_follows_the_exit_status_rules() {
@@ -775,9 +499,13 @@ mod tests {
         ] {
             let config = crate::config::Config::from_yaml(&yaml(&providers)).unwrap();
             let chain = Chain::from_config(&config, "", "secrets").unwrap();
-            let mut auditor = Auditor::new(Some(&chain), b"/registry/secrets/");
-            auditor.add(&entry);
-            let report = auditor.finish("test".to_owned(), 2);
+            let target = Target::prefix("/registry/secrets/", None);
+            let Route::Covered { info, .. } = target.route(&entry.key) else {
+                panic!("a Secret's key is under its prefix")
+            };
+            let mut auditor = Auditor::new("/registry/secrets/");
+            auditor.add(Some(&chain), info, &entry);
+            let report = auditor.finish("test".to_owned(), 2, Some(provider_ref(&chain)));
             assert_eq!(report.summary.plaintext, 1);
             assert_eq!(report.plaintext_by_config, by_config, "{providers}");
             assert_eq!(report.verdict(false), verdict, "{providers}");
@@ -795,7 +523,14 @@ mod tests {
 
     #[test]
     fn no_config_audit_names_provider_and_key() {
-        let mut a = Auditor::new(None, b"/registry/secrets/");
+        let target = Target::prefix("/registry/secrets/", None);
+        let mut a = Auditor::new("/registry/secrets/");
+        let add = |a: &mut Auditor, entry: &Entry| {
+            let Route::Covered { info, chain } = target.route(&entry.key) else {
+                panic!("a Secret's key is under its prefix")
+            };
+            a.add(chain, info, entry).clone()
+        };
         let mut entry = Entry {
             key: b"/registry/secrets/ns/a".to_vec(),
             value: [
@@ -808,7 +543,7 @@ mod tests {
             version: 1,
             lease: 0,
         };
-        let e = a.add(&entry).clone();
+        let e = add(&mut a, &entry);
         assert_eq!(e.state, State::Encrypted);
         assert_eq!(e.provider, Some(ProviderKind::Aescbc));
         assert_eq!(
@@ -816,10 +551,10 @@ mod tests {
             Some("aescbckey-2025-05-16T19:21:39Z")
         );
         entry.value = b"k8s\0plain".to_vec();
-        assert_eq!(a.add(&entry).state, State::Plaintext);
+        assert_eq!(add(&mut a, &entry).state, State::Plaintext);
         entry.value = b"k8s:enc:kms:v2:plugin:\x0a".to_vec();
-        assert_eq!(a.add(&entry).state, State::Kms);
-        let r = a.finish("test".into(), 9);
+        assert_eq!(add(&mut a, &entry).state, State::Kms);
+        let r = a.finish("test".into(), 9, None);
         assert_eq!(r.summary.total, 3);
         assert_eq!(r.write_provider, None);
         assert_eq!(r.verdict(false), Verdict::Findings);

@@ -46,6 +46,19 @@ pub(crate) fn table() -> Table {
     t
 }
 
+/// `text` with every control character (ESC, CR, C1 controls, …) shown as a visible escape, so
+/// that keys, names and messages read from etcd or a plugin cannot drive the terminal.
+pub(crate) fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .flat_map(char::escape_default)
+            .collect::<String>(),
+    )
+}
+
 /// Writes `text` to standard output.
 pub(crate) fn print(text: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();

@@ -31,6 +31,8 @@
 //! [`BUILTIN`] lists the built-in resources stored in etcd by Kubernetes 1.31 to 1.34
 //! ([`KUBERNETES_VERSIONS`]), with their API groups: what `*.<group>` and `*.` cover.
 
+mod target;
+
 use std::collections::HashMap;
 use std::fmt;
 
@@ -40,6 +42,8 @@ use crate::config::Config;
 use crate::provider::Plaintext;
 use crate::store::{ReadStore, StoreError};
 use crate::transform::{Chain, KmsOptions, TransformError};
+
+pub use target::{Route, Target};
 
 /// The Kubernetes versions the [`BUILTIN`] table was taken from.
 pub const KUBERNETES_VERSIONS: &str = "1.31-1.34";
@@ -635,6 +639,34 @@ pub fn kind_of_resource(resource: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_namespaced_and_cluster_keys() {
+        let p = b"/registry/secrets/";
+        assert_eq!(
+            namespace_and_name(p, b"/registry/secrets/default/db"),
+            (Some("default".into()), Some("db".into()))
+        );
+        assert_eq!(
+            namespace_and_name(
+                b"/registry/namespaces/",
+                b"/registry/namespaces/kube-system"
+            ),
+            (None, Some("kube-system".into()))
+        );
+        assert_eq!(namespace_and_name(p, b"/other/x"), (None, None));
+    }
+
+    #[test]
+    fn prefixes_name_their_group() {
+        let gr = |p: &str| resource_from_prefix(p).to_string();
+        assert_eq!(gr("/registry/secrets/"), "secrets");
+        assert_eq!(gr("/registry/deployments/"), "deployments.apps");
+        assert_eq!(gr("/registry/services/specs/"), "services");
+        assert_eq!(gr("/kubernetes.io/minions/"), "nodes");
+        assert_eq!(gr("/registry/example.com/widgets/"), "widgets.example.com");
+        assert_eq!(gr("/registry/"), "registry");
+    }
 
     fn info(key: &str) -> (String, Option<String>, Option<String>) {
         let i = split_key("/registry/", key.as_bytes()).unwrap();

@@ -1,6 +1,7 @@
 //! Re-encrypting stored entries in place, without ever losing a write.
 //!
-//! [`apply`] pages through a prefix of a live store and, for every entry, asks the chain what to
+//! [`rewrite`] runs every safety rule first (the preflight), then, for each resource
+//! prefix of its [`crate::resource::Target`], the engine: it pages through the prefix of a live store and, for every entry, asks the chain what to
 //! do ([`Chain::plan_rewrite`]): nothing (already current), skip it (unknown key, undecryptable,
 //! KMS), or write a new value — which the chain has already decrypted back, through the whole
 //! chain, to exactly the old plaintext. Each write is one compare-and-put transaction:
@@ -35,13 +36,15 @@
 //! leaves the alarm to the operator. Nor is a failure after which no member answered for the
 //! store's whole failover window (the store already retried it).
 
+mod live;
 pub mod offline;
-pub mod resources;
+pub mod rotate;
 pub mod space_plan;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -51,19 +54,19 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::audit::{NoProgress, Verdict};
-use crate::provider::Provider;
 use crate::store::{CasOutcome, Entry, Page, StoreError, Unanswered, WriteStore};
 use crate::transform::{Chain, RewritePlan, State};
+
+pub use live::{rewrite, RewriteReport};
+use space_plan::{SpaceError, SpacePlan};
 
 /// How many times one transaction is planned and sent again after a store failure, before the
 /// run stops.
 pub const STORE_RETRIES: u32 = 3;
 
-/// What to rewrite and how.
+/// How to rewrite. What to rewrite is a [`crate::resource::Target`].
 #[derive(Debug, Clone)]
 pub struct RewriteOptions {
-    /// The etcd key prefix to rewrite (default `/registry/secrets/`).
-    pub prefix: Vec<u8>,
     /// Transactions in flight at once (default 64; 0 counts as 1).
     pub concurrency: usize,
     /// Plan only: report `would-rewrite`, write nothing.
@@ -75,40 +78,59 @@ pub struct RewriteOptions {
     /// Progressive compaction: after every this many rewritten entries, finish the
     /// transactions in flight and compact the store at the newest revision written, so that
     /// the old revisions' pages are freed and reused by the next batch instead of growing the
-    /// database towards its quota (`None`: never; see [`crate::rewrite::space_plan`]). The scan then goes on
-    /// at a new revision: each entry is still written only if it did not change since it was
-    /// read.
+    /// database towards its quota (`None`: only when the space plan needs it; see
+    /// [`crate::rewrite::space_plan`]). The scan then goes on at a new revision: each entry is
+    /// still written only if it did not change since it was read.
     pub compact_every: Option<u64>,
-    /// Write every rewritten key a second time, with the same new value. For kine (k3s's
-    /// datastore), whose every row keeps an `old_value` copy of the value before it — a copy
-    /// kine's compaction never clears: after one write the current row would keep the old
-    /// plaintext; after the second it keeps the new ciphertext, and compaction then removes
-    /// the row that held the plaintext (see [`crate::store::kine`]). Default off (etcd keeps no
-    /// such copy, and the second write would only double the history).
+    /// Write every rewritten key a second time, with the same new value. [`rewrite`] turns it
+    /// on for kine (k3s's datastore), whose every row keeps an `old_value` copy of the value
+    /// before it — a copy kine's compaction never clears: after one write the current row
+    /// would keep the old plaintext; after the second it keeps the new ciphertext, and
+    /// compaction then removes the row that held the plaintext (see [`crate::store::kine`]).
     pub write_twice: bool,
+    /// Keep every member's database file under this fraction of etcd's quota (default 0.8).
+    pub max_db_fraction: f64,
+    /// etcd's quota in bytes when neither its status nor its /metrics say.
+    pub quota_bytes: Option<u64>,
+    /// Save a snapshot of the store to this file (mode 0600) before writing anything.
+    pub backup: Option<PathBuf>,
+    /// Replace an existing backup file.
+    pub overwrite_backup: bool,
+    /// After the rewrite, compact the store's history at its newest revision.
+    pub compact: bool,
 }
 
 impl Default for RewriteOptions {
     fn default() -> Self {
         RewriteOptions {
-            prefix: b"/registry/secrets/".to_vec(),
             concurrency: 64,
             dry_run: false,
             allow_decrypt: false,
             max_conflict_retries: 5,
             compact_every: None,
             write_twice: false,
+            max_db_fraction: space_plan::DEFAULT_MAX_DB_FRACTION,
+            quota_bytes: None,
+            backup: None,
+            overwrite_backup: false,
+            compact: false,
         }
     }
 }
 
 /// Progress callbacks. Every method has a no-op default; they are called from the task running
-/// [`apply`], so they should return quickly.
+/// [`rewrite`], so they should return quickly.
 pub trait Observer: Send + Sync {
-    /// The number of keys under the prefix when the run starts (the store may change after).
+    /// The number of keys to visit when the run starts (the store may change after).
     fn total(&self, _n: u64) {}
     /// One entry is done, whatever the result (already-current ones included).
     fn entry(&self, _e: &RewriteEntry) {}
+    /// The space plan, before anything is written.
+    fn space(&self, _plan: &SpacePlan) {}
+    /// A dry run: the space refusal a real run would meet (the dry run goes on).
+    fn space_refused(&self, _why: &SpaceError) {}
+    /// The backup was saved, before anything was written.
+    fn backup(&self, _path: &Path, _bytes: u64) {}
 }
 
 impl Observer for NoProgress {}
@@ -165,7 +187,8 @@ pub struct RewriteEntry {
     pub from: State,
     /// What the rewrite did.
     pub result: EntryResult,
-    /// Why, for `skipped`, `failed` and `conflict` entries (absent otherwise).
+    /// Why, for `skipped`, `failed` and `conflict` entries, and for a `rewritten` one whose
+    /// second write on kine failed (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// How many times a write lost the compare-and-swap because the key had changed, and the
@@ -175,6 +198,10 @@ pub struct RewriteEntry {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -219,8 +246,17 @@ pub struct RewriteSummary {
     /// The store revision the first page was read at (0 if no page was read); later pages are
     /// read at it too, unless a progressive compaction moved the scan on.
     pub revision: i64,
-    /// Progressive compactions done during the run (see `compact_every`).
+    /// Compactions done: progressive ones during the run (see `compact_every`), and the final
+    /// one with `compact`.
     pub compactions: u64,
+    /// With `compact`: the revision the history was compacted at after the rewrite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compacted_at: Option<i64>,
+    /// kine only: rewritten entries whose second write failed, so kine's `old_value` copy of
+    /// the value before the rewrite (possibly plaintext) was not replaced (listed in `entries`
+    /// with the error; run the rewrite again).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub second_write_failed: u64,
     /// Live rewrites: etcd's space, the estimated growth and how the run stays under the quota
     /// (set by the caller that made the plan; see [`crate::rewrite::space_plan`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -237,6 +273,9 @@ pub struct RewriteSummary {
 impl RewriteSummary {
     fn add(&mut self, entry: RewriteEntry) {
         self.scanned += 1;
+        if entry.result == EntryResult::Rewritten && entry.error.is_some() {
+            self.second_write_failed += 1;
+        }
         self.conflicts_retried += u64::from(entry.conflicts_retried);
         let count = match entry.result {
             EntryResult::Rewritten => &mut self.rewritten,
@@ -259,7 +298,7 @@ impl RewriteSummary {
     /// failed, a dry run's would-rewrite, or an interrupted run.
     pub fn verdict(&self) -> Verdict {
         let done = self.rewritten + self.already_current + self.deleted;
-        if done == self.scanned && !self.interrupted {
+        if done == self.scanned && !self.interrupted && self.second_write_failed == 0 {
             Verdict::Clean
         } else {
             Verdict::Findings
@@ -271,6 +310,12 @@ impl RewriteSummary {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RewriteError {
+    /// The store is a file: rewrite it into a new file instead ([`offline::rewrite_copy`]).
+    #[error("{source_name} is a file: a rewrite in place needs a live etcd (or kine)")]
+    NotLive {
+        /// The store, as reports name it.
+        source_name: String,
+    },
     /// The config writes with `identity`: a rewrite would decrypt everything.
     #[error(
         "the config's first provider is identity: a rewrite would store every entry unencrypted"
@@ -279,6 +324,25 @@ pub enum RewriteError {
     /// The config writes with a KMS provider whose plugin is not ready (nothing was written).
     #[error("refusing to write: {0}")]
     KmsWrite(#[from] crate::provider::kms::KmsWriteError),
+    /// The space plan refuses: the rewrite cannot stay under the quota's margin, or etcd has a
+    /// NOSPACE alarm (nothing was written).
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+    /// A backup was asked for, but kine has no snapshot API (nothing was written).
+    #[error("{source_name} is kine (k3s's datastore): it has no snapshot API, so no backup can be saved")]
+    BackupOnKine {
+        /// The store, as reports name it.
+        source_name: String,
+    },
+    /// The backup could not be saved (nothing was written).
+    #[error("the backup to {} failed", .path.display())]
+    Backup {
+        /// The backup file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<StoreError>,
+    },
     /// The store failed and the run stopped; the transactions in flight were finished.
     #[error("rewrite stopped after {} entries: the store failed{}", .summary.scanned, .key.as_ref().map(|k| format!(" writing {k}")).unwrap_or_default())]
     Store {
@@ -296,11 +360,22 @@ impl RewriteError {
     /// What the user can do about it.
     pub fn advice(&self) -> &'static str {
         match self {
+            RewriteError::NotLive { .. } => {
+                "rewrite a snapshot or kine file into a new one: pass --out FILE"
+            }
             RewriteError::IdentityWrite => {
                 "this is the \"decrypt all data\" procedure; pass --allow-decrypt if that is what \
                  you want, or put the new encrypting provider first in the config"
             }
             RewriteError::KmsWrite(e) => e.advice(),
+            RewriteError::Space(e) => e.advice(),
+            RewriteError::BackupOnKine { .. } => {
+                "copy the SQLite file instead, e.g. `sqlite3 /var/lib/rancher/k3s/server/db/state.db \
+                 \".backup /root/state-before-rewrite.db\"`, then run without --backup"
+            }
+            RewriteError::Backup { .. } => {
+                "nothing was written to etcd; fix the backup path or drop --backup"
+            }
             RewriteError::Store { source, .. } => match source {
                 StoreError::Etcd(e) => e.advice(),
                 _ => "run again: entries already rewritten are current and are passed over",
@@ -317,14 +392,13 @@ impl RewriteError {
     }
 }
 
-/// Rewrites every entry under `opts.prefix` that is not current (see the module docs).
-///
-/// Refuses before reading anything when the chain's write provider is identity (unless
-/// `allow_decrypt`), or KMS with a plugin that is not healthy and v2 (the health gate, also in
-/// a dry run).
-pub async fn apply<S>(
+/// Rewrites every entry under `prefix` that is not current, with `chain` (see the module docs).
+/// The preflight (gates, space plan, backup) is [`rewrite`]'s: this is the engine it runs once
+/// per prefix.
+pub(crate) async fn apply_prefix<S>(
     store: &S,
     chain: &Chain,
+    prefix: &[u8],
     opts: &RewriteOptions,
     observer: &dyn Observer,
     shutdown: impl Future<Output = ()>,
@@ -332,14 +406,6 @@ pub async fn apply<S>(
 where
     S: WriteStore + Sync,
 {
-    match &chain.write_entry().provider {
-        Provider::Identity(_) if !opts.allow_decrypt => return Err(RewriteError::IdentityWrite),
-        Provider::Kms(kms) => {
-            kms.ready_to_write()?;
-        }
-        _ => {}
-    }
-    let prefix = opts.prefix.as_slice();
     let concurrency = opts.concurrency.max(1);
     let mut summary = RewriteSummary::default();
     match store.count(prefix).await {
@@ -475,6 +541,32 @@ async fn fetch_page<S: WriteStore + Sync>(
     store.page(prefix, after.as_deref(), revision).await
 }
 
+/// kine's second write of a rewritten key (see [`RewriteOptions::write_twice`]): the same bytes
+/// on top of themselves, so that the store's copy of the previous value is this ciphertext. The
+/// revision to compare against is read back with the key, not taken from the first
+/// transaction's header: kine's header carries its newest revision, which may already be
+/// another writer's. Only if the key still holds exactly these bytes (a random IV makes them
+/// unique) is it written again; a conflict or a changed value means someone wrote after us,
+/// which replaces the copy just as well. A store failure is returned: the first write stands,
+/// but the copy of the old value stays until the next write.
+async fn write_again<S: WriteStore + Sync>(
+    store: &S,
+    key: &[u8],
+    value: Vec<u8>,
+) -> Result<(), String> {
+    let failed = |e: StoreError| {
+        format!("the second write, which replaces kine's old_value copy of the previous value, failed: {e}; run the rewrite again")
+    };
+    match store.get(key).await.map_err(failed)? {
+        Some(now) if now.value == value => store
+            .compare_and_put(key, now.mod_revision, value, now.lease)
+            .await
+            .map(drop)
+            .map_err(failed),
+        _ => Ok(()),
+    }
+}
+
 /// Plans and writes one entry, re-planning after a conflict (from the entry the failure branch
 /// returned) or a store failure (from the same entry: a new value, freshly verified).
 async fn rewrite_one<S: WriteStore + Sync>(
@@ -517,24 +609,12 @@ async fn rewrite_one<S: WriteStore + Sync>(
             .await
         {
             Ok(CasOutcome::Written { mod_revision }) => {
+                let mut second = None;
                 if let Some(value) = again {
-                    // The same bytes on top of themselves: the store's copy of the previous
-                    // value is now this ciphertext. The revision to compare against is read
-                    // back with the key, not taken from the transaction's header: kine's
-                    // header carries its newest revision, which may already be another
-                    // writer's. Only if the key still holds exactly these bytes (a random IV
-                    // makes them unique) is it written again; a conflict means someone wrote
-                    // after us, which replaces the copy just as well; a store failure leaves
-                    // the first write, which is correct, with the copy until the next write.
-                    if let Ok(Some(now)) = store.get(&entry.key).await {
-                        if now.value == value {
-                            let _ = store
-                                .compare_and_put(&entry.key, now.mod_revision, value, now.lease)
-                                .await;
-                        }
-                    }
+                    second = write_again(store, &entry.key, value).await.err();
                 }
-                return done(EntryResult::Rewritten, None).map(|(e, _)| (e, Some(mod_revision)));
+                let (written, _) = done(EntryResult::Rewritten, second)?;
+                return Ok((written, Some(mod_revision)));
             }
             Ok(CasOutcome::Conflict { current: None }) => return done(EntryResult::Deleted, None),
             Ok(CasOutcome::Conflict {
@@ -576,6 +656,9 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::provider::Provider;
+
+    const PREFIX: &[u8] = b"/registry/secrets/";
     use crate::provider::{aescbc::AesCbc, identity::Identity, KeyMaterial};
     use crate::store::{prefix_end, ReadStore};
 
@@ -709,14 +792,29 @@ mod tests {
     }
 
     async fn run(store: &MemStore, opts: RewriteOptions) -> Result<RewriteSummary, RewriteError> {
-        apply(store, &chain(), &opts, &NoProgress, std::future::pending()).await
+        apply_prefix(
+            store,
+            &chain(),
+            PREFIX,
+            &opts,
+            &NoProgress,
+            std::future::pending(),
+        )
+        .await
     }
 
     #[test]
     fn apply_can_run_on_a_spawned_task() {
         fn is_send<T: Send>(_: &T) {}
         let (store, chain, opts) = (MemStore::default(), chain(), RewriteOptions::default());
-        let run = apply(&store, &chain, &opts, &NoProgress, std::future::pending());
+        let run = apply_prefix(
+            &store,
+            &chain,
+            PREFIX,
+            &opts,
+            &NoProgress,
+            std::future::pending(),
+        );
         is_send(&run);
     }
 
@@ -728,12 +826,13 @@ mod tests {
         assert_eq!(s.verdict(), Verdict::Clean);
         let s = run(&store, RewriteOptions::default()).await.unwrap();
         assert_eq!((s.scanned, s.already_current), (95, 95));
-        let empty = run(
+        let empty = apply_prefix(
             &store,
-            RewriteOptions {
-                prefix: b"/registry/configmaps/".to_vec(),
-                ..RewriteOptions::default()
-            },
+            &chain(),
+            b"/registry/configmaps/",
+            &RewriteOptions::default(),
+            &NoProgress,
+            std::future::pending(),
         )
         .await
         .unwrap();
@@ -765,9 +864,16 @@ mod tests {
     async fn a_shutdown_before_the_first_page_writes_nothing() {
         let store = MemStore::with_plaintext(20);
         let opts = RewriteOptions::default();
-        let s = apply(&store, &chain(), &opts, &NoProgress, std::future::ready(()))
-            .await
-            .unwrap();
+        let s = apply_prefix(
+            &store,
+            &chain(),
+            PREFIX,
+            &opts,
+            &NoProgress,
+            std::future::ready(()),
+        )
+        .await
+        .unwrap();
         assert!(s.interrupted);
         assert_eq!((s.scanned, s.rewritten), (0, 0));
         assert_eq!(s.verdict(), Verdict::Findings);

@@ -1,9 +1,10 @@
-//! Re-encrypting an etcd snapshot file offline: `atrest rewrite --snapshot IN --out OUT`.
+//! Re-encrypting a file store offline: `atrest rewrite --snapshot IN --out OUT` (an etcd
+//! snapshot or data file) and `--kine-db IN --out OUT` (kine's SQLite file).
 //!
 //! Every revision stored under the prefix — the newest of each key *and* every older,
 //! not yet compacted revision — is planned with [`Chain::plan_rewrite`] (so each new value has
 //! been decrypted back to exactly the old plaintext before it is used) and the whole database
-//! is written as a fresh, compact bbolt file by [`write_snapshot`]: other buckets, revisions
+//! is written as a fresh, compact bbolt file by [`crate::store::snapshot::write_snapshot`] (kine: [`crate::store::kine::KineDb::write_copy`]): other buckets, revisions
 //! and leases unchanged, no free pages carrying old bytes, a valid sha256 trailer.
 //! `etcdctl snapshot restore OUT` accepts it. IN is never modified.
 //!
@@ -15,16 +16,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::audit::classify;
-use crate::audit::{Counts, Verdict};
-use crate::object::count_plaintext_objects;
+use super::live::{units, Unit};
+use crate::audit::{classify, Counts, Verdict};
 use crate::provider::Provider;
-use crate::resource::{custom_resources, split_key, GroupResource, ResourceChains, Scope};
-use crate::resource::{kind_of_resource, resource_from_prefix};
+use crate::resource::{GroupResource, Route, Target};
 use crate::rewrite::{EntryResult, RewriteEntry};
-use crate::store::kine::{KineDb, RowValue};
-use crate::store::snapshot::{write_snapshot, Snapshot, SnapshotError};
-use crate::store::{Entry, ReadStore, StoreError};
+use crate::store::offline::{Copy, Offline};
+use crate::store::{Entry, ReadStore, Store, StoreError};
 use crate::transform::{Chain, RewritePlan};
 
 /// What an offline rewrite did, and what the new file holds. The JSON schema of
@@ -145,6 +143,9 @@ impl OfflineSummary {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum OfflineError {
+    /// The store is a live etcd: rewrite it in place instead ([`crate::rewrite::rewrite`]).
+    #[error("{0} is a live store: an offline rewrite reads an etcd snapshot or a kine file")]
+    Live(String),
     /// The output path is the input file.
     #[error("the output {0} is the input file; write to a new file (the input is never modified)")]
     SameFile(PathBuf),
@@ -163,153 +164,81 @@ pub enum OfflineError {
     /// used).
     #[error("verification of the new file failed: {0}, which this rewrite does not cover, differs from the input; do not use the output")]
     Changed(String),
-    /// Scanning the input failed.
-    #[error("scanning the input failed: {0}")]
-    Scan(String),
-    /// Reading or writing the file failed.
+    /// Reading the input or writing or re-reading the output failed.
     #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
+    Store(#[from] StoreError),
 }
 
-/// Which keys an offline rewrite re-encrypts, and with which chain.
-#[derive(Debug)]
-pub enum Coverage<'a> {
-    /// Every key under `prefix`, with one chain (`--prefix`).
-    Prefix {
-        /// The chain.
-        chain: &'a Chain,
-        /// The key prefix.
-        prefix: &'a [u8],
-    },
-    /// Every resource the config covers and the scope wants, each with the chain
-    /// kube-apiserver would use for it: the built-in resources and the custom resources of the
-    /// CRDs stored in the input, as a live rewrite by resource
-    /// ([`crate::rewrite::resources`]). Every other key is left byte-identical.
-    Resources {
-        /// The chains.
-        chains: &'a ResourceChains,
-        /// What to read.
-        scope: &'a Scope,
-        /// The resources rewritten.
-        resources: HashSet<GroupResource>,
-        /// Covered resources left alone, and why.
-        left_alone: BTreeMap<String, String>,
-        /// CRDs that could not be read.
-        crd_errors: Vec<String>,
-    },
+impl OfflineError {
+    /// What the user can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            OfflineError::Live(_) => "pass --snapshot IN or --kine-db IN with --out OUT",
+            OfflineError::SameFile(_) => "choose another --out file",
+            OfflineError::IdentityWrite => {
+                "pass --allow-decrypt if decrypting everything is what you want"
+            }
+            OfflineError::KmsWrite(e) => e.advice(),
+            OfflineError::Lost(_) | OfflineError::Changed(_) => {
+                "delete the output and report this as a bug; the input is unchanged"
+            }
+            OfflineError::Store(e) => e.advice(),
+        }
+    }
+}
+
+/// Which keys an offline rewrite re-encrypts, and with which chain: the units of a live rewrite
+/// of the same target ([`crate::rewrite::rewrite`]) — for one prefix, every key under it; by
+/// resource, the covered resources of the built-ins and of the CRDs stored in the input. Every
+/// other key is left byte-identical.
+struct Coverage<'a> {
+    target: &'a Target,
+    units: Vec<Unit<'a>>,
+    resources: HashSet<GroupResource>,
+    left_alone: BTreeMap<String, String>,
+    crd_errors: Vec<String>,
 }
 
 impl<'a> Coverage<'a> {
-    /// Coverage by resource of the input `store` (its CRDs name the custom resources).
-    /// Resources whose write provider is identity are left alone unless `allow_decrypt`.
-    pub async fn resources<S: ReadStore + Sync>(
+    async fn new<S: ReadStore + Sync>(
         store: &S,
-        chains: &'a ResourceChains,
-        scope: &'a Scope,
+        target: &'a Target,
         allow_decrypt: bool,
     ) -> Result<Coverage<'a>, StoreError> {
-        let (crds, errors) = custom_resources(store, &scope.root, chains).await?;
-        let custom: Vec<GroupResource> = crds.iter().map(|c| c.group_resource()).collect();
-        let mut resources = HashSet::new();
-        let mut left_alone = BTreeMap::new();
-        for (gr, _) in crate::rewrite::resources::resources_in_scope(chains, scope, &custom) {
-            let identity = chains
-                .chain_for(&gr)
-                .is_some_and(|c| matches!(c.write_entry().provider, Provider::Identity(_)));
-            if identity && !allow_decrypt {
-                left_alone.insert(
-                    gr.to_string(),
-                    "its write provider is identity: pass --allow-decrypt to decrypt it".to_owned(),
-                );
-            } else {
-                resources.insert(gr);
-            }
-        }
-        Ok(Coverage::Resources {
-            chains,
-            scope,
+        let (units, left_alone, crd_errors) = units(store, target, allow_decrypt).await?;
+        let resources = units.iter().map(|u| u.resource.clone()).collect();
+        Ok(Coverage {
+            target,
+            units,
             resources,
             left_alone,
-            crd_errors: errors.iter().map(ToString::to_string).collect(),
+            crd_errors,
         })
     }
 
     /// The chain that re-encrypts `key`; `None` for a key the rewrite leaves alone.
-    pub fn chain_for_key(&self, key: &[u8]) -> Option<&'a Chain> {
-        match self {
-            Coverage::Prefix { chain, prefix } => key.starts_with(prefix).then_some(*chain),
-            Coverage::Resources {
-                chains,
-                scope,
-                resources,
-                ..
-            } => {
-                let info = split_key(&scope.root, key).filter(|i| i.name.is_some())?;
-                if !resources.contains(&info.resource) {
-                    return None;
-                }
-                chains.chain_for(&info.resource)
-            }
-        }
-    }
-
-    /// The key prefixes holding every key the rewrite may change, in key order.
-    fn prefixes(&self) -> Vec<&[u8]> {
-        match self {
-            Coverage::Prefix { prefix, .. } => vec![prefix],
-            Coverage::Resources { scope, .. } => {
-                scope.prefixes.iter().map(|p| p.as_bytes()).collect()
-            }
+    fn chain_for_key(&self, key: &[u8]) -> Option<&'a Chain> {
+        match self.target.route(key) {
+            Route::Covered {
+                info,
+                chain: Some(chain),
+            } if self.resources.contains(&info.resource) => Some(chain),
+            _ => None,
         }
     }
 
     /// One prefix that holds every key the rewrite may change.
-    fn outer_prefix(&self) -> &[u8] {
-        match self {
-            Coverage::Prefix { prefix, .. } => prefix,
-            Coverage::Resources { scope, .. } => scope.root.as_bytes(),
-        }
-    }
-
-    /// The chains that may write.
-    fn writing_chains(&self) -> Vec<&'a Chain> {
-        match self {
-            Coverage::Prefix { chain, .. } => vec![*chain],
-            Coverage::Resources {
-                chains, resources, ..
-            } => {
-                let mut used: Vec<usize> = resources
-                    .iter()
-                    .filter_map(|gr| chains.index_for(gr))
-                    .collect();
-                used.sort_unstable();
-                used.dedup();
-                used.into_iter().map(|i| &chains.chains()[i]).collect()
-            }
-        }
-    }
-
-    /// The kind of object stored under the prefixes, when there is one (for residue counts).
-    fn kind(&self) -> Option<&'static str> {
-        match self.prefixes().as_slice() {
-            [one] => {
-                kind_of_resource(&resource_from_prefix(&String::from_utf8_lossy(one)).resource)
-            }
-            _ => None,
+    fn outer_prefix(&self) -> &'a [u8] {
+        match self.target.as_prefix() {
+            Some((prefix, ..)) => prefix.as_bytes(),
+            None => self.target.root().as_bytes(),
         }
     }
 
     fn start_summary(&self, input: &Path, output: &Path, revision: i64) -> OfflineSummary {
         let mut s = OfflineSummary::start(input, output, revision);
-        if let Coverage::Resources {
-            left_alone,
-            crd_errors,
-            ..
-        } = self
-        {
-            s.left_alone = left_alone.clone();
-            s.crd_errors = crd_errors.clone();
-        }
+        s.left_alone = self.left_alone.clone();
+        s.crd_errors = self.crd_errors.clone();
         s
     }
 }
@@ -323,8 +252,8 @@ fn check_before_writing(
     input: &Path,
     output: &Path,
 ) -> Result<(), OfflineError> {
-    for chain in coverage.writing_chains() {
-        match &chain.write_entry().provider {
+    for unit in &coverage.units {
+        match &unit.chain.write_entry().provider {
             Provider::Identity(_) if !allow_decrypt => return Err(OfflineError::IdentityWrite),
             Provider::Kms(kms) => {
                 kms.ready_to_write()?;
@@ -342,20 +271,24 @@ fn check_before_writing(
     Ok(())
 }
 
-/// Checks the output against the input: every key the coverage's prefixes hold in `input` is in
-/// the output (read with `get`), covered keys counted in `after` by the states they now have,
-/// every other key byte-identical.
+/// Checks the output against the input: every key the target's prefixes hold in `input` is in
+/// `written`, covered keys counted in `after` by the states they now have, every other key
+/// byte-identical.
 async fn verify_output<S: ReadStore + Sync>(
     input: &S,
     coverage: &Coverage<'_>,
-    get: impl Fn(&[u8]) -> Result<Option<Entry>, OfflineError> + Sync,
+    written: &dyn Offline,
     after: &mut Counts,
 ) -> Result<(), OfflineError> {
     let mut failed = None;
-    for prefix in coverage.prefixes() {
-        input
-            .scan(prefix, |old| {
-                match get(&old.key).and_then(|w| check_written(coverage, &old, w, after)) {
+    for prefix in coverage.target.prefixes() {
+        let scanned = input
+            .scan(prefix.as_bytes(), |old| {
+                let checked = written
+                    .get(&old.key)
+                    .map_err(OfflineError::from)
+                    .and_then(|w| check_written(coverage, &old, w, after));
+                match checked {
                     Ok(()) => true,
                     Err(e) => {
                         failed = Some(e);
@@ -363,14 +296,11 @@ async fn verify_output<S: ReadStore + Sync>(
                     }
                 }
             })
-            .await
-            .map_err(|e| match e {
-                StoreError::Snapshot(e) => OfflineError::Snapshot(e),
-                other => OfflineError::Scan(other.to_string()),
-            })?;
+            .await;
         if let Some(e) = failed.take() {
             return Err(e);
         }
+        scanned?;
     }
     Ok(())
 }
@@ -395,116 +325,48 @@ fn check_written(
     Ok(())
 }
 
-/// Rewrites `input` into `output` (see the module docs).
-pub async fn rewrite_snapshot(
-    input: &Snapshot,
+/// Rewrites the file `store` into `output` (see the module docs): every stored value the target
+/// covers — newest values, older revisions, kine's `old_value` copies — is planned with
+/// [`Chain::plan_rewrite`] (verified before it is used) and written into a fresh copy (mode
+/// 0600; an existing `output` is replaced only with `overwrite`), which is then re-read and
+/// audited. The input is never modified.
+pub async fn rewrite_copy(
+    store: &Store,
     output: &Path,
-    coverage: &Coverage<'_>,
+    overwrite: bool,
+    target: &Target,
     allow_decrypt: bool,
 ) -> Result<OfflineSummary, OfflineError> {
-    check_before_writing(coverage, allow_decrypt, input.path(), output)?;
-    let mut s = coverage.start_summary(input.path(), output, input.revision());
-    let mut lookup_error = None;
-    write_snapshot(input, output, |entry| {
-        let chain = coverage.chain_for_key(&entry.key)?;
-        let newest = match input.get(&entry.key) {
-            Ok(found) => found.is_some_and(|n| n.mod_revision == entry.mod_revision),
-            Err(e) => {
-                lookup_error.get_or_insert(e);
-                false
-            }
-        };
-        s.plan(chain, entry, newest)
-    })?;
-    if let Some(e) = lookup_error {
-        return Err(e.into());
-    }
+    let Some(input) = store.offline() else {
+        return Err(OfflineError::Live(store.source()));
+    };
+    let coverage = Coverage::new(store, target, allow_decrypt).await?;
+    check_before_writing(&coverage, allow_decrypt, input.path(), output)?;
+    let mut s = coverage.start_summary(input.path(), output, input.file_revision());
+    input.write_copy(
+        output,
+        overwrite,
+        coverage.outer_prefix(),
+        &mut |copy, entry| {
+            let chain = coverage.chain_for_key(&entry.key)?;
+            s.plan(chain, entry, copy == Copy::Newest)
+        },
+    )?;
     s.entries.sort_by(|a, b| a.key.cmp(&b.key));
 
-    // Audit what was written.
-    let written = Snapshot::open(output)?;
+    // Audit what was written: every key of the input is there, in the states it now has.
+    let written = input.open_copy(output)?;
     let mut after = Counts::default();
     let mut after_history = Counts::default();
-    for prefix in coverage.prefixes() {
-        written.history(prefix, |e| {
+    for prefix in target.prefixes() {
+        written.history(prefix.as_bytes(), &mut |e| {
             if let Some(chain) = coverage.chain_for_key(&e.key) {
                 after_history.add(classify(Some(chain), &e.value, &e.key).state);
             }
         })?;
     }
-    // The newest state: every key of the input is in the output, covered keys in the states
-    // they now have, every other key byte-identical.
-    verify_output(
-        input,
-        coverage,
-        |key| written.get(key).map_err(OfflineError::from),
-        &mut after,
-    )
-    .await?;
-    let kind = coverage.kind();
-    s.after_residue = written
-        .free_runs()
-        .map(|(_, b)| count_plaintext_objects(b, kind))
-        .sum();
-    s.after = after;
-    s.after_history = after_history;
-    Ok(s)
-}
-
-/// Rewrites kine's SQLite file `input` into `output`: every row the coverage names — newest
-/// values, older rows, delete rows and every `old_value` copy — is planned with
-/// [`Chain::plan_rewrite`] (verified before it is used), written into a vacuumed copy (see
-/// [`KineDb::write_copy`]), and the copy is then re-read and audited. `input` is never modified.
-pub async fn rewrite_kine(
-    input: &KineDb,
-    output: &Path,
-    overwrite: bool,
-    coverage: &Coverage<'_>,
-    allow_decrypt: bool,
-) -> Result<OfflineSummary, OfflineError> {
-    check_before_writing(coverage, allow_decrypt, input.path(), output)?;
-    let mut s = coverage.start_summary(input.path(), output, input.revision());
-    input
-        .write_copy(
-            output,
-            overwrite,
-            coverage.outer_prefix(),
-            |which, entry| {
-                let chain = coverage.chain_for_key(&entry.key)?;
-                s.plan(chain, entry, which == RowValue::Newest)
-            },
-        )
-        .map_err(|e| OfflineError::Scan(format!("{e}")))?;
-    s.entries.sort_by(|a, b| a.key.cmp(&b.key));
-
-    // Audit what was written: every key of the input is there, in the states it now has.
-    let written = KineDb::open(output).map_err(|e| OfflineError::Scan(e.to_string()))?;
-    let mut after = Counts::default();
-    let mut after_history = Counts::default();
-    for prefix in coverage.prefixes() {
-        written
-            .history(prefix, |_, e| {
-                if let Some(chain) = coverage.chain_for_key(&e.key) {
-                    after_history.add(classify(Some(chain), &e.value, &e.key).state);
-                }
-            })
-            .map_err(|e| OfflineError::Scan(e.to_string()))?;
-    }
-    verify_output(
-        input,
-        coverage,
-        |key| {
-            written
-                .get(key)
-                .map_err(|e| OfflineError::Scan(e.to_string()))
-        },
-        &mut after,
-    )
-    .await?;
-    // A vacuumed file has no free pages; any would be pages that may hold old bytes.
-    s.after_residue = written
-        .free_pages()
-        .map_err(|e| OfflineError::Scan(e.to_string()))?;
+    verify_output(store, &coverage, written.as_ref(), &mut after).await?;
+    s.after_residue = written.copy_residue()?;
     s.after = after;
     s.after_history = after_history;
     Ok(s)

@@ -26,8 +26,8 @@ use serde::Serialize;
 
 use crate::audit::{Counts, ProviderRef, Verdict};
 use crate::provider::{Provider, ProviderKind};
-use crate::resource::{split_key, GroupResource, ResourceChains, Scope};
-use crate::store::{Entry, ReadStore, StoreError, Unanswered};
+use crate::resource::{GroupResource, Route, Target};
+use crate::store::{scan_pinned, Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{Chain, ChainEntry, State};
 
 /// One configured key (or identity, or KMS provider) of the chain, with what the store needs
@@ -219,10 +219,23 @@ impl<'a> StatusBuilder<'a> {
 
     /// Finishes the status.
     pub fn finish(self, source: String, revision: i64) -> Status {
-        let mut keys = self.keys;
-        for k in &mut keys {
-            k.safe_to_remove = !k.write && k.entries == 0 && k.undecryptable == 0;
-        }
+        let prefix = String::from_utf8_lossy(&self.prefix).into_owned();
+        let resource = self.chain.resource().to_owned();
+        let write_provider = provider_ref(self.chain);
+        let part = self.into_part();
+        assemble(
+            vec![(None, part)],
+            prefix,
+            resource,
+            write_provider,
+            source,
+            revision,
+        )
+    }
+
+    /// What this chain's entries say: its keys, the keys the config lacks, counts, and why
+    /// kube-apiserver could not read everything.
+    fn into_part(self) -> Part {
         let s = self.summary;
         let mut reasons = Vec::new();
         if self.unreadable_plaintext > 0 {
@@ -256,74 +269,43 @@ impl<'a> StatusBuilder<'a> {
                 if s.undecryptable == 1 { "does" } else { "do" }
             ));
         }
-        let apiserver_reads_all = reasons.is_empty();
-        let write = &self.chain.write_entry().provider;
-        Status {
-            source,
-            prefix: String::from_utf8_lossy(&self.prefix).into_owned(),
-            resource: self.chain.resource().to_owned(),
-            revision,
-            write_provider: ProviderRef {
-                provider: write.kind(),
-                key_name: write.key_name().map(str::to_owned),
-            },
-            keys,
-            unknown_keys: self
-                .unknown
-                .into_iter()
-                .map(|((provider, key_name), entries)| UnknownKey {
-                    provider,
-                    key_name,
-                    entries,
-                })
-                .collect(),
+        Part {
+            keys: self.keys,
+            unknown: self.unknown,
             summary: s,
             unreadable_plaintext: self.unreadable_plaintext,
-            apiserver_reads_all,
             reasons,
-            verdict: if apiserver_reads_all {
-                Verdict::Clean
-            } else {
-                Verdict::Findings
-            },
-            resources: BTreeMap::new(),
-            not_covered: BTreeMap::new(),
-            unanswered: Vec::new(),
         }
     }
 }
 
-/// Scans every entry under `prefix` once and builds the [`Status`] of `chain` against it.
-pub async fn status<S: ReadStore + Sync>(
-    store: &S,
-    chain: &Chain,
-    prefix: &[u8],
-) -> Result<Status, StoreError> {
-    let mut builder = StatusBuilder::new(chain, prefix);
-    let info = store
-        .scan(prefix, |entry| {
-            builder.add(&entry);
-            true
-        })
-        .await?;
-    let mut status = builder.finish(store.source(), info.revision);
-    status.unanswered = store.unanswered();
-    Ok(status)
+/// One chain's share of a status (see [`StatusBuilder::into_part`]).
+struct Part {
+    keys: Vec<KeyStatus>,
+    unknown: BTreeMap<(Option<ProviderKind>, Option<String>), u64>,
+    summary: Counts,
+    unreadable_plaintext: u64,
+    reasons: Vec<String>,
 }
 
-/// The status of every resource in `scope`, each entry read with the chain kube-apiserver would
-/// use for its resource (see [`ResourceChains`]), in one scan pinned to one revision. One
-/// [`StatusBuilder`] per distinct chain; the result merges them: `keys` lists each config path
-/// once (entries of every resource it serves; safe to remove only if it reads none of them and
-/// writes for none), `reasons` name their resources, `resources` counts each covered resource
-/// and `not_covered` the others.
-pub async fn status_resources<S: ReadStore + Sync>(
-    store: &S,
-    chains: &ResourceChains,
-    scope: &Scope,
-) -> Result<Status, StoreError> {
-    let prefix = scope.report_prefix().as_bytes();
-    let mut builders: Vec<StatusBuilder<'_>> = chains
+fn provider_ref(chain: &Chain) -> ProviderRef {
+    let write = &chain.write_entry().provider;
+    ProviderRef {
+        provider: write.kind(),
+        key_name: write.key_name().map(str::to_owned),
+    }
+}
+
+/// Scans every key `target` reads in `store` once, at one revision, and builds the [`Status`]
+/// of the config against it: each covered entry is counted against the key of its resource's
+/// chain that reads it (see [`Target::route`]). One [`StatusBuilder`] per distinct chain; the
+/// result merges them: `keys` lists each config path once (entries of every resource it
+/// serves; safe to remove only if it reads none of them and writes for none). By resource,
+/// `reasons` name their resources, `resources` counts each covered resource and `not_covered`
+/// the others.
+pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<Status, StoreError> {
+    let prefix = target.report_prefix().as_bytes();
+    let mut builders: Vec<StatusBuilder<'_>> = target
         .chains()
         .iter()
         .map(|c| StatusBuilder::new(c, prefix))
@@ -331,88 +313,78 @@ pub async fn status_resources<S: ReadStore + Sync>(
     // Keyed by resource, so the scan allocates only for a resource's first entry.
     let mut resources: HashMap<GroupResource, Counts> = HashMap::new();
     let mut not_covered: HashMap<GroupResource, u64> = HashMap::new();
-    let revision = crate::store::scan_pinned(store, &scope.root, &scope.prefixes, |entry| {
-        let Some(info) = split_key(&scope.root, &entry.key).filter(|i| i.name.is_some()) else {
-            return;
-        };
-        if !scope.wants(&info.resource) {
-            return;
-        }
-        match chains.index_for(&info.resource) {
-            Some(i) => {
+    let revision = scan_pinned(
+        store,
+        target.root(),
+        target.prefixes(),
+        |entry| match target.route(&entry.key) {
+            Route::Covered { info, .. } => {
+                let Some(i) = target.chain_index(&info.resource) else {
+                    return;
+                };
                 let state = builders[i].add(&entry);
                 resources.entry(info.resource).or_default().add(state);
             }
-            None => *not_covered.entry(info.resource).or_default() += 1,
-        }
-    })
+            Route::NotCovered(info) => *not_covered.entry(info.resource).or_default() += 1,
+            Route::Outside => {}
+        },
+    )
     .await?;
+    let by_resource = target.by_resource().is_some();
     // The resources each chain read, for the reasons.
     let mut seen: Vec<BTreeSet<String>> = vec![BTreeSet::new(); builders.len()];
     for gr in resources.keys() {
-        if let Some(i) = chains.index_for(gr) {
+        if let Some(i) = target.chain_index(gr) {
             seen[i].insert(gr.to_string());
         }
     }
-    let source = store.source();
-    let parts: Vec<(Vec<String>, Status)> = builders
+    let parts = builders
         .into_iter()
         .zip(seen)
         .map(|(b, seen)| {
-            (
-                seen.into_iter().collect(),
-                b.finish(source.clone(), revision),
-            )
+            let names: Vec<String> = seen.into_iter().collect();
+            (by_resource.then(|| names.join(", ")), b.into_part())
         })
         .collect();
-    let mut status = merge_statuses(parts, chains, scope, source, revision);
-    status.resources = resources
-        .into_iter()
-        .map(|(gr, c)| (gr.to_string(), c))
-        .collect();
-    status.not_covered = not_covered
-        .into_iter()
-        .map(|(gr, n)| (gr.to_string(), n))
-        .collect();
-    status.unanswered = store.unanswered();
-    Ok(status)
-}
-
-/// Merges per-chain statuses into one (see [`status_resources`]).
-fn merge_statuses(
-    parts: Vec<(Vec<String>, Status)>,
-    chains: &ResourceChains,
-    scope: &Scope,
-    source: String,
-    revision: i64,
-) -> Status {
-    let write_chain = match scope.only.first() {
-        Some(gr) => chains.chain_for(gr),
-        None => chains.chains().first(),
-    };
-    let write_provider = write_chain.map_or(
+    let write_provider = target.headline_chain().map_or(
         ProviderRef {
             provider: ProviderKind::Identity,
             key_name: None,
         },
-        |c| ProviderRef {
-            provider: c.write_entry().provider.kind(),
-            key_name: c.write_entry().provider.key_name().map(str::to_owned),
-        },
+        provider_ref,
     );
-    let names: Vec<String> = if scope.only.is_empty() {
-        let mut names: Vec<String> = Vec::new();
-        for e in &chains.config().model().resources {
-            for r in &e.resources {
-                if !names.contains(r) {
-                    names.push(r.clone());
-                }
-            }
-        }
-        names
-    } else {
-        scope.only.iter().map(ToString::to_string).collect()
-    };
+    let mut status = assemble(
+        parts,
+        target.report_prefix().to_owned(),
+        target.resource_names().join(", "),
+        write_provider,
+        store.source(),
+        revision,
+    );
+    if by_resource {
+        status.resources = resources
+            .into_iter()
+            .map(|(gr, c)| (gr.to_string(), c))
+            .collect();
+        status.not_covered = not_covered
+            .into_iter()
+            .map(|(gr, n)| (gr.to_string(), n))
+            .collect();
+    }
+    status.unanswered = store.unanswered();
+    Ok(status)
+}
+
+/// One [`Status`] from each chain's part, each part's reasons led by the resources it read
+/// (when named).
+fn assemble(
+    parts: Vec<(Option<String>, Part)>,
+    prefix: String,
+    resource: String,
+    write_provider: ProviderRef,
+    source: String,
+    revision: i64,
+) -> Status {
     let mut keys: Vec<KeyStatus> = Vec::new();
     let mut unknown: BTreeMap<(Option<ProviderKind>, Option<String>), u64> = BTreeMap::new();
     let mut summary = Counts::default();
@@ -434,13 +406,16 @@ fn merge_statuses(
                 None => keys.push(k),
             }
         }
-        for u in part.unknown_keys {
-            *unknown.entry((u.provider, u.key_name)).or_default() += u.entries;
+        for (k, n) in part.unknown {
+            *unknown.entry(k).or_default() += n;
         }
         summary.merge(&part.summary);
         unreadable_plaintext += part.unreadable_plaintext;
         for r in part.reasons {
-            reasons.push(format!("{}: {r}", seen.join(", ")));
+            reasons.push(match &seen {
+                Some(seen) => format!("{seen}: {r}"),
+                None => r,
+            });
         }
     }
     keys.sort_by_key(|k| path_order(&k.path));
@@ -450,8 +425,8 @@ fn merge_statuses(
     let apiserver_reads_all = reasons.is_empty();
     Status {
         source,
-        prefix: scope.report_prefix().to_owned(),
-        resource: names.join(", "),
+        prefix,
+        resource,
         revision,
         write_provider,
         keys,

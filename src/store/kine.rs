@@ -582,6 +582,10 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 }
 
 impl ReadStore for KineDb {
+    fn offline(&self) -> Option<&dyn crate::store::offline::Offline> {
+        Some(self)
+    }
+
     fn source(&self) -> String {
         format!("kine database {}", self.path.display())
     }

@@ -7,9 +7,12 @@
 //! - [`WriteStore`]: compare-and-put that keeps the lease, a point read, a backup and compaction.
 //!   Only the live store has it, so the type system forbids writing into a snapshot.
 //!
-//! Stores never decide what to write: that is [`crate::rewrite`]'s job.
+//! Stores never decide what to write: that is [`crate::rewrite`](mod@crate::rewrite)'s job.
 
+mod any;
+pub mod offline;
 mod pinned;
+pub use any::{Store, StoreSpec};
 pub(crate) use pinned::scan_pinned;
 
 use std::fmt;
@@ -157,6 +160,12 @@ pub trait ReadStore {
     /// member; this is how reports name the ones it left.
     fn unanswered(&self) -> Vec<Unanswered> {
         Vec::new()
+    }
+
+    /// The offline capability of a file store (history, residue, writing a copy); `None` for a
+    /// live store.
+    fn offline(&self) -> Option<&dyn offline::Offline> {
+        None
     }
 
     /// How many keys are under `prefix` now (used to size progress bars).

@@ -12,9 +12,12 @@ use std::time::Instant;
 use atrest::audit::{NoProgress, Verdict};
 use atrest::config::Config;
 use atrest::provider::kms::KmsWriteError;
-use atrest::rewrite::{self, EntryResult, Observer, RewriteEntry, RewriteError, RewriteOptions};
+use atrest::resource::Target;
+use atrest::rewrite::{
+    self, EntryResult, Observer, RewriteEntry, RewriteError, RewriteOptions, RewriteSummary,
+};
 use atrest::store::etcd::{EtcdOptions as StoreOptions, EtcdStore};
-use atrest::store::{Entry, ReadStore};
+use atrest::store::{Entry, ReadStore, Store};
 use atrest::transform::{Chain, State};
 use base64::Engine as _;
 use etcd_client::GetOptions;
@@ -116,6 +119,21 @@ fn plaintext(i: usize, generation: u64) -> Vec<u8> {
         800 + i % 900,
     ));
     v
+}
+
+/// Rewrites every Secret with `chain`, through the library's one rewrite entry point.
+async fn apply(
+    store: &EtcdStore,
+    chain: Chain,
+    opts: &RewriteOptions,
+    observer: &dyn Observer,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<RewriteSummary, RewriteError> {
+    let store = Store::Etcd(store.clone());
+    let target = Target::prefix(PREFIX, Some(chain));
+    rewrite::rewrite(&store, &target, opts, observer, shutdown)
+        .await
+        .map(|report| report.all)
 }
 
 async fn store_for(server: &EtcdServer) -> EtcdStore {
@@ -255,9 +273,9 @@ async fn rewrite_makes_plaintext_and_stale_current_and_leaves_the_rest() {
 
     // Planning alone (scan, classify, encrypt, verify; no writes): the engine's own cost.
     let started = Instant::now();
-    let planned = rewrite::apply(
+    let planned = apply(
         &store,
-        &chain,
+        current_chain(),
         &RewriteOptions {
             dry_run: true,
             ..RewriteOptions::default()
@@ -277,9 +295,9 @@ async fn rewrite_makes_plaintext_and_stale_current_and_leaves_the_rest() {
     assert_eq!(snapshot_of(&client).await, before);
 
     let started = Instant::now();
-    let summary = rewrite::apply(
+    let summary = apply(
         &store,
-        &chain,
+        current_chain(),
         &RewriteOptions::default(),
         &counter,
         std::future::pending(),
@@ -375,9 +393,9 @@ async fn rewrite_makes_plaintext_and_stale_current_and_leaves_the_rest() {
     assert_eq!(cm.kvs()[0].value(), b"k8s\0cm");
 
     // A second run finds nothing to do.
-    let again = rewrite::apply(
+    let again = apply(
         &store,
-        &chain,
+        current_chain(),
         &RewriteOptions::default(),
         &NoProgress,
         std::future::pending(),
@@ -453,9 +471,9 @@ async fn no_update_is_lost_to_concurrent_writes() {
         .collect();
 
     let started = Instant::now();
-    let summary = rewrite::apply(
+    let summary = apply(
         &store,
-        &chain,
+        current_chain(),
         &RewriteOptions::default(),
         &NoProgress,
         std::future::pending(),
@@ -515,9 +533,9 @@ async fn no_update_is_lost_to_concurrent_writes() {
     check(&after);
 
     // With the writer gone, a second run makes everything current and loses nothing either.
-    let second = rewrite::apply(
+    let second = apply(
         &store,
-        &chain,
+        current_chain(),
         &RewriteOptions::default(),
         &NoProgress,
         std::future::pending(),
@@ -532,9 +550,9 @@ async fn no_update_is_lost_to_concurrent_writes() {
     assert!(after
         .values()
         .all(|e| decrypt(&chain, e).0 == State::Current));
-    let third = rewrite::apply(
+    let third = apply(
         &store,
-        &chain,
+        current_chain(),
         &RewriteOptions::default(),
         &NoProgress,
         std::future::pending(),
@@ -560,9 +578,9 @@ async fn a_dry_run_writes_nothing() {
         .unwrap()
         .revision();
     let store = store_for(&server).await;
-    let summary = rewrite::apply(
+    let summary = apply(
         &store,
-        &current_chain(),
+        current_chain(),
         &RewriteOptions {
             dry_run: true,
             ..RewriteOptions::default()
@@ -611,9 +629,9 @@ async fn shutdown_stops_early_and_a_second_run_finishes() {
         stop_after: Some((500, Arc::clone(&notify))),
         ..Counter::default()
     };
-    let first = rewrite::apply(
+    let first = apply(
         &store,
-        &chain,
+        current_chain(),
         &RewriteOptions::default(),
         &counter,
         notify.notified(),
@@ -643,9 +661,9 @@ async fn shutdown_stops_early_and_a_second_run_finishes() {
         .count();
     assert_eq!(current as u64, first.rewritten);
 
-    let second = rewrite::apply(
+    let second = apply(
         &store,
-        &chain,
+        current_chain(),
         &RewriteOptions::default(),
         &NoProgress,
         std::future::pending(),
@@ -692,10 +710,9 @@ resources:
 ",
         b64(&KEY_CURRENT)
     );
-    let decrypting = chain(&identity_yaml);
-    let err = rewrite::apply(
+    let err = apply(
         &store,
-        &decrypting,
+        chain(&identity_yaml),
         &RewriteOptions::default(),
         &NoProgress,
         std::future::pending(),
@@ -705,9 +722,9 @@ resources:
     assert!(matches!(err, RewriteError::IdentityWrite), "{err:?}");
     assert!(err.advice().contains("--allow-decrypt"));
 
-    let summary = rewrite::apply(
+    let summary = apply(
         &store,
-        &decrypting,
+        chain(&identity_yaml),
         &RewriteOptions {
             allow_decrypt: true,
             ..RewriteOptions::default()
@@ -739,10 +756,9 @@ resources:
           endpoint: unix:///var/run/kms-plugin.sock
       - identity: {}
 ";
-    let kms_chain = chain(kms_yaml);
-    let err = rewrite::apply(
+    let err = apply(
         &store,
-        &kms_chain,
+        chain(kms_yaml),
         &RewriteOptions::default(),
         &NoProgress,
         std::future::pending(),

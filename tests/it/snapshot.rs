@@ -411,7 +411,7 @@ async fn thousands_of_entries_scan_correctly() {
     // The writer on a multi-level tree with overflow values: read back, then served by etcd.
     let out = server.scratch().join("big-rewritten.db");
     let started = Instant::now();
-    let stats = write_snapshot(&snap, &out, |e| {
+    let stats = write_snapshot(&snap, &out, false, |e| {
         e.value
             .starts_with(b"k8s\0")
             .then(|| fake_encrypt(&e.value))
@@ -459,7 +459,7 @@ fn exercise(snap: &Snapshot, out: &Path) {
     let _ = snap.history(b"", |_| {});
     let _ = snap.free_pages().count();
     let _ = snap.free_runs().count();
-    if write_snapshot(snap, out, |e| Some(e.value.repeat(2))).is_ok() {
+    if write_snapshot(snap, out, false, |e| Some(e.value.repeat(2))).is_ok() {
         // Whatever the writer accepted, the reader reads back.
         Snapshot::open(out).expect("the writer's output opens");
     }
@@ -702,7 +702,7 @@ async fn a_rewritten_snapshot_restores_into_etcd() {
 
     let out = server.scratch().join("rewritten.db");
     let mut offered = 0u64;
-    let stats = write_snapshot(&src, &out, |e| {
+    let stats = write_snapshot(&src, &out, false, |e| {
         offered += 1;
         (e.key.starts_with(PREFIX) && e.value.starts_with(b"k8s\0")).then(|| fake_encrypt(&e.value))
     })
@@ -741,7 +741,7 @@ async fn a_rewritten_snapshot_restores_into_etcd() {
 
     // Deterministic: copying the copy unchanged gives the same bytes.
     let again = server.scratch().join("again.db");
-    let stats2 = write_snapshot(&re, &again, |_| None).unwrap();
+    let stats2 = write_snapshot(&re, &again, false, |_| None).unwrap();
     assert_eq!(stats2.replaced, 0);
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&out).unwrap());
 

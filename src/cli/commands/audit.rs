@@ -5,11 +5,9 @@ use std::path::PathBuf;
 use atrest::audit::{self, Observer, Report, ReportEntry, Verdict};
 use atrest::resource::GroupResource;
 use atrest::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_ENDPOINT};
-use atrest::store::snapshot::Snapshot;
 use atrest::transform::State;
 use indicatif::ProgressBar;
 
-use super::load_chain;
 use crate::cli::args::{AuditArgs, OutputFormat, StoreArgs};
 use crate::cli::output::{self, yes_no};
 use crate::cli::{prometheus, CliError, Exit};
@@ -139,73 +137,35 @@ pub(crate) async fn run(
 ) -> Result<Exit, CliError> {
     (args.config, args.kine_db) =
         super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
-    // With a config and no --prefix: every resource the config covers, each with its chain.
-    if let (Some(path), None) = (&args.config, &args.prefix) {
-        let chains = super::load_chains(path, &args.kms)?;
-        let scope = super::resource_scope(path, &chains, &args.resource, &args.etcd_prefix)?;
-        let bar = Verbose {
-            bar: Progress(output::progress("auditing")),
-            list: args.verbose,
-            not_covered: std::sync::Mutex::new(Vec::new()),
-        };
-        let mut report = match (&args.snapshot, &args.kine_db) {
-            (None, Some(path)) => {
-                let db = super::open_kine(path)?;
-                audit::audit_kine_resources(&db, &chains, &scope, &bar).await?
-            }
-            (Some(path), _) => {
-                let snap = open_snapshot(path)?;
-                audit::audit_snapshot_resources(&snap, &chains, &scope, &bar).await?
-            }
-            (None, None) => {
-                let store = connect(&args.store).await?;
-                let report = audit::audit_resources(&store, &chains, &scope, &bar).await;
-                warn_failover(&store);
-                report?
-            }
-        };
-        bar.bar.0.finish_and_clear();
-        report.not_covered_keys = bar
-            .not_covered
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        return finish(&report, true, &args, format);
+    let target = super::target(
+        args.config.as_deref(),
+        args.prefix.as_deref(),
+        &args.resource,
+        &args.etcd_prefix,
+        &args.kms,
+    )?;
+    let store = super::open_store(
+        &args.store,
+        args.snapshot.as_deref(),
+        args.kine_db.as_deref(),
+    )
+    .await?;
+    let bar = Verbose {
+        bar: Progress(output::progress("auditing")),
+        list: args.verbose,
+        not_covered: std::sync::Mutex::new(Vec::new()),
+    };
+    let report = audit::audit(&store, &target, &bar).await;
+    if let Some(live) = store.live() {
+        warn_failover(live);
     }
-    let prefix_text = args
-        .prefix
-        .clone()
-        .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
-    let chain = match &args.config {
-        Some(path) => Some(load_chain(path, &prefix_text, &args.kms)?),
-        None => None,
-    };
-    let bar = Progress(output::progress("auditing"));
-    let prefix = prefix_text.as_bytes();
-    let report = match (&args.snapshot, &args.kine_db) {
-        (None, Some(path)) => {
-            let db = super::open_kine(path)?;
-            audit::audit_kine(&db, chain.as_ref(), prefix, &bar).await?
-        }
-        (Some(path), _) => {
-            let snap = open_snapshot(path)?;
-            audit::audit_snapshot(&snap, chain.as_ref(), prefix, &bar).await?
-        }
-        (None, None) => {
-            let store = connect(&args.store).await?;
-            let report = audit::audit(&store, chain.as_ref(), prefix, &bar).await;
-            warn_failover(&store);
-            report?
-        }
-    };
-    bar.0.finish_and_clear();
-    finish(&report, chain.is_some(), &args, format)
-}
-
-/// The prefix audited without --prefix and without a config.
-const DEFAULT_PREFIX: &str = "/registry/secrets/";
-
-fn open_snapshot(path: &std::path::Path) -> Result<Snapshot, CliError> {
-    Ok(Snapshot::open(path).map_err(atrest::store::StoreError::from)?)
+    let mut report = report?;
+    bar.bar.0.finish_and_clear();
+    report.not_covered_keys = bar
+        .not_covered
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    finish(&report, args.config.is_some(), &args, format)
 }
 
 /// Renders the report and turns its verdict into the exit status.

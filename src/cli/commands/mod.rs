@@ -13,10 +13,11 @@ pub(crate) mod status;
 use std::path::Path;
 
 use atrest::config::{Config, ConfigError, NewKms};
-use atrest::resource::{GroupResource, ResourceChains, Scope};
+use atrest::resource::{GroupResource, ResourceChains, Target};
+use atrest::store::{Store, StoreSpec};
 use atrest::transform::{Chain, KmsOptions, TransformError};
 
-use super::args::{KmsArgs, NewKmsArgs};
+use super::args::{KmsArgs, NewKmsArgs, StoreArgs};
 use super::CliError;
 
 /// Loads a config file and builds the chain for the resource the prefix names. KMS providers
@@ -77,28 +78,63 @@ pub(crate) fn load_chains(path: &Path, kms: &KmsArgs) -> Result<ResourceChains, 
     Ok(chains)
 }
 
-/// The scope of a command by resource: every resource the config covers, or only the
-/// `--resource` names (each must be covered), below kube-apiserver's `--etcd-prefix`.
-pub(crate) fn resource_scope(
-    path: &Path,
-    chains: &ResourceChains,
-    names: &[String],
+/// What a command reads and with which chains: with `--prefix`, that prefix with its resource's
+/// chain (or none without a config); else, with a config, every resource it covers (or only the
+/// `--resource` names, each of which it must cover) below kube-apiserver's `--etcd-prefix`; with
+/// neither, `default_prefix` without a config.
+pub(crate) fn target(
+    config: Option<&Path>,
+    prefix: Option<&str>,
+    resources: &[String],
     etcd_prefix: &str,
-) -> Result<Scope, CliError> {
-    let only: Vec<GroupResource> = names.iter().map(|n| GroupResource::parse(n)).collect();
-    for gr in &only {
-        if chains.chain_for(gr).is_none() {
-            return Err(CliError::usage(format!(
-                "{}: {}",
-                path.display(),
-                TransformError::NotCovered(gr.to_string())
-            ))
-            .advice(
-                "name a resource the config covers, or add it to the config's `resources` list",
-            ));
+    kms: &KmsArgs,
+) -> Result<Target, CliError> {
+    match (config, prefix) {
+        (Some(path), None) => {
+            let chains = load_chains(path, kms)?;
+            let only: Vec<GroupResource> =
+                resources.iter().map(|n| GroupResource::parse(n)).collect();
+            Target::resources(chains, etcd_prefix, &only).map_err(|e| {
+                CliError::usage(format!("{}: {e}", path.display())).advice(
+                    "name a resource the config covers, or add it to the config's `resources` list",
+                )
+            })
         }
+        (Some(path), Some(prefix)) => {
+            Ok(Target::prefix(prefix, Some(load_chain(path, prefix, kms)?)))
+        }
+        (None, prefix) => Ok(Target::prefix(prefix.unwrap_or(DEFAULT_PREFIX), None)),
     }
-    Ok(Scope::from_config(chains.config(), etcd_prefix, &only))
+}
+
+/// The prefix read without `--prefix` and without a config.
+pub(crate) const DEFAULT_PREFIX: &str = "/registry/secrets/";
+
+/// The store the flags name: `--snapshot FILE`, `--kine-db FILE`, else a live etcd with the
+/// etcdctl-style flags (and `--kubeadm`'s defaults).
+pub(crate) fn store_spec(
+    store: &StoreArgs,
+    snapshot: Option<&Path>,
+    kine_db: Option<&Path>,
+) -> StoreSpec {
+    match (snapshot, kine_db) {
+        (Some(path), _) => StoreSpec::Snapshot(path.to_owned()),
+        (None, Some(path)) => StoreSpec::KineDb(path.to_owned()),
+        (None, None) => StoreSpec::Etcd(audit::etcd_options(store)),
+    }
+}
+
+/// Opens the store the flags name (see [`store_spec`]); failures are exit 3 with advice. A live
+/// etcd's members that did not answer at connect time are warned about on stderr.
+pub(crate) async fn open_store(
+    store: &StoreArgs,
+    snapshot: Option<&Path>,
+    kine_db: Option<&Path>,
+) -> Result<Store, CliError> {
+    match store_spec(store, snapshot, kine_db) {
+        StoreSpec::Etcd(_) => Ok(Store::Etcd(audit::connect(store).await?)),
+        spec => Ok(Store::open(spec).await?),
+    }
 }
 
 /// `--no-kms` and `--kms-endpoint NAME=unix:///PATH` as library options; every NAME must be a

@@ -1,22 +1,25 @@
 //! `atrest rewrite`: re-encrypt plaintext and stale entries in place, safely.
+//!
+//! Resolves the arguments into a store, a [`atrest::resource::Target`] and options, makes one
+//! library call ([`rewrite::rewrite`], or [`rewrite_copy`] with `--out`) — every safety rule runs
+//! inside it — and renders the result.
 
-use atrest::resource::Scope;
-use atrest::rewrite::offline::{rewrite_kine, rewrite_snapshot, Coverage, OfflineError};
-use atrest::rewrite::resources::{self as rewrite_resources, ResourceRewriteSummary};
-use atrest::rewrite::space_plan::{self as space, SpacePlan};
-use atrest::rewrite::{self, Observer, RewriteEntry, RewriteOptions};
-use atrest::store::etcd::EtcdError;
-use atrest::store::etcd::QuotaSource;
-use atrest::store::snapshot::Snapshot;
-use atrest::store::{ReadStore, StoreError, WriteStore};
+use std::path::Path;
+
+use atrest::resource::Target;
+use atrest::rewrite::offline::{rewrite_copy, OfflineError};
+use atrest::rewrite::space_plan::{SpaceError, SpacePlan};
+use atrest::rewrite::{self, Observer, RewriteEntry, RewriteError, RewriteOptions, RewriteReport};
+use atrest::store::etcd::{EtcdError, QuotaSource};
+use atrest::store::StoreError;
 use indicatif::ProgressBar;
 
-use super::audit::{connect, warn_failover};
-use super::load_chain;
+use super::audit::warn_failover;
 use crate::cli::args::{OutputFormat, RewriteArgs};
 use crate::cli::output;
 use crate::cli::{CliError, Exit};
 
+/// Progress on a bar; the plan and the backup on stderr.
 struct Progress(ProgressBar);
 
 impl Observer for Progress {
@@ -25,6 +28,21 @@ impl Observer for Progress {
     }
     fn entry(&self, _e: &RewriteEntry) {
         self.0.inc(1);
+    }
+    fn space(&self, plan: &SpacePlan) {
+        self.0.suspend(|| eprint!("{}", describe_space(plan)));
+    }
+    fn space_refused(&self, why: &SpaceError) {
+        self.0
+            .suspend(|| eprintln!("A real run would refuse: {why}\nhint: {}", why.advice()));
+    }
+    fn backup(&self, path: &Path, bytes: u64) {
+        self.0.suspend(|| {
+            eprintln!(
+                "Backup: {} ({bytes} bytes) saved before any write.",
+                path.display()
+            )
+        });
     }
 }
 
@@ -35,6 +53,60 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
     args.kine_db = kine_db;
     let config = config.ok_or_else(|| CliError::usage("--config FILE is required"))?;
+    check_usage(&args)?;
+    let target = super::target(
+        Some(&config),
+        args.prefix.as_deref(),
+        &args.resource,
+        &args.etcd_prefix,
+        &args.kms,
+    )?;
+    if let Some(out) = &args.out {
+        return offline(&target, out, &args, format).await;
+    }
+    let store = super::open_store(&args.store, None, None).await?;
+    let kine = store.live().is_some_and(|s| s.is_kine());
+    let opts = RewriteOptions {
+        concurrency: args.concurrency,
+        dry_run: args.dry_run,
+        allow_decrypt: args.allow_decrypt,
+        compact_every: args.compact_every,
+        max_db_fraction: args.max_db_fraction,
+        quota_bytes: args.quota_bytes,
+        backup: args.backup.clone(),
+        overwrite_backup: args.force,
+        compact: args.compact,
+        ..RewriteOptions::default()
+    };
+    let bar = Progress(output::progress(if args.dry_run {
+        "planning"
+    } else {
+        "rewriting"
+    }));
+    let shutdown = async {
+        // Ctrl-C: finish the transactions in flight, start no new ones.
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let report = rewrite::rewrite(&store, &target, &opts, &bar, shutdown).await;
+    if let Some(live) = store.live() {
+        warn_failover(live);
+    }
+    let report = report.map_err(rewrite_error)?;
+    bar.0.finish_and_clear();
+    match output::format(format) {
+        OutputFormat::Prometheus => return Err(output::no_prometheus()),
+        OutputFormat::Json if target.by_resource().is_some() => output::print_json(&report)?,
+        OutputFormat::Json => output::print_json(&report.all)?,
+        OutputFormat::Table => output::print(&render(&report, &args, kine))?,
+    }
+    Ok(match report.all.verdict() {
+        atrest::audit::Verdict::Clean => Exit::Clean,
+        atrest::audit::Verdict::Findings => Exit::Findings,
+    })
+}
+
+/// The argument checks clap cannot make, before anything is read.
+fn check_usage(args: &RewriteArgs) -> Result<(), CliError> {
     if args.store.k3s && args.out.is_none() {
         return Err(CliError::usage(
             "--k3s rewrites offline, into a new file: k3s serves kine only on its unix socket",
@@ -48,41 +120,10 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }
-    // Without --prefix: every resource the config covers, each to its own write provider.
-    let by_resource = args.prefix.is_none();
-    let prefix = args
-        .prefix
-        .clone()
-        .unwrap_or_else(|| "/registry/secrets/".to_owned());
-    let (chain, chains) = if by_resource {
-        let chains = super::load_chains(&config, &args.kms)?;
-        (None, Some(chains))
-    } else {
-        (Some(load_chain(&config, &prefix, &args.kms)?), None)
-    };
-    let scope = match &chains {
-        Some(chains) => Some(super::resource_scope(
-            &config,
-            chains,
-            &args.resource,
-            &args.etcd_prefix,
-        )?),
-        None => None,
-    };
-    if let Some(out) = &args.out {
-        let input = args
-            .snapshot
-            .as_ref()
-            .or(args.kine_db.as_ref())
-            .ok_or_else(|| {
-                CliError::usage("--out is for offline rewrites: pass --snapshot IN or --kine-db IN")
-            })?;
-        let what = match (&chain, &chains, &scope) {
-            (Some(chain), _, _) => Offline::Prefix(chain, &prefix),
-            (None, Some(chains), Some(scope)) => Offline::Resources(chains, scope),
-            _ => return Err(CliError::usage("nothing to rewrite")),
-        };
-        return offline(what, input, out, &args, format).await;
+    if args.out.is_some() && args.snapshot.is_none() && args.kine_db.is_none() {
+        return Err(CliError::usage(
+            "--out is for offline rewrites: pass --snapshot IN or --kine-db IN",
+        ));
     }
     if args.force && args.backup.is_none() && args.out.is_none() {
         return Err(CliError::usage("--force needs --backup FILE or --out FILE"));
@@ -100,166 +141,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
             .advice("choose a new file name, or pass --force to replace it"));
         }
     }
-    let store = connect(&args.store).await?;
-    let kine = store.is_kine();
-    // kine (k3s's SQL datastore) has no space quota and no alarms.
-    let space = if kine {
-        None
-    } else {
-        check_space(
-            &store,
-            chain.as_ref(),
-            chains.as_ref().zip(scope.as_ref()),
-            &prefix,
-            &args,
-        )
-        .await?
-    };
-    if kine && args.backup.is_some() && !args.dry_run {
-        return Err(CliError::usage(format!(
-            "{} is kine (k3s's datastore): it has no snapshot API, so --backup cannot save one",
-            store.source()
-        ))
-        .advice(
-            "copy the SQLite file instead, e.g. `sqlite3 /var/lib/rancher/k3s/server/db/state.db \
-             \".backup /root/state-before-rewrite.db\"`, then run without --backup",
-        ));
-    }
-    if let Some(path) = &args.backup {
-        if !args.dry_run {
-            let size = store.backup(path, args.force).await.map_err(|e| match e {
-                StoreError::Etcd(EtcdError::Backup { path, source }) => {
-                    // A local file problem (exit 2), with the OS's reason.
-                    CliError::io(
-                        &format!("cannot write the backup {}", path.display()),
-                        source,
-                    )
-                    .advice("nothing was written to etcd; fix the backup path or drop --backup")
-                }
-                e => {
-                    let mut err =
-                        CliError::store(format!("backup to {} failed: {e}", path.display()))
-                            .advice(
-                                "nothing was written to etcd; fix the backup path or drop --backup",
-                            );
-                    for cause in crate::cli::error::causes(&e) {
-                        err = err.detail(format!("caused by: {cause}"));
-                    }
-                    err
-                }
-            })?;
-            eprintln!(
-                "Backup: {} ({size} bytes) saved before any write.",
-                path.display()
-            );
-        }
-    }
-    let opts = RewriteOptions {
-        prefix: prefix.as_bytes().to_vec(),
-        concurrency: args.concurrency,
-        dry_run: args.dry_run,
-        allow_decrypt: args.allow_decrypt,
-        compact_every: space.as_ref().and_then(|p| p.compact_every),
-        // kine keeps the previous value in each row's old_value: write twice so that the copy
-        // beside each re-encrypted value is ciphertext too.
-        write_twice: kine,
-        ..RewriteOptions::default()
-    };
-    let bar = Progress(output::progress(if args.dry_run {
-        "planning"
-    } else {
-        "rewriting"
-    }));
-    let shutdown = async {
-        // Ctrl-C: finish the transactions in flight, start no new ones.
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let mut summary = match (&chain, chains.as_ref(), &scope) {
-        (Some(chain), _, _) => {
-            let summary = rewrite::apply(&store, chain, &opts, &bar, shutdown).await;
-            warn_failover(&store);
-            ResourceRewriteSummary {
-                all: summary.map_err(rewrite_error)?,
-                ..ResourceRewriteSummary::default()
-            }
-        }
-        (None, Some(chains), Some(scope)) => {
-            let summary =
-                rewrite_resources::apply(&store, chains, scope, &opts, &bar, shutdown).await;
-            warn_failover(&store);
-            let mut summary = summary.map_err(rewrite_error)?;
-            summary.all.unanswered = store.unanswered();
-            summary
-        }
-        _ => return Err(CliError::usage("nothing to rewrite")),
-    };
-    summary.all.space = space;
-    bar.0.finish_and_clear();
-
-    let mut compacted = None;
-    if args.compact && !args.dry_run && !summary.all.interrupted {
-        let compact_prefix = scope.as_ref().map_or(prefix.as_str(), |s| s.root.as_str());
-        let page = store.page(compact_prefix.as_bytes(), None, None).await?;
-        store.compact(page.revision).await?;
-        compacted = Some(page.revision);
-    }
-
-    match output::format(format) {
-        OutputFormat::Prometheus => return Err(output::no_prometheus()),
-        OutputFormat::Json => {
-            if by_resource {
-                output::print_json(&summary)?
-            } else {
-                output::print_json(&summary.all)?
-            }
-        }
-        OutputFormat::Table => output::print(&render(&summary, &args, compacted, kine))?,
-    }
-    Ok(match summary.all.verdict() {
-        atrest::audit::Verdict::Clean => Exit::Clean,
-        atrest::audit::Verdict::Findings => Exit::Findings,
-    })
-}
-
-/// Reads etcd's space and the rewrite's growth, prints the plan on stderr, and refuses (before
-/// anything is written) when the rewrite cannot stay under the quota's margin or a NOSPACE alarm
-/// is active. A dry run prints the refusal a real run would meet and goes on.
-async fn check_space(
-    store: &atrest::store::etcd::EtcdStore,
-    chain: Option<&atrest::transform::Chain>,
-    by_resource: Option<(&atrest::resource::ResourceChains, &Scope)>,
-    prefix: &str,
-    args: &RewriteArgs,
-) -> Result<Option<SpacePlan>, CliError> {
-    let opts = super::audit::etcd_options(&args.store);
-    let etcd = store
-        .space(&opts, args.quota_bytes)
-        .await
-        .map_err(atrest::store::StoreError::from)?;
-    // A dry run always counts; a real run skips the extra scan when even rewriting the whole
-    // database once would stay under the margin.
-    let estimate = if !args.dry_run && space::bound_fits(&etcd, args.max_db_fraction) {
-        space::Estimate::bound(etcd.largest_in_use())
-    } else {
-        match (chain, by_resource) {
-            (Some(chain), _) => space::estimate(store, chain, prefix.as_bytes()).await?,
-            (None, Some((chains, scope))) => {
-                rewrite_resources::estimate(store, chains, scope).await?
-            }
-            (None, None) => space::Estimate::bound(etcd.largest_in_use()),
-        }
-    };
-    match space::plan(etcd, estimate, args.max_db_fraction, args.compact_every) {
-        Ok(plan) => {
-            eprint!("{}", describe_space(&plan));
-            Ok(Some(plan))
-        }
-        Err(e) if args.dry_run => {
-            eprintln!("A real run would refuse: {e}\nhint: {}", e.advice());
-            Ok(None)
-        }
-        Err(e) => Err(CliError::store(e.to_string()).advice(e.advice())),
-    }
+    Ok(())
 }
 
 fn mib(bytes: u64) -> String {
@@ -332,7 +214,26 @@ fn describe_space(p: &SpacePlan) -> String {
 
 /// A rewrite that did not run or stopped: what happened, why (each cause), what was done
 /// before it stopped, and what to do.
-fn rewrite_error(e: rewrite::RewriteError) -> CliError {
+fn rewrite_error(e: RewriteError) -> CliError {
+    match &e {
+        // A local file problem (exit 2), with the OS's reason.
+        RewriteError::Backup { path, source }
+            if matches!(**source, StoreError::Etcd(EtcdError::Backup { .. })) =>
+        {
+            let StoreError::Etcd(EtcdError::Backup { source, .. }) = &**source else {
+                unreachable!("matched above")
+            };
+            return CliError::io(
+                &format!("cannot write the backup {}", path.display()),
+                std::io::Error::new(source.kind(), source.to_string()),
+            )
+            .advice(e.advice());
+        }
+        RewriteError::BackupOnKine { .. } => {
+            return CliError::usage(e.to_string()).advice(e.advice());
+        }
+        _ => {}
+    }
     let mut err = CliError::store(e.to_string()).advice(e.advice());
     for cause in crate::cli::error::causes(&e) {
         err = err.detail(format!("caused by: {cause}"));
@@ -348,127 +249,49 @@ fn rewrite_error(e: rewrite::RewriteError) -> CliError {
     err
 }
 
-/// What an offline rewrite covers (see [`Coverage`]).
-enum Offline<'a> {
-    Prefix(&'a atrest::transform::Chain, &'a str),
-    Resources(&'a atrest::resource::ResourceChains, &'a Scope),
-}
-
-impl Offline<'_> {
-    async fn coverage<'a, S: ReadStore + Sync>(
-        &'a self,
-        store: &S,
-        allow_decrypt: bool,
-    ) -> Result<Coverage<'a>, CliError> {
-        Ok(match self {
-            Offline::Prefix(chain, prefix) => Coverage::Prefix {
-                chain,
-                prefix: prefix.as_bytes(),
-            },
-            Offline::Resources(chains, scope) => {
-                Coverage::resources(store, chains, scope, allow_decrypt).await?
-            }
-        })
-    }
-}
-
+/// `atrest rewrite --snapshot IN --out OUT` / `--kine-db IN --out OUT`.
 async fn offline(
-    what: Offline<'_>,
-    input: &std::path::Path,
-    out: &std::path::Path,
+    target: &Target,
+    out: &Path,
     args: &RewriteArgs,
     format: Option<OutputFormat>,
 ) -> Result<Exit, CliError> {
-    if out.exists() && !args.force {
+    if out.symlink_metadata().is_ok() && !args.force {
         return Err(CliError::usage(format!("{} already exists", out.display()))
             .advice("pass --force to replace it, or choose another --out"));
     }
     let kine = args.kine_db.is_some();
     let flag = if kine { "--kine-db" } else { "--snapshot" };
+    let input = args.snapshot.as_deref().or(args.kine_db.as_deref());
     if args.dry_run {
         return Err(CliError::usage(format!(
             "--dry-run is for live rewrites; audit the {flag} file instead"
         ))
         .advice(format!(
             "atrest audit {flag} {} --config FILE",
-            input.display()
+            input
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
         )));
     }
-    let result = if kine {
-        let db = super::open_kine(input)?;
-        let coverage = what.coverage(&db, args.allow_decrypt).await?;
-        rewrite_kine(&db, out, args.force, &coverage, args.allow_decrypt).await
-    } else {
-        let snap = Snapshot::open(input).map_err(StoreError::from)?;
-        let coverage = what.coverage(&snap, args.allow_decrypt).await?;
-        rewrite_snapshot(&snap, out, &coverage, args.allow_decrypt).await
-    };
-    let s = result.map_err(|e| match e {
-        OfflineError::Snapshot(e) => CliError::from(atrest::store::StoreError::from(e)),
-        OfflineError::IdentityWrite => CliError::usage(e.to_string())
-            .advice("pass --allow-decrypt if decrypting everything is what you want"),
-        other => CliError::usage(other.to_string()),
-    })?;
+    let store = super::open_store(
+        &args.store,
+        args.snapshot.as_deref(),
+        args.kine_db.as_deref(),
+    )
+    .await?;
+    let s = rewrite_copy(&store, out, args.force, target, args.allow_decrypt)
+        .await
+        .map_err(|e| match e {
+            OfflineError::Store(e) => CliError::from(e),
+            OfflineError::IdentityWrite => CliError::usage(e.to_string()).advice(e.advice()),
+            other => CliError::usage(other.to_string()).advice(other.advice()),
+        })?;
     match output::format(format) {
         OutputFormat::Prometheus => return Err(output::no_prometheus()),
         OutputFormat::Json => output::print_json(&s)?,
-        OutputFormat::Table => {
-            let mut t = output::table();
-            t.set_header(vec![
-                "",
-                "rewritten",
-                "already current",
-                "skipped",
-                "failed",
-            ]);
-            t.add_row(vec![
-                "newest revisions".to_owned(),
-                s.rewritten.to_string(),
-                s.already_current.to_string(),
-                s.skipped.to_string(),
-                s.failed.to_string(),
-            ]);
-            t.add_row(vec![
-                "older revisions".to_owned(),
-                s.history_rewritten.to_string(),
-                "-".to_owned(),
-                s.history_left.to_string(),
-                "-".to_owned(),
-            ]);
-            let mut text = format!(
-                "Rewrote {} into {} (revision {})\n{t}\n",
-                s.input, s.output, s.revision
-            );
-            text += &format!(
-                "The new file holds {} entries: {} current, {} plaintext, {} stale, {} unreadable; history: {} plaintext, {} stale; free-page residue: {}.\n",
-                s.after.total,
-                s.after.current,
-                s.after.plaintext,
-                s.after.stale,
-                s.after.unknown_key + s.after.undecryptable,
-                s.after_history.plaintext,
-                s.after_history.stale,
-                s.after_residue
-            );
-            for (resource, why) in &s.left_alone {
-                text += &format!("Left {resource} as it is: {why}.\n");
-            }
-            for e in &s.crd_errors {
-                text += &format!("warning: {e}; its custom resources were left as they are\n");
-            }
-            text += &if kine {
-                format!(
-                    "Use it with k3s stopped: replace /var/lib/rancher/k3s/server/db/state.db with {} (and remove state.db-wal and state.db-shm), then start k3s.\n",
-                    s.output
-                )
-            } else {
-                format!(
-                    "Restore it with: etcdctl snapshot restore {} --data-dir <new dir>\n",
-                    s.output
-                )
-            };
-            output::print(&text)?;
-        }
+        OutputFormat::Table => output::print(&render_offline(&s, kine))?,
     }
     Ok(match s.verdict() {
         atrest::audit::Verdict::Clean => Exit::Clean,
@@ -476,12 +299,66 @@ async fn offline(
     })
 }
 
-fn render(
-    summary: &ResourceRewriteSummary,
-    args: &RewriteArgs,
-    compacted: Option<i64>,
-    kine: bool,
-) -> String {
+/// The table of an offline rewrite.
+fn render_offline(s: &atrest::rewrite::offline::OfflineSummary, kine: bool) -> String {
+    let mut t = output::table();
+    t.set_header(vec![
+        "",
+        "rewritten",
+        "already current",
+        "skipped",
+        "failed",
+    ]);
+    t.add_row(vec![
+        "newest revisions".to_owned(),
+        s.rewritten.to_string(),
+        s.already_current.to_string(),
+        s.skipped.to_string(),
+        s.failed.to_string(),
+    ]);
+    t.add_row(vec![
+        "older revisions".to_owned(),
+        s.history_rewritten.to_string(),
+        "-".to_owned(),
+        s.history_left.to_string(),
+        "-".to_owned(),
+    ]);
+    let mut text = format!(
+        "Rewrote {} into {} (revision {})\n{t}\n",
+        s.input, s.output, s.revision
+    );
+    text += &format!(
+        "The new file holds {} entries: {} current, {} plaintext, {} stale, {} unreadable; history: {} plaintext, {} stale; free-page residue: {}.\n",
+        s.after.total,
+        s.after.current,
+        s.after.plaintext,
+        s.after.stale,
+        s.after.unknown_key + s.after.undecryptable,
+        s.after_history.plaintext,
+        s.after_history.stale,
+        s.after_residue
+    );
+    for (resource, why) in &s.left_alone {
+        text += &format!("Left {resource} as it is: {why}.\n");
+    }
+    for e in &s.crd_errors {
+        text += &format!("warning: {e}; its custom resources were left as they are\n");
+    }
+    text += &if kine {
+        format!(
+            "Use it with k3s stopped: replace /var/lib/rancher/k3s/server/db/state.db with {} (and remove state.db-wal and state.db-shm), then start k3s.\n",
+            s.output
+        )
+    } else {
+        format!(
+            "Restore it with: etcdctl snapshot restore {} --data-dir <new dir>\n",
+            s.output
+        )
+    };
+    text
+}
+
+fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
     let s = &summary.all;
     let mut t = output::table();
     t.set_header(vec![
@@ -581,7 +458,7 @@ fn render(
         out += "\nNothing was written (--dry-run).\n";
     } else if s.rewritten > 0 {
         out += "\nStill exposed after this rewrite:\n";
-        match compacted {
+        match s.compacted_at {
             Some(rev) => out += &format!("  - history was compacted at revision {rev}: older revisions are gone.\n"),
             None => out += "  - older revisions keep the old values in etcd's history until compaction\n    (kube-apiserver compacts every 5 minutes by default; or pass --compact).\n",
         }

@@ -1,65 +1,16 @@
 //! `atrest config rotate`: one stage of the documented key rotation, refusing the step that
-//! would make stored entries unreadable.
+//! would make stored entries unreadable. The stage and its guards run in the library
+//! ([`atrest::rewrite::rotate`]); this file resolves the arguments and renders the result.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use atrest::audit::{prune_check, prune_check_resources, PruneCheck};
-use atrest::config::{self, Config, NewProvider};
-use atrest::provider::Provider;
-use atrest::resource::{ResourceChains, Scope};
-use atrest::store::snapshot::Snapshot;
-use atrest::store::ReadStore;
-use atrest::transform::{Chain, KmsOptions};
-use serde::Serialize;
+use atrest::audit::ReportEntry;
+use atrest::config::NewProvider;
+use atrest::rewrite::rotate::{rotate, RotateError, RotateOptions, Rotation, Stage};
 
-use super::audit::connect;
-use crate::cli::args::{ConfigRotateArgs, NewProviderArg, OutputFormat, Stage};
+use crate::cli::args::{ConfigRotateArgs, NewProviderArg, OutputFormat, Stage as StageArg};
 use crate::cli::output;
 use crate::cli::{CliError, Exit};
-
-fn chain_for(config: &Config, resource: &str, file: &Path) -> Result<Chain, CliError> {
-    let (group, resource) = config::parse_group_resource(resource);
-    Chain::from_config(config, group, resource)
-        .map_err(|e| CliError::usage(format!("{}: {e}", file.display())))
-}
-
-/// The key `add` put second: the second chain entry, if it is a keyed provider, or the kms
-/// provider `add --provider kms` put second. `None` when there is none, or when both a second
-/// local key and a second-place kms provider exist (then `--key-name` must say which).
-fn added_key(chain: &Chain) -> Option<String> {
-    let entry = chain.entries().get(1)?;
-    let kms_second = chain
-        .entries()
-        .iter()
-        .any(|e| e.origin.1 == 1 && matches!(e.provider, Provider::Kms(_)));
-    match &entry.provider {
-        Provider::Kms(k) => Some(k.name().to_owned()),
-        _ if kms_second => None,
-        Provider::Aescbc(_) | Provider::Aesgcm(_) | Provider::Secretbox(_) => {
-            entry.provider.key_name().map(str::to_owned)
-        }
-        _ => None,
-    }
-}
-
-/// What `config rotate -o json` prints: the stage's result, never key material.
-#[derive(Serialize)]
-struct RotateReport {
-    file: String,
-    stage: &'static str,
-    /// add: the new key; promote: the key made the write key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_name: Option<String>,
-    /// prune: the keys removed.
-    removed: Vec<String>,
-    /// prune: entries no key reads that named a removed key (lost with it).
-    lost: Vec<String>,
-    /// The copy of the previous file, when one was kept.
-    backup: Option<String>,
-    summary: String,
-    next: String,
-}
 
 /// Runs `atrest config rotate`.
 pub(crate) async fn run(
@@ -67,323 +18,141 @@ pub(crate) async fn run(
     format: Option<OutputFormat>,
 ) -> Result<Exit, CliError> {
     let file = args.file.as_path();
-    // Loaded first: it refuses an oversized file before anything reads all of it.
-    let config =
-        Config::load(file).map_err(|e| super::invalid_config(&file.display().to_string(), &e))?;
-    // The file as it was, for FILE.bak; it holds keys, so it is wiped when dropped.
-    let old_text = zeroize::Zeroizing::new(
-        std::fs::read(file).map_err(|e| CliError::io(&file.display().to_string(), e))?,
-    );
-    let before = chain_for(&config, &args.resource, file)?;
-    let mut model = config.model().clone();
-    let rotate_err = |e: config::RotateError| CliError::usage(format!("{}: {e}", file.display()));
-
-    // Keys `add` marked as not promoted yet (comments at the top of the file).
-    let pending: Vec<String> = config::pending_adds(&String::from_utf8_lossy(&old_text));
-    let mut markers = String::new();
-    if args.discard_new && args.stage != Stage::Prune {
+    if args.discard_new && args.stage != StageArg::Prune {
         return Err(CliError::usage("--discard-new is only for --stage prune"));
     }
-    let mut report = RotateReport {
-        file: file.display().to_string(),
-        stage: match args.stage {
-            Stage::Add => "add",
-            Stage::Promote => "promote",
-            Stage::Prune => "prune",
-        },
-        key_name: None,
-        removed: Vec::new(),
-        lost: Vec::new(),
-        backup: None,
-        summary: String::new(),
-        next: String::new(),
-    };
-    let (summary, next) = match args.stage {
-        Stage::Add if args.provider == Some(NewProviderArg::Kms) => {
-            let kms = super::new_kms(&args.kms)?;
-            let at = config::add_kms(&mut model, &args.resource, &kms).map_err(rotate_err)?;
-            (
-                format!(
-                    "Added kms provider {:?} (apiVersion v2, {}) in second position (providers[{at}]).",
-                    kms.name, kms.endpoint
-                ),
-                format!(
-                    "Next: run the KMS plugin on every control-plane node, copy {0} there and restart (or let reload) every kube-apiserver, so all of them can read {1:?}. Then: atrest config rotate {0} --stage promote --key-name {1}",
-                    file.display(),
-                    kms.name
-                ),
-            )
+    let stage = match args.stage {
+        StageArg::Add if args.provider == Some(NewProviderArg::Kms) => {
+            Stage::AddKms(super::new_kms(&args.kms)?)
         }
-        Stage::Add => {
-            let provider = args.provider.map(|p| match p {
+        StageArg::Add => Stage::Add {
+            key_name: args.key_name.clone(),
+            provider: args.provider.map(|p| match p {
                 NewProviderArg::Aescbc | NewProviderArg::Kms => NewProvider::Aescbc,
                 NewProviderArg::Aesgcm => NewProvider::Aesgcm,
                 NewProviderArg::Secretbox => NewProvider::Secretbox,
-            });
-            let added =
-                config::add_key(&mut model, &args.resource, args.key_name.clone(), provider)
-                    .map_err(rotate_err)?;
-            markers = config::keep_markers(&String::from_utf8_lossy(&old_text), &[]);
-            markers.push_str(&config::pending_marker(&added.key_name, &args.resource));
-            report.key_name = Some(added.key_name.clone());
-            (
-                format!(
-                    "Added {} key {:?} in second position (resources[{}].providers[{}]{}).",
-                    added.provider.as_str(),
-                    added.key_name,
-                    added.resources_index,
-                    added.providers_index,
-                    if added.new_element { ", a new provider element" } else { "" }
-                ),
-                format!(
-                    "Next: copy {0} to every control-plane node and restart (or let reload) every kube-apiserver, so all of them can read {1:?}. Then: atrest config rotate {0} --stage promote --key-name {1}",
-                    file.display(),
-                    added.key_name
-                ),
-            )
-        }
-        Stage::Promote => {
-            let name = match args.key_name.clone().or_else(|| added_key(&before)) {
-                Some(n) => n,
-                None => return Err(CliError::usage(
-                    "cannot tell which key to promote: there is no second key, or there are both a second local key and a kms provider",
-                ).advice("pass --key-name NAME (the key or kms provider `--stage add` printed), or run `--stage add` first")),
-            };
-            config::promote(&mut model, &args.resource, &name).map_err(rotate_err)?;
-            markers = config::keep_markers(&String::from_utf8_lossy(&old_text), &[&name]);
-            report.key_name = Some(name.clone());
-            (
-                format!("Promoted key {name:?}: new writes will be encrypted with it."),
-                format!(
-                    "Next: copy {0} to every control-plane node and restart every kube-apiserver, then re-encrypt what is stored: atrest rewrite --config {0}. Then: atrest config rotate {0} --stage prune",
-                    file.display()
-                ),
-            )
-        }
-        Stage::Prune => {
-            let write_key = before.entries().first().and_then(|e| e.provider.key_name());
-            let unpromoted: Vec<&String> = pending
-                .iter()
-                .filter(|name| {
-                    Some(name.as_str()) != write_key
-                        && before
-                            .entries()
-                            .iter()
-                            .any(|e| e.provider.key_name() == Some(name.as_str()))
-                })
-                .collect();
-            if let (Some(name), false) = (unpromoted.first(), args.discard_new) {
-                let mut err = CliError::usage(format!(
-                    "refusing to prune: key {name:?} was added but never promoted, and pruning \
-                     would remove it"
-                ));
-                err.code = 1;
-                return Err(err.advice(format!(
-                    "run `atrest config rotate {0} --stage promote --key-name {name}` (then \
-                     rewrite), or `atrest config rotate {0} --stage prune --discard-new` to undo \
-                     the add",
-                    file.display()
-                )));
-            }
-            let removed = config::prune(&mut model, &args.resource).map_err(rotate_err)?;
-            if removed.is_empty() {
-                report.summary = "Nothing to prune: only the write key is left.".to_owned();
-                eprintln!("{}", report.summary);
-                if format == Some(OutputFormat::Json) {
-                    output::print_json(&report)?;
-                }
-                return Ok(Exit::Clean);
-            }
-            let after_config = Config::from_model(model.clone())?;
-            let after = chain_for(&after_config, &args.resource, file)?;
+            }),
+        },
+        StageArg::Promote => Stage::Promote {
+            key_name: args.key_name.clone(),
+        },
+        StageArg::Prune => Stage::Prune {
+            discard_new: args.discard_new,
+        },
+    };
+    let opts = RotateOptions {
+        resource: args.resource.clone(),
+        keep_backup: !args.no_backup,
+        prefix: args.prefix.clone(),
+        etcd_prefix: args.etcd_prefix.clone(),
+    };
+    // Only prune's guard reads the store.
+    let store = match stage {
+        Stage::Prune { .. } => {
             let (_, kine_db) = super::k3s_paths(&args.store, None, args.kine_db.as_deref());
-            // Without --prefix: every resource the config covers (the edited element may serve
-            // several), each read with its own chain before and after.
-            let by_resource = match &args.prefix {
-                Some(_) => None,
-                None => {
-                    let chains = |c: Config| {
-                        ResourceChains::new(c, &KmsOptions::default())
-                            .map_err(|e| CliError::usage(format!("{}: {e}", file.display())))
-                    };
-                    let before_all = chains(config.clone())?;
-                    let after_all = chains(after_config.clone())?;
-                    let scope = Scope::from_config(before_all.config(), &args.etcd_prefix, &[]);
-                    Some((before_all, after_all, scope))
-                }
-            };
-            let prefix = args.prefix.as_deref().unwrap_or_default().as_bytes();
-            let PruneCheck { blocked, lost } = match (&args.snapshot, &kine_db) {
-                (None, Some(path)) => {
-                    let db = super::open_kine(path)?;
-                    guard(&db, &by_resource, &before, &after, prefix).await?
-                }
-                (Some(path), _) => {
-                    let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
-                    guard(&snap, &by_resource, &before, &after, prefix).await?
-                }
-                (None, None) => {
-                    let store = connect(&args.store).await?;
-                    guard(&store, &by_resource, &before, &after, prefix).await?
-                }
-            };
-            let under = args
-                .prefix
-                .clone()
-                .unwrap_or_else(|| "the resources the config covers".to_owned());
-            if !blocked.is_empty() {
-                let mut by_key: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-                for e in &blocked {
-                    let key = match (&e.provider, &e.key_name) {
-                        (Some(p), Some(k)) => format!("{p} key {k:?}"),
-                        _ => e.state.to_string(),
-                    };
-                    *by_key
-                        .entry(key)
-                        .or_default()
-                        .entry(e.namespace.as_deref().unwrap_or("-").to_owned())
-                        .or_default() += 1;
-                }
-                let mut err = CliError::usage(format!(
-                    "refusing to prune: {} {} of {} {} still encrypted with keys it would remove",
-                    blocked.len(),
-                    plural(blocked.len(), "entry", "entries"),
-                    under,
-                    plural(blocked.len(), "is", "are"),
-                ));
-                err.code = 1;
-                for (key, namespaces) in by_key {
-                    let total: usize = namespaces.values().sum();
-                    let list: Vec<String> = namespaces
-                        .iter()
-                        .map(|(ns, n)| format!("{ns}: {n}"))
-                        .collect();
-                    err = err.detail(format!(
-                        "{total} under {key} (namespaces {})",
-                        list.join(", ")
-                    ));
-                }
-                return Err(err.advice(format!(
-                    "re-encrypt them first: atrest rewrite --config {}",
-                    file.display()
-                )));
-            }
-            if !lost.is_empty() {
-                eprintln!(
-                    "warning: {} {} of {} no configured key can decrypt name a key this prune \
-                     removes; without that key they are lost for good:",
-                    lost.len(),
-                    plural(lost.len(), "entry", "entries"),
-                    under
-                );
-                for e in &lost {
-                    eprintln!(
-                        "  {} ({} key {:?})",
-                        e.key,
-                        e.provider.map_or("-", |p| p.as_str()),
-                        e.key_name.as_deref().unwrap_or("-")
-                    );
-                }
-            }
-            report.lost = lost.iter().map(|e| e.key.clone()).collect();
-            report.removed = removed.clone();
-            (
-                format!(
-                    "Pruned {} {}: {}. No readable entry of {} needs {}.",
-                    removed.len(),
-                    plural(removed.len(), "key", "keys"),
-                    removed.join(", "),
-                    under,
-                    plural(removed.len(), "it", "them"),
-                ),
-                "Next: copy the file to every control-plane node and restart every kube-apiserver. Backups and snapshots taken before the rewrite still need the old keys: keep them somewhere safe.".to_owned(),
+            Some(
+                super::open_store(&args.store, args.snapshot.as_deref(), kine_db.as_deref())
+                    .await?,
             )
         }
+        _ => None,
     };
-
-    // Check the result exactly as a loaded file would be, then write it.
-    Config::from_model(model.clone())?;
-    let yaml = zeroize::Zeroizing::new(format!("{markers}{}", config::to_yaml(&model)?));
-    let backup = if args.no_backup {
-        None
-    } else {
-        Some(keep_previous(file, &old_text)?)
-    };
-    config::write_atomic(file, yaml.as_bytes(), true).map_err(|e| super::write_error(file, e))?;
-    eprintln!("{summary}");
-    if let Some(bak) = &backup {
-        eprintln!(
-            "The previous file is kept as {} (mode 0600).",
-            bak.display()
-        );
-    }
-    eprintln!("{next}");
-    if format == Some(OutputFormat::Json) {
-        report.backup = backup.map(|b| b.display().to_string());
-        report.summary = summary;
-        report.next = next;
-        output::print_json(&report)?;
-    }
+    let done = rotate(file, &stage, &opts, store.as_ref())
+        .await
+        .map_err(|e| rotate_error(&args, e))?;
+    render(&done, format)?;
     Ok(Exit::Clean)
 }
 
-/// The prune guard: of one prefix with the edited resource's chains, or (`by_resource`) of every
-/// resource the config covers, each with its own chains before and after.
-async fn guard<S: ReadStore + Sync>(
-    store: &S,
-    by_resource: &Option<(ResourceChains, ResourceChains, Scope)>,
-    before: &Chain,
-    after: &Chain,
-    prefix: &[u8],
-) -> Result<PruneCheck, atrest::store::StoreError> {
-    match by_resource {
-        None => prune_check(store, before, after, prefix).await,
-        Some((b, a, scope)) => prune_check_resources(store, b, a, scope).await,
-    }
-}
-
-/// `one` or `many` for a count.
-fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
-    if n == 1 {
-        one
-    } else {
-        many
-    }
-}
-
-/// Keeps the file as it was before this stage as `FILE.bak.N`, N one more than the highest
-/// kept so far: every stage of a rotation leaves its own copy (each holds keys: mode 0600).
-fn keep_previous(file: &Path, old_text: &[u8]) -> Result<PathBuf, CliError> {
-    let target = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let prefix = format!("{name}.bak.");
-    let highest = std::fs::read_dir(dir)
-        .map_err(|e| CliError::io(&dir.display().to_string(), e))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix(&prefix)?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0);
-    for n in highest + 1..highest + 100 {
-        let bak = dir.join(format!("{prefix}{n}"));
-        match config::write_atomic(&bak, old_text, false) {
-            Ok(()) => return Ok(bak),
-            // Another rotation took this number meanwhile: try the next.
-            Err(config::ConfigError::Exists { .. }) => continue,
-            Err(e) => return Err(super::write_error(&bak, e)),
+/// The summary, lost entries, backup and next step on stderr; the JSON result on stdout.
+fn render(r: &Rotation, format: Option<OutputFormat>) -> Result<(), CliError> {
+    if !r.lost_entries.is_empty() {
+        eprintln!(
+            "warning: {} {} no configured key can decrypt name a key this prune removes; \
+             without that key they are lost for good:",
+            r.lost_entries.len(),
+            if r.lost_entries.len() == 1 {
+                "entry"
+            } else {
+                "entries"
+            },
+        );
+        for e in &r.lost_entries {
+            eprintln!(
+                "  {} ({} key {:?})",
+                output::escape(&e.key),
+                e.provider.map_or("-", |p| p.as_str()),
+                e.key_name.as_deref().unwrap_or("-")
+            );
         }
     }
-    Err(CliError::usage(format!(
-        "cannot find a free FILE.bak.N name beside {}",
-        target.display()
-    )))
+    eprintln!("{}", r.summary);
+    if let Some(bak) = &r.backup {
+        eprintln!("The previous file is kept as {bak} (mode 0600).");
+    }
+    if !r.next.is_empty() {
+        eprintln!("{}", r.next);
+    }
+    if format == Some(OutputFormat::Json) {
+        output::print_json(r)?;
+    }
+    Ok(())
+}
+
+/// A stage that did not run: refusals of the guards are exit 1, bad input exit 2, a store that
+/// could not be read exit 3.
+fn rotate_error(args: &ConfigRotateArgs, e: RotateError) -> CliError {
+    let file = args.file.as_path();
+    let advice = e.advice(file);
+    let message = e.to_string();
+    match e {
+        RotateError::Config(e) => match e {
+            atrest::config::ConfigError::Exists { .. }
+            | atrest::config::ConfigError::Write { .. } => super::write_error(file, e),
+            e => super::invalid_config(&file.display().to_string(), &e),
+        },
+        RotateError::Store(e) => CliError::from(e),
+        RotateError::Blocked { blocked, .. } => {
+            let mut err = CliError::usage(message);
+            err.code = 1;
+            for line in blocked_by_key(&blocked) {
+                err = err.detail(line);
+            }
+            err.advice(advice)
+        }
+        e => {
+            let mut err = CliError::usage(message).advice(advice);
+            if e.is_refusal() {
+                err.code = 1;
+            }
+            err
+        }
+    }
+}
+
+/// One line per key the blocked entries need, with their namespaces.
+fn blocked_by_key(blocked: &[ReportEntry]) -> Vec<String> {
+    let mut by_key: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for e in blocked {
+        let key = match (&e.provider, &e.key_name) {
+            (Some(p), Some(k)) => format!("{p} key {k:?}"),
+            _ => e.state.to_string(),
+        };
+        *by_key
+            .entry(key)
+            .or_default()
+            .entry(e.namespace.as_deref().unwrap_or("-").to_owned())
+            .or_default() += 1;
+    }
+    by_key
+        .into_iter()
+        .map(|(key, namespaces)| {
+            let total: usize = namespaces.values().sum();
+            let list: Vec<String> = namespaces
+                .iter()
+                .map(|(ns, n)| format!("{}: {n}", output::escape(ns)))
+                .collect();
+            format!("{total} under {key} (namespaces {})", list.join(", "))
+        })
+        .collect()
 }

@@ -3,11 +3,8 @@
 
 use atrest::audit::Verdict;
 use atrest::status::{self, Status};
-use atrest::store::snapshot::Snapshot;
-use atrest::store::{ReadStore, StoreError};
 
-use super::audit::{connect, warn_failover};
-use super::load_chain;
+use super::audit::warn_failover;
 use crate::cli::args::{OutputFormat, StatusArgs};
 use crate::cli::output::{self, yes_no};
 use crate::cli::{prometheus, CliError, Exit};
@@ -23,29 +20,24 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
         .config
         .clone()
         .ok_or_else(|| CliError::usage("--config FILE is required"))?;
-    // With --prefix, one prefix with its resource's chain; else every resource the config
-    // covers, each with its own chain.
-    let what = match &args.prefix {
-        Some(prefix) => What::Prefix(load_chain(&config, prefix, &args.kms)?, prefix.as_bytes()),
-        None => {
-            let chains = super::load_chains(&config, &args.kms)?;
-            let scope = super::resource_scope(&config, &chains, &args.resource, &args.etcd_prefix)?;
-            What::Resources(Box::new(chains), scope)
-        }
-    };
-    let status = match (&args.snapshot, &args.kine_db) {
-        (None, Some(path)) => what.status(&super::open_kine(path)?).await?,
-        (Some(path), _) => {
-            let snap = Snapshot::open(path).map_err(atrest::store::StoreError::from)?;
-            what.status(&snap).await?
-        }
-        (None, None) => {
-            let store = connect(&args.store).await?;
-            let status = what.status(&store).await;
-            warn_failover(&store);
-            status?
-        }
-    };
+    let target = super::target(
+        Some(&config),
+        args.prefix.as_deref(),
+        &args.resource,
+        &args.etcd_prefix,
+        &args.kms,
+    )?;
+    let store = super::open_store(
+        &args.store,
+        args.snapshot.as_deref(),
+        args.kine_db.as_deref(),
+    )
+    .await?;
+    let status = status::status(&store, &target).await;
+    if let Some(live) = store.live() {
+        warn_failover(live);
+    }
+    let status = status?;
     match output::format(format) {
         OutputFormat::Json => output::print_json(&status)?,
         OutputFormat::Table => output::print(&render(&status, &args))?,
@@ -59,24 +51,6 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
         Verdict::Clean => Exit::Clean,
         Verdict::Findings => Exit::Findings,
     })
-}
-
-/// What a status reads.
-enum What<'a> {
-    Prefix(atrest::transform::Chain, &'a [u8]),
-    Resources(
-        Box<atrest::resource::ResourceChains>,
-        atrest::resource::Scope,
-    ),
-}
-
-impl What<'_> {
-    async fn status<S: ReadStore + Sync>(&self, store: &S) -> Result<Status, StoreError> {
-        match self {
-            What::Prefix(chain, prefix) => status::status(store, chain, prefix).await,
-            What::Resources(chains, scope) => status::status_resources(store, chains, scope).await,
-        }
-    }
 }
 
 fn render(s: &Status, args: &StatusArgs) -> String {

@@ -95,6 +95,8 @@ struct Inner {
     unanswered: Mutex<Vec<Unanswered>>,
     /// How long one request may take, its whole response included.
     request_timeout: Duration,
+    /// The options it was opened with (etcd's /metrics is read with the same TLS).
+    opts: EtcdOptions,
 }
 
 /// A live etcd cluster: one client per healthy endpoint, with failover between them.
@@ -168,8 +170,14 @@ impl EtcdStore {
                 last_count: Mutex::new(None),
                 unanswered: Mutex::new(unanswered),
                 request_timeout: opts.request_timeout,
+                opts,
             }),
         })
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &EtcdOptions {
+        &self.inner.opts
     }
 
     /// The endpoints that answered at connect time, in the order given.

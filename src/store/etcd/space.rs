@@ -89,11 +89,9 @@ impl Space {
 impl EtcdStore {
     /// Reads every member's `Status`, the cluster's alarms and the quota (see the module docs).
     /// `given_quota` is `--quota-bytes`: used when neither the status nor the metrics say.
-    pub async fn space(
-        &self,
-        opts: &EtcdOptions,
-        given_quota: Option<u64>,
-    ) -> Result<Space, EtcdError> {
+    /// The metrics are read with the TLS settings the store was opened with.
+    pub async fn space(&self, given_quota: Option<u64>) -> Result<Space, EtcdError> {
+        let opts = &self.inner.opts;
         let mut members = Vec::new();
         let mut status_quota = None;
         for member in &self.inner.members {

@@ -609,6 +609,10 @@ impl Snapshot {
 }
 
 impl ReadStore for Snapshot {
+    fn offline(&self) -> Option<&dyn crate::store::offline::Offline> {
+        Some(self)
+    }
+
     fn source(&self) -> String {
         format!("snapshot {}", self.path.display())
     }

@@ -65,8 +65,15 @@ pub struct WriteStats {
 pub fn write_snapshot(
     src: &Snapshot,
     out: &Path,
+    overwrite: bool,
     replace: impl FnMut(&Entry) -> Option<Vec<u8>>,
 ) -> Result<WriteStats, SnapshotError> {
+    if !overwrite && out.symlink_metadata().is_ok() {
+        return Err(SnapshotError::Io {
+            path: out.to_path_buf(),
+            source: io::Error::from(io::ErrorKind::AlreadyExists),
+        });
+    }
     let tmp = temp_path(out);
     let result = write_to(src, &tmp, replace).and_then(|stats| {
         std::fs::rename(&tmp, out).map_err(|e| Fail::Io(out.to_path_buf(), e))?;
