@@ -3,7 +3,7 @@
 //! Run: `cargo run --example audit_snapshot [SNAPSHOT] [CONFIG]`
 //! (defaults: `examples/cluster.snapshot`, `examples/encryption-config.yaml`).
 
-use atrest::audit::{audit, NoProgress};
+use atrest::audit::{audit, Observer, ReportEntry};
 use atrest::config::Config;
 use atrest::resource::{ResourceChains, Target, DEFAULT_ROOT};
 use atrest::store::{Store, StoreSpec};
@@ -28,13 +28,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2. The snapshot, opened read-only (its sha256 trailer is verified).
     let store = Store::open(StoreSpec::Snapshot(snapshot.into())).await?;
 
-    // 3. Classify every covered entry; the report never holds a secret value.
-    let report = audit(&store, &target, &NoProgress).await?;
-    for entry in &report.entries {
-        if entry.state != State::Current {
-            println!("{:<60} {}", entry.key, entry.state);
+    // 3. Classify every covered entry; the report never holds a secret value. Entries are
+    //    handed to an observer as they are classified (the report keeps only counters).
+    struct Print;
+    impl Observer for Print {
+        fn entry(&self, entry: &ReportEntry) {
+            if entry.state != State::Current {
+                println!("{:<60} {}", entry.key, entry.state);
+            }
         }
     }
+    let report = audit(&store, &target, &Print).await?;
     println!(
         "{} entries at revision {}: {} plaintext, {} stale, {} unreadable",
         report.summary.total,

@@ -110,19 +110,28 @@ pub struct ResourceSummary {
     pub counts: Counts,
 }
 
-/// An audit's result: the JSON schema of `atrest audit -o json`.
+/// The version of the JSON schemas of the reports (`schema_version` in each): raised when a
+/// field changes meaning or goes away; new fields do not raise it (see the version policy in
+/// `docs/versioning.md`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// An audit's result: the JSON schema of `atrest audit -o json`, apart from `entries`, which
+/// are not kept: each is handed to the [`Observer`] as it is classified, and `atrest audit -o
+/// json` streams them as `entries`, between `write_provider` and `source` (see
+/// [`Report::head`]). Everything here is a counter, so memory does not grow with the entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Report {
+    /// The version of this schema ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// The audited key prefix, e.g. `/registry/secrets/`, or the root by resource.
+    pub prefix: String,
+    /// The config's write provider and key (the first resource's); `null` without a config.
+    pub write_provider: Option<ProviderRef>,
     /// Where the entries came from: `etcd <endpoint>` or `snapshot <file>`.
     pub source: String,
-    /// The audited key prefix, e.g. `/registry/secrets/`.
-    pub prefix: String,
     /// The store revision the scan was pinned to.
     pub revision: i64,
-    /// The config's write provider and key; `null` without a config.
-    pub write_provider: Option<ProviderRef>,
-    /// Every entry under the prefix, in key order.
-    pub entries: Vec<ReportEntry>,
     /// Counts by state.
     pub summary: Summary,
     /// Counts by resource (as entries name it), with each resource's write provider.
@@ -148,9 +157,40 @@ pub struct Report {
     /// `source` names the member that did.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unanswered: Vec<Unanswered>,
+    /// Encrypted entries counted by provider and key name, in provider, key order (not in the
+    /// JSON; the table and the metrics show it).
+    #[serde(skip)]
+    pub by_key: BTreeMap<(ProviderKind, Option<String>), u64>,
+    /// KMS v2 entries counted by KMS provider name and KMS key ID, in name, key ID order: shows
+    /// when an old KEK is no longer used (not in the JSON).
+    #[serde(skip)]
+    pub by_kms_key_id: BTreeMap<(String, String), u64>,
+}
+
+/// The fields of a [`Report`] that precede `entries` in `atrest audit -o json`, known before
+/// the scan starts (see [`Report::head`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ReportHead {
+    /// [`Report::schema_version`].
+    pub schema_version: u32,
+    /// [`Report::prefix`].
+    pub prefix: String,
+    /// [`Report::write_provider`].
+    pub write_provider: Option<ProviderRef>,
 }
 
 impl Report {
+    /// The fields an audit of `target` will start with, for a writer that streams the entries
+    /// after them: serialised alone, they are the start of the serialised report.
+    pub fn head(target: &Target) -> ReportHead {
+        ReportHead {
+            schema_version: SCHEMA_VERSION,
+            prefix: target.report_prefix().to_owned(),
+            write_provider: target.headline_chain().map(provider_ref),
+        }
+    }
+
     /// The verdict (see [`Counts::verdict`]), without the plaintext entries the config asks for
     /// ([`Report::plaintext_by_config`]); history and residue do not change it.
     pub fn verdict(&self, strict: bool) -> Verdict {
@@ -170,66 +210,16 @@ impl Report {
         c
     }
 
-    /// Entries grouped by namespace (cluster-scoped entries under `""`), skipping `current`
-    /// and (without a config) `encrypted` ones: what a table lists.
-    pub fn findings_by_namespace(&self) -> BTreeMap<&str, Vec<&ReportEntry>> {
-        let mut map: BTreeMap<&str, Vec<&ReportEntry>> = BTreeMap::new();
-        let listed = |e: &&ReportEntry| !matches!(e.state, State::Current | State::Encrypted);
-        for e in self.entries.iter().filter(listed) {
-            map.entry(e.namespace.as_deref().unwrap_or(""))
-                .or_default()
-                .push(e);
-        }
-        map
-    }
-}
-
-impl Report {
-    /// Entries grouped by resource, then namespace (cluster-scoped entries under `""`),
-    /// skipping `current` and (without a config) `encrypted` ones: what a table lists.
-    pub fn findings_by_resource(&self) -> BTreeMap<(&str, &str), Vec<&ReportEntry>> {
-        let mut map: BTreeMap<(&str, &str), Vec<&ReportEntry>> = BTreeMap::new();
-        let listed = |e: &&ReportEntry| !matches!(e.state, State::Current | State::Encrypted);
-        for e in self.entries.iter().filter(listed) {
-            map.entry((&*e.resource, e.namespace.as_deref().unwrap_or("")))
-                .or_default()
-                .push(e);
-        }
-        map
-    }
-
     /// Entries of resources the config does not cover, in all.
     pub fn not_covered_total(&self) -> u64 {
         self.not_covered.values().sum()
     }
 }
 
-impl Report {
-    /// Encrypted entries counted by provider and key name (`(None, None)` never occurs: plaintext
-    /// entries are not counted), in provider, key order.
-    pub fn by_key(&self) -> BTreeMap<(ProviderKind, Option<&str>), u64> {
-        let mut map = BTreeMap::new();
-        for e in &self.entries {
-            if let Some(p) = e.provider {
-                *map.entry((p, e.key_name.as_deref())).or_default() += 1;
-            }
-        }
-        map
-    }
-}
-
-impl Report {
-    /// KMS v2 entries counted by KMS provider name and KMS key ID, in name, key ID order: shows
-    /// when an old KEK is no longer used.
-    pub fn by_kms_key_id(&self) -> BTreeMap<(&str, &str), u64> {
-        let mut map = BTreeMap::new();
-        for e in &self.entries {
-            if let (Some(ProviderKind::Kms), Some(id)) = (e.provider, e.key_id.as_deref()) {
-                *map.entry((e.key_name.as_deref().unwrap_or(""), id))
-                    .or_default() += 1;
-            }
-        }
-        map
+impl ReportEntry {
+    /// Whether a table lists it: not `current`, and (without a config) not `encrypted`.
+    pub fn is_listed(&self) -> bool {
+        !matches!(self.state, State::Current | State::Encrypted)
     }
 }
 
@@ -245,7 +235,8 @@ pub fn classify(chain: Option<&Chain>, value: &[u8], etcd_key: &[u8]) -> Classif
 pub trait Observer: Send + Sync {
     /// The number of entries the scan expects (may be off if the store changes meanwhile).
     fn total(&self, _n: u64) {}
-    /// One more entry was classified.
+    /// One more entry was classified: the report counts it but does not keep it, so this is
+    /// where a caller lists or streams entries (in key order).
     fn entry(&self, _e: &ReportEntry) {}
     /// An audit by resource met an entry of a resource the config does not cover (counted in
     /// [`Report::not_covered`], not classified).
@@ -272,7 +263,8 @@ pub struct Auditor {
     prefix: String,
     names: HashMap<GroupResource, Arc<str>>,
     namespaces: HashSet<Arc<str>>,
-    entries: Vec<ReportEntry>,
+    by_key: BTreeMap<(ProviderKind, Option<String>), u64>,
+    by_kms_key_id: BTreeMap<(String, String), u64>,
     summary: Summary,
     resources: BTreeMap<String, ResourceSummary>,
     not_covered: BTreeMap<String, u64>,
@@ -286,7 +278,8 @@ impl Auditor {
             prefix: prefix.to_owned(),
             names: HashMap::new(),
             namespaces: HashSet::new(),
-            entries: Vec::new(),
+            by_key: BTreeMap::new(),
+            by_kms_key_id: BTreeMap::new(),
             summary: Summary::default(),
             resources: BTreeMap::new(),
             not_covered: BTreeMap::new(),
@@ -294,9 +287,9 @@ impl Auditor {
         }
     }
 
-    /// Classifies one entry of `info.resource` with `chain` (`None`: no config); its value is
-    /// dropped afterwards, only metadata is kept.
-    pub fn add(&mut self, chain: Option<&Chain>, info: KeyInfo, entry: &Entry) -> &ReportEntry {
+    /// Classifies one entry of `info.resource` with `chain` (`None`: no config) and counts it;
+    /// the entry (metadata only, never the value) is returned, not kept.
+    pub fn add(&mut self, chain: Option<&Chain>, info: KeyInfo, entry: &Entry) -> ReportEntry {
         let resource = match self.names.get(&info.resource) {
             Some(name) => name.clone(),
             None => {
@@ -331,7 +324,19 @@ impl Auditor {
         if per.write_provider.is_none() {
             per.write_provider = chain.map(provider_ref);
         }
-        self.entries.push(ReportEntry {
+        if let Some(p) = c.provider {
+            match self.by_key.get_mut(&(p, c.key_name.clone())) {
+                Some(n) => *n += 1,
+                None => {
+                    self.by_key.insert((p, c.key_name.clone()), 1);
+                }
+            }
+            if let (ProviderKind::Kms, Some(id)) = (p, &c.kms_key_id) {
+                let name = c.key_name.clone().unwrap_or_default();
+                *self.by_kms_key_id.entry((name, id.clone())).or_default() += 1;
+            }
+        }
+        ReportEntry {
             key: String::from_utf8_lossy(&entry.key).into_owned(),
             resource,
             namespace,
@@ -344,9 +349,7 @@ impl Auditor {
             size: entry.value.len(),
             readable: c.readable,
             error: c.error,
-        });
-        // Just pushed.
-        &self.entries[self.entries.len() - 1]
+        }
     }
 
     /// Counts one entry of a resource the config does not cover.
@@ -367,11 +370,11 @@ impl Auditor {
         write_provider: Option<ProviderRef>,
     ) -> Report {
         Report {
-            source,
+            schema_version: SCHEMA_VERSION,
             prefix: self.prefix,
-            revision,
             write_provider,
-            entries: self.entries,
+            source,
+            revision,
             summary: self.summary,
             resources: self.resources,
             not_covered: self.not_covered,
@@ -380,6 +383,8 @@ impl Auditor {
             history: None,
             residue: None,
             unanswered: Vec::new(),
+            by_key: self.by_key,
+            by_kms_key_id: self.by_kms_key_id,
         }
     }
 }
@@ -406,7 +411,7 @@ pub async fn audit<S: ReadStore + Sync>(
         target.root(),
         target.prefixes(),
         |entry| match target.route(&entry.key) {
-            Route::Covered { info, chain } => observer.entry(auditor.add(chain, info, &entry)),
+            Route::Covered { info, chain } => observer.entry(&auditor.add(chain, info, &entry)),
             Route::NotCovered(info) => {
                 auditor.not_covered(&info.resource);
                 observer.not_covered(&entry.key, &info.resource);

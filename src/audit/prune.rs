@@ -54,13 +54,9 @@ pub async fn prune_check<S: ReadStore + Sync>(
             }
         };
         if now.readable == Some(true) && then.readable != Some(true) {
-            check
-                .blocked
-                .push(auditor.add(Some(was), info, &entry).clone());
+            check.blocked.push(auditor.add(Some(was), info, &entry));
         } else if now.state == State::Undecryptable && then.state == State::UnknownKey {
-            check
-                .lost
-                .push(auditor.add(Some(was), info, &entry).clone());
+            check.lost.push(auditor.add(Some(was), info, &entry));
         }
     })
     .await?;

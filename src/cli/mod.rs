@@ -8,6 +8,7 @@ mod commands;
 mod error;
 mod output;
 mod prometheus;
+mod stream;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -157,18 +157,18 @@ pub(crate) fn audit(r: &Report, strict: bool) -> String {
         "atrest_entries_by_key",
         "Encrypted entries under the prefix, by the provider and key name in their prefix.",
     );
-    for ((provider, key), n) in r.by_key() {
+    for ((provider, key), n) in &r.by_key {
         m.sample(
             "atrest_entries_by_key",
             &[
                 ("provider", provider.as_str()),
-                ("key", key.unwrap_or("")),
+                ("key", key.as_deref().unwrap_or("")),
                 ("prefix", p),
             ],
-            n as f64,
+            *n as f64,
         );
     }
-    let by_kms_key_id = r.by_kms_key_id();
+    let by_kms_key_id = &r.by_kms_key_id;
     if !by_kms_key_id.is_empty() {
         m.gauge(
             "atrest_entries_by_kms_key_id",
@@ -178,7 +178,7 @@ pub(crate) fn audit(r: &Report, strict: bool) -> String {
             m.sample(
                 "atrest_entries_by_kms_key_id",
                 &[("key", name), ("key_id", id), ("prefix", p)],
-                n as f64,
+                *n as f64,
             );
         }
     }

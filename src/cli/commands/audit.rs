@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use atrest::audit::{self, Observer, Report, ReportEntry, Verdict};
 use atrest::resource::GroupResource;
 use atrest::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_ENDPOINT};
@@ -10,6 +12,7 @@ use indicatif::ProgressBar;
 
 use crate::cli::args::{AuditArgs, OutputFormat, StoreArgs};
 use crate::cli::output::{self, yes_no};
+use crate::cli::stream::{Bounded, JsonEntries};
 use crate::cli::{prometheus, CliError, Exit};
 
 /// Feeds audit progress into a progress bar.
@@ -24,26 +27,40 @@ impl Observer for Progress {
     }
 }
 
-/// [`Progress`], also keeping the keys of entries the config does not cover (`--verbose`).
-struct Verbose {
+/// The rows a table lists per resource; `-o json` lists every entry.
+const TABLE_ROWS_PER_RESOURCE: usize = 50;
+
+/// Where the entries go as they are classified: streamed as JSON, or kept for the table up to
+/// [`TABLE_ROWS_PER_RESOURCE`] per resource; plus progress and (`--verbose`) the keys of
+/// resources the config does not cover.
+struct Sink {
     bar: Progress,
-    list: bool,
-    not_covered: std::sync::Mutex<Vec<String>>,
+    json: Option<JsonEntries>,
+    table: Option<Mutex<Bounded<Arc<str>, ReportEntry>>>,
+    list_not_covered: bool,
+    not_covered: Mutex<Vec<String>>,
 }
 
-impl Observer for Verbose {
+impl Observer for Sink {
     fn total(&self, n: u64) {
         self.bar.total(n);
     }
     fn entry(&self, e: &ReportEntry) {
         self.bar.entry(e);
+        if let Some(json) = &self.json {
+            json.entry(e);
+        }
+        if let (Some(table), true) = (&self.table, e.is_listed()) {
+            let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+            table.push(&e.resource, e.clone());
+        }
     }
     fn not_covered(&self, key: &[u8], _resource: &GroupResource) {
         self.bar.0.inc(1);
-        if self.list {
+        if self.list_not_covered {
             self.not_covered
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or_else(PoisonError::into_inner)
                 .push(String::from_utf8_lossy(key).into_owned());
         }
     }
@@ -150,37 +167,37 @@ pub(crate) async fn run(
         args.kine_db.as_deref(),
     )
     .await?;
-    let bar = Verbose {
+    let format = output::format(format);
+    let sink = Sink {
         bar: Progress(output::progress("auditing")),
-        list: args.verbose,
-        not_covered: std::sync::Mutex::new(Vec::new()),
+        json: match format {
+            OutputFormat::Json => Some(JsonEntries::new(&Report::head(&target))?),
+            _ => None,
+        },
+        table: (format == OutputFormat::Table)
+            .then(|| Mutex::new(Bounded::new(TABLE_ROWS_PER_RESOURCE))),
+        list_not_covered: args.verbose,
+        not_covered: Mutex::new(Vec::new()),
     };
-    let report = audit::audit(&store, &target, &bar).await;
+    let report = audit::audit(&store, &target, &sink).await;
     if let Some(live) = store.live() {
         warn_failover(live);
     }
     let mut report = report?;
-    bar.bar.0.finish_and_clear();
-    report.not_covered_keys = bar
+    sink.bar.0.finish_and_clear();
+    report.not_covered_keys = sink
         .not_covered
         .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    finish(&report, args.config.is_some(), &args, format)
-}
-
-/// Renders the report and turns its verdict into the exit status.
-fn finish(
-    report: &Report,
-    with_config: bool,
-    args: &AuditArgs,
-    format: Option<OutputFormat>,
-) -> Result<Exit, CliError> {
-    match output::format(format) {
-        OutputFormat::Json => output::print_json(report)?,
-        OutputFormat::Table => output::print(&render(report, with_config, args))?,
-        OutputFormat::Prometheus => output::print(&prometheus::audit(report, args.strict))?,
+        .unwrap_or_else(PoisonError::into_inner);
+    match (format, sink.json, sink.table) {
+        (_, Some(json), _) => json.finish(&report)?,
+        (_, None, Some(table)) => {
+            let table = table.into_inner().unwrap_or_else(PoisonError::into_inner);
+            output::print(&render(&report, &table, args.config.is_some(), &args))?;
+        }
+        _ => output::print(&prometheus::audit(&report, args.strict))?,
     }
-    if output::format(format) == OutputFormat::Prometheus {
+    if format == OutputFormat::Prometheus {
         // The findings are in the metrics; the textfile recipe's `&& mv` must run.
         return Ok(Exit::Clean);
     }
@@ -190,16 +207,34 @@ fn finish(
     })
 }
 
-/// Whether any listed entry carries a KMS key ID (the table then has a column for it).
-fn entries_have_key_ids<K>(groups: &std::collections::BTreeMap<K, Vec<&ReportEntry>>) -> bool {
-    groups.values().flatten().any(|e| e.key_id.is_some())
+/// The table output: the headline, then one table per part.
+fn render(
+    r: &Report,
+    listed: &Bounded<Arc<str>, ReportEntry>,
+    with_config: bool,
+    args: &AuditArgs,
+) -> String {
+    let mut out = headline(r);
+    out += &summary_table(r, with_config);
+    out += &by_key_tables(r);
+    let several = r.resources.len() > 1 || !r.not_covered.is_empty();
+    if several {
+        out += &by_resource_table(r);
+    }
+    out += &findings_table(listed, several, with_config);
+    out += &history_lines(r, args);
+    out += "\n";
+    out += &verdict_lines(r, with_config, args.strict);
+    out
 }
 
-fn render(r: &Report, with_config: bool, args: &AuditArgs) -> String {
-    let chain = with_config.then_some(());
+/// What was audited, where, and with which write provider.
+fn headline(r: &Report) -> String {
     let mut out = format!(
         "Audit of {} in {} at revision {}\n",
-        r.prefix, r.source, r.revision
+        output::escape(&r.prefix),
+        r.source,
+        r.revision
     );
     match &r.write_provider {
         Some(w) => {
@@ -214,14 +249,19 @@ fn render(r: &Report, with_config: bool, args: &AuditArgs) -> String {
         }
         None => out += "No config given: entries are only told apart as plaintext or encrypted (pass --config to verify keys).\n",
     }
+    out
+}
+
+/// Entries by state.
+fn summary_table(r: &Report, with_config: bool) -> String {
     let mut summary = output::table();
     summary.set_header(vec!["state", "entries"]);
     for s in State::ALL {
         let n = r.summary.get(s);
         let always = match s {
             State::Plaintext => true,
-            State::Current => chain.is_some(),
-            State::Encrypted => chain.is_none(),
+            State::Current => with_config,
+            State::Encrypted => !with_config,
             _ => false,
         };
         if always || n > 0 {
@@ -229,136 +269,161 @@ fn render(r: &Report, with_config: bool, args: &AuditArgs) -> String {
         }
     }
     summary.add_row(vec!["total".to_owned(), r.summary.total.to_string()]);
-    out += &format!("\n{summary}\n");
-    let by_key = r.by_key();
-    if !by_key.is_empty() {
+    format!("\n{summary}\n")
+}
+
+/// Encrypted entries by provider and key, and KMS v2 entries by KMS key ID.
+fn by_key_tables(r: &Report) -> String {
+    let mut out = String::new();
+    if !r.by_key.is_empty() {
         let mut t = output::table();
         t.set_header(vec!["provider", "key", "entries"]);
-        for ((provider, key), n) in &by_key {
+        for ((provider, key), n) in &r.by_key {
             t.add_row(vec![
                 provider.to_string(),
-                key.unwrap_or("-").to_owned(),
+                output::escape(key.as_deref().unwrap_or("-")).into_owned(),
                 n.to_string(),
             ]);
         }
         out += &format!("\nEncrypted entries by key:\n{t}\n");
     }
-    let by_kms_key_id = r.by_kms_key_id();
-    if !by_kms_key_id.is_empty() {
+    if !r.by_kms_key_id.is_empty() {
         let mut t = output::table();
         t.set_header(vec!["kms provider", "KMS key ID", "entries"]);
-        for ((name, id), n) in &by_kms_key_id {
-            t.add_row(vec![(*name).to_owned(), (*id).to_owned(), n.to_string()]);
+        for ((name, id), n) in &r.by_kms_key_id {
+            t.add_row(vec![
+                output::escape(name).into_owned(),
+                output::escape(id).into_owned(),
+                n.to_string(),
+            ]);
         }
         out += &format!("\nKMS v2 entries by KMS key ID:\n{t}\n");
     }
+    out
+}
 
-    let several = r.resources.len() > 1 || !r.not_covered.is_empty();
-    if several {
-        let mut t = output::table();
-        t.set_header(vec![
-            "resource",
-            "write provider",
-            "entries",
-            "current",
-            "stale",
-            "plaintext",
-            "unreadable",
+/// Counts by resource, and the resources the config does not cover.
+fn by_resource_table(r: &Report) -> String {
+    let mut t = output::table();
+    t.set_header(vec![
+        "resource",
+        "write provider",
+        "entries",
+        "current",
+        "stale",
+        "plaintext",
+        "unreadable",
+    ]);
+    for (resource, per) in &r.resources {
+        let c = &per.counts;
+        t.add_row(vec![
+            output::escape(resource).into_owned(),
+            per.write_provider
+                .as_ref()
+                .map_or("-".to_owned(), |w| match &w.key_name {
+                    Some(k) => format!("{} {k}", w.provider),
+                    None => w.provider.to_string(),
+                }),
+            c.total.to_string(),
+            c.current.to_string(),
+            c.stale.to_string(),
+            c.plaintext.to_string(),
+            (c.unknown_key + c.undecryptable).to_string(),
         ]);
-        for (resource, per) in &r.resources {
-            let c = &per.counts;
-            t.add_row(vec![
-                resource.clone(),
-                per.write_provider
-                    .as_ref()
-                    .map_or("-".to_owned(), |w| match &w.key_name {
-                        Some(k) => format!("{} {k}", w.provider),
-                        None => w.provider.to_string(),
-                    }),
-                c.total.to_string(),
-                c.current.to_string(),
-                c.stale.to_string(),
-                c.plaintext.to_string(),
-                (c.unknown_key + c.undecryptable).to_string(),
-            ]);
+    }
+    let mut out = format!("\nBy resource:\n{t}\n");
+    if !r.not_covered.is_empty() {
+        let list: Vec<String> = r
+            .not_covered
+            .iter()
+            .map(|(res, n)| format!("{} {n}", output::escape(res)))
+            .collect();
+        out += &format!(
+            "Not covered by the config ({} entries, stored as kube-apiserver got them; not findings): {}\n",
+            r.not_covered_total(),
+            list.join(", ")
+        );
+        if r.not_covered_keys.is_empty() {
+            out += "(--verbose lists them.)\n";
         }
-        out += &format!("\nBy resource:\n{t}\n");
-        if !r.not_covered.is_empty() {
-            let list: Vec<String> = r
-                .not_covered
-                .iter()
-                .map(|(res, n)| format!("{res} {n}"))
-                .collect();
-            out += &format!(
-                "Not covered by the config ({} entries, stored as kube-apiserver got them; not findings): {}\n",
-                r.not_covered_total(),
-                list.join(", ")
-            );
-            if r.not_covered_keys.is_empty() {
-                out += "(--verbose lists them.)\n";
-            }
-            for key in &r.not_covered_keys {
-                out += &format!("  {key}\n");
-            }
+        for key in &r.not_covered_keys {
+            out += &format!("  {}\n", output::escape(key));
         }
     }
+    out
+}
 
-    let groups = r.findings_by_resource();
-    let shown: usize = groups.values().map(Vec::len).sum();
-    if shown > 0 {
-        let mut t = output::table();
-        let mut header = vec!["namespace", "name", "state", "provider", "key"];
-        if several {
-            header.insert(0, "resource");
-        }
-        let key_ids = entries_have_key_ids(&groups);
-        if key_ids {
-            header.push("KMS key ID");
-        }
-        if chain.is_some() {
-            header.push("readable");
-        }
-        header.push("note");
-        t.set_header(header);
-        for ((resource, ns), entries) in &groups {
-            for e in entries {
-                let mut row = vec![
-                    if ns.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        (*ns).to_owned()
-                    },
-                    e.name.clone().unwrap_or_else(|| e.key.clone()),
-                    e.state.to_string(),
-                    e.provider.map_or("-".to_owned(), |p| p.to_string()),
-                    e.key_name.clone().unwrap_or_else(|| "-".to_owned()),
-                ];
-                if several {
-                    row.insert(0, (*resource).to_owned());
-                }
-                if key_ids {
-                    row.push(e.key_id.clone().unwrap_or_else(|| "-".to_owned()));
-                }
-                if chain.is_some() {
-                    row.push(e.readable.map_or("-", yes_no).to_owned());
-                }
-                row.push(e.error.clone().unwrap_or_default());
-                t.add_row(row);
-            }
-        }
-        let label = if chain.is_some() {
-            "Entries that are not current"
-        } else {
-            "Entries that are not encrypted"
-        };
-        let by = if several {
-            "by resource and namespace"
-        } else {
-            "by namespace"
-        };
-        out += &format!("\n{label} ({shown}), {by}:\n{t}\n");
+/// The entries that are not current, by resource and namespace, at most
+/// [`TABLE_ROWS_PER_RESOURCE`] per resource.
+fn findings_table(
+    listed: &Bounded<Arc<str>, ReportEntry>,
+    several: bool,
+    with_config: bool,
+) -> String {
+    let shown = listed.total();
+    if shown == 0 {
+        return String::new();
     }
+    let key_ids = listed.rows().values().flatten().any(|e| e.key_id.is_some());
+    let mut t = output::table();
+    let mut header = vec!["namespace", "name", "state", "provider", "key"];
+    if several {
+        header.insert(0, "resource");
+    }
+    if key_ids {
+        header.push("KMS key ID");
+    }
+    if with_config {
+        header.push("readable");
+    }
+    header.push("note");
+    t.set_header(header);
+    for (resource, entries) in listed.rows() {
+        let mut entries: Vec<&ReportEntry> = entries.iter().collect();
+        entries.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        for e in entries {
+            let mut row = vec![
+                output::escape(e.namespace.as_deref().unwrap_or("-")).into_owned(),
+                output::escape(e.name.as_deref().unwrap_or(&e.key)).into_owned(),
+                e.state.to_string(),
+                e.provider.map_or("-".to_owned(), |p| p.to_string()),
+                output::escape(e.key_name.as_deref().unwrap_or("-")).into_owned(),
+            ];
+            if several {
+                row.insert(0, output::escape(resource).into_owned());
+            }
+            if key_ids {
+                row.push(output::escape(e.key_id.as_deref().unwrap_or("-")).into_owned());
+            }
+            if with_config {
+                row.push(e.readable.map_or("-", yes_no).to_owned());
+            }
+            row.push(output::escape(e.error.as_deref().unwrap_or_default()).into_owned());
+            t.add_row(row);
+        }
+        if let Some(n) = listed.more().get(resource) {
+            let mut row = vec![String::new(); t.column_count()];
+            row[0] = format!("…and {n} more (-o json lists every entry)");
+            t.add_row(row);
+        }
+    }
+    let label = if with_config {
+        "Entries that are not current"
+    } else {
+        "Entries that are not encrypted"
+    };
+    let by = if several {
+        "by resource and namespace"
+    } else {
+        "by namespace"
+    };
+    format!("\n{label} ({shown}), {by}:\n{t}\n")
+}
 
+/// What only a file shows: older revisions and residue in free pages.
+fn history_lines(r: &Report, args: &AuditArgs) -> String {
+    let mut out = String::new();
+    let with_config = args.config.is_some();
     if let Some(h) = &r.history {
         let exposed = h.plaintext + h.stale + h.unknown_key + h.undecryptable;
         out += &format!(
@@ -370,8 +435,12 @@ fn render(r: &Report, with_config: bool, args: &AuditArgs) -> String {
                 "revisions"
             },
             h.plaintext,
-            if chain.is_some() {
-                format!(", {} under other keys", h.stale)
+            if with_config {
+                format!(
+                    ", {} under other keys, {} unreadable",
+                    h.stale,
+                    h.unknown_key + h.undecryptable
+                )
             } else {
                 String::new()
             }
@@ -394,9 +463,12 @@ fn render(r: &Report, with_config: bool, args: &AuditArgs) -> String {
             out += "  They stay until the file is rewritten: `etcdctl defrag` on every member (after compaction), then take a new snapshot.\n";
         }
     }
+    out
+}
 
-    let findings = r.findings();
-    out += "\n";
+/// The verdict in words, and what to do.
+fn verdict_lines(r: &Report, with_config: bool, strict: bool) -> String {
+    let mut out = String::new();
     if r.plaintext_by_config > 0 {
         out +=
             &format!(
@@ -405,21 +477,22 @@ fn render(r: &Report, with_config: bool, args: &AuditArgs) -> String {
             if r.plaintext_by_config == 1 { "its resource" } else { "their resources" }
         );
     }
-    out += &match (r.verdict(args.strict), chain) {
-        (Verdict::Clean, Some(_)) if r.summary.stale > 0 => format!(
+    out += &match (r.verdict(strict), with_config) {
+        (Verdict::Clean, true) if r.summary.stale > 0 => format!(
             "OK: nothing unreadable or plaintext; {} can be moved to the write key with `atrest rewrite`.\n",
             output::count(r.summary.stale, "stale entry", "stale entries")
         ),
         (Verdict::Clean, _) if r.plaintext_by_config > 0 => {
             "OK: every entry is stored as configured.\n".to_owned()
         }
-        (Verdict::Clean, _) => "OK: every entry is encrypted as configured.\n".to_owned(),
-        (Verdict::Findings, Some(_)) => format!(
+        (Verdict::Clean, true) => "OK: every entry is encrypted as configured.\n".to_owned(),
+        (Verdict::Clean, false) => "OK: every entry read is encrypted (pass --config to check with which keys).\n".to_owned(),
+        (Verdict::Findings, true) => format!(
             "FINDINGS: {} plaintext or unreadable{}. Plaintext and stale entries can be re-encrypted with `atrest rewrite --config FILE`; unreadable ones need the key that wrote them.\n",
-            output::count(findings, "entry is", "entries are"),
-            if args.strict && r.summary.stale > 0 { format!(", {} stale", r.summary.stale) } else { String::new() }
+            output::count(r.findings(), "entry is", "entries are"),
+            if strict && r.summary.stale > 0 { format!(", {} stale", r.summary.stale) } else { String::new() }
         ),
-        (Verdict::Findings, None) => format!(
+        (Verdict::Findings, false) => format!(
             "FINDINGS: {} stored in plaintext. Configure encryption (`atrest config new`), restart kube-apiserver with it, then run `atrest rewrite`.\n",
             output::count(r.summary.plaintext, "entry is", "entries are")
         ),

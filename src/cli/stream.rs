@@ -1,0 +1,172 @@
+//! Reports that stream: JSON whose `entries` are written as they come, and tables that keep
+//! only the rows they print.
+//!
+//! A report's JSON is `head` fields, then `entries`, then the rest: [`JsonEntries`] writes the
+//! head and each entry as soon as it has them, and at the end the rest of the report, taken
+//! from the report serialised without entries (whose text starts with the head's). The
+//! document is the one `serde_json::to_writer_pretty` would write for the whole report with
+//! its entries in place, so nothing per entry is held in memory.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Stdout, Write};
+use std::sync::{Mutex, PoisonError};
+
+use serde::Serialize;
+
+use super::CliError;
+
+/// Pretty JSON of `value`.
+fn pretty<T: Serialize>(value: &T) -> Result<String, CliError> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::internal(format!("cannot render JSON: {e}")))
+}
+
+/// Streams a report's `entries` to standard output (see the module docs).
+pub(crate) struct JsonEntries {
+    state: Mutex<State>,
+}
+
+struct State {
+    out: BufWriter<Stdout>,
+    /// The head's JSON without its closing `\n}`.
+    head: String,
+    written: u64,
+    error: Option<std::io::Error>,
+}
+
+impl JsonEntries {
+    /// A stream whose document starts with the fields of `head` (an object).
+    pub(crate) fn new<T: Serialize>(head: &T) -> Result<JsonEntries, CliError> {
+        let mut head = pretty(head)?;
+        head.truncate(head.len().saturating_sub(2));
+        Ok(JsonEntries {
+            state: Mutex::new(State {
+                out: BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+                head,
+                written: 0,
+                error: None,
+            }),
+        })
+    }
+
+    /// Writes one entry (the head first, before the first one). A write error is kept for
+    /// [`JsonEntries::finish`]; later entries are dropped.
+    pub(crate) fn entry<T: Serialize>(&self, entry: &T) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.error.is_some() {
+            return;
+        }
+        let Ok(text) = serde_json::to_string_pretty(entry) else {
+            return;
+        };
+        let s = &mut *s;
+        let lead = if s.written == 0 {
+            format!("{},\n  \"entries\": [\n", s.head)
+        } else {
+            ",\n".to_owned()
+        };
+        s.written += 1;
+        let mut block = String::with_capacity(lead.len() + text.len() + 64);
+        block.push_str(&lead);
+        for (i, line) in text.lines().enumerate() {
+            if i > 0 {
+                block.push('\n');
+            }
+            block.push_str("    ");
+            block.push_str(line);
+        }
+        if let Err(e) = s.out.write_all(block.as_bytes()) {
+            s.error = Some(e);
+        }
+    }
+
+    /// Writes the rest of the document: `report` (serialised without entries, starting with the
+    /// head's fields) after the entries.
+    pub(crate) fn finish<T: Serialize>(self, report: &T) -> Result<(), CliError> {
+        let mut s = self
+            .state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let full = pretty(report)?;
+        let Some(rest) = full.strip_prefix(s.head.as_str()) else {
+            return Err(CliError::internal(
+                "the report does not start with the fields written before its entries",
+            ));
+        };
+        let text = if s.written == 0 {
+            format!("{},\n  \"entries\": []{rest}\n", s.head)
+        } else {
+            format!("\n  ]{rest}\n")
+        };
+        if let Some(e) = s.error.take() {
+            return Err(CliError::io("standard output", e));
+        }
+        s.out
+            .write_all(text.as_bytes())
+            .and_then(|()| s.out.flush())
+            .map_err(|e| CliError::io("standard output", e))
+    }
+}
+
+/// The rows a table lists, at most `limit` per group; the rest are only counted.
+pub(crate) struct Bounded<K: Ord, T> {
+    limit: usize,
+    rows: BTreeMap<K, Vec<T>>,
+    more: BTreeMap<K, u64>,
+}
+
+impl<K: Ord + Clone, T> Bounded<K, T> {
+    /// Keeps up to `limit` rows per group.
+    pub(crate) fn new(limit: usize) -> Self {
+        Bounded {
+            limit,
+            rows: BTreeMap::new(),
+            more: BTreeMap::new(),
+        }
+    }
+
+    /// One more row of `group` (kept while the group has fewer than the limit).
+    pub(crate) fn push(&mut self, group: &K, row: T) {
+        match self.rows.get_mut(group) {
+            Some(rows) if rows.len() >= self.limit => {
+                *self.more.entry(group.clone()).or_default() += 1;
+            }
+            Some(rows) => rows.push(row),
+            None => {
+                self.rows.insert(group.clone(), vec![row]);
+            }
+        }
+    }
+
+    /// The kept rows by group, in group order.
+    pub(crate) fn rows(&self) -> &BTreeMap<K, Vec<T>> {
+        &self.rows
+    }
+
+    /// Rows counted but not kept, by group.
+    pub(crate) fn more(&self) -> &BTreeMap<K, u64> {
+        &self.more
+    }
+
+    /// Every row seen (kept or not).
+    pub(crate) fn total(&self) -> u64 {
+        self.rows.values().map(|r| r.len() as u64).sum::<u64>() + self.more.values().sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_keeps_the_first_rows_of_each_group_and_counts_the_rest() {
+        let mut b = Bounded::new(2);
+        for i in 0..5 {
+            b.push(&"a", i);
+        }
+        b.push(&"b", 9);
+        assert_eq!(b.rows()[&"a"], [0, 1]);
+        assert_eq!(b.more()[&"a"], 3);
+        assert_eq!(b.total(), 6);
+    }
+}
