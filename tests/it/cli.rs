@@ -366,3 +366,59 @@ fn usage_errors_exit_2() {
         .code(2);
     assert!(Path::new(&example_config()).exists());
 }
+
+/// Issue 22 item 23 / issue 20: `inspect --config` kept the key's first two path segments, so a
+/// custom resource's key (`/registry/<group>/<plural>/…`) picked the wrong chain or none.
+#[test]
+fn issue_22_23_inspect_reads_a_custom_resource_with_its_own_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("enc.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [widgets.example.com]
+    providers:
+      - aesgcm:
+          keys:
+            - name: w1
+              secret: MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI=
+  - resources: ['*.*']
+    providers:
+      - identity: {}
+",
+    )
+    .unwrap();
+    let key = "/registry/example.com/widgets/team-a/w";
+    let enc = atrest()
+        .args(["encrypt", "--config"])
+        .arg(&config)
+        .args(["--etcd-key", key])
+        .write_stdin(&b"{\"kind\":\"Widget\"}"[..])
+        .output()
+        .unwrap();
+    assert!(
+        enc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enc.stderr)
+    );
+    assert!(enc.stdout.starts_with(b"k8s:enc:aesgcm:v1:w1:"));
+    let out = atrest()
+        .args(["inspect", "-o", "json", "--config"])
+        .arg(&config)
+        .args(["--etcd-key", key])
+        .write_stdin(enc.stdout)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["state"], "current", "{r}");
+    assert_eq!(r["key_name"], "w1", "{r}");
+    assert_eq!(r["readable"], true, "{r}");
+}

@@ -8,33 +8,13 @@ use crate::cli::args::CryptArgs;
 use crate::cli::output::{read_input, write_output};
 use crate::cli::{CliError, Exit};
 
-/// The resource prefix an etcd key lives under, by kube-apiserver's key map
-/// ([`atrest::resource::split_key`]): `/registry/secrets/default/db` → `/registry/secrets/`,
-/// `/registry/services/specs/default/web` → `/registry/services/specs/`,
-/// `/registry/example.com/widgets/ns/w` → `/registry/example.com/widgets/`
-/// (kube-apiserver's `--etcd-prefix` is one path segment by default).
-fn resource_prefix(etcd_key: &str) -> Result<String, CliError> {
-    let root = etcd_key
-        .strip_prefix('/')
-        .and_then(|rest| rest.split_once('/'))
-        .map(|(root, _)| format!("/{root}/"))
-        .filter(|root| root != "//");
-    let info = root
-        .as_deref()
-        .and_then(|root| atrest::resource::split_key(root, etcd_key.as_bytes()))
-        .filter(|info| info.name.is_some());
-    match (root, info) {
-        (Some(root), Some(info)) => Ok(info.resource.storage_prefix(&root)),
-        _ => Err(
-            CliError::usage(format!("--etcd-key {etcd_key:?} is not a full etcd key"))
-                .advice("pass the key exactly as stored, e.g. /registry/secrets/default/db"),
-        ),
-    }
-}
-
 /// Encrypts standard input (or a file) with the config's write provider and key.
 pub(crate) fn encrypt(args: CryptArgs) -> Result<Exit, CliError> {
-    let chain = load_chain(&args.config, &resource_prefix(&args.etcd_key)?, &args.kms)?;
+    let chain = load_chain(
+        &args.config,
+        &super::resource_prefix(&args.etcd_key)?,
+        &args.kms,
+    )?;
     if let Provider::Kms(kms) = &chain.write_entry().provider {
         kms.ready_to_write()
             .map_err(|e| CliError::store(e.to_string()).advice(e.advice()))?;
@@ -57,7 +37,11 @@ pub(crate) fn decrypt(args: CryptArgs) -> Result<Exit, CliError> {
             ),
         );
     }
-    let chain = load_chain(&args.config, &resource_prefix(&args.etcd_key)?, &args.kms)?;
+    let chain = load_chain(
+        &args.config,
+        &super::resource_prefix(&args.etcd_key)?,
+        &args.kms,
+    )?;
     let input = read_input(args.input.as_deref())?;
     let found = chain.classify(&input, args.etcd_key.as_bytes());
     match (found.state, found.plaintext) {
@@ -85,33 +69,5 @@ pub(crate) fn decrypt(args: CryptArgs) -> Result<Exit, CliError> {
                 _ => "the value is damaged, or a different key was written under the same name: check that the config is the one kube-apiserver uses",
             }))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resource_prefix_of_keys() {
-        assert_eq!(
-            resource_prefix("/registry/secrets/default/db").unwrap(),
-            "/registry/secrets/"
-        );
-        assert_eq!(
-            resource_prefix("/kubernetes.io/configmaps/ns/x").unwrap(),
-            "/kubernetes.io/configmaps/"
-        );
-        assert_eq!(
-            resource_prefix("/registry/services/specs/default/web").unwrap(),
-            "/registry/services/specs/"
-        );
-        assert_eq!(
-            resource_prefix("/registry/example.com/widgets/ns/w").unwrap(),
-            "/registry/example.com/widgets/"
-        );
-        assert!(resource_prefix("/registry").is_err());
-        assert!(resource_prefix("/registry/secrets").is_err());
-        assert!(resource_prefix("db").is_err());
     }
 }

@@ -41,14 +41,12 @@ pub(crate) async fn run(args: InspectArgs, format: Option<OutputFormat>) -> Resu
     };
     let chain = match &args.config {
         Some(path) => {
-            let prefix = args
-                .etcd_key
-                .as_deref()
-                .and_then(|k| {
-                    let mut parts = k.trim_start_matches('/').splitn(3, '/');
-                    Some(format!("/{}/{}/", parts.next()?, parts.next()?))
-                })
-                .unwrap_or_else(|| "/registry/secrets/".to_owned());
+            // The chain of the resource the key names (custom resources included); without a
+            // key, a Secret's.
+            let prefix = match args.etcd_key.as_deref() {
+                Some(key) => super::resource_prefix(key)?,
+                None => super::DEFAULT_PREFIX.to_owned(),
+            };
             Some(load_chain(path, &prefix, &args.kms)?)
         }
         None => None,

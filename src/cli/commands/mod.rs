@@ -39,6 +39,30 @@ pub(crate) fn load_chain(path: &Path, prefix: &str, kms: &KmsArgs) -> Result<Cha
     Ok(chain)
 }
 
+/// The resource prefix an etcd key lives under, by kube-apiserver's key map
+/// ([`atrest::resource::split_key`]): `/registry/secrets/default/db` → `/registry/secrets/`,
+/// `/registry/services/specs/default/web` → `/registry/services/specs/`,
+/// `/registry/example.com/widgets/ns/w` → `/registry/example.com/widgets/`
+/// (kube-apiserver's `--etcd-prefix` is one path segment by default).
+pub(crate) fn resource_prefix(etcd_key: &str) -> Result<String, CliError> {
+    let root = etcd_key
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(root, _)| format!("/{root}/"))
+        .filter(|root| root != "//");
+    let info = root
+        .as_deref()
+        .and_then(|root| atrest::resource::split_key(root, etcd_key.as_bytes()))
+        .filter(|info| info.name.is_some());
+    match (root, info) {
+        (Some(root), Some(info)) => Ok(info.resource.storage_prefix(&root)),
+        _ => Err(
+            CliError::usage(format!("--etcd-key {etcd_key:?} is not a full etcd key"))
+                .advice("pass the key exactly as stored, e.g. /registry/secrets/default/db"),
+        ),
+    }
+}
+
 /// `--provider kms --kms-name NAME --kms-endpoint unix:///PATH` as the library's [`NewKms`].
 pub(crate) fn new_kms(args: &NewKmsArgs) -> Result<NewKms, CliError> {
     let (Some(name), Some(endpoint)) = (&args.kms_name, &args.kms_endpoint) else {
@@ -295,4 +319,32 @@ pub(crate) fn config_error_lines(e: &ConfigError) -> Vec<String> {
         source = cause.source();
     }
     vec![line]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_prefix_of_keys() {
+        assert_eq!(
+            resource_prefix("/registry/secrets/default/db").unwrap(),
+            "/registry/secrets/"
+        );
+        assert_eq!(
+            resource_prefix("/kubernetes.io/configmaps/ns/x").unwrap(),
+            "/kubernetes.io/configmaps/"
+        );
+        assert_eq!(
+            resource_prefix("/registry/services/specs/default/web").unwrap(),
+            "/registry/services/specs/"
+        );
+        assert_eq!(
+            resource_prefix("/registry/example.com/widgets/ns/w").unwrap(),
+            "/registry/example.com/widgets/"
+        );
+        assert!(resource_prefix("/registry").is_err());
+        assert!(resource_prefix("/registry/secrets").is_err());
+        assert!(resource_prefix("db").is_err());
+    }
 }

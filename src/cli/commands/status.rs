@@ -53,10 +53,11 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
     })
 }
 
+/// The table output: the headline, then one part per function.
 fn render(s: &Status, args: &StatusArgs) -> String {
     let mut out = format!(
         "Status of {} in {} at revision {}, with {}\n",
-        s.prefix,
+        output::escape(&s.prefix),
         s.source,
         s.revision,
         args.config
@@ -64,6 +65,15 @@ fn render(s: &Status, args: &StatusArgs) -> String {
             .unwrap_or(std::path::Path::new("-"))
             .display()
     );
+    out += &keys_table(s);
+    out += &unknown_keys_table(s);
+    out += &counts_lines(s);
+    out += &verdict_lines(s);
+    out
+}
+
+/// Every configured key, in the order kube-apiserver tries them, and the KMS key IDs.
+fn keys_table(s: &Status) -> String {
     let mut t = output::table();
     t.set_header(vec![
         "config path",
@@ -85,7 +95,7 @@ fn render(s: &Status, args: &StatusArgs) -> String {
             yes_no(k.safe_to_remove).to_owned(),
         ]);
     }
-    out += &format!(
+    let mut out = format!(
         "\nProviders and keys for {}, in the order kube-apiserver tries them:\n{t}\n",
         s.resource
     );
@@ -93,7 +103,7 @@ fn render(s: &Status, args: &StatusArgs) -> String {
         let list: Vec<String> = k
             .kms_key_ids
             .iter()
-            .map(|(id, n)| format!("{id}: {n}"))
+            .map(|(id, n)| format!("{}: {n}", output::escape(id)))
             .collect();
         out += &format!(
             "KMS key IDs in entries of {} ({}): {}\n",
@@ -102,20 +112,30 @@ fn render(s: &Status, args: &StatusArgs) -> String {
             list.join(", ")
         );
     }
-    if !s.unknown_keys.is_empty() {
-        let mut t = output::table();
-        t.set_header(vec!["provider", "key", "entries"]);
-        for u in &s.unknown_keys {
-            t.add_row(vec![
-                u.provider.map_or("?".to_owned(), |p| p.to_string()),
-                u.key_name.clone().unwrap_or_else(|| "?".to_owned()),
-                u.entries.to_string(),
-            ]);
-        }
-        out += &format!("\nEntries encrypted with keys the config does not have:\n{t}\n");
+    out
+}
+
+/// Entries encrypted with keys the config does not have.
+fn unknown_keys_table(s: &Status) -> String {
+    if s.unknown_keys.is_empty() {
+        return String::new();
     }
+    let mut t = output::table();
+    t.set_header(vec!["provider", "key", "entries"]);
+    for u in &s.unknown_keys {
+        t.add_row(vec![
+            u.provider.map_or("?".to_owned(), |p| p.to_string()),
+            output::escape(u.key_name.as_deref().unwrap_or("?")).into_owned(),
+            u.entries.to_string(),
+        ]);
+    }
+    format!("\nEntries encrypted with keys the config does not have:\n{t}\n")
+}
+
+/// Counts by state and by resource, the resources not covered, and the keys that can go.
+fn counts_lines(s: &Status) -> String {
     let c = &s.summary;
-    out += &format!(
+    let mut out = format!(
         "\nEntries: {} total, {} plaintext{}, {} current, {} stale, {} unknown-key, {} undecryptable, {} kms\n",
         c.total,
         c.plaintext,
@@ -144,7 +164,7 @@ fn render(s: &Status, args: &StatusArgs) -> String {
         ]);
         for (resource, c) in &s.resources {
             t.add_row(vec![
-                resource.clone(),
+                output::escape(resource).into_owned(),
                 c.total.to_string(),
                 c.current.to_string(),
                 c.stale.to_string(),
@@ -160,7 +180,7 @@ fn render(s: &Status, args: &StatusArgs) -> String {
         let list: Vec<String> = s
             .not_covered
             .iter()
-            .map(|(r, n)| format!("{r} {n}"))
+            .map(|(r, n)| format!("{} {n}", output::escape(r)))
             .collect();
         out += &format!(
             "Not covered by the config (stored unencrypted; not findings): {}\n",
@@ -176,17 +196,22 @@ fn render(s: &Status, args: &StatusArgs) -> String {
     if !removable.is_empty() {
         out += &format!(
             "Safe to remove (no entry under {} needs them): {}\n",
-            s.prefix,
+            output::escape(&s.prefix),
             removable.join(", ")
         );
     }
-    out += "\n";
+    out
+}
+
+/// Whether kube-apiserver could read everything, and why not.
+fn verdict_lines(s: &Status) -> String {
+    let mut out = "\n".to_owned();
     if s.apiserver_reads_all {
         out += "OK: kube-apiserver running this config can read every entry under the prefix.\n";
     } else {
         out += "FINDINGS: kube-apiserver running this config cannot read everything under the prefix:\n";
         for r in &s.reasons {
-            out += &format!("  - {r}\n");
+            out += &format!("  - {}\n", output::escape(r));
         }
     }
     out
