@@ -38,6 +38,10 @@ pub enum Verdict {
     Clean,
     /// Something is not encrypted with the current key (exit 1).
     Findings,
+    /// Nothing was read: the scope holds no entry, which proves nothing (exit 1 unless
+    /// `--allow-empty`). Usually a typo in `--prefix`, `--etcd-prefix` or the config's
+    /// resource names.
+    Empty,
 }
 
 impl Counts {
@@ -87,6 +91,9 @@ impl Counts {
     /// The verdict: findings are plaintext, unknown-key and undecryptable entries, and stale
     /// ones with `strict`. `current`, `kms` and (without a config) `encrypted` are fine.
     pub fn verdict(&self, strict: bool) -> Verdict {
+        if self.total == 0 {
+            return Verdict::Empty;
+        }
         let findings = self.plaintext
             + self.unknown_key
             + self.undecryptable

@@ -28,7 +28,7 @@ use crate::resource::{
 };
 use crate::store::scan_pinned;
 use crate::store::{Entry, ReadStore, StoreError, Unanswered};
-use crate::transform::{classify_without_config, Chain, Classification, State};
+use crate::transform::{classify_without_config, parse_prefix, Chain, Classification, State};
 
 /// The write provider and key of the config the audit ran with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -290,6 +290,31 @@ impl Auditor {
     /// Classifies one entry of `info.resource` with `chain` (`None`: no config) and counts it;
     /// the entry (metadata only, never the value) is returned, not kept.
     pub fn add(&mut self, chain: Option<&Chain>, info: KeyInfo, entry: &Entry) -> ReportEntry {
+        let c = classify(chain, &entry.value, &entry.key);
+        self.add_classified(c, chain, info, entry)
+    }
+
+    /// Counts an encrypted entry of a resource the config does not cover: a finding, since
+    /// kube-apiserver stores and reads that resource as plaintext and cannot read it
+    /// (`unknown-key`, not readable). Plaintext ones are only counted ([`Auditor::not_covered`]).
+    pub fn add_unreadable_not_covered(&mut self, info: KeyInfo, entry: &Entry) -> ReportEntry {
+        let mut c = classify_without_config(&entry.value);
+        c.state = State::UnknownKey;
+        c.readable = Some(false);
+        c.error = Some(format!(
+            "encrypted, but the config does not cover {}: kube-apiserver stores and reads it unencrypted, so it cannot read this value",
+            info.resource
+        ));
+        self.add_classified(c, None, info, entry)
+    }
+
+    fn add_classified(
+        &mut self,
+        c: Classification,
+        chain: Option<&Chain>,
+        info: KeyInfo,
+        entry: &Entry,
+    ) -> ReportEntry {
         let resource = match self.names.get(&info.resource) {
             Some(name) => name.clone(),
             None => {
@@ -298,7 +323,6 @@ impl Auditor {
                 name
             }
         };
-        let c = classify(chain, &entry.value, &entry.key);
         // Entries share their namespace's name (a cluster has few namespaces, many entries).
         let namespace = info
             .namespace
@@ -412,9 +436,12 @@ pub async fn audit<S: ReadStore + Sync>(
         target.prefixes(),
         |entry| match target.route(&entry.key) {
             Route::Covered { info, chain } => observer.entry(&auditor.add(chain, info, &entry)),
-            Route::NotCovered(info) => {
+            Route::NotCovered(info) if parse_prefix(&entry.value).is_none() => {
                 auditor.not_covered(&info.resource);
                 observer.not_covered(&entry.key, &info.resource);
+            }
+            Route::NotCovered(info) => {
+                observer.entry(&auditor.add_unreadable_not_covered(info, &entry));
             }
             Route::Outside => {}
         },

@@ -300,6 +300,11 @@ pub(crate) struct AuditArgs {
     /// Also fail (exit 1) on stale entries.
     #[arg(long)]
     pub(crate) strict: bool,
+    /// Exit 0 when the scope holds no entry at all (by default that is exit 1: an audit that
+    /// read nothing proves nothing, and is usually a typo in --prefix, --etcd-prefix or the
+    /// config's resource names).
+    #[arg(long)]
+    pub(crate) allow_empty: bool,
     /// Also list, key by key, the entries of resources the config does not cover (by default
     /// only counted per resource); JSON: `not_covered_keys`.
     #[arg(long, short = 'v')]
@@ -414,6 +419,10 @@ pub(crate) struct StatusArgs {
     /// kube-apiserver's --etcd-prefix (OpenShift: /kubernetes.io/), for a status by resource.
     #[arg(long, default_value = "/registry/", value_parser = prefix_dir)]
     pub(crate) etcd_prefix: String,
+    /// Exit 0 when the scope holds no entry at all (by default exit 1: nothing read proves
+    /// nothing).
+    #[arg(long)]
+    pub(crate) allow_empty: bool,
     #[command(flatten)]
     pub(crate) kms: KmsArgs,
 }

@@ -265,6 +265,28 @@ fn with_slash(root: &str) -> String {
     }
 }
 
+/// Key prefixes below the root that kube-apiserver writes without any transformer, whatever its
+/// EncryptionConfiguration says: the service IP and node-port allocators' bitmaps
+/// (`ranges/serviceips`, `ranges/secondaryserviceips`, `ranges/servicenodeports`) and the
+/// lease endpoint reconciler's `masterleases/`. Their storage configs come straight from the
+/// storage factory (`pkg/registry/core/rest/storage_core.go` `serviceallocator.NewEtcd`,
+/// `pkg/controlplane/instance.go` `reconcilers.NewLeases`), which sets no transformer, so
+/// `storagebackend/factory/etcd3.go` falls back to identity's encrypt-check transformer: they
+/// are stored as plaintext, and an encrypted value there is one kube-apiserver refuses to read.
+/// No config covers them; a rewrite never touches them.
+pub const NEVER_ENCRYPTED: &[&str] = &["ranges/", "masterleases/"];
+
+/// Whether `key` (or a key prefix) below `root` is one kube-apiserver never encrypts (see
+/// [`NEVER_ENCRYPTED`]).
+pub fn never_encrypted(root: &str, key: &[u8]) -> bool {
+    let root = with_slash(root);
+    key.strip_prefix(root.as_bytes()).is_some_and(|rest| {
+        NEVER_ENCRYPTED
+            .iter()
+            .any(|p| rest.starts_with(p.as_bytes()))
+    })
+}
+
 /// What a key says about itself: its resource, namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {

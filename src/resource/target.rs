@@ -12,8 +12,8 @@
 //! Audit, status, the prune check and both rewrites are one function each over a target.
 
 use super::{
-    namespace_and_name, resource_from_prefix, split_key, GroupResource, KeyInfo, ResourceChains,
-    Scope, DEFAULT_ROOT,
+    namespace_and_name, never_encrypted, resource_from_prefix, split_key, GroupResource, KeyInfo,
+    ResourceChains, Scope, DEFAULT_ROOT,
 };
 use crate::transform::{Chain, TransformError};
 
@@ -48,7 +48,9 @@ pub enum Route<'a> {
         /// The chain; `None` without a config.
         chain: Option<&'a Chain>,
     },
-    /// A key of a resource the config does not cover (kube-apiserver stores it as it comes).
+    /// A key of a resource the config does not cover (kube-apiserver stores it as it comes),
+    /// or one kube-apiserver never encrypts whatever the config says
+    /// ([`super::NEVER_ENCRYPTED`]).
     NotCovered(KeyInfo),
     /// A key the target does not read: outside its prefixes, of a resource `--resource` left
     /// out, or naming no object (kine's `/registry/health`).
@@ -96,21 +98,25 @@ impl Target {
     pub fn route(&self, key: &[u8]) -> Route<'_> {
         match &self.by {
             By::Prefix {
+                root,
                 prefixes: [prefix],
                 resource,
                 chain,
-                ..
             } => {
                 if !key.starts_with(prefix.as_bytes()) {
                     return Route::Outside;
                 }
                 let (namespace, name) = namespace_and_name(prefix.as_bytes(), key);
+                let info = KeyInfo {
+                    resource: resource.clone(),
+                    namespace,
+                    name,
+                };
+                if chain.is_some() && never_encrypted(root, key) {
+                    return Route::NotCovered(info);
+                }
                 Route::Covered {
-                    info: KeyInfo {
-                        resource: resource.clone(),
-                        namespace,
-                        name,
-                    },
+                    info,
                     chain: chain.as_ref(),
                 }
             }
@@ -120,6 +126,9 @@ impl Target {
                 };
                 if !scope.wants(&info.resource) {
                     return Route::Outside;
+                }
+                if never_encrypted(&scope.root, key) {
+                    return Route::NotCovered(info);
                 }
                 match chains.chain_for(&info.resource) {
                     Some(chain) => Route::Covered {
@@ -248,9 +257,24 @@ resources:
       - identity: {}
 ";
 
-    fn chains() -> ResourceChains {
-        let config = Config::from_yaml(CONFIG).unwrap();
+    const STAR_STAR: &str = "apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: ['*.*']
+    providers:
+      - secretbox:
+          keys:
+            - name: k1
+              secret: MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI=
+";
+
+    fn chains_of(yaml: &str) -> ResourceChains {
+        let config = Config::from_yaml(yaml).unwrap();
         ResourceChains::new(config, &KmsOptions::default()).unwrap()
+    }
+
+    fn chains() -> ResourceChains {
+        chains_of(CONFIG)
     }
 
     #[test]
@@ -285,6 +309,22 @@ resources:
             Route::NotCovered(_)
         ));
         assert!(matches!(t.route(b"/registry/health"), Route::Outside));
+        // Issue 22 item 19: kube-apiserver stores these with no transformer, whatever the
+        // config says: never covered, by resource or by prefix.
+        let all = Target::resources(chains_of(STAR_STAR), "/registry/", &[]).unwrap();
+        for key in [
+            &b"/registry/ranges/serviceips"[..],
+            b"/registry/masterleases/10.0.0.1",
+        ] {
+            assert!(matches!(all.route(key), Route::NotCovered(_)), "{key:?}");
+        }
+        let config = Config::from_yaml(STAR_STAR).unwrap();
+        let chain = crate::transform::Chain::from_config(&config, "", "ranges").unwrap();
+        let ranges = Target::prefix("/registry/ranges/", Some(chain));
+        assert!(matches!(
+            ranges.route(b"/registry/ranges/serviceips"),
+            Route::NotCovered(_)
+        ));
         assert_eq!(t.resource_names(), ["secrets"]);
         let e = Target::resources(
             chains(),

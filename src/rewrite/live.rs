@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::space_plan::{self, Estimate, SpacePlan};
 use super::{apply_prefix, Observer, RewriteEntry, RewriteError, RewriteOptions, RewriteSummary};
 use crate::provider::Provider;
-use crate::resource::{custom_resources, GroupResource, Target, BUILTIN};
+use crate::resource::{custom_resources, never_encrypted, GroupResource, Target, BUILTIN};
 use crate::store::etcd::EtcdStore;
 use crate::store::{ReadStore, Store, StoreError, WriteStore};
 use crate::transform::Chain;
@@ -85,6 +85,14 @@ pub(crate) async fn units<'a, S: ReadStore + Sync>(
     allow_decrypt: bool,
 ) -> Result<(Vec<Unit<'a>>, BTreeMap<String, String>, Vec<String>), StoreError> {
     let Some((chains, scope)) = target.by_resource() else {
+        if let Some((prefix, ..)) = target
+            .as_prefix()
+            .filter(|(p, ..)| never_encrypted(target.root(), p.as_bytes()))
+        {
+            let why = "kube-apiserver stores these keys unencrypted whatever its config says, and cannot read them encrypted";
+            let left_alone = BTreeMap::from([(prefix.to_owned(), why.to_owned())]);
+            return Ok((Vec::new(), left_alone, Vec::new()));
+        }
         let units = target
             .as_prefix()
             .and_then(|(prefix, resource, chain)| {

@@ -28,7 +28,7 @@ use crate::audit::{Counts, ProviderRef, Verdict};
 use crate::provider::{Provider, ProviderKind};
 use crate::resource::{GroupResource, Route, Target};
 use crate::store::{scan_pinned, Entry, ReadStore, StoreError, Unanswered};
-use crate::transform::{Chain, ChainEntry, State};
+use crate::transform::{parse_prefix, Chain, ChainEntry, State};
 
 /// One configured key (or identity, or KMS provider) of the chain, with what the store needs
 /// of it.
@@ -111,9 +111,10 @@ pub struct Status {
     /// them unencrypted; not findings), counted per resource.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub not_covered: BTreeMap<String, u64>,
-    /// `findings` (exit 1) when something is unreadable; `clean` (exit 0) otherwise. Stale and
-    /// plaintext entries that the config reads are not findings here (`atrest audit` reports
-    /// them).
+    /// `findings` (exit 1) when something is unreadable; `empty` (exit 1 unless
+    /// `--allow-empty`) when no entry was read, which proves nothing; `clean` (exit 0)
+    /// otherwise. Stale and plaintext entries that the config reads are not findings here
+    /// (`atrest audit` reports them).
     pub verdict: Verdict,
     /// Live etcd only: each member that did not answer (left out at connect time, or failed
     /// over from during the run), with its last error; absent when every member answered.
@@ -313,6 +314,8 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
     // Keyed by resource, so the scan allocates only for a resource's first entry.
     let mut resources: HashMap<GroupResource, Counts> = HashMap::new();
     let mut not_covered: HashMap<GroupResource, u64> = HashMap::new();
+    // Encrypted entries of resources the config does not cover: kube-apiserver cannot read them.
+    let mut encrypted_not_covered: BTreeMap<GroupResource, u64> = BTreeMap::new();
     let revision = scan_pinned(
         store,
         target.root(),
@@ -324,6 +327,9 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
                 };
                 let state = builders[i].add(&entry);
                 resources.entry(info.resource).or_default().add(state);
+            }
+            Route::NotCovered(info) if parse_prefix(&entry.value).is_some() => {
+                *encrypted_not_covered.entry(info.resource).or_default() += 1;
             }
             Route::NotCovered(info) => *not_covered.entry(info.resource).or_default() += 1,
             Route::Outside => {}
@@ -361,6 +367,27 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
         store.source(),
         revision,
     );
+    if !encrypted_not_covered.is_empty() {
+        let n: u64 = encrypted_not_covered.values().sum();
+        let names: Vec<String> = encrypted_not_covered
+            .iter()
+            .map(|(gr, n)| format!("{gr} ({n})"))
+            .collect();
+        status.summary.total += n;
+        status.summary.unknown_key += n;
+        status.reasons.push(format!(
+            "{} encrypted, but the config does not cover {}: kube-apiserver stores and reads them unencrypted, so it cannot read them; put their resources back in the config with the key that wrote them",
+            if n == 1 { "1 entry is".to_owned() } else { format!("{n} entries are") },
+            names.join(", ")
+        ));
+        status.apiserver_reads_all = false;
+        status.verdict = Verdict::Findings;
+        for (gr, n) in encrypted_not_covered {
+            let c = resources.entry(gr).or_default();
+            c.total += n;
+            c.unknown_key += n;
+        }
+    }
     if by_resource {
         status.resources = resources
             .into_iter()
@@ -442,10 +469,12 @@ fn assemble(
         unreadable_plaintext,
         apiserver_reads_all,
         reasons,
-        verdict: if apiserver_reads_all {
-            Verdict::Clean
-        } else {
+        verdict: if !apiserver_reads_all {
             Verdict::Findings
+        } else if summary.total == 0 {
+            Verdict::Empty
+        } else {
+            Verdict::Clean
         },
         resources: BTreeMap::new(),
         not_covered: BTreeMap::new(),

@@ -24,7 +24,14 @@ fn issue_14_3_the_member_that_answered_is_named_and_the_dead_one_reported() {
     let endpoints = format!("{dead},{}", server.endpoint);
     for command in ["audit", "status"] {
         let out = atrest()
-            .args([command, "-o", "json", "--dial-timeout", "3"])
+            .args([
+                command,
+                "-o",
+                "json",
+                "--dial-timeout",
+                "3",
+                "--allow-empty",
+            ])
             .args(["--endpoints", &endpoints])
             .arg("--config")
             .arg(&config)
@@ -49,7 +56,14 @@ fn issue_14_3_the_member_that_answered_is_named_and_the_dead_one_reported() {
 
     // Every member answering: no `unanswered` field, no warning.
     let out = atrest()
-        .args(["audit", "-o", "json", "--endpoints", &server.endpoint])
+        .args([
+            "audit",
+            "-o",
+            "json",
+            "--allow-empty",
+            "--endpoints",
+            &server.endpoint,
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -7,6 +7,7 @@ mod common;
 mod audit;
 mod bad_input;
 mod cli;
+mod defects;
 mod endpoints;
 mod etcd_store;
 mod faults;

@@ -707,7 +707,13 @@ fn kubeadm_yields_to_explicit_tls_flags() {
     let config = write_config(dir.path(), CONFIG);
     let mut cmd = atrest();
     let (code, out, err) = run(without_etcdctl_env(&mut cmd)
-        .args(["status", "--kubeadm", "--endpoints", &server.endpoint])
+        .args([
+            "status",
+            "--kubeadm",
+            "--allow-empty",
+            "--endpoints",
+            &server.endpoint,
+        ])
         .args(pki.etcdctl_flags())
         .arg("--config")
         .arg(&config)

@@ -203,7 +203,8 @@ pub(crate) async fn run(
     }
     Ok(match report.verdict(args.strict) {
         Verdict::Clean => Exit::Clean,
-        Verdict::Findings => Exit::Findings,
+        Verdict::Empty if args.allow_empty => Exit::Clean,
+        Verdict::Findings | Verdict::Empty => Exit::Findings,
     })
 }
 
@@ -491,6 +492,11 @@ fn verdict_lines(r: &Report, with_config: bool, strict: bool) -> String {
             "FINDINGS: {} plaintext or unreadable{}. Plaintext and stale entries can be re-encrypted with `atrest rewrite --config FILE`; unreadable ones need the key that wrote them.\n",
             output::count(r.findings(), "entry is", "entries are"),
             if strict && r.summary.stale > 0 { format!(", {} stale", r.summary.stale) } else { String::new() }
+        ),
+        (Verdict::Empty, _) => format!(
+            "NOTHING READ: no entry under {} {}; an audit that reads nothing proves nothing (exit 1; --allow-empty accepts an empty scope). Check --prefix, --etcd-prefix and the resource names in the config (`atrest config check FILE`).\n",
+            output::escape(&r.prefix),
+            if r.not_covered.is_empty() { "at all".to_owned() } else { format!("of a resource the config covers ({} of others)", r.not_covered_total()) },
         ),
         (Verdict::Findings, false) => format!(
             "FINDINGS: {} stored in plaintext. Configure encryption (`atrest config new`), restart kube-apiserver with it, then run `atrest rewrite`.\n",

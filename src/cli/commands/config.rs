@@ -59,8 +59,12 @@ fn new(args: ConfigNewArgs, format: Option<OutputFormat>) -> Result<Exit, CliErr
     };
     let model = config::generate(&opts);
     let yaml = zeroize::Zeroizing::new(config::to_yaml(&model)?);
-    // Prove the file is one kube-apiserver accepts before anyone relies on it.
-    Config::from_yaml(&yaml)?;
+    // Prove the file is one kube-apiserver accepts before anyone relies on it, and say what
+    // `config check` would warn about (a typo such as `--resources secret` covers nothing).
+    let checked = Config::from_yaml(&yaml)?;
+    for w in checked.warnings() {
+        eprintln!("warning: {w}");
+    }
     match &args.out {
         Some(path) => {
             config::write_atomic(path, yaml.as_bytes(), args.force).map_err(|e| match e {

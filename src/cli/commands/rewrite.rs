@@ -101,7 +101,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     }
     Ok(match report.all.verdict() {
         atrest::audit::Verdict::Clean => Exit::Clean,
-        atrest::audit::Verdict::Findings => Exit::Findings,
+        atrest::audit::Verdict::Findings | atrest::audit::Verdict::Empty => Exit::Findings,
     })
 }
 
@@ -295,7 +295,7 @@ async fn offline(
     }
     Ok(match s.verdict() {
         atrest::audit::Verdict::Clean => Exit::Clean,
-        atrest::audit::Verdict::Findings => Exit::Findings,
+        atrest::audit::Verdict::Findings | atrest::audit::Verdict::Empty => Exit::Findings,
     })
 }
 

@@ -49,7 +49,8 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
     }
     Ok(match status.verdict {
         Verdict::Clean => Exit::Clean,
-        Verdict::Findings => Exit::Findings,
+        Verdict::Empty if args.allow_empty => Exit::Clean,
+        Verdict::Findings | Verdict::Empty => Exit::Findings,
     })
 }
 
@@ -206,7 +207,12 @@ fn counts_lines(s: &Status) -> String {
 /// Whether kube-apiserver could read everything, and why not.
 fn verdict_lines(s: &Status) -> String {
     let mut out = "\n".to_owned();
-    if s.apiserver_reads_all {
+    if s.verdict == Verdict::Empty {
+        out += &format!(
+            "NOTHING READ: no entry under {} of a resource the config covers; a status that reads nothing proves nothing (exit 1; --allow-empty accepts an empty scope). Check --prefix, --etcd-prefix and the resource names in the config.\n",
+            output::escape(&s.prefix)
+        );
+    } else if s.apiserver_reads_all {
         out += "OK: kube-apiserver running this config can read every entry under the prefix.\n";
     } else {
         out += "FINDINGS: kube-apiserver running this config cannot read everything under the prefix:\n";

@@ -1,0 +1,221 @@
+//! Issue 22: what a security review and a second first-time operator found, each run through
+//! the built binary against a real etcd. Every test here failed on the code before its fix.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::audit::atrest;
+use crate::common::{put_raw, EtcdServer};
+
+const HEAD: &str = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n";
+const K1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs atrest with `args`, returning the exit code, stdout and stderr.
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = atrest().args(args).output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Item 17: an audit or status that reads nothing said "OK" and exited 0 — a typo in
+/// `--prefix`, a full key as `--prefix`, a wrong `--etcd-prefix`, a config naming `secret`.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_22_17_an_audit_that_reads_nothing_is_not_ok() {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    put_raw(&mut client, b"/registry/secrets/default/db", b"k8s\0plain").await;
+    let dir = tempfile::tempdir().unwrap();
+    let typo = write(
+        dir.path(),
+        "typo.yaml",
+        &format!("{HEAD}resources:\n- resources: [secret]\n  providers:\n  - aescbc: {{keys: [{{name: k1, secret: '{K1}'}}]}}\n  - identity: {{}}\n"),
+    );
+    let ok = write(
+        dir.path(),
+        "ok.yaml",
+        &format!("{HEAD}resources:\n- resources: [secrets]\n  providers:\n  - aescbc: {{keys: [{{name: k1, secret: '{K1}'}}]}}\n  - identity: {{}}\n"),
+    );
+    let e = server.endpoint.as_str();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["audit", "--config", typo.to_str().unwrap()],
+        vec!["audit", "--prefix", "/registry/secret"],
+        vec!["audit", "--prefix", "/registry/secrets/default/db"],
+        vec![
+            "audit",
+            "--config",
+            ok.to_str().unwrap(),
+            "--etcd-prefix",
+            "/kubernetes.io/",
+        ],
+        vec!["status", "--config", typo.to_str().unwrap()],
+    ];
+    for case in cases {
+        let mut args = case.clone();
+        args.extend(["--endpoints", e, "-o", "table"]);
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 1, "{case:?}: {out}{err}");
+        assert!(out.contains("NOTHING READ"), "{case:?}: {out}");
+        assert!(!out.contains("OK:"), "{case:?}: {out}");
+        args.push("--allow-empty");
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{case:?} with --allow-empty: {err}");
+    }
+    // JSON says so too.
+    let (_, out, _) = run(&[
+        "audit",
+        "--prefix",
+        "/registry/secret",
+        "--endpoints",
+        e,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(json(&out)["summary"]["total"], 0);
+    // `config new --resources secret` prints the warning `config check` prints.
+    let (code, _, err) = run(&[
+        "config",
+        "new",
+        "--resources",
+        "secret",
+        "--out",
+        dir.path().join("new.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no rule covers secrets"), "{err}");
+}
+
+/// Items 18 and 19: an encrypted entry of a resource the config does not cover was reported
+/// as "stored unencrypted; not findings" although kube-apiserver cannot read it; and under
+/// `*.*`, `/registry/ranges/…` and `/registry/masterleases/…` (which kube-apiserver never
+/// encrypts) were permanent plaintext findings that `rewrite --prefix` would even encrypt.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_22_18_19_uncovered_encrypted_entries_are_findings_and_never_encrypted_keys_are_left_alone(
+) {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let all = write(
+        dir.path(),
+        "all.yaml",
+        &format!("{HEAD}resources:\n- resources: ['*.*']\n  providers:\n  - aescbc: {{keys: [{{name: k1, secret: '{K1}'}}]}}\n  - identity: {{}}\n"),
+    );
+    let core = write(
+        dir.path(),
+        "core.yaml",
+        &format!("{HEAD}resources:\n- resources: ['*.']\n  providers:\n  - aescbc: {{keys: [{{name: k1, secret: '{K1}'}}]}}\n  - identity: {{}}\n"),
+    );
+    let e = server.endpoint.as_str();
+    put_raw(&mut client, b"/registry/secrets/default/db", b"k8s\0secret").await;
+    put_raw(
+        &mut client,
+        b"/registry/deployments/default/web",
+        b"k8s\0deployment",
+    )
+    .await;
+    put_raw(&mut client, b"/registry/ranges/serviceips", b"k8s\0range").await;
+    put_raw(
+        &mut client,
+        b"/registry/masterleases/10.0.0.1",
+        b"k8s\0lease",
+    )
+    .await;
+    // Everything the `*.*` config covers gets encrypted; ranges and masterleases are left.
+    let (code, out, err) = run(&[
+        "rewrite",
+        "--config",
+        all.to_str().unwrap(),
+        "--endpoints",
+        e,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["rewritten"], 2, "{out}");
+    let (code, out, err) = run(&[
+        "audit",
+        "--config",
+        all.to_str().unwrap(),
+        "--endpoints",
+        e,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "a *.* cluster can audit clean: {out}{err}");
+    let r = json(&out);
+    assert_eq!(r["not_covered"]["ranges"], 1, "{r}");
+    assert_eq!(r["not_covered"]["masterleases"], 1, "{r}");
+    // `--prefix /registry/ranges/` rewrites nothing there either.
+    let (code, out, err) = run(&[
+        "rewrite",
+        "--config",
+        all.to_str().unwrap(),
+        "--prefix",
+        "/registry/ranges/",
+        "--endpoints",
+        e,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(json(&out)["rewritten"], 0, "{out}{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    let stored = client
+        .get("/registry/ranges/serviceips", None)
+        .await
+        .unwrap();
+    assert_eq!(stored.kvs()[0].value(), b"k8s\0range");
+
+    // With a core-only config, the encrypted Deployment is unreadable to kube-apiserver.
+    let (code, out, err) = run(&[
+        "audit",
+        "--config",
+        core.to_str().unwrap(),
+        "--endpoints",
+        e,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let r = json(&out);
+    let web = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["key"] == "/registry/deployments/default/web")
+        .unwrap_or_else(|| panic!("the deployment is listed: {r}"));
+    assert_eq!(web["state"], "unknown-key", "{web}");
+    assert_eq!(web["readable"], false, "{web}");
+    assert!(r["not_covered"].get("deployments.apps").is_none(), "{r}");
+    let (code, out, _) = run(&[
+        "status",
+        "--config",
+        core.to_str().unwrap(),
+        "--endpoints",
+        e,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let s = json(&out);
+    assert!(
+        s["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str().unwrap().contains("deployments.apps")),
+        "{s}"
+    );
+}
