@@ -27,7 +27,8 @@ pub(crate) fn resolve_link(path: &Path) -> io::Result<PathBuf> {
     }
 }
 
-/// Creates `.<name>.<random>.tmp` beside `path`, exclusively, with mode 0600.
+/// Creates `.<name>.<random>.tmp` beside `path`, exclusively, with mode 0600, open for
+/// reading and writing.
 pub(crate) fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
     let name = path
         .file_name()
@@ -42,6 +43,7 @@ pub(crate) fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
         let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
         match OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)

@@ -397,13 +397,14 @@ fn check_written(
 pub async fn rewrite_snapshot(
     input: &Snapshot,
     output: &Path,
+    overwrite: bool,
     coverage: &Coverage<'_>,
     allow_decrypt: bool,
 ) -> Result<OfflineSummary, OfflineError> {
     check_before_writing(coverage, allow_decrypt, input.path(), output)?;
     let mut s = coverage.start_summary(input.path(), output, input.revision());
     let mut lookup_error = None;
-    write_snapshot(input, output, |entry| {
+    write_snapshot(input, output, overwrite, |entry| {
         let chain = coverage.chain_for_key(&entry.key)?;
         let newest = match input.get(&entry.key) {
             Ok(found) => found.is_some_and(|n| n.mod_revision == entry.mod_revision),

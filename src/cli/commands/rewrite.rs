@@ -401,7 +401,7 @@ async fn offline(
     } else {
         let snap = Snapshot::open(input).map_err(StoreError::from)?;
         let coverage = what.coverage(&snap, args.allow_decrypt).await?;
-        rewrite_snapshot(&snap, out, &coverage, args.allow_decrypt).await
+        rewrite_snapshot(&snap, out, args.force, &coverage, args.allow_decrypt).await
     };
     let s = result.map_err(|e| match e {
         OfflineError::Snapshot(e) => CliError::from(atrest::store::StoreError::from(e)),
