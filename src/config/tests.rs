@@ -1158,3 +1158,78 @@ fn timeouts_parse_as_etcdctl_writes_them() {
     assert!(parse_timeout("2x").unwrap_err().contains("unknown unit"));
     assert!(parse_timeout("").is_err());
 }
+
+// ---- issue 22 item 4: bounded work on hostile configs -------------------------------------
+
+fn names(n: usize) -> String {
+    let list: Vec<String> = (0..n).map(|i| format!("r{i}.g{i}")).collect();
+    format!("[{}]", list.join(", "))
+}
+
+#[test]
+fn issue_22_4_forty_thousand_names_are_refused_naming_the_limit() {
+    let e = err(&doc(&names(40_000), &["identity: {}"]));
+    assert!(
+        e.contains("resources[0].resources")
+            && e.contains("more than 10000 resource names in the file (atrest's limit)"),
+        "{e}"
+    );
+    // At the limit: accepted (and checked in one pass, with one duplicate and one overlap).
+    ok(&doc(&names(MAX_RESOURCE_NAMES), &["identity: {}"]));
+    let mut list: Vec<String> = (0..9_997).map(|i| format!("r{i}.g{i}")).collect();
+    list.extend(["r5.g5".into(), "'*.g7'".into(), "secrets".into()]);
+    let errs = field_errors(&doc(&format!("[{}]", list.join(", ")), &["identity: {}"]));
+    let details: Vec<&str> = errs.iter().map(FieldError::detail).collect();
+    assert_eq!(
+        details,
+        [
+            "the same resource cannot be specified multiple times",
+            "using overlapping resources such as 'secrets' and '*.' in the same resource list is not allowed as they will be masked",
+        ]
+    );
+    // A model built in code is held to the same limit.
+    let mut model = ok(&doc("[secrets]", &["identity: {}"])).model().clone();
+    model.resources[0].resources = (0..=MAX_RESOURCE_NAMES).map(|i| format!("r{i}")).collect();
+    let e = Config::from_model(model).unwrap_err();
+    assert!(matches!(
+        e,
+        ConfigError::TooManyResourceNames { names: 10_001 }
+    ));
+    assert!(e.to_string().contains("limit of 10000"), "{e}");
+}
+
+#[test]
+fn issue_22_4_alias_bombs_are_refused_as_excessive_aliasing() {
+    // 1,000 aliases of one 100-name list: 100,000 names from a few KB.
+    let mut s = format!(
+        "{HEAD}resources:\n- &e\n  resources: {}\n  providers: [identity: {{}}]\n",
+        names(100)
+    );
+    for _ in 0..1_000 {
+        s.push_str("- *e\n");
+    }
+    let e = err(&s);
+    assert!(
+        e.contains("excessive aliasing") && e.contains("1000 YAML aliases"),
+        "{e}"
+    );
+    // Under the alias limit, the name limit still holds across the expansion.
+    let mut s = format!(
+        "{HEAD}resources:\n- &e\n  resources: {}\n  providers: [identity: {{}}]\n",
+        names(2_000)
+    );
+    for _ in 0..10 {
+        s.push_str("- *e\n");
+    }
+    let e = err(&s);
+    assert!(e.contains("more than 10000 resource names"), "{e}");
+    // A few aliases, quoted stars and comments are fine.
+    assert_eq!(
+        super::yaml_aliases("a: '*.*'\nb: \"*\" # *x\nc: [*y, *z]\nd: - *w\n"),
+        3
+    );
+    ok(&format!(
+        "{HEAD}resources:\n- resources: [secrets]\n  providers: &p\n  - identity: {{}}\n\
+         - resources: [configmaps]\n  providers: *p\n"
+    ));
+}
