@@ -106,8 +106,9 @@ const WIRE_FIXED64: u64 = 1;
 const WIRE_LEN: u64 = 2;
 const WIRE_FIXED32: u64 = 5;
 
-/// A decoded `mvccpb.KeyValue`, borrowing its bytes from the record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A decoded `mvccpb.KeyValue`, borrowing its bytes from the record. `Debug` shows the key and
+/// revisions but only the value's length (it may be a plaintext Secret).
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct KeyValue<'a> {
     /// Field 1.
     pub(crate) key: &'a [u8],
@@ -121,6 +122,19 @@ pub(crate) struct KeyValue<'a> {
     pub(crate) value: &'a [u8],
     /// Field 6.
     pub(crate) lease: i64,
+}
+
+impl std::fmt::Debug for KeyValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyValue")
+            .field("key", &String::from_utf8_lossy(self.key))
+            .field("create_revision", &self.create_revision)
+            .field("mod_revision", &self.mod_revision)
+            .field("version", &self.version)
+            .field("value_len", &self.value.len())
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 impl<'a> KeyValue<'a> {
@@ -320,6 +334,17 @@ mod tests {
             value,
             lease,
         }
+    }
+
+    #[test]
+    fn issue_22_12_key_value_debug_prints_the_value_length_only() {
+        let kv = sample(b"SECRET-PATTERN-0123456789", 7);
+        let shown = format!("{kv:?}");
+        assert!(
+            !shown.contains("SECRET") && !shown.contains("83, 69, 67"),
+            "{shown}"
+        );
+        assert!(shown.contains("value_len: 25") && shown.contains("/registry/secrets/default/db"));
     }
 
     #[test]
