@@ -33,12 +33,14 @@ pub(crate) fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {}", err.message);
+            // Messages quote etcd keys, endpoints and plugin messages: no raw control bytes.
+            let safe = output::escape_controls;
+            let _ = writeln!(stderr, "error: {}", safe(&err.message));
             for line in &err.details {
-                let _ = writeln!(stderr, "  {line}");
+                let _ = writeln!(stderr, "  {}", safe(line));
             }
             if let Some(advice) = &err.advice {
-                let _ = writeln!(stderr, "hint: {advice}");
+                let _ = writeln!(stderr, "hint: {}", safe(advice));
             }
             ExitCode::from(err.code)
         }

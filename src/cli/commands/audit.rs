@@ -108,7 +108,8 @@ pub(crate) async fn connect(args: &StoreArgs) -> Result<EtcdStore, CliError> {
         err
     })?;
     for e in store.unhealthy() {
-        eprintln!("warning: {e}; using {} instead", store.answering());
+        let warning = format!("warning: {e}; using {} instead", store.answering());
+        eprintln!("{}", output::escape_controls(&warning));
     }
     Ok(store)
 }
@@ -123,11 +124,12 @@ pub(crate) fn warn_failover(store: &EtcdStore) {
         .collect();
     for u in store.unanswered() {
         if !at_connect.contains(&u.endpoint.as_str()) {
-            eprintln!(
+            let warning = format!(
                 "warning: during the run, {}; the run went on with {}",
                 u.error,
                 store.answering()
             );
+            eprintln!("{}", output::escape_controls(&warning));
         }
     }
 }
