@@ -18,6 +18,10 @@ pub(crate) use error::{CliError, Exit};
 
 /// Parses arguments, runs the command, prints errors with advice, and maps the exit status.
 pub(crate) fn main() -> ExitCode {
+    // atrest holds keys, DEKs and plaintext Secrets: no core dump may hold them, and no other
+    // process of the same user may ptrace it (as ssh-agent does). Best effort: on failure the
+    // run goes on as before.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let args = match args::Cli::try_parse() {
         Ok(args) => args,
         Err(e) => {

@@ -366,3 +366,46 @@ fn usage_errors_exit_2() {
         .code(2);
     assert!(Path::new(&example_config()).exists());
 }
+
+/// Issue 22 item 5: atrest marks itself non-dumpable at start (no core dump of keys or
+/// plaintext, no ptrace by the same user). The kernel shows it in /proc: the files of a
+/// non-dumpable process belong to root, not to the user running it. So run atrest as an
+/// ordinary user (uid 1234), blocked reading its standard input, and look.
+#[test]
+fn issue_22_5_the_process_is_not_dumpable() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        return; // starting a process as another user needs root (the test machines run as root)
+    }
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("atrest"))
+        .arg("inspect")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .uid(1234)
+        .gid(1234)
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let owner = loop {
+        let owner = std::fs::metadata(&status).map(|m| m.uid());
+        if owner.as_ref().is_ok_and(|&uid| uid == 0) || Instant::now() > deadline {
+            break owner;
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!("atrest exited early: {exit}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        owner.unwrap(),
+        0,
+        "/proc/PID belongs to the user: the process is dumpable"
+    );
+}
