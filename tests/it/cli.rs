@@ -409,3 +409,44 @@ fn issue_22_5_the_process_is_not_dumpable() {
         "/proc/PID belongs to the user: the process is dumpable"
     );
 }
+
+/// Issue 22 item 14: the warnings kube's documentation calls for, where an operator sees them.
+#[test]
+fn issue_22_14_aesgcm_and_plain_http_warnings() {
+    let out = atrest()
+        .args(["config", "new", "--provider", "aesgcm"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be rotated every 200k writes"), "{err}");
+
+    // A documentation address (TEST-NET-1) over http: warned before dialing; the dial fails.
+    let out = atrest()
+        .args([
+            "audit",
+            "--dial-timeout",
+            "1s",
+            "--endpoints",
+            "http://192.0.2.1:2379",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: http://192.0.2.1:2379 is plain http:// to another host"),
+        "{err}"
+    );
+    let out = atrest()
+        .args([
+            "audit",
+            "--dial-timeout",
+            "1s",
+            "--endpoints",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("plain http://"), "{err}");
+}

@@ -85,6 +85,13 @@ pub(crate) fn etcd_options(args: &StoreArgs) -> EtcdOptions {
 /// Connects to etcd with the etcdctl-style flags; failures are exit 3 with advice.
 pub(crate) async fn connect(args: &StoreArgs) -> Result<EtcdStore, CliError> {
     let opts = etcd_options(args);
+    for endpoint in opts.plaintext_remote_endpoints() {
+        eprintln!(
+            "warning: {} is plain http:// to another host: every Secret read or written crosses \
+             the network unencrypted; use https:// with --cacert/--cert/--key",
+            output::escape_controls(&endpoint)
+        );
+    }
     let used = if args.kubeadm {
         let show = |p: &Option<PathBuf>| {
             p.as_ref()
