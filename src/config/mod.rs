@@ -435,11 +435,15 @@ fn check_masking(model: &EncryptionConfiguration) -> Result<(), ConfigError> {
 
 /// Reads a file, but no more than `limit + 1` bytes: a result longer than `limit` means the
 /// file is too large, found without reading all of it.
+///
+/// The buffer is sized from the file's length first, so that (unless the file grows while it
+/// is read) it never reallocates: a reallocation would leave a copy of the keys in freed memory.
 pub(crate) fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
+    let file = std::fs::File::open(path)?;
+    let expected = file.metadata().map_or(0, |m| m.len()).min(limit);
+    // One byte more than expected, so read_to_end sees the end without growing.
+    let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(0) + 1);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 

@@ -1264,3 +1264,16 @@ fn issue_22_4_alias_bombs_are_refused_as_excessive_aliasing() {
          - resources: [configmaps]\n  providers: *p\n"
     ));
 }
+
+#[test]
+fn issue_22_10_config_files_are_read_without_reallocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enc.yaml");
+    std::fs::write(&path, vec![b'x'; 5000]).unwrap();
+    let bytes = super::read_at_most(&path, MAX_CONFIG_BYTES).unwrap();
+    assert_eq!(bytes.len(), 5000);
+    assert_eq!(bytes.capacity(), 5001, "sized once from the file's length");
+    // Larger than the limit: still read only up to limit + 1.
+    let bytes = super::read_at_most(&path, 100).unwrap();
+    assert_eq!(bytes.len(), 101);
+}

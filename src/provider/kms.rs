@@ -562,11 +562,13 @@ impl Kms {
                 })
                 .map_err(|e| DecryptError::KmsPlugin(e.to_string()))?;
             if seed_type {
-                let seed: [u8; SEED_LEN] = plain
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| DecryptError::KmsDekLength(plain.len()))?;
-                Ok(Dek::Seed(Zeroizing::new(seed)))
+                if plain.len() != SEED_LEN {
+                    return Err(DecryptError::KmsDekLength(plain.len()));
+                }
+                // Copied straight into its wiped home: no plain stack copy of the seed.
+                let mut seed = Zeroizing::new([0u8; SEED_LEN]);
+                seed.copy_from_slice(&plain);
+                Ok(Dek::Seed(seed))
             } else {
                 let key = KeyMaterial::new(plain.to_vec());
                 AesGcm::new("", &key)
@@ -740,7 +742,7 @@ impl Kms {
         };
         // Reading back this run's values must not ask the plugin again.
         self.cache
-            .insert(&cache_key(&object), Dek::Seed(Zeroizing::new(*seed)));
+            .insert(&cache_key(&object), Dek::Seed(seed.clone()));
         Ok(Arc::new(SeedWriter {
             seed,
             encrypted: wrapped.ciphertext,

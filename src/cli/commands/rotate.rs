@@ -303,7 +303,10 @@ pub(crate) async fn run(
 
     // Check the result exactly as a loaded file would be, then write it.
     Config::from_model(model.clone())?;
-    let yaml = zeroize::Zeroizing::new(format!("{markers}{}", config::to_yaml(&model)?));
+    let yaml = zeroize::Zeroizing::new(format!(
+        "{markers}{}",
+        *zeroize::Zeroizing::new(config::to_yaml(&model)?)
+    ));
     let backup = if args.no_backup {
         None
     } else {
