@@ -10,8 +10,9 @@ use crate::atomic_file;
 /// Writes `contents` to `path` so that readers see either the old file or the whole new one:
 /// a temporary file is created beside the target with mode 0600, written, flushed to disk,
 /// renamed over the target, and the directory is flushed. A replaced file's owner and group
-/// are kept, and its mode limited to `0o640` (see [`atomic_file::keep_owner`]). An existing `path` is refused with
-/// [`ConfigError::Exists`] unless `overwrite` is set. The temporary file is removed on failure.
+/// are kept, and its mode becomes the original's limited to `0o640` (never wider, never
+/// group-writable). An existing `path` is refused with [`ConfigError::Exists`] unless
+/// `overwrite` is set. The temporary file is removed on failure.
 pub fn write_atomic(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), ConfigError> {
     if !overwrite && path.symlink_metadata().is_ok() {
         return Err(ConfigError::Exists {
