@@ -450,3 +450,32 @@ fn issue_22_14_aesgcm_and_plain_http_warnings() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("plain http://"), "{err}");
 }
+
+/// Issue 22 item 4: a config over atrest's own bounds is refused at once, and the hint says it
+/// is atrest's limit, not kube-apiserver's.
+#[test]
+fn issue_22_4_forty_thousand_names_are_refused_as_atrests_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yaml");
+    let names: Vec<String> = (0..40_000).map(|i| format!("r{i}.g{i}")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n\
+             resources:\n- resources: [{}]\n  providers:\n  - identity: {{}}\n",
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = atrest()
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("more than 10000 resource names") && err.contains("atrest refuses the file"),
+        "{err}"
+    );
+}
