@@ -22,6 +22,7 @@ Switches, as name=value lines in DIR/control (default PATH.d/control), read on e
   healthz=REASON        report unhealthy
   version=v1            report another API version
   fail_decrypt=true     fail every Decrypt
+  corrupt_decrypt=true  answer every v2 Decrypt with other bytes
   fail_encrypt=true     fail every Encrypt
   delay_ms=5000         answer every call that late
 Call counts: DIR/calls (status, decrypt, encrypt).";

@@ -43,10 +43,20 @@ pub enum WireError {
 }
 
 /// A cursor over untrusted bytes. Reads advance the cursor; failed reads leave it unchanged.
-#[derive(Debug, Clone)]
+/// `Debug` prints the length and offset only: the bytes may be secret.
+#[derive(Clone)]
 pub struct Reader<'a> {
     buf: &'a [u8],
     offset: usize,
+}
+
+impl std::fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("len", &self.buf.len())
+            .field("offset", &self.offset)
+            .finish()
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -183,6 +193,16 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue_22_12_debug_prints_lengths_not_bytes() {
+        let secret = b"SECRET-PATTERN-0123456789";
+        let mut r = Reader::new(secret);
+        r.take(3, "x").unwrap();
+        let shown = format!("{r:?}");
+        assert_eq!(shown, "Reader { len: 25, offset: 3 }");
+        assert!(!shown.contains("83, 69, 67") && !shown.contains("SECRET"));
+    }
 
     #[test]
     fn short_reads_fail_without_moving() {

@@ -12,6 +12,8 @@
 //! - `healthz=disk on fire`: what `Status` reports instead of `ok`;
 //! - `version=v1`: what `Status` reports as the API version instead of `v2`;
 //! - `fail_decrypt=true`: every `Decrypt` fails;
+//! - `corrupt_decrypt=true`: every v2 `Decrypt` answers with other bytes (a plugin that cannot
+//!   open its own `Encrypt` output);
 //! - `fail_encrypt=true`: every `Encrypt` fails;
 //! - `delay_ms=5000`: every call waits that long first (a slow or hanging plugin).
 //!
@@ -59,6 +61,7 @@ struct Switches {
     healthz: Option<String>,
     version: Option<String>,
     fail_decrypt: bool,
+    corrupt_decrypt: bool,
     fail_encrypt: bool,
     delay: Duration,
 }
@@ -78,6 +81,7 @@ impl Plugin {
                 "healthz" => s.healthz = Some(v),
                 "version" => s.version = Some(v),
                 "fail_decrypt" => s.fail_decrypt = v == "true",
+                "corrupt_decrypt" => s.corrupt_decrypt = v == "true",
                 "fail_encrypt" => s.fail_encrypt = v == "true",
                 "delay_ms" => s.delay = Duration::from_millis(v.parse().unwrap_or(0)),
                 _ => {}
@@ -194,7 +198,12 @@ impl v2::key_management_service_server::KeyManagementService for Plugin {
             ));
         }
         let req = req.into_inner();
-        let plaintext = unwrap(&req.ciphertext, Some(&req.key_id))?;
+        let mut plaintext = unwrap(&req.ciphertext, Some(&req.key_id))?;
+        if s.corrupt_decrypt {
+            for b in &mut plaintext {
+                *b ^= 0x5a;
+            }
+        }
         Ok(Response::new(v2::DecryptResponse { plaintext }))
     }
 

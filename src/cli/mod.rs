@@ -19,6 +19,10 @@ pub(crate) use error::{CliError, Exit};
 
 /// Parses arguments, runs the command, prints errors with advice, and maps the exit status.
 pub(crate) fn main() -> ExitCode {
+    // atrest holds keys, DEKs and plaintext Secrets: no core dump may hold them, and no other
+    // process of the same user may ptrace it (as ssh-agent does). Best effort: on failure the
+    // run goes on as before.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let args = match args::Cli::try_parse() {
         Ok(args) => args,
         Err(e) => {
@@ -34,12 +38,14 @@ pub(crate) fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {}", err.message);
+            // Messages quote etcd keys, endpoints and plugin messages: no raw control bytes.
+            let safe = output::escape_controls;
+            let _ = writeln!(stderr, "error: {}", safe(&err.message));
             for line in &err.details {
-                let _ = writeln!(stderr, "  {line}");
+                let _ = writeln!(stderr, "  {}", safe(line));
             }
             if let Some(advice) = &err.advice {
-                let _ = writeln!(stderr, "hint: {advice}");
+                let _ = writeln!(stderr, "hint: {}", safe(advice));
             }
             ExitCode::from(err.code)
         }

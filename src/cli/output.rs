@@ -46,21 +46,48 @@ pub(crate) fn table() -> Table {
     t
 }
 
-/// `text` with every control character (ESC, CR, C1 controls, …) shown as a visible escape, so
-/// that keys, names and messages read from etcd or a plugin cannot drive the terminal.
+/// One table cell or one line from outside (an etcd key, a name, a KMS key ID, a plugin's
+/// message) with every control character, newline and tab included, written as a visible escape
+/// (`\u{1b}`, `\n`): escaped before the table is laid out, so columns stay aligned. Other
+/// Unicode is kept.
 pub(crate) fn escape(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.contains(char::is_control) {
         return std::borrow::Cow::Borrowed(text);
     }
-    std::borrow::Cow::Owned(
-        text.chars()
-            .flat_map(char::escape_default)
-            .collect::<String>(),
-    )
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
-/// Writes `text` to standard output.
+/// `text` with every control character but newline and tab written as a visible escape
+/// (`\u{1b}`, `\r`, `\u{9b}`): etcd keys, KMS key IDs and plugin messages come from outside,
+/// and an ESC or CSI sequence in them must not reach the terminal. Other Unicode is kept.
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Writes `text` (a table, a summary) to standard output, control characters escaped (see
+/// [`escape_controls`]).
 pub(crate) fn print(text: &str) -> Result<(), CliError> {
+    let text = escape_controls(text);
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
@@ -167,4 +194,21 @@ pub(crate) fn yes_no(b: bool) -> &'static str {
 /// `1 entry`, `2 entries`: a count with its noun.
 pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_22_11_control_characters_are_escaped_visibly() {
+        assert_eq!(
+            escape_controls("/registry/secrets/a/\u{1b}[31mred\r\u{9b}2J\u{7}"),
+            "/registry/secrets/a/\\u{1b}[31mred\\r\\u{9b}2J\\u{7}"
+        );
+        assert!(matches!(
+            escape_controls("line one\n\tété ✓"),
+            std::borrow::Cow::Borrowed("line one\n\tété ✓")
+        ));
+    }
 }

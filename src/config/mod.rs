@@ -65,6 +65,15 @@ pub struct Config {
 /// EncryptionConfiguration is a few KiB, and a bigger file is a mistake (the wrong path).
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
+/// Most resource names (`resources[*].resources[*]`) a config may list in all. Real ones list
+/// a few dozen; kube-apiserver has no limit, but every name costs validation and lookups.
+pub const MAX_RESOURCE_NAMES: usize = 10_000;
+
+/// Most YAML aliases (`*name`) a config may use. Each alias repeats what its anchor holds, so
+/// a small file could otherwise expand to a huge one (go-yaml, which kube-apiserver uses,
+/// refuses "excessive aliasing" too). Real configs use none or a few.
+pub const MAX_YAML_ALIASES: usize = 100;
+
 /// Why a config was refused, read or written.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -91,6 +100,15 @@ pub enum ConfigError {
     TooLarge {
         /// The file.
         path: PathBuf,
+    },
+    /// The config lists more than [`MAX_RESOURCE_NAMES`] resource names in all.
+    #[error(
+        "resources: {names} resource names in all, more than atrest's limit of {}",
+        MAX_RESOURCE_NAMES
+    )]
+    TooManyResourceNames {
+        /// How many the model lists.
+        names: usize,
     },
     /// The file is empty (kube-apiserver refuses a zero-byte file).
     #[error("encryption provider configuration file {} is empty", quote_path(path))]
@@ -265,12 +283,23 @@ impl Config {
                 ),
             });
         }
+        let aliases = yaml_aliases(text);
+        if aliases > MAX_YAML_ALIASES {
+            return Err(ConfigError::Parse {
+                path: path.map(Path::to_owned),
+                message: format!(
+                    "excessive aliasing: the document uses {aliases} YAML aliases (*name), \
+                     more than atrest's limit of {MAX_YAML_ALIASES}"
+                ),
+            });
+        }
         if let Ok(meta) = serde_norway::from_str::<TypeMeta>(text) {
             check_kind(
                 meta.api_version.as_deref().unwrap_or_default(),
                 meta.kind.as_deref().unwrap_or_default(),
             )?;
         }
+        model::de::reset_resource_names();
         let model: EncryptionConfiguration =
             serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
                 path: path.map(Path::to_owned),
@@ -282,6 +311,10 @@ impl Config {
     /// Checks a model built in code (or edited, see [`add_key`]) exactly as a file is checked.
     pub fn from_model(model: EncryptionConfiguration) -> Result<Config, ConfigError> {
         check_kind(&model.api_version, &model.kind)?;
+        let names: usize = model.resources.iter().map(|r| r.resources.len()).sum();
+        if names > MAX_RESOURCE_NAMES {
+            return Err(ConfigError::TooManyResourceNames { names });
+        }
         validate::validate(&model, false).map_err(ConfigError::Invalid)?;
         check_masking(&model)?;
         let warnings = warnings::warnings(&model);
@@ -400,12 +433,60 @@ fn check_masking(model: &EncryptionConfiguration) -> Result<(), ConfigError> {
 
 /// Reads a file, but no more than `limit + 1` bytes: a result longer than `limit` means the
 /// file is too large, found without reading all of it.
+///
+/// The buffer is sized from the file's length first, so that (unless the file grows while it
+/// is read) it never reallocates: a reallocation would leave a copy of the keys in freed memory.
 pub(crate) fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
+    let file = std::fs::File::open(path)?;
+    let expected = file.metadata().map_or(0, |m| m.len()).min(limit);
+    // One byte more than expected, so read_to_end sees the end without growing.
+    let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(0) + 1);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// How many YAML aliases (`*name` where a node starts) `text` uses. Quoted scalars and comments
+/// are skipped as in [`flow_too_deep`]; a `*` inside a plain scalar after a space may be counted
+/// too, which errs on the side of refusing.
+pub(crate) fn yaml_aliases(text: &str) -> usize {
+    let mut count = 0;
+    let mut quote: Option<u8> = None;
+    let mut prev = b'\n';
+    let mut bytes = text.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        match (quote, b) {
+            (Some(b'"'), b'\\') => {
+                bytes.next();
+                prev = b'a';
+                continue;
+            }
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') if prev.is_ascii_whitespace() || b"[{,:".contains(&prev) => {
+                quote = Some(b);
+            }
+            (None, b'#') if prev.is_ascii_whitespace() => {
+                for c in bytes.by_ref() {
+                    if c == b'\n' {
+                        break;
+                    }
+                }
+                prev = b'\n';
+                continue;
+            }
+            (None, b'*')
+                if (prev.is_ascii_whitespace() || b"[{,:-?".contains(&prev))
+                    && bytes
+                        .peek()
+                        .is_some_and(|c| !c.is_ascii_whitespace() && !b"[]{},".contains(c)) =>
+            {
+                count += 1;
+            }
+            _ => {}
+        }
+        prev = b;
+    }
+    count
 }
 
 /// Deepest nesting of YAML flow collections accepted. A real config nests a handful; the YAML

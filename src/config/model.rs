@@ -177,7 +177,7 @@ impl ProviderConfiguration {
 }
 
 /// Deserializers with kube-apiserver's JSON typing (see the module docs).
-mod de {
+pub(super) mod de {
     use std::fmt;
 
     use serde::de::{self, Deserialize, Deserializer, Visitor};
@@ -247,11 +247,35 @@ mod de {
         Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
     }
 
-    /// A list of strings with strict items; `null` is the empty list.
+    thread_local! {
+        /// Resource names decoded so far in this thread's current document (reset by
+        /// [`reset_resource_names`] before each decode): the cap is on the whole file, and
+        /// YAML aliases can repeat one list many times.
+        static RESOURCE_NAMES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Starts counting resource names for a new document.
+    pub(in crate::config) fn reset_resource_names() {
+        RESOURCE_NAMES.with(|n| n.set(0));
+    }
+
+    /// A list of resource names with strict items; `null` is the empty list. Refused as soon
+    /// as the document holds more than [`MAX_RESOURCE_NAMES`](crate::config::MAX_RESOURCE_NAMES)
+    /// names in all, before they are all allocated.
     pub(super) fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         struct Item(String);
         impl<'de> Deserialize<'de> for Item {
             fn deserialize<D2: Deserializer<'de>>(d: D2) -> Result<Self, D2::Error> {
+                let max = crate::config::MAX_RESOURCE_NAMES;
+                let n = RESOURCE_NAMES.with(|n| {
+                    n.set(n.get() + 1);
+                    n.get()
+                });
+                if n > max {
+                    return Err(de::Error::custom(format!(
+                        "more than {max} resource names in the file (atrest's limit)"
+                    )));
+                }
                 string(d).map(Item)
             }
         }

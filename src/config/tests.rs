@@ -867,6 +867,14 @@ fn warning_paths(c: &Config) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// The warnings but aesgcm's rotation warning (for tests that use aesgcm as a plain writer).
+fn without_gcm_rotation(c: &Config) -> Vec<(&str, &str)> {
+    warning_paths(c)
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with("].aesgcm"))
+        .collect()
+}
+
 #[test]
 fn warns_about_identity_first() {
     let c = ok(&doc("[secrets]", &["identity: {}", &aescbc(K32)]));
@@ -885,7 +893,7 @@ fn identity_in_a_later_rule_for_the_same_resource_never_writes() {
          - resources: [secrets, configmaps]\n  providers:\n  - identity: {{}}\n"
     );
     let c = ok(&yaml);
-    let w = warning_paths(&c);
+    let w = without_gcm_rotation(&c);
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].0, "resources[1].providers[0]");
     assert!(
@@ -896,7 +904,7 @@ fn identity_in_a_later_rule_for_the_same_resource_never_writes() {
     // Only secrets in the later rule: nothing to warn about.
     let yaml = yaml.replace("[secrets, configmaps]", "[secrets]");
     assert!(
-        ok(&yaml).warnings().is_empty(),
+        without_gcm_rotation(&ok(&yaml)).is_empty(),
         "{:?}",
         ok(&yaml).warnings()
     );
@@ -916,7 +924,26 @@ fn warns_about_aescbc_as_write_provider_only() {
             &aescbc(K16),
         ],
     ));
-    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let w = warning_paths(&c);
+    assert_eq!(w.len(), 1, "aesgcm's own warning only: {w:?}");
+    assert_eq!(w[0].0, "resources[0].providers[0].aesgcm");
+}
+
+#[test]
+fn issue_22_14_warns_that_aesgcm_keys_must_be_rotated_every_200k_writes() {
+    let gcm = format!("aesgcm: {{keys: [{{name: g, secret: '{K32}'}}]}}");
+    let c = ok(&doc("[secrets]", &[&gcm, "identity: {}"]));
+    let w = warning_paths(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "resources[0].providers[0].aesgcm");
+    assert!(
+        w[0].1.contains("must be rotated every 200k writes"),
+        "{}",
+        w[0].1
+    );
+    // Only as the write provider: a read-only aesgcm key spends no nonces.
+    let c = ok(&doc("[secrets]", &["identity: {}", &gcm]));
+    assert!(warning_paths(&c).iter().all(|(p, _)| !p.contains("aesgcm")));
 }
 
 #[test]
@@ -928,7 +955,7 @@ fn warns_about_shared_key_material_without_showing_it() {
             &format!("secretbox: {{keys: [{{name: s, secret: '{K32}'}}, {{name: t, secret: '{LEAKY}'}}]}}"),
         ],
     ));
-    let w = warning_paths(&c);
+    let w = without_gcm_rotation(&c);
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].0, "resources[0].providers[1].secretbox.keys[1]");
     assert!(w[0].1.contains("resources[0].providers[0].aesgcm.keys[0]"));
@@ -949,7 +976,7 @@ fn warns_about_a_key_name_used_twice_by_one_provider_type() {
             &format!("secretbox: {{keys: [{{name: k, secret: '{LEAKY}'}}]}}"),
         ],
     ));
-    let w = warning_paths(&c);
+    let w = without_gcm_rotation(&c);
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].0, "resources[0].providers[1].aesgcm.keys[0].name");
     assert!(w[0].1.contains("resources[0].providers[0].aesgcm.keys[0]"));
@@ -979,7 +1006,7 @@ fn warns_when_secrets_are_not_covered() {
         "[configmaps, secrets.core]",
         &[&format!("aesgcm: {{keys: [{{name: g, secret: '{K32}'}}]}}")],
     ));
-    let w = warning_paths(&c);
+    let w = without_gcm_rotation(&c);
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].0, "resources");
     assert!(w[0].1.contains("secrets"));
@@ -988,7 +1015,11 @@ fn warns_when_secrets_are_not_covered() {
             covering,
             &[&format!("aesgcm: {{keys: [{{name: g, secret: '{K32}'}}]}}")],
         ));
-        assert!(c.warnings().is_empty(), "{covering}: {:?}", c.warnings());
+        assert!(
+            without_gcm_rotation(&c).is_empty(),
+            "{covering}: {:?}",
+            c.warnings()
+        );
     }
 }
 
@@ -1157,4 +1188,92 @@ fn timeouts_parse_as_etcdctl_writes_them() {
     assert!(parse_timeout("-1s").unwrap_err().contains("not a positive"));
     assert!(parse_timeout("2x").unwrap_err().contains("unknown unit"));
     assert!(parse_timeout("").is_err());
+}
+
+// ---- issue 22 item 4: bounded work on hostile configs -------------------------------------
+
+fn names(n: usize) -> String {
+    let list: Vec<String> = (0..n).map(|i| format!("r{i}.g{i}")).collect();
+    format!("[{}]", list.join(", "))
+}
+
+#[test]
+fn issue_22_4_forty_thousand_names_are_refused_naming_the_limit() {
+    let e = err(&doc(&names(40_000), &["identity: {}"]));
+    assert!(
+        e.contains("resources[0].resources")
+            && e.contains("more than 10000 resource names in the file (atrest's limit)"),
+        "{e}"
+    );
+    // At the limit: accepted (and checked in one pass, with one duplicate and one overlap).
+    ok(&doc(&names(MAX_RESOURCE_NAMES), &["identity: {}"]));
+    let mut list: Vec<String> = (0..9_997).map(|i| format!("r{i}.g{i}")).collect();
+    list.extend(["r5.g5".into(), "'*.g7'".into(), "secrets".into()]);
+    let errs = field_errors(&doc(&format!("[{}]", list.join(", ")), &["identity: {}"]));
+    let details: Vec<&str> = errs.iter().map(FieldError::detail).collect();
+    assert_eq!(
+        details,
+        [
+            "the same resource cannot be specified multiple times",
+            "using overlapping resources such as 'secrets' and '*.' in the same resource list is not allowed as they will be masked",
+        ]
+    );
+    // A model built in code is held to the same limit.
+    let mut model = ok(&doc("[secrets]", &["identity: {}"])).model().clone();
+    model.resources[0].resources = (0..=MAX_RESOURCE_NAMES).map(|i| format!("r{i}")).collect();
+    let e = Config::from_model(model).unwrap_err();
+    assert!(matches!(
+        e,
+        ConfigError::TooManyResourceNames { names: 10_001 }
+    ));
+    assert!(e.to_string().contains("limit of 10000"), "{e}");
+}
+
+#[test]
+fn issue_22_4_alias_bombs_are_refused_as_excessive_aliasing() {
+    // 1,000 aliases of one 100-name list: 100,000 names from a few KB.
+    let mut s = format!(
+        "{HEAD}resources:\n- &e\n  resources: {}\n  providers: [identity: {{}}]\n",
+        names(100)
+    );
+    for _ in 0..1_000 {
+        s.push_str("- *e\n");
+    }
+    let e = err(&s);
+    assert!(
+        e.contains("excessive aliasing") && e.contains("1000 YAML aliases"),
+        "{e}"
+    );
+    // Under the alias limit, the name limit still holds across the expansion.
+    let mut s = format!(
+        "{HEAD}resources:\n- &e\n  resources: {}\n  providers: [identity: {{}}]\n",
+        names(2_000)
+    );
+    for _ in 0..10 {
+        s.push_str("- *e\n");
+    }
+    let e = err(&s);
+    assert!(e.contains("more than 10000 resource names"), "{e}");
+    // A few aliases, quoted stars and comments are fine.
+    assert_eq!(
+        super::yaml_aliases("a: '*.*'\nb: \"*\" # *x\nc: [*y, *z]\nd: - *w\n"),
+        3
+    );
+    ok(&format!(
+        "{HEAD}resources:\n- resources: [secrets]\n  providers: &p\n  - identity: {{}}\n\
+         - resources: [configmaps]\n  providers: *p\n"
+    ));
+}
+
+#[test]
+fn issue_22_10_config_files_are_read_without_reallocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enc.yaml");
+    std::fs::write(&path, vec![b'x'; 5000]).unwrap();
+    let bytes = super::read_at_most(&path, MAX_CONFIG_BYTES).unwrap();
+    assert_eq!(bytes.len(), 5000);
+    assert_eq!(bytes.capacity(), 5001, "sized once from the file's length");
+    // Larger than the limit: still read only up to limit + 1.
+    let bytes = super::read_at_most(&path, 100).unwrap();
+    assert_eq!(bytes.len(), 101);
 }

@@ -52,6 +52,15 @@ pub(crate) fn warnings(model: &EncryptionConfiguration) -> Vec<Warning> {
                         "identity is the first provider, so new writes of {names} are stored unencrypted"
                     ),
                 });
+            } else if first.aesgcm.is_some() {
+                out.push(Warning {
+                    path: format!("{path}.aesgcm"),
+                    message: "aesgcm encrypts new writes with random nonces: the Kubernetes \
+                              documentation says its keys must be rotated every 200k writes \
+                              (atrest config rotate); a rewrite spends one write per entry; \
+                              consider kms v2"
+                        .to_owned(),
+                });
             } else if first.aescbc.is_some() {
                 out.push(Warning {
                     path: format!("{path}.aescbc"),

@@ -129,6 +129,20 @@ pub enum EncryptError {
     /// The KMS plugin's `Encrypt` answer breaks kube-apiserver's rules.
     #[error("the KMS plugin's Encrypt response is invalid: {0}")]
     KmsResponse(String),
+    /// The KMS plugin's `Decrypt`, asked once for the seed its `Encrypt` had just wrapped,
+    /// failed or returned other bytes: values written with that seed could not be read back, so
+    /// none is written.
+    #[error(
+        "the KMS plugin cannot decrypt its own Encrypt output (key ID {key_id:?}): {reason}; \
+         nothing was written with it — check that the endpoint reaches the plugin instance \
+         kube-apiserver uses and that its Decrypt works"
+    )]
+    KmsRoundTrip {
+        /// The key ID the plugin's `Encrypt` named.
+        key_id: String,
+        /// What went wrong: the `Decrypt` error, or that it returned other bytes.
+        reason: String,
+    },
     /// The AEAD refused the input (larger than the cipher's limit).
     #[error("the cipher refused the input")]
     Cipher,

@@ -27,7 +27,8 @@ pub(crate) fn resolve_link(path: &Path) -> io::Result<PathBuf> {
     }
 }
 
-/// Creates `.<name>.<random>.tmp` beside `path`, exclusively, with mode 0600.
+/// Creates `.<name>.<random>.tmp` beside `path`, exclusively, with mode 0600, open for
+/// reading and writing.
 pub(crate) fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
     let name = path
         .file_name()
@@ -42,6 +43,7 @@ pub(crate) fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
         let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
         match OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -53,6 +55,23 @@ pub(crate) fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
         }
     }
     Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
+}
+
+/// Gives the temporary `file` the owner and group of the `original` file it is about to replace
+/// (when they differ from its own), and the original's permission bits limited to `0o640`: never
+/// wider than the original, never group-writable, never world-readable. A config replaced by
+/// root for a kube-apiserver running as another user stays readable to that user. Nothing is
+/// done when `original` does not exist.
+pub(crate) fn keep_owner(file: &File, original: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(old) = fs::metadata(original) else {
+        return Ok(());
+    };
+    let new = file.metadata()?;
+    if (old.uid(), old.gid()) != (new.uid(), new.gid()) {
+        std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()))?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(old.mode() & 0o640))
 }
 
 /// Writes `contents` to a new file at `path` (not through a symbolic link: a link at `path`

@@ -176,9 +176,11 @@ impl KineDb {
         wal.push("-wal");
         let in_use = Path::new(&wal).exists();
         let mut uri = String::from("file:");
-        for b in path.to_string_lossy().bytes() {
+        // The path's own bytes, percent-encoded where the URI would read them otherwise (and
+        // every non-ASCII byte: `b as char` would turn it into another character).
+        for &b in std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()) {
             match b {
-                b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
+                b'?' | b'#' | b'%' | 0..=0x20 | 0x7f.. => uri.push_str(&format!("%{b:02X}")),
                 b => uri.push(b as char),
             }
         }
@@ -194,6 +196,13 @@ impl KineDb {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(open_err)?;
+        // The file is untrusted: no SQL functions with side effects from its schema (views,
+        // triggers, defaults), and no writes to the schema itself.
+        conn.pragma_update(None, "trusted_schema", "OFF")
+            .and_then(|()| {
+                conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+            })
+            .map_err(open_err)?;
         let query = |source| KineError::Query {
             path: path.to_owned(),
             source,
@@ -229,6 +238,34 @@ impl KineDb {
             return Err(not_kine(format!(
                 "its kine table lacks the columns {}",
                 missing.join(", ")
+            )));
+        }
+        // kine's table is a plain table with no triggers. A view could show other rows than the
+        // file holds, and triggers copied into the offline output would fire on its UPDATEs.
+        let kind: String = conn
+            .query_row(
+                "SELECT type FROM sqlite_master WHERE name = 'kine' COLLATE NOCASE",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(query)?;
+        if kind != "table" {
+            return Err(not_kine(format!("its kine is a {kind}, not a table")));
+        }
+        let triggers: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' \
+                 AND tbl_name = 'kine' COLLATE NOCASE ORDER BY name",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(query)?;
+        if !triggers.is_empty() {
+            return Err(not_kine(format!(
+                "its kine table has triggers ({}), which kine never creates",
+                triggers.join(", ")
             )));
         }
         let revision: i64 = conn
@@ -469,6 +506,8 @@ impl KineDb {
         let result = (|| {
             self.with_conn(|c| c.execute("VACUUM INTO ?1", [tmp.to_string_lossy().into_owned()]))?;
             let mut out = Connection::open(&tmp).map_err(out_err)?;
+            out.pragma_update(None, "trusted_schema", "OFF")
+                .map_err(out_err)?;
             out.pragma_update(None, "journal_mode", "DELETE")
                 .map_err(out_err)?;
             let (low, high) = bounds(prefix);
@@ -636,6 +675,89 @@ mod tests {
         drop(c);
         let db = KineDb::open(&path).unwrap();
         (dir, db)
+    }
+
+    const KINE_TABLE: &str = "CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,
+        created INTEGER, deleted INTEGER, create_revision INTEGER, prev_revision INTEGER,
+        lease INTEGER, value BLOB, old_value BLOB)";
+
+    fn refused(dir: &Path, name: &str, sql: &str) -> String {
+        let path = dir.join(name);
+        Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+        match KineDb::open(&path) {
+            Err(e @ KineError::NotKine { .. }) => e.to_string(),
+            other => panic!("{name}: expected NotKine, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn issue_22_9_a_view_or_triggers_named_kine_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = refused(
+            dir.path(),
+            "view.db",
+            &format!(
+                "{}; ALTER TABLE kine RENAME TO real; CREATE VIEW kine AS SELECT * FROM real",
+                KINE_TABLE
+            ),
+        );
+        assert!(e.contains("its kine is a view, not a table"), "{e}");
+        let e = refused(
+            dir.path(),
+            "trigger.db",
+            &format!(
+                "{KINE_TABLE}; CREATE TABLE log (v BLOB);
+                 CREATE TRIGGER keep AFTER UPDATE ON kine BEGIN
+                   INSERT INTO log VALUES (old.value); END"
+            ),
+        );
+        assert!(e.contains("has triggers (keep)"), "{e}");
+        // trusted_schema is off on the reader's connection, and the offline copy still works.
+        let (_d, good) = db(&[(1, "/registry/secrets/a/x", 1, 0, 0, b"v1", b"")]);
+        let out = dir.path().join("copy.db");
+        good.write_copy(&out, false, b"/registry/", |_, e| {
+            Some([&e.value[..], b"!"].concat())
+        })
+        .unwrap();
+        let copy = KineDb::open(&out).unwrap();
+        let v: Vec<u8> = copy
+            .with_conn(|c| c.query_row("SELECT value FROM kine WHERE id = 1", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(v, b"v1!");
+        let path = dir.path().join("plain.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(KINE_TABLE)
+            .unwrap();
+        let db = KineDb::open(&path).unwrap();
+        let trusted: i64 = db
+            .with_conn(|c| c.query_row("PRAGMA trusted_schema", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(trusted, 0);
+    }
+
+    #[test]
+    fn issue_22_9_non_ascii_and_uri_special_paths_open_the_right_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("é 100%?#");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("état.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(KINE_TABLE).unwrap();
+        c.execute(
+            "INSERT INTO kine VALUES (7, 'k', 1, 0, 0, 0, 0, x'01', x'')",
+            [],
+        )
+        .unwrap();
+        drop(c);
+        let db = KineDb::open(&path).unwrap();
+        assert_eq!(db.revision(), 7);
+        // Nothing was created at a mis-decoded name.
+        let names: Vec<String> = std::fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["état.db"]);
     }
 
     #[test]

@@ -487,3 +487,24 @@ async fn offline_rewrite_restores_into_a_current_etcd() {
         );
     }
 }
+
+/// Issue 22 item 11: an etcd key holding an escape sequence is shown escaped in the table, so
+/// whoever can write to etcd cannot drive the operator's terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_22_11_control_characters_in_keys_never_reach_the_terminal() {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    let key = b"/registry/secrets/default/evil\x1b[31mred\x1b]0;owned\x07\r";
+    put_raw(&mut client, key, b"k8s\x00\n\x0cv1\x12\x06Secret").await;
+    let out = atrest()
+        .args(["audit", "--endpoints", &server.endpoint, "-o", "table"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a plaintext finding");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("evil\\u{1b}[31mred"), "{table}");
+    for raw in [0x1b, 0x07, b'\r'] {
+        assert!(!out.stdout.contains(&raw), "raw {raw:#x} in:\n{table}");
+        assert!(!out.stderr.contains(&raw), "raw {raw:#x} on stderr");
+    }
+}

@@ -422,3 +422,118 @@ resources:
     assert_eq!(r["key_name"], "w1", "{r}");
     assert_eq!(r["readable"], true, "{r}");
 }
+
+/// Issue 22 item 5: atrest marks itself non-dumpable at start (no core dump of keys or
+/// plaintext, no ptrace by the same user). The kernel shows it in /proc: the files of a
+/// non-dumpable process belong to root, not to the user running it. So run atrest as an
+/// ordinary user (uid 1234), blocked reading its standard input, and look.
+#[test]
+fn issue_22_5_the_process_is_not_dumpable() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    assert_eq!(
+        std::fs::metadata("/proc/self").unwrap().uid(),
+        0,
+        "this test starts atrest as another user, which needs root (CI and the test machines run as root)"
+    );
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("atrest"))
+        .arg("inspect")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .uid(1234)
+        .gid(1234)
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let owner = loop {
+        let owner = std::fs::metadata(&status).map(|m| m.uid());
+        if owner.as_ref().is_ok_and(|&uid| uid == 0) || Instant::now() > deadline {
+            break owner;
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!("atrest exited early: {exit}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        owner.unwrap(),
+        0,
+        "/proc/PID belongs to the user: the process is dumpable"
+    );
+}
+
+/// Issue 22 item 14: the warnings kube's documentation calls for, where an operator sees them.
+#[test]
+fn issue_22_14_aesgcm_and_plain_http_warnings() {
+    let out = atrest()
+        .args(["config", "new", "--provider", "aesgcm"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be rotated every 200k writes"), "{err}");
+
+    // A documentation address (TEST-NET-1) over http: warned before dialing; the dial fails.
+    let out = atrest()
+        .args([
+            "audit",
+            "--dial-timeout",
+            "1s",
+            "--endpoints",
+            "http://192.0.2.1:2379",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: http://192.0.2.1:2379 is plain http:// to another host"),
+        "{err}"
+    );
+    let out = atrest()
+        .args([
+            "audit",
+            "--dial-timeout",
+            "1s",
+            "--endpoints",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("plain http://"), "{err}");
+}
+
+/// Issue 22 item 4: a config over atrest's own bounds is refused at once, and the hint says it
+/// is atrest's limit, not kube-apiserver's.
+#[test]
+fn issue_22_4_forty_thousand_names_are_refused_as_atrests_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yaml");
+    let names: Vec<String> = (0..40_000).map(|i| format!("r{i}.g{i}")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n\
+             resources:\n- resources: [{}]\n  providers:\n  - identity: {{}}\n",
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = atrest()
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("more than 10000 resource names") && err.contains("atrest refuses the file"),
+        "{err}"
+    );
+}

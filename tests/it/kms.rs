@@ -415,8 +415,8 @@ async fn rewrite_aescbc_and_kms_v1_to_kms_v2_with_one_encrypt_call() {
     );
     assert_eq!(
         after.1 - before.1,
-        5,
-        "one Decrypt per v1 DEK; the new values verify from cache"
+        6,
+        "one Decrypt per v1 DEK and one of the new seed; the new values verify from cache"
     );
 
     let (code, r, _) = atrest(&["audit"], &s);
@@ -797,4 +797,37 @@ async fn config_new_and_rotate_migrate_aescbc_to_kms_v2() {
     );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(count(&r, "current", Some("kek-1")), 12);
+}
+
+/// Issue 22 item 3: the plugin is asked once to `Decrypt` the seed its `Encrypt` wrapped before
+/// the first write; a plugin that cannot open its own output gets nothing written.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_22_3_kms_v2_seed_round_trips_through_the_plugin_before_writing() {
+    let s = setup("3s");
+    put_encrypted(&s, &chain_of(AESCBC_ONLY), "cbc", 5).await;
+    let before_values = s.server.etcdctl(&["get", "/registry/", "--prefix"]);
+
+    s.plugin.set("corrupt_decrypt=true");
+    let before = s.plugin.calls();
+    let (code, summary, err) = atrest(&["rewrite"], &s);
+    let after = s.plugin.calls();
+    assert_ne!(code, 0, "{summary}{err}");
+    let text = format!("{summary}{err}");
+    assert!(
+        text.contains("cannot decrypt its own Encrypt output"),
+        "{text}"
+    );
+    assert_eq!(after.2 - before.2, 1, "one Encrypt for the run");
+    assert_eq!(after.1 - before.1, 1, "one Decrypt of the new seed");
+    assert_eq!(
+        s.server.etcdctl(&["get", "/registry/", "--prefix"]),
+        before_values,
+        "nothing was written"
+    );
+
+    // A plugin that opens its own output: the same rewrite goes ahead.
+    s.plugin.set("");
+    let (code, summary, err) = atrest(&["rewrite"], &s);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(summary["rewritten"].as_u64(), Some(5), "{summary}");
 }

@@ -346,3 +346,43 @@ fn unreachable_etcd_is_exit_3_with_advice() {
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("hint:"), "{err}");
 }
+
+/// Issue 22 item 14: a rewrite with an aesgcm write key says how many values that key
+/// encrypted, beside kube's "rotate every 200k writes".
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_22_14_a_rewrite_counts_what_each_aesgcm_key_encrypted() {
+    let server = EtcdServer::start();
+    seed_plaintext(&server, 7).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [secrets]
+  providers:
+  - aesgcm: {keys: [{name: gcm1, secret: 'AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8='}]}
+  - identity: {}
+",
+    );
+    let out = atrest()
+        .args([
+            "rewrite",
+            "--endpoints",
+            &server.endpoint,
+            "-o",
+            "json",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(
+            "aesgcm key \"gcm1\" (resources[0].providers[0].aesgcm.keys[0]) encrypted 7 values"
+        ) && err.contains("200k writes"),
+        "{err}"
+    );
+}

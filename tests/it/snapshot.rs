@@ -459,7 +459,7 @@ fn exercise(snap: &Snapshot, out: &Path) {
     let _ = snap.history(b"", |_| {});
     let _ = snap.free_pages().count();
     let _ = snap.free_runs().count();
-    if write_snapshot(snap, out, false, |e| Some(e.value.repeat(2))).is_ok() {
+    if write_snapshot(snap, out, true, |e| Some(e.value.repeat(2))).is_ok() {
         // Whatever the writer accepted, the reader reads back.
         Snapshot::open(out).expect("the writer's output opens");
     }
@@ -764,4 +764,97 @@ async fn a_rewritten_snapshot_restores_into_etcd() {
     );
     let leased = after.iter().filter(|e| e.lease != 0).count();
     assert_eq!(leased, 2, "leases survive");
+}
+
+/// Issue 22 item 2: the offline writer's temporary file is created exclusively under a
+/// fresh name, so a file or symbolic link planted at the old predictable name receives
+/// nothing; the output is 0600; an existing output is refused without `overwrite`.
+#[tokio::test]
+async fn issue_22_2_snapshot_output_uses_an_exclusive_temp_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    seed(&mut client).await;
+    let path = server.snapshot_save("source.db");
+    let src = Snapshot::open(&path).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.db");
+    // The old writer opened `.out.db.atrest-tmp` without O_EXCL and kept its mode.
+    let planted = dir.path().join(".out.db.atrest-tmp");
+    std::fs::write(&planted, b"").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let target = dir.path().join("attacker-owned");
+    std::fs::write(&target, b"").unwrap();
+    let planted_link = dir.path().join(".again.db.atrest-tmp");
+    std::os::unix::fs::symlink(&target, &planted_link).unwrap();
+
+    write_snapshot(&src, &out, false, |_| None).unwrap();
+    assert_eq!(
+        std::fs::read(&planted).unwrap(),
+        b"",
+        "the planted file got data"
+    );
+    let meta = std::fs::symlink_metadata(&out).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let again = dir.path().join("again.db");
+    write_snapshot(&src, &again, false, |_| None).unwrap();
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"",
+        "the link's target got data"
+    );
+    assert!(std::fs::symlink_metadata(&again)
+        .unwrap()
+        .file_type()
+        .is_file());
+
+    // An existing output is refused without overwrite, and left as it was.
+    std::fs::write(&again, b"keep").unwrap();
+    let e = write_snapshot(&src, &again, false, |_| None).unwrap_err();
+    assert!(
+        matches!(&e, SnapshotError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists),
+        "{e:?}"
+    );
+    assert_eq!(std::fs::read(&again).unwrap(), b"keep");
+    write_snapshot(&src, &again, true, |_| None).unwrap();
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&out).unwrap());
+    // No temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Issue 22 item 6: a snapshot truncated after it was opened (by a writer that ignores the
+/// lock, such as `cp` over it) is still read whole: it was read into memory, not mapped, so
+/// nothing can fault (with a mapping, this test died of SIGBUS).
+#[tokio::test]
+async fn issue_22_6_a_snapshot_truncated_while_open_cannot_crash_the_reader() {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    seed(&mut client).await;
+    let path = server.snapshot_save("truncated.db");
+    let before = scan(&Snapshot::open(&path).unwrap(), b"").await;
+    let snap = Snapshot::open(&path).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert_same(&scan(&snap, b"").await, &before);
+    let mut history = 0;
+    snap.history(b"", |_| history += 1).unwrap();
+    assert!(history > 0);
+    let out = server.scratch().join("from-truncated.db");
+    write_snapshot(&snap, &out, false, |_| None).unwrap();
+    assert_eq!(
+        Snapshot::open(&out).unwrap().record_count(),
+        snap.record_count()
+    );
 }

@@ -100,6 +100,13 @@ pub(crate) fn etcd_options(args: &StoreArgs) -> EtcdOptions {
 /// Connects to etcd with the etcdctl-style flags; failures are exit 3 with advice.
 pub(crate) async fn connect(args: &StoreArgs) -> Result<EtcdStore, CliError> {
     let opts = etcd_options(args);
+    for endpoint in opts.plaintext_remote_endpoints() {
+        eprintln!(
+            "warning: {} is plain http:// to another host: every Secret read or written crosses \
+             the network unencrypted; use https:// with --cacert/--cert/--key",
+            output::escape_controls(&endpoint)
+        );
+    }
     let used = if args.kubeadm {
         let show = |p: &Option<PathBuf>| {
             p.as_ref()
@@ -123,7 +130,8 @@ pub(crate) async fn connect(args: &StoreArgs) -> Result<EtcdStore, CliError> {
         err
     })?;
     for e in store.unhealthy() {
-        eprintln!("warning: {e}; using {} instead", store.answering());
+        let warning = format!("warning: {e}; using {} instead", store.answering());
+        eprintln!("{}", output::escape_controls(&warning));
     }
     Ok(store)
 }
@@ -138,11 +146,12 @@ pub(crate) fn warn_failover(store: &EtcdStore) {
         .collect();
     for u in store.unanswered() {
         if !at_connect.contains(&u.endpoint.as_str()) {
-            eprintln!(
+            let warning = format!(
                 "warning: during the run, {}; the run went on with {}",
                 u.error,
                 store.answering()
             );
+            eprintln!("{}", output::escape_controls(&warning));
         }
     }
 }

@@ -59,12 +59,8 @@ fn new(args: ConfigNewArgs, format: Option<OutputFormat>) -> Result<Exit, CliErr
     };
     let model = config::generate(&opts);
     let yaml = zeroize::Zeroizing::new(config::to_yaml(&model)?);
-    // Prove the file is one kube-apiserver accepts before anyone relies on it, and say what
-    // `config check` would warn about (a typo such as `--resources secret` covers nothing).
+    // Prove the file is one kube-apiserver accepts before anyone relies on it.
     let checked = Config::from_yaml(&yaml)?;
-    for w in checked.warnings() {
-        eprintln!("warning: {w}");
-    }
     match &args.out {
         Some(path) => {
             config::write_atomic(path, yaml.as_bytes(), args.force).map_err(|e| match e {
@@ -95,6 +91,10 @@ fn new(args: ConfigNewArgs, format: Option<OutputFormat>) -> Result<Exit, CliErr
             }
             output::print(&yaml)?;
         }
+    }
+    // What `config check` would say about it (such as aesgcm's rotation limit), said now.
+    for w in checked.warnings() {
+        eprintln!("warning: {w}");
     }
     Ok(Exit::Clean)
 }

@@ -233,6 +233,10 @@ fn check_kms_plugins(chain: &Chain) -> Result<(), CliError> {
     Ok(())
 }
 
+const ATREST_LIMIT: &str = "atrest refuses the file to bound its own work (kube-apiserver may \
+     accept it): list fewer resource names (wildcards such as '*.apps' cover many) and write the \
+     YAML without aliases";
+
 /// The error for a config file that could not be loaded: the file named on the first line, one
 /// detail line per problem (each field error of a failed validation, else the error and its
 /// causes), and what to do.
@@ -247,6 +251,9 @@ pub(crate) fn invalid_config(file: &str, e: &ConfigError) -> CliError {
             "kube-apiserver would read only the first document and silently ignore the others; \
              keep the one it should use, alone in the file"
         }
+        // Bounds on atrest's own work (issue 22 item 4), not kube-apiserver's rules.
+        ConfigError::TooManyResourceNames { .. } => ATREST_LIMIT,
+        ConfigError::Parse { message, .. } if message.contains("atrest's limit") => ATREST_LIMIT,
         _ => "kube-apiserver would refuse to start with this file; fix each field above (`atrest config check FILE`)",
     };
     let mut cli = CliError::usage(format!("{file}: invalid configuration")).advice(advice);

@@ -93,6 +93,9 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     }
     let report = report.map_err(rewrite_error)?;
     bar.0.finish_and_clear();
+    if !args.dry_run {
+        note_aesgcm_encryptions(target.chains());
+    }
     match output::format(format) {
         OutputFormat::Prometheus => return Err(output::no_prometheus()),
         OutputFormat::Json if target.by_resource().is_some() => output::print_json(&report)?,
@@ -103,6 +106,28 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         atrest::audit::Verdict::Clean => Exit::Clean,
         atrest::audit::Verdict::Findings | atrest::audit::Verdict::Empty => Exit::Findings,
     })
+}
+
+/// Says on stderr how many values each aesgcm key encrypted in this run: the Kubernetes
+/// documentation says such a key "must be rotated every 200k writes" (random nonces).
+fn note_aesgcm_encryptions(chains: &[atrest::Chain]) {
+    let mut by_key: std::collections::BTreeMap<(usize, usize, usize), (&str, u64)> =
+        std::collections::BTreeMap::new();
+    for entry in chains.iter().flat_map(|c| c.entries()) {
+        if let atrest::provider::Provider::Aesgcm(gcm) = &entry.provider {
+            let slot = by_key.entry(entry.origin).or_insert((gcm.name(), 0));
+            slot.1 += gcm.encryptions();
+        }
+    }
+    for ((i, j, k), (name, n)) in by_key {
+        if n > 0 {
+            eprintln!(
+                "note: aesgcm key {name:?} (resources[{i}].providers[{j}].aesgcm.keys[{k}]) \
+                 encrypted {n} values in this run; the Kubernetes documentation says an aesgcm \
+                 key must be rotated every 200k writes (kube-apiserver's own writes count too)"
+            );
+        }
+    }
 }
 
 /// The argument checks clap cannot make, before anything is read.

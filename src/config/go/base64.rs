@@ -40,11 +40,9 @@ pub enum SecretDecodeError {
 /// Decodes a key secret as Go's `base64.StdEncoding.DecodeString` does (see the module docs).
 /// The decoded bytes, and the copy without line breaks, are wiped when dropped.
 pub fn decode_secret(s: &str) -> Result<Zeroizing<Vec<u8>>, SecretDecodeError> {
-    let stripped: Zeroizing<Vec<u8>> = Zeroizing::new(
-        s.bytes()
-            .filter(|&b| b != b'\r' && b != b'\n')
-            .collect::<Vec<u8>>(),
-    );
+    // Sized up front: a growing Vec would leave partial copies of the key in freed memory.
+    let mut stripped: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(s.len()));
+    stripped.extend(s.bytes().filter(|&b| b != b'\r' && b != b'\n'));
     GO_STD
         .decode(&*stripped)
         .map(Zeroizing::new)

@@ -565,11 +565,13 @@ impl Kms {
                 })
                 .map_err(|e| DecryptError::KmsPlugin(e.to_string()))?;
             if seed_type {
-                let seed: [u8; SEED_LEN] = plain
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| DecryptError::KmsDekLength(plain.len()))?;
-                Ok(Dek::Seed(Zeroizing::new(seed)))
+                if plain.len() != SEED_LEN {
+                    return Err(DecryptError::KmsDekLength(plain.len()));
+                }
+                // Copied straight into its wiped home: no plain stack copy of the seed.
+                let mut seed = Zeroizing::new([0u8; SEED_LEN]);
+                seed.copy_from_slice(&plain);
+                Ok(Dek::Seed(seed))
             } else {
                 let key = KeyMaterial::new(plain.to_vec());
                 AesGcm::new("", &key)
@@ -708,6 +710,27 @@ impl Kms {
             .and_then(|()| validate_key_id(&wrapped.key_id))
             .and_then(|()| validate_annotations(&wrapped.annotations))
             .map_err(EncryptError::KmsResponse)?;
+        // Before the first write: the plugin must open what it just wrapped, as kube-apiserver
+        // will ask it to (with the key ID and annotations stored beside it). Without this check
+        // the seed goes straight into the cache, and verify-before-write would read from there.
+        self.decrypt_calls.fetch_add(1, Ordering::Relaxed);
+        let round_trip = |reason: String| EncryptError::KmsRoundTrip {
+            key_id: wrapped.key_id.clone(),
+            reason,
+        };
+        let opened = plugin
+            .decrypt(DecryptRequest {
+                ciphertext: &wrapped.ciphertext,
+                key_id: &wrapped.key_id,
+                annotations: &wrapped.annotations,
+            })
+            .map_err(|e| round_trip(e.to_string()))?;
+        if opened.as_slice() != seed.as_slice() {
+            return Err(round_trip(format!(
+                "its Decrypt returned {} bytes that differ from the {SEED_LEN}-byte seed",
+                opened.len()
+            )));
+        }
         // The plugin may have rotated since Status: refresh, so this run's own writes count as
         // current only if the plugin says their key ID is.
         if self.current_key_id().as_deref() != Some(wrapped.key_id.as_str()) {
@@ -722,7 +745,7 @@ impl Kms {
         };
         // Reading back this run's values must not ask the plugin again.
         self.cache
-            .insert(&cache_key(&object), Dek::Seed(Zeroizing::new(*seed)));
+            .insert(&cache_key(&object), Dek::Seed(seed.clone()));
         Ok(Arc::new(SeedWriter {
             seed,
             encrypted: wrapped.ciphertext,
@@ -947,7 +970,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_mode_round_trip_one_encrypt_and_no_decrypt_call() {
+    fn seed_mode_round_trip_one_encrypt_and_one_decrypt_call() {
         let plugin = Arc::new(XorPlugin::default());
         *plugin.key_id.lock().unwrap() = "kek-1".into();
         let kms = Kms::new("p", KmsVersion::V2).with_plugin(plugin.clone(), 10);
@@ -962,7 +985,11 @@ mod tests {
             let (p, fresh) = r.result.unwrap();
             assert_eq!((p.as_slice(), fresh), (&[i as u8; 40][..], true));
         }
-        assert_eq!(plugin.decrypts.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            plugin.decrypts.load(Ordering::Relaxed),
+            1,
+            "the new seed is decrypted once by the plugin (issue 22 item 3), reads use the cache"
+        );
         // A fresh provider (another run) asks the plugin once for all 20.
         let other = Kms::new("p", KmsVersion::V2).with_plugin(plugin.clone(), 10);
         for v in &values {

@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -143,6 +143,23 @@ pub enum KmsError {
         /// What the transport said.
         reason: String,
     },
+    /// Another local user could stand in for the plugin, which receives the plaintext DEK or
+    /// seed: the socket or its directory is owned by someone other than root and the user
+    /// running atrest, or the directory is writable by others (without root's sticky bit).
+    #[error(
+        "kms provider {provider:?}: refusing the plugin socket {endpoint}: {reason} — the plugin \
+         receives plaintext keys, so only root or the user running atrest may own the socket \
+         and its directory, and no one else may write to that directory; fix the ownership or \
+         mode, or pass --kms-endpoint {provider}=unix:///path for a protected socket"
+    )]
+    UnsafeSocket {
+        /// The provider's name.
+        provider: String,
+        /// The socket.
+        endpoint: String,
+        /// Which file is owned or writable by whom.
+        reason: String,
+    },
     /// The plugin did not answer in time.
     #[error(
         "kms provider {provider:?}: the plugin at {endpoint} did not answer {call} within {}s — \
@@ -181,6 +198,7 @@ pub enum KmsError {
 pub struct PluginClient {
     provider: String,
     endpoint: String,
+    path: PathBuf,
     api: Api,
     timeout: Duration,
     channel: tonic::transport::Channel,
@@ -213,6 +231,51 @@ pub fn socket_path(endpoint: &str) -> Option<PathBuf> {
     (path.len() > 1).then(|| PathBuf::from(path))
 }
 
+/// Checks that only root or the user running atrest controls the socket at `path`: the socket
+/// (and, when `path` is a symbolic link, the link) is owned by root or the effective uid, and
+/// so is its directory, which no one else may write to unless it is root's and sticky (like
+/// `/tmp`). A socket that does not exist passes: dialing it reports that.
+pub(crate) fn check_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = rustix::process::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == euid;
+    let Ok(link) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !trusted(link.uid()) {
+        return Err(format!("{} is owned by uid {}", path.display(), link.uid()));
+    }
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return Ok(());
+    };
+    let socket =
+        std::fs::metadata(&real).map_err(|e| format!("cannot inspect {}: {e}", real.display()))?;
+    if !trusted(socket.uid()) {
+        return Err(format!(
+            "{} is owned by uid {}",
+            real.display(),
+            socket.uid()
+        ));
+    }
+    let dir = real.parent().unwrap_or(Path::new("/"));
+    let d = std::fs::metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+    if !trusted(d.uid()) {
+        return Err(format!(
+            "its directory {} is owned by uid {}",
+            dir.display(),
+            d.uid()
+        ));
+    }
+    let mode = d.mode() & 0o7777;
+    if mode & 0o022 != 0 && !(d.uid() == 0 && mode & 0o1000 != 0) {
+        return Err(format!(
+            "its directory {} is writable by group or others (mode {mode:04o})",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 impl PluginClient {
     /// Prepares a client for the plugin of provider `provider` at `endpoint` (`unix:///path`).
     /// Connecting is lazy: the first call reaches the socket (use [`KmsPlugin::status`] to fail
@@ -243,17 +306,21 @@ impl PluginClient {
             tonic::transport::Endpoint::from_static("http://kms.plugin")
                 .connect_timeout(timeout)
                 .timeout(timeout)
-                .connect_with_connector_lazy(tower::service_fn(move |_| {
+                .connect_with_connector_lazy(tower::service_fn({
                     let path = path.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(path).await?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    move |_| {
+                        let path = path.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(path).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                        }
                     }
                 }))
         };
         Ok(PluginClient {
             provider: provider.to_owned(),
             endpoint: endpoint.to_owned(),
+            path,
             api,
             timeout,
             channel,
@@ -277,6 +344,13 @@ impl PluginClient {
         let Some(runtime) = &self.runtime else {
             return Err(self.unreachable("the client was shut down".to_owned()));
         };
+        // Checked before every call (a few stat calls), so a socket replaced while atrest runs
+        // is caught too.
+        check_socket(&self.path).map_err(|reason| KmsError::UnsafeSocket {
+            provider: self.provider.clone(),
+            endpoint: self.endpoint.clone(),
+            reason,
+        })?;
         runtime.spawn(async move {
             let _ = tx.send(tokio::time::timeout(timeout, fut).await);
         });
@@ -508,6 +582,58 @@ mod tests {
         let text = e.to_string();
         assert!(matches!(e, KmsError::Unreachable { .. }), "{e:?}");
         assert!(text.contains("\"vault\"") && text.contains("/nonexistent/atrest-kms.sock"));
+    }
+
+    #[test]
+    fn issue_22_7_socket_owned_or_writable_by_another_user_is_refused() {
+        use std::os::unix::fs::{chown, PermissionsExt};
+        if rustix::process::geteuid().as_raw() != 0 {
+            return; // chown needs root (the test machines run as root)
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("kms.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mode = |m: u32| {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        mode(0o700);
+        assert_eq!(check_socket(&sock), Ok(()));
+        assert_eq!(check_socket(&dir.path().join("missing.sock")), Ok(()));
+
+        // Another user's socket: refused through the client too, before any call.
+        chown(&sock, Some(1234), Some(1234)).unwrap();
+        let e = check_socket(&sock).unwrap_err();
+        assert!(e.contains("is owned by uid 1234"), "{e}");
+        let endpoint = format!("unix://{}", sock.display());
+        let c = PluginClient::new("vault", &endpoint, Api::V2, Duration::from_secs(2)).unwrap();
+        let e = c.status().unwrap_err();
+        assert!(matches!(e, KmsError::UnsafeSocket { .. }), "{e:?}");
+        assert!(e.to_string().contains("--kms-endpoint vault="), "{e}");
+        chown(&sock, Some(0), Some(0)).unwrap();
+
+        // A link to it, made by another user.
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&sock, &link).unwrap();
+        assert_eq!(check_socket(&link), Ok(()));
+        std::os::unix::fs::lchown(&link, Some(1234), None).unwrap();
+        assert!(check_socket(&link)
+            .unwrap_err()
+            .contains("owned by uid 1234"));
+
+        // A directory others can write to, unless root's and sticky.
+        mode(0o777);
+        let e = check_socket(&sock).unwrap_err();
+        assert!(e.contains("writable by group or others (mode 0777)"), "{e}");
+        mode(0o770);
+        assert!(check_socket(&sock).is_err());
+        mode(0o1777);
+        assert_eq!(check_socket(&sock), Ok(()));
+        // Another user's directory.
+        mode(0o700);
+        chown(dir.path(), Some(1234), None).unwrap();
+        let e = check_socket(&sock).unwrap_err();
+        assert!(e.contains("its directory") && e.contains("uid 1234"), "{e}");
+        chown(dir.path(), Some(0), None).unwrap();
     }
 
     #[test]

@@ -95,6 +95,20 @@ impl EtcdOptions {
         Ok(out)
     }
 
+    /// The resolved endpoints that send everything in clear (`http://`) to a host other than
+    /// loopback (`localhost`, `127.0.0.0/8`, `::1`): every value read or written crosses the
+    /// network unencrypted. For a warning; invalid endpoints give none.
+    pub fn plaintext_remote_endpoints(&self) -> Vec<String> {
+        self.resolved_endpoints()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                e.strip_prefix("http://")
+                    .is_some_and(|rest| !is_loopback(rest))
+            })
+            .collect()
+    }
+
     pub(super) fn tls_options(&self) -> Result<Option<TlsOptions>, EtcdError> {
         if !self.uses_tls() {
             return Ok(None);
@@ -116,6 +130,20 @@ impl EtcdOptions {
     }
 }
 
+/// Whether the authority at the start of `rest` (`host[:port][/…]`) names this machine.
+fn is_loopback(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
     let bytes = fs::read(path).map_err(|source| EtcdError::ReadFile {
         what,
@@ -134,6 +162,34 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue_22_14_plain_http_to_another_host_is_flagged() {
+        let o = EtcdOptions {
+            endpoints: [
+                "http://10.0.0.5:2379",
+                "127.0.0.1:2379",
+                "http://localhost:2379",
+                "http://[::1]:2379",
+                "etcd.example:2379",
+                "https://10.0.0.6:2379",
+                "http://127.8.9.10:2379/",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..EtcdOptions::default()
+        };
+        assert_eq!(
+            o.plaintext_remote_endpoints(),
+            ["http://10.0.0.5:2379", "http://etcd.example:2379"]
+        );
+        let tls = EtcdOptions {
+            endpoints: vec!["10.0.0.5:2379".into()],
+            cacert: Some("ca.crt".into()),
+            ..EtcdOptions::default()
+        };
+        assert!(tls.plaintext_remote_endpoints().is_empty());
+    }
 
     fn opts(endpoints: &[&str], tls: bool) -> EtcdOptions {
         EtcdOptions {

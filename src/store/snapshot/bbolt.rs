@@ -303,14 +303,25 @@ impl PageSet {
     }
 }
 
-/// A read-only view of a bbolt file's pages.
-#[derive(Debug, Clone, Copy)]
+/// A read-only view of a bbolt file's pages. `Debug` prints sizes only: the file holds every
+/// value of the database.
+#[derive(Clone, Copy)]
 pub(crate) struct Tree<'a> {
     /// The database bytes (without a snapshot's sha256 trailer).
     pub(crate) file: &'a [u8],
     pub(crate) page_size: usize,
     /// The high-water mark from the meta page; `hwm * page_size <= file.len()`.
     pub(crate) hwm: u64,
+}
+
+impl std::fmt::Debug for Tree<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tree")
+            .field("file_len", &self.file.len())
+            .field("page_size", &self.page_size)
+            .field("hwm", &self.hwm)
+            .finish()
+    }
 }
 
 /// Reads `len` bytes at `off` of `bytes`.
@@ -568,6 +579,19 @@ impl Walk<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue_22_12_tree_debug_prints_sizes_not_bytes() {
+        let file = b"SECRET-PATTERN-0123456789".repeat(4);
+        let tree = Tree {
+            file: &file,
+            page_size: 4096,
+            hwm: 0,
+        };
+        let shown = format!("{tree:?}");
+        assert_eq!(shown, "Tree { file_len: 100, page_size: 4096, hwm: 0 }");
+        assert!(!shown.contains("83, 69, 67"));
+    }
 
     #[test]
     fn fnv_matches_go() {

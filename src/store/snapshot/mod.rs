@@ -71,6 +71,10 @@ const PAGE_ENTRIES: usize = 1000;
 const PAGE_BYTES: usize = 8 << 20;
 /// Size of the sha256 trailer.
 const TRAILER: usize = 32;
+/// Files up to this size (etcd's default quota, 2 GiB) are read into memory, which no other
+/// process can take away; larger ones are mapped, and a writer that ignores the lock and
+/// truncates such a file while atrest reads it crashes atrest (SIGBUS).
+pub const MAX_READ_INTO_MEMORY: u64 = 2 << 30;
 
 /// A failure reading (or writing) a snapshot or data file. Every variant names the file.
 #[derive(Debug, Error)]
@@ -83,6 +87,13 @@ pub enum SnapshotError {
         path: PathBuf,
         /// What the operating system said.
         source: io::Error,
+    },
+    /// The file's size or modification time changed while it was read: a process that
+    /// ignores the lock (a `cp` over it) is writing it.
+    #[error("{}: the file changed while it was read", .path.display())]
+    Changed {
+        /// The file.
+        path: PathBuf,
     },
     /// A running etcd holds the data file's lock: its contents are changing.
     #[error(
@@ -151,6 +162,10 @@ impl SnapshotError {
             SnapshotError::Io { .. } => {
                 "check the path and permissions; pass a file written by `etcdctl snapshot save`, \
                  or the `member/snap/db` of a stopped etcd"
+            }
+            SnapshotError::Changed { .. } => {
+                "wait for whatever writes the file to finish (or stop it), then run again; read a \
+                 copy made with `etcdctl snapshot save`"
             }
             SnapshotError::Locked { .. } => {
                 "run `etcdctl snapshot save FILE` against the running etcd and pass FILE"
@@ -324,12 +339,37 @@ impl Snapshot {
                 reason: "the file is empty",
             });
         }
+        if meta.len() <= MAX_READ_INTO_MEMORY {
+            // Read, not mapped: a process that ignores the lock and truncates the file while it
+            // is read shortens the read (or changes the size or time checked below) instead of
+            // killing atrest with SIGBUS.
+            let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+            let mut bytes = Vec::with_capacity(len.saturating_add(1));
+            io::Read::read_to_end(&mut io::Read::take(&file, meta.len() + 1), &mut bytes)
+                .map_err(io_err)?;
+            let after = file.metadata().map_err(io_err)?;
+            if bytes.len() != len
+                || after.len() != meta.len()
+                || after.modified().ok() != meta.modified().ok()
+            {
+                return Err(SnapshotError::Changed {
+                    path: path.to_path_buf(),
+                });
+            }
+            let parsed = parse(&bytes).map_err(|e| attach(path, e))?;
+            return Ok(Snapshot::assemble(
+                path.to_path_buf(),
+                Data::Owned(bytes),
+                Some(file),
+                parsed,
+            ));
+        }
         // SAFETY: the mapping is read-only and lives no longer than `file`, on which we hold a
         // shared lock: bbolt (and so etcd) takes an exclusive lock before it writes, so no
         // cooperating writer changes the file while it is mapped. A process that ignores the
         // lock and truncates the file could still fault the mapping (SIGBUS) — the contract of
-        // every mmap-based reader, bbolt's included. All reads of the mapping are
-        // bounds-checked.
+        // every mmap-based reader, bbolt's included; only files larger than
+        // [`MAX_READ_INTO_MEMORY`] are mapped. All reads of the mapping are bounds-checked.
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
         let parsed = parse(&map).map_err(|e| attach(path, e))?;

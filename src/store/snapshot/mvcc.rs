@@ -95,13 +95,20 @@ pub(crate) fn rev_key(rev: Rev, tombstone: bool) -> Vec<u8> {
 /// the cap keeps decoding O(1) per record whatever the value's size.
 const MAX_FIELDS: usize = 64;
 
+/// A record with field 5 (the value) more than once: corrupt.
+const DUPLICATE_VALUE: WireError = WireError::Invalid {
+    what: "mvccpb.KeyValue",
+    problem: "the value field (5) appears twice",
+};
+
 const WIRE_VARINT: u64 = 0;
 const WIRE_FIXED64: u64 = 1;
 const WIRE_LEN: u64 = 2;
 const WIRE_FIXED32: u64 = 5;
 
-/// A decoded `mvccpb.KeyValue`, borrowing its bytes from the record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A decoded `mvccpb.KeyValue`, borrowing its bytes from the record. `Debug` shows the key and
+/// revisions but only the value's length (it may be a plaintext Secret).
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct KeyValue<'a> {
     /// Field 1.
     pub(crate) key: &'a [u8],
@@ -117,18 +124,38 @@ pub(crate) struct KeyValue<'a> {
     pub(crate) lease: i64,
 }
 
+impl std::fmt::Debug for KeyValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyValue")
+            .field("key", &String::from_utf8_lossy(self.key))
+            .field("create_revision", &self.create_revision)
+            .field("mod_revision", &self.mod_revision)
+            .field("version", &self.version)
+            .field("value_len", &self.value.len())
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
 impl<'a> KeyValue<'a> {
     /// Decodes one record. Unknown fields are skipped (the format may grow), malformed ones are
     /// an error.
     pub(crate) fn decode(bytes: &'a [u8]) -> Result<KeyValue<'a>, WireError> {
         let mut kv = KeyValue::default();
+        let mut has_value = false;
         for_each_field(bytes, |field| {
             match (field.number, field.payload) {
                 (1, Payload::Bytes(b)) => kv.key = b,
                 (2, Payload::Varint(v)) => kv.create_revision = v as i64,
                 (3, Payload::Varint(v)) => kv.mod_revision = v as i64,
                 (4, Payload::Varint(v)) => kv.version = v as i64,
-                (5, Payload::Bytes(b)) => kv.value = b,
+                // Protobuf keeps the last of a repeated field, but the writer replaces one: a
+                // record with two values would keep the other one. etcd never writes that.
+                (5, Payload::Bytes(_)) if has_value => return Err(DUPLICATE_VALUE),
+                (5, Payload::Bytes(b)) => {
+                    kv.value = b;
+                    has_value = true;
+                }
                 (6, Payload::Varint(v)) => kv.lease = v as i64,
                 (1..=6, _) => {
                     return Err(WireError::Invalid {
@@ -155,7 +182,14 @@ impl<'a> KeyValue<'a> {
         }
         // Where the old field 5 starts and ends, or where a new one goes.
         let mut splice: Option<(usize, usize)> = None;
+        let mut values = 0;
         for_each_field(record, |field| {
+            if field.number == 5 {
+                values += 1;
+                if values > 1 {
+                    return Err(DUPLICATE_VALUE);
+                }
+            }
             if splice.is_none() {
                 if field.number == 5 {
                     splice = Some((field.start, field.end));
@@ -300,6 +334,32 @@ mod tests {
             value,
             lease,
         }
+    }
+
+    #[test]
+    fn issue_22_12_key_value_debug_prints_the_value_length_only() {
+        let kv = sample(b"SECRET-PATTERN-0123456789", 7);
+        let shown = format!("{kv:?}");
+        assert!(
+            !shown.contains("SECRET") && !shown.contains("83, 69, 67"),
+            "{shown}"
+        );
+        assert!(shown.contains("value_len: 25") && shown.contains("/registry/secrets/default/db"));
+    }
+
+    #[test]
+    fn issue_22_13_a_record_with_two_values_is_corrupt() {
+        let mut record = encode(&sample(b"old plaintext", 0));
+        record.extend_from_slice(&encode(&KeyValue {
+            value: b"second",
+            ..KeyValue::default()
+        }));
+        let e = KeyValue::decode(&record).unwrap_err();
+        assert_eq!(e, DUPLICATE_VALUE);
+        assert!(e.to_string().contains("mvccpb.KeyValue"), "{e}");
+        assert_eq!(KeyValue::with_value(&record, b"new"), Err(DUPLICATE_VALUE));
+        // One value: fine.
+        assert!(KeyValue::decode(&encode(&sample(b"v", 0))).is_ok());
     }
 
     #[test]

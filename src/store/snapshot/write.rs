@@ -21,10 +21,11 @@
 //! versions or slack is carried over. Every key and value is copied byte for byte, except the
 //! `key` bucket records whose value `replace` changes: those are re-serialised with
 //! [`KeyValue::with_value`], every other field byte-identical. The output is written to a
-//! temporary file beside `out` (mode 0600: it holds Secrets), synced, and renamed over `out`.
+//! temporary file beside `out` (created exclusively, mode 0600: it holds Secrets), synced, and
+//! moved into place (see [`crate::secret::file`]).
 
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -60,49 +61,41 @@ pub struct WriteStats {
 /// the `meta` bucket, revisions, leases — is copied unchanged. `etcdctl snapshot restore`
 /// accepts the result.
 ///
-/// The file is written beside `out` under a temporary name and renamed over it only once
-/// complete, so `out` is never left half-written.
+/// The file is written beside `out` under a fresh temporary name (created exclusively, mode
+/// 0600, see [`crate::secret::file`]) and moved over it only once complete, so `out` is never
+/// left half-written. Without `overwrite` an existing `out` (even one that appears while the
+/// file is written) is refused with an [`io::ErrorKind::AlreadyExists`] I/O error.
 pub fn write_snapshot(
     src: &Snapshot,
     out: &Path,
     overwrite: bool,
     replace: impl FnMut(&Entry) -> Option<Vec<u8>>,
 ) -> Result<WriteStats, SnapshotError> {
-    if !overwrite && out.symlink_metadata().is_ok() {
-        return Err(SnapshotError::Io {
-            path: out.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::AlreadyExists),
-        });
-    }
-    let tmp = temp_path(out);
-    let result = write_to(src, &tmp, replace).and_then(|stats| {
-        std::fs::rename(&tmp, out).map_err(|e| Fail::Io(out.to_path_buf(), e))?;
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Make the rename durable; not every file system can sync a directory.
-            let _ = File::open(dir).and_then(|d| d.sync_all());
-        }
-        Ok(stats)
-    });
-    result.map_err(|fail| {
-        let _ = std::fs::remove_file(&tmp);
-        match fail {
-            Fail::Io(path, source) => SnapshotError::Io { path, source },
-            Fail::Source(f) => src.corrupt(f),
-            Fail::Unsupported(what) => SnapshotError::Unsupported {
-                path: src.path.clone(),
-                what,
-            },
-        }
+    let out_err = |e| Fail::Io(out.to_path_buf(), e);
+    let result = if !overwrite && out.symlink_metadata().is_ok() {
+        Err(out_err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the output file exists (pass --force to replace it)",
+        )))
+    } else {
+        crate::secret::file::create_temp(out)
+            .map_err(out_err)
+            .and_then(|(tmp, file)| {
+                let stats = write_to(src, file, &tmp, replace).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })?;
+                crate::secret::file::persist(&tmp, out, overwrite).map_err(out_err)?;
+                Ok(stats)
+            })
+    };
+    result.map_err(|fail| match fail {
+        Fail::Io(path, source) => SnapshotError::Io { path, source },
+        Fail::Source(f) => src.corrupt(f),
+        Fail::Unsupported(what) => SnapshotError::Unsupported {
+            path: src.path.clone(),
+            what,
+        },
     })
-}
-
-/// `dir/.name.atrest-tmp` beside `out`.
-fn temp_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "snapshot".to_owned());
-    out.with_file_name(format!(".{name}.atrest-tmp"))
 }
 
 /// Why writing stopped.
@@ -124,15 +117,11 @@ impl From<Fault> for Fail {
 
 fn write_to(
     src: &Snapshot,
+    file: File,
     tmp: &Path,
     mut replace: impl FnMut(&Entry) -> Option<Vec<u8>>,
 ) -> Result<WriteStats, Fail> {
     let io = |e| Fail::Io(tmp.to_path_buf(), e);
-    let mut options = OpenOptions::new();
-    options.write(true).read(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(tmp).map_err(io)?;
     let page_size = src.page_size;
     let mut pages = Pages {
         out: BufWriter::with_capacity(1 << 20, file),
