@@ -60,6 +60,7 @@ impl RewriteReport {
         all.deleted += s.deleted;
         all.second_write_failed += s.second_write_failed;
         all.interrupted |= s.interrupted;
+        all.peak_db_size = all.peak_db_size.max(s.peak_db_size);
         all.revision = all.revision.max(s.revision);
         all.compactions += s.compactions;
         all.entries.append(&mut s.entries);
@@ -225,13 +226,26 @@ pub async fn rewrite(
     }
     let run = RewriteOptions {
         compact_every: space.as_ref().and_then(|p| p.compact_every),
+        space_limit: space.as_ref().filter(|_| !opts.dry_run).map(guard_limit),
         write_twice: opts.write_twice || kine,
         ..opts.clone()
     };
     let mut report = run_units(live, &units, &run, observer, shutdown).await?;
     report.left_alone = left_alone;
     report.crd_errors = crd_errors;
-    report.all.space = space;
+    report.all.space = space.map(|mut plan| {
+        plan.peak_db_size = plan.peak_db_size.max(report.all.peak_db_size);
+        plan
+    });
+    if report.all.revision == 0 {
+        // Nothing was scanned (no unit, or empty prefixes): still say which revision the store
+        // was at, rather than 0.
+        let page = live
+            .page(target.root().as_bytes(), None, None)
+            .await
+            .map_err(store_err)?;
+        report.all.revision = page.revision;
+    }
     if opts.compact && !opts.dry_run && !report.all.interrupted {
         let page = live
             .page(target.root().as_bytes(), None, None)
@@ -243,6 +257,22 @@ pub async fn rewrite(
     }
     report.all.unanswered = live.unanswered();
     Ok(report)
+}
+
+/// Where the space guard stops a run: the margin less what one check interval may write, so
+/// that the file never passes the margin between two checks.
+fn guard_limit(plan: &SpacePlan) -> u64 {
+    let per_entry = plan
+        .estimate
+        .growth_bytes
+        .checked_div(plan.estimate.entries)
+        .unwrap_or(0);
+    let interval = plan
+        .compact_every
+        .unwrap_or(space_plan::GUARD_EVERY)
+        .min(space_plan::GUARD_EVERY);
+    plan.limit_bytes
+        .saturating_sub(per_entry.saturating_mul(interval))
 }
 
 /// The space plan (see [`space_plan`]): etcd's space and the rewrite's growth. A dry run always
@@ -339,6 +369,19 @@ async fn run_units<S: WriteStore + Sync>(
                     return Err(RewriteError::Store {
                         key,
                         source,
+                        summary: Box::new(report.all.clone()),
+                    });
+                }
+                Err(RewriteError::MarginReached {
+                    size,
+                    limit,
+                    summary: partial,
+                }) => {
+                    report.merge(unit.resource.to_string(), *partial);
+                    report.all.interrupted = true;
+                    return Err(RewriteError::MarginReached {
+                        size,
+                        limit,
                         summary: Box::new(report.all.clone()),
                     });
                 }

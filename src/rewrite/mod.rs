@@ -98,6 +98,10 @@ pub struct RewriteOptions {
     pub overwrite_backup: bool,
     /// After the rewrite, compact the store's history at its newest revision.
     pub compact: bool,
+    /// The space guard's limit: the run stops when a member's database file is over it
+    /// (checked at every batch and every [`space_plan::GUARD_EVERY`] rewritten entries).
+    /// [`rewrite`] sets it from the space plan; `None`: no guard.
+    pub space_limit: Option<u64>,
 }
 
 impl Default for RewriteOptions {
@@ -114,6 +118,7 @@ impl Default for RewriteOptions {
             backup: None,
             overwrite_backup: false,
             compact: false,
+            space_limit: None,
         }
     }
 }
@@ -252,6 +257,10 @@ pub struct RewriteSummary {
     /// With `compact`: the revision the history was compacted at after the rewrite.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compacted_at: Option<i64>,
+    /// The largest database file the space guard saw (0: not watched); reported in
+    /// `space.peak_db_size`.
+    #[serde(skip)]
+    pub peak_db_size: u64,
     /// kine only: rewritten entries whose second write failed, so kine's `old_value` copy of
     /// the value before the rewrite (possibly plaintext) was not replaced (listed in `entries`
     /// with the error; run the rewrite again).
@@ -343,6 +352,18 @@ pub enum RewriteError {
         #[source]
         source: Box<StoreError>,
     },
+    /// A member's database file passed the space margin during the run; the run stopped after
+    /// the transactions in flight (nothing is lost: run again after compacting and
+    /// defragmenting).
+    #[error("rewrite stopped after {} entries: a member's database file is {size} bytes, over the margin of {limit} bytes", .summary.scanned)]
+    MarginReached {
+        /// The file size seen.
+        size: u64,
+        /// The limit (`max_db_fraction` of the quota).
+        limit: u64,
+        /// What was done before the run stopped (`interrupted` is set).
+        summary: Box<RewriteSummary>,
+    },
     /// The store failed and the run stopped; the transactions in flight were finished.
     #[error("rewrite stopped after {} entries: the store failed{}", .summary.scanned, .key.as_ref().map(|k| format!(" writing {k}")).unwrap_or_default())]
     Store {
@@ -376,6 +397,11 @@ impl RewriteError {
             RewriteError::Backup { .. } => {
                 "nothing was written to etcd; fix the backup path or drop --backup"
             }
+            RewriteError::MarginReached { .. } => {
+                "compact etcd's history (`etcdctl compact` at the current revision) and \
+                 `etcdctl defrag` each member, then run again: rewritten entries are current and \
+                 are passed over"
+            }
             RewriteError::Store { source, .. } => match source {
                 StoreError::Etcd(e) => e.advice(),
                 _ => "run again: entries already rewritten are current and are passed over",
@@ -386,7 +412,9 @@ impl RewriteError {
     /// The partial summary of a run the store stopped.
     pub fn summary(&self) -> Option<&RewriteSummary> {
         match self {
-            RewriteError::Store { summary, .. } => Some(summary),
+            RewriteError::Store { summary, .. } | RewriteError::MarginReached { summary, .. } => {
+                Some(summary)
+            }
             _ => None,
         }
     }
@@ -440,11 +468,22 @@ where
     let mut since_compact = 0u64;
     let mut newest_written = 0i64;
     let mut compacting = false;
+    // The space guard: the database file is checked at every batch and at least every
+    // GUARD_EVERY rewritten entries (after the transactions in flight finish); over the limit,
+    // the run stops.
+    let mut since_check = 0u64;
+    let mut checking = false;
+    let mut over_margin: Option<(u64, u64)> = None;
 
     loop {
         // Start transactions up to the limit, moving to the waiting page (and fetching the one
         // after it) when the current page runs out.
-        while !stop && failure.is_none() && !compacting && in_flight.len() < concurrency {
+        while !stop
+            && failure.is_none()
+            && !compacting
+            && !checking
+            && in_flight.len() < concurrency
+        {
             if pending.is_empty() {
                 let Some(page) = waiting.take() else { break };
                 if page.more {
@@ -459,18 +498,35 @@ where
                 in_flight.push(rewrite_one(store, chain, opts, &stopping, entry));
             }
         }
-        if compacting && in_flight.is_empty() && fetching.is_empty() {
-            compacting = false;
+        if (compacting || checking) && in_flight.is_empty() && fetching.is_empty() {
+            let compact = std::mem::take(&mut compacting);
+            checking = false;
             if stop || failure.is_some() {
                 continue;
             }
-            match store.compact(newest_written).await {
-                Ok(()) => {
-                    summary.compactions += 1;
-                    // The pinned revision is gone: the next page is read at the current one.
-                    pin = None;
+            if compact {
+                match store.compact(newest_written).await {
+                    Ok(()) => {
+                        summary.compactions += 1;
+                        // The pinned revision is gone: the next page is read at the current one.
+                        pin = None;
+                    }
+                    Err(source) => failure = Some((None, source)),
                 }
-                Err(source) => failure = Some((None, source)),
+            }
+            if let (Some(limit), None) = (opts.space_limit, &failure) {
+                since_check = 0;
+                match store.db_file_size().await {
+                    Ok(Some(size)) => {
+                        summary.peak_db_size = summary.peak_db_size.max(size);
+                        if size > limit {
+                            over_margin = Some((size, limit));
+                            stop = true;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(source) => failure = Some((None, source)),
+                }
             }
             continue;
         }
@@ -493,6 +549,10 @@ where
                             // Entries finishing while the batch drains count towards the next.
                             compacting = true;
                             since_compact = 0;
+                        }
+                        since_check += 1;
+                        if opts.space_limit.is_some() && since_check >= space_plan::GUARD_EVERY {
+                            checking = true;
                         }
                     }
                     observer.entry(&entry);
@@ -521,6 +581,13 @@ where
     summary.interrupted = stop || failure.is_some();
     summary.entries.sort_by(|a, b| a.key.cmp(&b.key));
     summary.unanswered = store.unanswered();
+    if let Some((size, limit)) = over_margin {
+        return Err(RewriteError::MarginReached {
+            size,
+            limit,
+            summary: Box::new(summary),
+        });
+    }
     match failure {
         None => Ok(summary),
         Some((key, source)) => Err(RewriteError::Store {

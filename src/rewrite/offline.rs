@@ -49,8 +49,18 @@ pub struct OfflineSummary {
     pub history_rewritten: u64,
     /// Older revisions left as they were (not readable, or failed).
     pub history_left: u64,
-    /// States of the newest revisions in the new file.
+    /// What an audit of the new file with the same config counts, by state (`atrest audit
+    /// --snapshot OUT` reports the same).
     pub after: Counts,
+    /// Of those, the findings an audit of the new file reports (plaintext the config does not
+    /// ask for, unknown-key, undecryptable): what the rewrite could not fix, listed in
+    /// `entries` with why.
+    pub after_findings: u64,
+    /// Of `after`'s plaintext entries, those the config stores unencrypted on purpose
+    /// (identity write provider): not findings.
+    pub after_plaintext_by_config: u64,
+    /// Entries of resources the config does not cover (left byte-identical; not findings).
+    pub after_not_covered: u64,
     /// States of the older revisions in the new file.
     pub after_history: Counts,
     /// Plaintext objects of the audited kind in the new file's free pages (a fresh file has
@@ -82,6 +92,9 @@ impl OfflineSummary {
             history_rewritten: 0,
             history_left: 0,
             after: Counts::default(),
+            after_findings: 0,
+            after_plaintext_by_config: 0,
+            after_not_covered: 0,
             after_history: Counts::default(),
             after_residue: 0,
             entries: Vec::new(),
@@ -125,10 +138,12 @@ impl OfflineSummary {
         new_value
     }
 
-    /// Clean when every newest revision of the new file is current and nothing plaintext or
-    /// stale is left in its history; findings otherwise.
+    /// Clean when an audit of the new file with the same config finds nothing (no finding, no
+    /// stale entry) and nothing plaintext or stale is left in the history the rewrite covers;
+    /// findings otherwise: exactly when `atrest audit --strict` of the new file would exit 0.
     pub fn verdict(&self) -> Verdict {
-        let left = self.after.total - self.after.current
+        let left = self.after_findings
+            + self.after.stale
             + self.after_history.plaintext
             + self.after_history.stale;
         if left == 0 && self.after_residue == 0 {
@@ -272,13 +287,11 @@ fn check_before_writing(
 }
 
 /// Checks the output against the input: every key the target's prefixes hold in `input` is in
-/// `written`, covered keys counted in `after` by the states they now have, every other key
-/// byte-identical.
+/// `written`, and every key the rewrite does not cover is byte-identical.
 async fn verify_output<S: ReadStore + Sync>(
     input: &S,
     coverage: &Coverage<'_>,
     written: &dyn Offline,
-    after: &mut Counts,
 ) -> Result<(), OfflineError> {
     let mut failed = None;
     for prefix in coverage.target.prefixes() {
@@ -287,7 +300,7 @@ async fn verify_output<S: ReadStore + Sync>(
                 let checked = written
                     .get(&old.key)
                     .map_err(OfflineError::from)
-                    .and_then(|w| check_written(coverage, &old, w, after));
+                    .and_then(|w| check_written(coverage, &old, w));
                 match checked {
                     Ok(()) => true,
                     Err(e) => {
@@ -305,22 +318,19 @@ async fn verify_output<S: ReadStore + Sync>(
     Ok(())
 }
 
-/// The output's state of one input key: classified with its chain when the rewrite covers it
-/// (counted in `after`), else it must be byte-identical.
+/// One input key in the output: it must be there, and byte-identical unless the rewrite
+/// covers it.
 fn check_written(
     coverage: &Coverage<'_>,
     old: &Entry,
     written: Option<Entry>,
-    after: &mut Counts,
 ) -> Result<(), OfflineError> {
     let key = || String::from_utf8_lossy(&old.key).into_owned();
     let Some(e) = written else {
         return Err(OfflineError::Lost(key()));
     };
-    match coverage.chain_for_key(&old.key) {
-        Some(chain) => after.add(classify(Some(chain), &e.value, &e.key).state),
-        None if e.value != old.value => return Err(OfflineError::Changed(key())),
-        None => {}
+    if coverage.chain_for_key(&old.key).is_none() && e.value != old.value {
+        return Err(OfflineError::Changed(key()));
     }
     Ok(())
 }
@@ -354,20 +364,29 @@ pub async fn rewrite_copy(
     )?;
     s.entries.sort_by(|a, b| a.key.cmp(&b.key));
 
-    // Audit what was written: every key of the input is there, in the states it now has.
+    // Check what was written: every key of the input is there, covered keys in the states
+    // they now have, every other key byte-identical.
     let written = input.open_copy(output)?;
-    let mut after = Counts::default();
+    let Some(copy) = written.offline() else {
+        return Err(OfflineError::Live(written.source()));
+    };
     let mut after_history = Counts::default();
     for prefix in target.prefixes() {
-        written.history(prefix.as_bytes(), &mut |e| {
+        copy.history(prefix.as_bytes(), &mut |e| {
             if let Some(chain) = coverage.chain_for_key(&e.key) {
                 after_history.add(classify(Some(chain), &e.value, &e.key).state);
             }
         })?;
     }
-    verify_output(store, &coverage, written.as_ref(), &mut after).await?;
-    s.after_residue = written.copy_residue()?;
-    s.after = after;
+    verify_output(store, &coverage, copy).await?;
+    s.after_residue = copy.copy_residue()?;
     s.after_history = after_history;
+    // And audit it exactly as `atrest audit` would: what the summary says the new file holds
+    // is what an audit of it with the same config reports.
+    let audit = crate::audit::audit(&written, target, &crate::audit::NoProgress).await?;
+    s.after = audit.summary;
+    s.after_findings = audit.findings();
+    s.after_plaintext_by_config = audit.plaintext_by_config;
+    s.after_not_covered = audit.not_covered_total();
     Ok(s)
 }

@@ -39,6 +39,10 @@ pub const PER_ENTRY_OVERHEAD: u64 = 160;
 const FILL_NUMERATOR: u64 = 5;
 const FILL_DENOMINATOR: u64 = 4;
 
+/// A rewrite checks the database file at least this often (in rewritten entries), with or
+/// without compaction.
+pub const GUARD_EVERY: u64 = 1000;
+
 /// The fewest entries a batch may hold; below this, compacting after each batch costs more
 /// than the rewrite, and the database is too full to rewrite safely.
 pub const MIN_BATCH: u64 = 50;
@@ -88,7 +92,9 @@ impl Estimate {
 pub fn bound_fits(etcd: &Space, max_db_fraction: f64) -> bool {
     let limit = (etcd.quota_bytes as f64 * max_db_fraction.clamp(0.0, 1.0)) as u64;
     let in_use = etcd.largest_in_use();
-    !etcd.nospace && in_use.saturating_add(Estimate::bound(in_use).growth_bytes) <= limit
+    !etcd.nospace
+        && etcd.largest_file() <= limit
+        && in_use.saturating_add(Estimate::bound(in_use).growth_bytes) <= limit
 }
 
 /// Scans `prefix` and estimates what a rewrite with `chain` will write (entries that are
@@ -122,8 +128,13 @@ pub struct SpacePlan {
     pub max_db_percent: u32,
     /// `quota × max_db_fraction`, in bytes.
     pub limit_bytes: u64,
-    /// The bytes in use on the fullest member plus the growth, without compaction.
+    /// The fullest member's file, or its bytes in use plus the growth if more, without
+    /// compaction.
     pub projected_bytes: u64,
+    /// The largest database file seen on any member during the run (checked at every batch,
+    /// and at least every [`GUARD_EVERY`] rewritten entries): it stays under `limit_bytes`, or
+    /// the run stops ([`crate::rewrite::RewriteError::MarginReached`]).
+    pub peak_db_size: u64,
     /// Rewritten entries between two compactions (`None`: one pass, no compaction).
     pub compact_every: Option<u64>,
 }
@@ -151,12 +162,12 @@ pub enum SpaceError {
     /// Not even the smallest batch fits under the margin.
     #[error(
         "the rewrite cannot stay under {limit} bytes ({percent}% of the {quota}-byte quota): \
-         {in_use} bytes are in use on the fullest member, and one batch of {MIN_BATCH} entries \
-         needs about {batch} more; nothing was written",
+         the fullest member's database takes {in_use} bytes, and one batch of {MIN_BATCH} \
+         entries needs about {batch} more; nothing was written",
         percent = (.fraction * 100.0).round()
     )]
     WontFit {
-        /// Bytes in use on the fullest member.
+        /// The fullest member's database file (or bytes in use, if more).
         in_use: u64,
         /// The margin in bytes.
         limit: u64,
@@ -204,22 +215,36 @@ pub fn plan(
     }
     let fraction = max_db_fraction.clamp(0.0, 1.0);
     let limit = (etcd.quota_bytes as f64 * fraction) as u64;
+    // etcd's quota counts the database *file*; writes reuse its free pages before growing it.
+    let file = etcd.largest_file();
     let in_use = etcd.largest_in_use();
-    let projected = in_use + estimate.growth_bytes;
+    let projected = file.max(in_use + estimate.growth_bytes);
     let per_entry = estimate
         .growth_bytes
         .checked_div(estimate.entries)
         .unwrap_or(0);
+    if file > limit && estimate.entries > 0 {
+        // Already over the margin: any batch would only add to it.
+        return Err(SpaceError::WontFit {
+            in_use: file,
+            limit,
+            quota: etcd.quota_bytes,
+            fraction,
+            batch: per_entry * MIN_BATCH,
+        });
+    }
     let needed = if projected <= limit || estimate.entries == 0 {
         None
     } else {
-        // Half the room per batch: the pages a compaction frees are reusable only once the
-        // transactions that saw them are gone, so two batches' worth may be live at once.
-        let room = limit.saturating_sub(in_use);
-        let fits = (room / 2).checked_div(per_entry.max(1)).unwrap_or(0);
+        // A quarter of the room per batch: the pages a compaction frees are reusable only once
+        // etcd's backend has committed the compaction and no reader holds them, so several
+        // batches' worth may be live at once (measured: twice the plan with half the room).
+        // The run also watches the file at every batch and stops before the margin.
+        let room = limit.saturating_sub(file.max(in_use));
+        let fits = (room / 4).checked_div(per_entry.max(1)).unwrap_or(0);
         if fits < MIN_BATCH {
             return Err(SpaceError::WontFit {
-                in_use,
+                in_use: file.max(in_use),
                 limit,
                 quota: etcd.quota_bytes,
                 fraction,
@@ -239,6 +264,7 @@ pub fn plan(
         max_db_percent: (fraction * 100.0).round() as u32,
         limit_bytes: limit,
         projected_bytes: projected,
+        peak_db_size: file,
         compact_every,
     })
 }
@@ -334,6 +360,19 @@ mod tests {
         assert!(text.contains("80% of the 33554432-byte quota"), "{text}");
         assert!(text.contains("nothing was written"), "{text}");
         assert!(err.advice().contains("etcdctl defrag"));
+    }
+
+    #[test]
+    fn issue_22_16_a_file_over_the_margin_is_refused_even_with_free_pages() {
+        // 14.6 MiB file, 12.6 MiB in use, 16 MiB quota: the quota counts the file (91%).
+        let e = plan(
+            space(14_600 << 10, 12_600 << 10, 16 << 20),
+            estimate(100, 500),
+            0.8,
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, SpaceError::WontFit { .. }), "{e}");
     }
 
     #[test]

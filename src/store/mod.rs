@@ -248,6 +248,12 @@ pub trait WriteStore: ReadStore {
 
     /// Compacts the store's history up to `revision`.
     fn compact(&self, revision: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The largest database file among the store's members now, in bytes, when the store has a
+    /// space quota (`None`: no quota to keep under, as for kine).
+    fn db_file_size(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        std::future::ready(Ok(None))
+    }
 }
 
 /// The first key after every key that starts with `prefix` (etcd's `range_end` for a prefix).

@@ -46,8 +46,9 @@ pub trait Offline: Sync {
         plan: &mut dyn FnMut(Copy, &Entry) -> Option<Vec<u8>>,
     ) -> Result<(), StoreError>;
 
-    /// Opens a copy written by [`Offline::write_copy`], to check it.
-    fn open_copy(&self, path: &Path) -> Result<Box<dyn Offline>, StoreError>;
+    /// Opens a copy written by [`Offline::write_copy`] as a store of the same kind, to check
+    /// and audit it.
+    fn open_copy(&self, path: &Path) -> Result<super::Store, StoreError>;
 
     /// What may still hold old bytes in a freshly written copy: plaintext objects in free pages
     /// (snapshot files) or free pages at all (SQLite files, which a vacuum leaves with none).
@@ -119,8 +120,10 @@ impl Offline for super::snapshot::Snapshot {
         }
     }
 
-    fn open_copy(&self, path: &Path) -> Result<Box<dyn Offline>, StoreError> {
-        Ok(Box::new(super::snapshot::Snapshot::open(path)?))
+    fn open_copy(&self, path: &Path) -> Result<super::Store, StoreError> {
+        Ok(super::Store::Snapshot(super::snapshot::Snapshot::open(
+            path,
+        )?))
     }
 
     fn copy_residue(&self) -> Result<u64, StoreError> {
@@ -169,8 +172,8 @@ impl Offline for super::kine::KineDb {
         Ok(())
     }
 
-    fn open_copy(&self, path: &Path) -> Result<Box<dyn Offline>, StoreError> {
-        Ok(Box::new(super::kine::KineDb::open(path)?))
+    fn open_copy(&self, path: &Path) -> Result<super::Store, StoreError> {
+        Ok(super::Store::Kine(super::kine::KineDb::open(path)?))
     }
 
     fn copy_residue(&self) -> Result<u64, StoreError> {

@@ -278,7 +278,14 @@ async fn audit_over_tls_needs_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), CONFIG);
     let ok = atrest()
-        .args(["audit", "-o", "json", "--endpoints", &server.endpoint])
+        .args([
+            "audit",
+            "-o",
+            "json",
+            "--allow-empty",
+            "--endpoints",
+            &server.endpoint,
+        ])
         .args(pki.etcdctl_flags())
         .arg("--config")
         .arg(&config)
@@ -295,7 +302,7 @@ async fn audit_over_tls_needs_the_client_certificate() {
 
     // The same through the etcdctl environment variables.
     let env = atrest()
-        .args(["audit", "-o", "json"])
+        .args(["audit", "-o", "json", "--allow-empty"])
         .env("ETCDCTL_ENDPOINTS", &server.endpoint)
         .env("ETCDCTL_CACERT", &pki.ca)
         .env("ETCDCTL_CERT", &pki.client_cert)

@@ -170,7 +170,11 @@ fn check_usage(args: &RewriteArgs) -> Result<(), CliError> {
 }
 
 fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    }
 }
 
 /// The plan in words: the space, the quota and where it came from, the growth, the batches.
@@ -216,9 +220,9 @@ fn describe_space(p: &SpacePlan) -> String {
         )
     } else {
         format!(
-            "Growth: this rewrite writes {} entries, about {} (new revisions and bbolt \
+            "Growth: this rewrite writes {}, about {} (new revisions and bbolt \
              overhead): {} projected.\n",
-            p.estimate.entries,
+            output::count(p.estimate.entries, "entry", "entries"),
             mib(p.estimate.growth_bytes),
             mib(p.projected_bytes)
         )
@@ -324,6 +328,9 @@ async fn offline(
     })
 }
 
+/// The rows an offline rewrite's table lists of what it left; `-o json` lists every one.
+const OFFLINE_ROWS: usize = 50;
+
 /// The table of an offline rewrite.
 fn render_offline(s: &atrest::rewrite::offline::OfflineSummary, kine: bool) -> String {
     let mut t = output::table();
@@ -352,17 +359,68 @@ fn render_offline(s: &atrest::rewrite::offline::OfflineSummary, kine: bool) -> S
         "Rewrote {} into {} (revision {})\n{t}\n",
         s.input, s.output, s.revision
     );
+    let a = &s.after;
     text += &format!(
-        "The new file holds {} entries: {} current, {} plaintext, {} stale, {} unreadable; history: {} plaintext, {} stale; free-page residue: {}.\n",
-        s.after.total,
-        s.after.current,
-        s.after.plaintext,
-        s.after.stale,
-        s.after.unknown_key + s.after.undecryptable,
+        "An audit of the new file with this config: {} entries, {} current, {} plaintext{}, {} stale, {} unreadable; {} of resources the config does not cover (left as they were).\n",
+        a.total,
+        a.current,
+        a.plaintext,
+        if s.after_plaintext_by_config > 0 {
+            format!(" ({} as the config asks: identity)", s.after_plaintext_by_config)
+        } else {
+            String::new()
+        },
+        a.stale,
+        a.unknown_key + a.undecryptable,
+        s.after_not_covered,
+    );
+    text += &format!(
+        "Older revisions: {} rewritten, {} left as they were (not readable, or no verified new value); in the new file {} plaintext and {} stale remain; free-page residue: {}.\n",
+        s.history_rewritten,
+        s.history_left,
         s.after_history.plaintext,
         s.after_history.stale,
         s.after_residue
     );
+    let left: Vec<_> = s
+        .entries
+        .iter()
+        .filter(|e| e.result != rewrite::EntryResult::Rewritten)
+        .collect();
+    if !left.is_empty() {
+        let mut t = output::table();
+        t.set_header(vec!["key", "state", "result", "why"]);
+        for e in left.iter().take(OFFLINE_ROWS) {
+            t.add_row(vec![
+                output::escape(&e.key).into_owned(),
+                e.from.to_string(),
+                e.result.to_string(),
+                output::escape(e.error.as_deref().unwrap_or_default()).into_owned(),
+            ]);
+        }
+        if left.len() > OFFLINE_ROWS {
+            t.add_row(vec![
+                format!(
+                    "…and {} more (-o json lists every entry)",
+                    left.len() - OFFLINE_ROWS
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        text += &format!("{t}\n");
+    }
+    if s.verdict() != atrest::audit::Verdict::Clean {
+        text +=
+            &format!(
+            "Not everything is current: {} {}; `atrest audit {} {} --config FILE` lists them.\n",
+            s.after_findings + a.stale,
+            if s.after_findings + a.stale == 1 { "entry is left" } else { "entries are left" },
+            if kine { "--kine-db" } else { "--snapshot" },
+            s.output
+        );
+    }
     for (resource, why) in &s.left_alone {
         text += &format!("Left {resource} as it is: {why}.\n");
     }
@@ -383,12 +441,17 @@ fn render_offline(s: &atrest::rewrite::offline::OfflineSummary, kine: bool) -> S
     text
 }
 
+/// The rows of entries that were not rewritten a table lists; `-o json` lists every one.
+const ROWS: usize = 50;
+
 fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
     let s = &summary.all;
+    let dry = args.dry_run;
+    let written = |c: &rewrite::RewriteSummary| if dry { c.would_rewrite } else { c.rewritten };
     let mut t = output::table();
     t.set_header(vec![
         "scanned",
-        "rewritten",
+        if dry { "would rewrite" } else { "rewritten" },
         "already current",
         "skipped",
         "conflicts retried",
@@ -398,7 +461,7 @@ fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
     ]);
     t.add_row(vec![
         s.scanned.to_string(),
-        s.rewritten.to_string(),
+        written(s).to_string(),
         s.already_current.to_string(),
         s.skipped.to_string(),
         s.conflicts_retried.to_string(),
@@ -406,20 +469,18 @@ fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
         s.failed.to_string(),
         s.deleted.to_string(),
     ]);
+    let what = match (&args.prefix, args.resource.as_slice()) {
+        (Some(prefix), _) => output::escape(prefix).into_owned(),
+        (None, []) => "every resource the config covers".to_owned(),
+        (None, names) => names.join(", "),
+    };
     let mut out = format!(
-        "{} {} at revision {}\n{t}\n",
-        if args.dry_run {
+        "{} {what} at revision {}\n{t}\n",
+        if dry {
             "Dry run of rewrite of"
         } else {
             "Rewrite of"
         },
-        args.prefix
-            .as_deref()
-            .unwrap_or(if summary.resources.is_empty() {
-                "the resources the config covers"
-            } else {
-                "every resource the config covers"
-            }),
         s.revision
     );
     if !summary.resources.is_empty() {
@@ -427,16 +488,16 @@ fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
         r.set_header(vec![
             "resource",
             "scanned",
-            "rewritten",
+            if dry { "would rewrite" } else { "rewritten" },
             "already current",
             "skipped",
             "failed",
         ]);
         for (name, c) in &summary.resources {
             r.add_row(vec![
-                name.clone(),
+                output::escape(name).into_owned(),
                 c.scanned.to_string(),
-                (c.rewritten + c.would_rewrite).to_string(),
+                written(c).to_string(),
                 c.already_current.to_string(),
                 c.skipped.to_string(),
                 c.failed.to_string(),
@@ -445,27 +506,39 @@ fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
         out += &format!("\nBy resource:\n{r}\n");
     }
     for (name, why) in &summary.left_alone {
-        out += &format!("Left alone: {name}: {why}.\n");
+        out += &format!("Left alone: {}: {why}.\n", output::escape(name));
     }
     for e in &summary.crd_errors {
         out += &format!(
-            "A stored CRD could not be read (its custom resources were not rewritten): {e}\n"
+            "A stored CRD could not be read (its custom resources were not rewritten): {}\n",
+            output::escape(e)
         );
     }
     let notable: Vec<_> = s
         .entries
         .iter()
-        .filter(|e| !matches!(e.result, rewrite::EntryResult::Rewritten))
+        .filter(|e| !matches!(e.result, rewrite::EntryResult::Rewritten) || e.error.is_some())
         .collect();
     if !notable.is_empty() {
         let mut d = output::table();
         d.set_header(vec!["key", "state", "result", "note"]);
-        for e in notable {
+        for e in notable.iter().take(ROWS) {
             d.add_row(vec![
-                e.key.clone(),
+                output::escape(&e.key).into_owned(),
                 e.from.to_string(),
                 e.result.to_string(),
-                e.error.clone().unwrap_or_default(),
+                output::escape(e.error.as_deref().unwrap_or_default()).into_owned(),
+            ]);
+        }
+        if notable.len() > ROWS {
+            d.add_row(vec![
+                format!(
+                    "…and {} more (-o json lists every entry)",
+                    notable.len() - ROWS
+                ),
+                String::new(),
+                String::new(),
+                String::new(),
             ]);
         }
         out += &format!("\n{d}\n");

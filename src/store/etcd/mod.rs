@@ -438,4 +438,11 @@ impl WriteStore for EtcdStore {
     async fn compact(&self, revision: i64) -> Result<(), StoreError> {
         Ok(self.compact_to(revision).await?)
     }
+
+    async fn db_file_size(&self) -> Result<Option<u64>, StoreError> {
+        if self.is_kine() {
+            return Ok(None);
+        }
+        Ok(Some(self.largest_file_now().await?))
+    }
 }

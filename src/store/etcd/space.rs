@@ -76,6 +76,11 @@ impl Space {
         self.members.iter().map(|m| m.db_size).max().unwrap_or(0)
     }
 
+    /// The largest database file among the members: what etcd's quota counts.
+    pub fn largest_file(&self) -> u64 {
+        self.members.iter().map(|m| m.db_size).max().unwrap_or(0)
+    }
+
     /// The most bytes in use among the members.
     pub fn largest_in_use(&self) -> u64 {
         self.members
@@ -87,6 +92,20 @@ impl Space {
 }
 
 impl EtcdStore {
+    /// The largest database file among the members that answer now (`Status.dbSize`): what a
+    /// rewrite watches to keep under its margin.
+    pub async fn largest_file_now(&self) -> Result<u64, EtcdError> {
+        let mut largest = 0;
+        for member in &self.inner.members {
+            let mut maintenance = member.client.maintenance_client();
+            let timeout = self.inner.request_timeout;
+            if let Ok(Ok(status)) = tokio::time::timeout(timeout, maintenance.status()).await {
+                largest = largest.max(u64::try_from(status.db_size()).unwrap_or(0));
+            }
+        }
+        Ok(largest)
+    }
+
     /// Reads every member's `Status`, the cluster's alarms and the quota (see the module docs).
     /// `given_quota` is `--quota-bytes`: used when neither the status nor the metrics say.
     /// The metrics are read with the TLS settings the store was opened with.
