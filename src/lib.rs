@@ -28,7 +28,8 @@
 //! - [`store`]: live etcd and snapshot files behind one read trait; writes only on live etcd.
 //! - [`audit`]: classifying entries into a [`audit::Report`].
 //! - [`status`]: the config and the store together: what each configured key reads.
-//! - [`apiserver`]: checking kube-apiserver's static pod manifest uses an encryption config.
+//! - [`apiserver`]: kube-apiserver: its static pod manifest, and which config each running
+//!   instance has loaded (through the Kubernetes API).
 //! - [`rewrite`]: re-encrypting entries with compare-and-swap, verified before every write.
 //! - [`rewrite_resources`]: the rewrite of every resource a config covers, each to its own key.
 //! - [`wire`]: the bounds-checked cursor every untrusted byte goes through.

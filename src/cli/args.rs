@@ -48,6 +48,8 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Check that kube-apiserver's static pod manifest really uses an encryption config.
     CheckApiserver(CheckApiserverArgs),
+    /// Prove that every running kube-apiserver has loaded exactly this config file.
+    Apiservers(Box<ApiserversArgs>),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
     Completions(CompletionsArgs),
     /// Print a man page (roff): atrest(1), or one subcommand's (`atrest man config rotate`);
@@ -469,4 +471,41 @@ pub(crate) struct ManArgs {
     /// Write every page, one file each (atrest.1, atrest-audit.1, …), into DIR.
     #[arg(long, value_name = "DIR", conflicts_with = "command")]
     pub(crate) dir: Option<PathBuf>,
+}
+
+/// How to reach the Kubernetes API, as kubectl spells it.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct ApiArgs {
+    /// The kubeconfig [default: KUBECONFIG, else ~/.kube/config, else the in-cluster service
+    /// account; with --kubeadm: /etc/kubernetes/admin.conf].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) context: Option<String>,
+    /// Ask these kube-apiserver instances, each at its own URL, comma-separated [default: the
+    /// addresses of the default/kubernetes EndpointSlice].
+    #[arg(long = "apiserver", value_name = "URL", value_delimiter = ',')]
+    pub(crate) apiservers: Vec<String>,
+}
+
+/// `atrest rewrite` and `config rotate`: the apiserver gate's flags.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct GateArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// Do not check that every kube-apiserver has loaded the config before writing.
+    #[arg(long)]
+    pub(crate) no_apiserver_check: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApiserversArgs {
+    /// The EncryptionConfiguration file every kube-apiserver should run.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
 }

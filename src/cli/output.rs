@@ -46,6 +46,20 @@ pub(crate) fn table() -> Table {
     t
 }
 
+/// `text` with control characters (terminal escapes, newlines) shown as `\u{..}` escapes:
+/// for values a remote server chose (hostnames, URLs, messages) before they reach a terminal.
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Writes `text` to standard output.
 pub(crate) fn print(text: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();

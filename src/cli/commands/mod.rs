@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub(crate) mod apiservers;
 pub(crate) mod audit;
 pub(crate) mod check_apiserver;
 pub(crate) mod config;

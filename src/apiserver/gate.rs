@@ -1,0 +1,180 @@
+//! The gate: nothing is written while a known kube-apiserver has not loaded the config.
+//!
+//! Writing Secrets with a key that one kube-apiserver does not have makes them unreadable on
+//! that instance: `rewrite` must wait until every instance runs the file it writes with;
+//! rotation's `promote` until every instance runs the current file (so all can read the key
+//! about to be promoted); `prune` until every instance runs the promoted file (so none still
+//! writes with a key about to be removed). [`ApiserverGate::check`] runs
+//! [`super::check::check_apiservers`] and refuses unless its verdict is `ok`.
+
+use serde::Serialize;
+use thiserror::Error;
+
+use super::access::ApiAccess;
+use super::check::{check_apiservers, ApiserversReport, CheckError};
+
+/// Whether the gate runs, as the caller resolved it.
+#[derive(Debug, Clone)]
+pub enum ApiserverGate {
+    /// Check through this access; `urls` are the instances to ask (empty: discover them).
+    Required {
+        /// Credentials and CA.
+        access: Box<ApiAccess>,
+        /// `--apiserver` URLs.
+        urls: Vec<String>,
+    },
+    /// No API access is configured at all (no kubeconfig, not in a pod, not `--kubeadm`):
+    /// proceed, warning loudly.
+    SkippedNoAccess,
+    /// `--no-apiserver-check`: the caller skips it on purpose.
+    SkippedOnPurpose,
+}
+
+/// What the gate concluded when it let the write go ahead.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum GateOutcome {
+    /// Every instance runs the file.
+    Passed(Box<ApiserversReport>),
+    /// Not checked; the text says why (`skipped: …`).
+    Skipped(String),
+}
+
+impl GateOutcome {
+    /// `"passed"` or `"skipped: …"`: the `apiserver_check` JSON field.
+    pub fn summary(&self) -> String {
+        match self {
+            GateOutcome::Passed(r) => format!(
+                "passed: {} apiserver(s) run {}",
+                r.apiservers.len(),
+                r.file_hash
+            ),
+            GateOutcome::Skipped(why) => why.clone(),
+        }
+    }
+
+    /// A warning for stderr when the gate was skipped.
+    pub fn warning(&self) -> Option<String> {
+        match self {
+            GateOutcome::Passed(_) => None,
+            GateOutcome::Skipped(why) => Some(format!(
+                "WARNING: not checking that every kube-apiserver has loaded the config ({why}); \
+                 a key an apiserver does not have makes what it reads unreadable"
+            )),
+        }
+    }
+}
+
+/// The text of [`GateOutcome::Skipped`] without API access.
+pub const SKIPPED_NO_ACCESS: &str =
+    "skipped: no Kubernetes API access configured (no --kubeconfig, KUBECONFIG, ~/.kube/config, service account or --kubeadm)";
+/// The text of [`GateOutcome::Skipped`] with `--no-apiserver-check`.
+pub const SKIPPED_ON_PURPOSE: &str = "skipped: --no-apiserver-check";
+
+/// The gate refused: nothing was written.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GateError {
+    /// Some instance has not loaded the file (or could not be asked).
+    #[error("{} kube-apiserver(s) have not loaded {file_hash}: {}", .lagging.len(), lagging_list(.lagging))]
+    NotLoaded {
+        /// The file's hash.
+        file_hash: String,
+        /// Each instance (hostname, or URL when unknown) and what is wrong.
+        lagging: Vec<Lagging>,
+    },
+    /// The instances could not be listed at all.
+    #[error("cannot check which config the kube-apiservers run: {0}")]
+    Check(#[from] CheckError),
+}
+
+/// One instance the gate waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lagging {
+    /// Its hostname, or its URL when no Lease matched it.
+    pub apiserver: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn lagging_list(lagging: &[Lagging]) -> String {
+    lagging
+        .iter()
+        .map(|l| format!("{} ({})", l.apiserver, l.problem))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl GateError {
+    /// What to do about it.
+    pub fn advice(&self) -> String {
+        match self {
+            GateError::NotLoaded { .. } => "make every kube-apiserver load the file (copy it to each control-plane node and restart kube-apiserver there, or wait for automatic reload), check with `atrest apiservers --config FILE`, then run this again".to_owned(),
+            GateError::Check(e) => format!("{}; or pass --no-apiserver-check if you have checked every kube-apiserver yourself", e.advice()),
+        }
+    }
+}
+
+impl ApiserverGate {
+    /// Runs the gate for the config file `file_bytes`.
+    pub async fn check(&self, file_bytes: &[u8]) -> Result<GateOutcome, GateError> {
+        match self {
+            ApiserverGate::Required { access, urls } => require_loaded(access, file_bytes, urls)
+                .await
+                .map(|r| GateOutcome::Passed(Box::new(r))),
+            ApiserverGate::SkippedNoAccess => {
+                Ok(GateOutcome::Skipped(SKIPPED_NO_ACCESS.to_owned()))
+            }
+            ApiserverGate::SkippedOnPurpose => {
+                Ok(GateOutcome::Skipped(SKIPPED_ON_PURPOSE.to_owned()))
+            }
+        }
+    }
+}
+
+/// Refuses unless every kube-apiserver holding a live identity Lease has loaded exactly
+/// `file_bytes` (see [`check_apiservers`]).
+pub async fn require_loaded(
+    access: &ApiAccess,
+    file_bytes: &[u8],
+    urls: &[String],
+) -> Result<ApiserversReport, GateError> {
+    let report = check_apiservers(access, file_bytes, urls).await?;
+    if report.ok {
+        return Ok(report);
+    }
+    Err(GateError::NotLoaded {
+        file_hash: report.file_hash.clone(),
+        lagging: lagging(&report),
+    })
+}
+
+/// Every instance that keeps the report from being `ok`, named by hostname (else URL).
+pub fn lagging(report: &ApiserversReport) -> Vec<Lagging> {
+    let mut out: Vec<Lagging> = report
+        .apiservers
+        .iter()
+        .filter_map(|a| {
+            let problem = a.problem.as_ref()?;
+            Some(Lagging {
+                apiserver: a.hostname.clone().unwrap_or_else(|| a.url.clone()),
+                problem: problem.describe(),
+            })
+        })
+        .collect();
+    out.extend(report.not_checked.iter().map(|n| {
+        Lagging {
+            apiserver: n.hostname.clone(),
+            problem:
+                "holds a live identity Lease but was not checked (no URL given answered for it)"
+                    .to_owned(),
+        }
+    }));
+    if out.is_empty() && report.apiservers.is_empty() {
+        out.push(Lagging {
+            apiserver: "(none)".to_owned(),
+            problem: "no kube-apiserver was checked".to_owned(),
+        });
+    }
+    out
+}

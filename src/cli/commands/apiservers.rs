@@ -1,0 +1,207 @@
+//! `atrest apiservers`: has every running kube-apiserver loaded exactly this config file?
+//! Also the resolution of API access shared by the gate of `rewrite` and `config rotate`.
+
+use atrest::apiserver::access::{AccessOptions, ApiAccess};
+use atrest::apiserver::check::{check_apiservers, ApiserversReport, CheckError};
+use atrest::apiserver::gate::{ApiserverGate, GateError};
+
+use crate::cli::args::{ApiArgs, ApiserversArgs, GateArgs, OutputFormat};
+use crate::cli::prometheus::Exposition;
+use crate::cli::{output, CliError, Exit};
+
+/// Runs `atrest apiservers`.
+pub(crate) async fn run(
+    args: ApiserversArgs,
+    format: Option<OutputFormat>,
+) -> Result<Exit, CliError> {
+    let file_bytes = read_config(&args.config)?;
+    let access = resolve_access(&args.api, args.store.kubeadm)
+        .await?
+        .ok_or_else(|| {
+            CliError::usage("no Kubernetes API access is configured").advice(
+                "pass --kubeconfig FILE (or set KUBECONFIG), or --kubeadm on a control-plane node",
+            )
+        })?;
+    let report = check_apiservers(&access, &file_bytes, &args.api.apiservers)
+        .await
+        .map_err(check_error)?;
+    match output::format(format) {
+        OutputFormat::Json => output::print_json(&report)?,
+        OutputFormat::Table => output::print(&render(&report))?,
+        OutputFormat::Prometheus => output::print(&prometheus(&report))?,
+    }
+    Ok(if report.ok {
+        Exit::Clean
+    } else {
+        Exit::Findings
+    })
+}
+
+/// Reads the config file whose hash every instance should report (exit 2 if unreadable).
+pub(crate) fn read_config(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    let max = atrest::config::MAX_CONFIG_BYTES;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .map_err(|e| CliError::io(&format!("cannot read {}", path.display()), e))?;
+    if bytes.len() as u64 > max {
+        return Err(CliError::usage(format!(
+            "{} is larger than {max} bytes: not an EncryptionConfiguration",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Resolves `--kubeconfig`/`--context`/`--kubeadm`; `None` when nothing is configured.
+pub(crate) async fn resolve_access(
+    api: &ApiArgs,
+    kubeadm: bool,
+) -> Result<Option<ApiAccess>, CliError> {
+    let options = AccessOptions {
+        kubeconfig: api.kubeconfig.clone(),
+        context: api.context.clone(),
+        kubeadm,
+    };
+    ApiAccess::resolve(&options)
+        .await
+        .map_err(|e| CliError::usage(e.to_string()).advice(e.advice()))
+}
+
+/// The gate of `rewrite` and `config rotate` as their flags ask for it.
+#[allow(dead_code)] // wired into rewrite and rotate in a later commit
+pub(crate) async fn resolve_gate(
+    args: &GateArgs,
+    kubeadm: bool,
+) -> Result<ApiserverGate, CliError> {
+    if args.no_apiserver_check {
+        return Ok(ApiserverGate::SkippedOnPurpose);
+    }
+    Ok(match resolve_access(&args.api, kubeadm).await? {
+        Some(access) => ApiserverGate::Required {
+            access: Box::new(access),
+            urls: args.api.apiservers.clone(),
+        },
+        None => ApiserverGate::SkippedNoAccess,
+    })
+}
+
+/// A gate refusal (exit 1, nothing written) or a check that could not be made (exit 3).
+#[allow(dead_code)] // wired into rewrite and rotate in a later commit
+pub(crate) fn gate_error(e: GateError) -> CliError {
+    let advice = e.advice();
+    match e {
+        GateError::NotLoaded { ref lagging, .. } => {
+            let mut cli = CliError::findings(format!("refusing to write: {e}"));
+            for l in lagging {
+                cli = cli.detail(format!("{}: {}", output::escape(&l.apiserver), l.problem));
+            }
+            cli.advice(advice)
+        }
+        GateError::Check(e) => check_error(e),
+        e => CliError::findings(e.to_string()).advice(advice),
+    }
+}
+
+fn check_error(e: CheckError) -> CliError {
+    let advice = e.advice();
+    match e {
+        CheckError::Access(e) => CliError::usage(e.to_string()).advice(advice),
+        e @ CheckError::Unreachable { .. } => CliError::store(e.to_string()).advice(advice),
+        e => CliError::store(e.to_string()).advice(advice),
+    }
+}
+
+fn render(r: &ApiserversReport) -> String {
+    let mut t = output::table();
+    t.set_header([
+        "HOSTNAME",
+        "URL",
+        "VERSION",
+        "LOADED",
+        "MATCHES",
+        "RELOADS OK/FAILED",
+        "PROBLEM",
+    ]);
+    for a in &r.apiservers {
+        t.add_row([
+            output::escape(a.hostname.as_deref().unwrap_or("?")),
+            output::escape(&a.url),
+            output::escape(a.version.as_deref().unwrap_or("-")),
+            short_hash(a.loaded_hash.as_deref()),
+            a.matches.map_or("-", output::yes_no).to_owned(),
+            format!("{}/{}", a.reloads.success, a.reloads.failure),
+            a.problem
+                .as_ref()
+                .map_or_else(String::new, |p| output::escape(&p.describe())),
+        ]);
+    }
+    let mut out = format!("config file hash {}\n{t}\n", r.file_hash);
+    for n in &r.not_checked {
+        out += &format!(
+            "NOT CHECKED {} ({}): holds a live identity Lease but no URL given answered for it\n",
+            output::escape(&n.hostname),
+            n.identity
+        );
+    }
+    out += &if r.ok {
+        format!(
+            "\nOK: every kube-apiserver ({}) runs this file.\n",
+            r.apiservers.len()
+        )
+    } else {
+        let lagging = atrest::apiserver::gate::lagging(r);
+        let names: Vec<_> = lagging
+            .iter()
+            .map(|l| output::escape(&l.apiserver))
+            .collect();
+        format!(
+            "\nFAIL: not every kube-apiserver runs this file: {}\n",
+            names.join(", ")
+        )
+    };
+    out
+}
+
+fn short_hash(hash: Option<&str>) -> String {
+    match hash {
+        Some(h) if h.len() > 19 => format!("{}…", &h[..19]),
+        Some(h) => output::escape(h),
+        None => "-".to_owned(),
+    }
+}
+
+fn prometheus(r: &ApiserversReport) -> String {
+    let mut m = Exposition::default();
+    let name = "atrest_apiserver_config_matches";
+    m.gauge(name, "1 when this kube-apiserver has loaded exactly the checked config file, 0 when not, -1 when it did not say.");
+    for a in &r.apiservers {
+        let value = a.matches.map_or(-1.0, |b| f64::from(u8::from(b)));
+        let host = a.hostname.as_deref().unwrap_or("");
+        m.sample(
+            name,
+            &[
+                ("hostname", host),
+                ("url", &a.url),
+                ("file_hash", &r.file_hash),
+            ],
+            value,
+        );
+    }
+    let name = "atrest_apiserver_not_checked";
+    m.gauge(
+        name,
+        "1 for each kube-apiserver holding a live identity Lease that was not checked.",
+    );
+    for n in &r.not_checked {
+        m.sample(name, &[("hostname", &n.hostname)], 1.0);
+    }
+    let name = "atrest_apiservers_ok";
+    m.gauge(
+        name,
+        "1 when every kube-apiserver runs the checked config file.",
+    );
+    m.sample(name, &[], f64::from(u8::from(r.ok)));
+    m.finish()
+}
