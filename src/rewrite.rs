@@ -82,6 +82,10 @@ pub struct RewriteOptions {
     /// the row that held the plaintext (see [`crate::store::kine`]). Default off (etcd keeps no
     /// such copy, and the second write would only double the history).
     pub write_twice: bool,
+    /// The apiserver gate, run before the first write (not on a dry run): every kube-apiserver
+    /// must have loaded the config being written with (see [`crate::apiserver::gate`]).
+    /// `None`: not checked (a library caller that has checked otherwise).
+    pub apiserver_gate: Option<crate::apiserver::gate::GateCheck>,
 }
 
 impl Default for RewriteOptions {
@@ -94,6 +98,7 @@ impl Default for RewriteOptions {
             max_conflict_retries: 5,
             compact_every: None,
             write_twice: false,
+            apiserver_gate: None,
         }
     }
 }
@@ -228,6 +233,10 @@ pub struct RewriteSummary {
     ///
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unanswered: Vec<Unanswered>,
+    /// The apiserver gate's outcome (`passed: …` or `skipped: …`); absent when no gate was
+    /// given or on a dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apiserver_check: Option<String>,
 }
 
 impl RewriteSummary {
@@ -275,6 +284,10 @@ pub enum RewriteError {
     /// The config writes with a KMS provider whose plugin is not ready (nothing was written).
     #[error("refusing to write: {0}")]
     KmsWrite(#[from] crate::provider::kms::KmsWriteError),
+    /// The apiserver gate refused: a kube-apiserver has not loaded the config (nothing was
+    /// written).
+    #[error("refusing to write: {0}")]
+    Apiserver(#[from] crate::apiserver::gate::GateError),
     /// The store failed and the run stopped; the transactions in flight were finished.
     #[error("rewrite stopped after {} entries: the store failed{}", .summary.scanned, .key.as_ref().map(|k| format!(" writing {k}")).unwrap_or_default())]
     Store {
@@ -297,6 +310,11 @@ impl RewriteError {
                  you want, or put the new encrypting provider first in the config"
             }
             RewriteError::KmsWrite(e) => e.advice(),
+            RewriteError::Apiserver(_) => {
+                "make every kube-apiserver load the config (copy it to each control-plane node and \
+                 restart kube-apiserver there), check with `atrest apiservers --config FILE`, then \
+                 run again"
+            }
             RewriteError::Store { source, .. } => match source {
                 StoreError::Etcd(e) => e.advice(),
                 _ => "run again: entries already rewritten are current and are passed over",
@@ -313,11 +331,19 @@ impl RewriteError {
     }
 }
 
+/// Runs `opts.apiserver_gate` unless this is a dry run; its outcome for the summary.
+pub(crate) async fn apiserver_gate(opts: &RewriteOptions) -> Result<Option<String>, RewriteError> {
+    match &opts.apiserver_gate {
+        Some(gate) if !opts.dry_run => Ok(Some(gate.run().await?.summary())),
+        _ => Ok(None),
+    }
+}
+
 /// Rewrites every entry under `opts.prefix` that is not current (see the module docs).
 ///
 /// Refuses before reading anything when the chain's write provider is identity (unless
 /// `allow_decrypt`), or KMS with a plugin that is not healthy and v2 (the health gate, also in
-/// a dry run).
+/// a dry run); then, unless a dry run, when `opts.apiserver_gate` refuses (nothing written).
 pub async fn apply<S>(
     store: &S,
     chain: &Chain,
@@ -337,7 +363,10 @@ where
     }
     let prefix = opts.prefix.as_slice();
     let concurrency = opts.concurrency.max(1);
-    let mut summary = RewriteSummary::default();
+    let mut summary = RewriteSummary {
+        apiserver_check: apiserver_gate(opts).await?,
+        ..RewriteSummary::default()
+    };
     match store.count(prefix).await {
         Ok(n) => observer.total(n),
         Err(source) => {

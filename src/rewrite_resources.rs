@@ -137,6 +137,7 @@ where
     S: WriteStore + Sync,
 {
     let mut summary = ResourceRewriteSummary::default();
+    summary.all.apiserver_check = rewrite::apiserver_gate(opts).await?;
     let (crds, crd_errors) =
         custom_resources(store, &scope.root, chains)
             .await
@@ -170,6 +171,8 @@ where
             }
             let one = RewriteOptions {
                 prefix: prefix.into_bytes(),
+                // Checked once above, before any resource.
+                apiserver_gate: None,
                 ..opts.clone()
             };
             let mut stop = rx.clone();

@@ -178,3 +178,20 @@ pub fn lagging(report: &ApiserversReport) -> Vec<Lagging> {
     }
     out
 }
+
+/// A gate bound to the config file a write will use: what [`crate::rewrite::RewriteOptions`]
+/// carries so that the rewrite itself runs the gate before its first write.
+#[derive(Debug, Clone)]
+pub struct GateCheck {
+    /// Whether and how to check.
+    pub gate: ApiserverGate,
+    /// The bytes of the config file every instance must have loaded.
+    pub file_bytes: Vec<u8>,
+}
+
+impl GateCheck {
+    /// Runs the gate (see [`ApiserverGate::check`]).
+    pub async fn run(&self) -> Result<GateOutcome, GateError> {
+        self.gate.check(&self.file_bytes).await
+    }
+}
