@@ -116,6 +116,16 @@ impl GateError {
 }
 
 impl ApiserverGate {
+    /// The loud warning for stderr when the gate is skipped (before anything is written).
+    pub fn warning(&self) -> Option<String> {
+        let why = match self {
+            ApiserverGate::Required { .. } => return None,
+            ApiserverGate::SkippedNoAccess => SKIPPED_NO_ACCESS,
+            ApiserverGate::SkippedOnPurpose => SKIPPED_ON_PURPOSE,
+        };
+        GateOutcome::Skipped(why.to_owned()).warning()
+    }
+
     /// Runs the gate for the config file `file_bytes`.
     pub async fn check(&self, file_bytes: &[u8]) -> Result<GateOutcome, GateError> {
         match self {

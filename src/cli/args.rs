@@ -120,6 +120,8 @@ pub(crate) struct ConfigRotateArgs {
     pub(crate) etcd_prefix: String,
     #[command(flatten)]
     pub(crate) kms: NewKmsArgs,
+    #[command(flatten)]
+    pub(crate) gate: GateArgs,
 }
 
 /// A KMS v2 provider to write into a config (`--provider kms`).
@@ -318,6 +320,8 @@ pub(crate) struct RewriteArgs {
     /// encrypt.
     #[arg(long, value_name = "FILE", required_unless_present = "k3s")]
     pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) gate: GateArgs,
     /// Key prefix to rewrite, with the chain of the resource it names. Without it, a rewrite
     /// (live or --out) covers every resource the config covers, each to its own write provider
     /// (keys of other resources are never touched).

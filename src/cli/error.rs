@@ -58,7 +58,6 @@ impl CliError {
     }
 
     /// A refusal or finding reported as an error (exit 1): a gate, a guard.
-    #[allow(dead_code)] // used by the gate wiring
     pub(crate) fn findings(message: impl Into<String>) -> Self {
         CliError {
             code: 1,

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
 use serde_json::Value;
 
 use crate::common::apiserver::{ControlPlane, ADMIN_TOKEN, LIMITED_TOKEN};
@@ -31,6 +33,17 @@ fn config_text(keys: &[(&str, &str)]) -> String {
 fn write_config(dir: &Path, name: &str, keys: &[(&str, &str)]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, config_text(keys)).unwrap();
+    path
+}
+
+/// An identity-only config (encryption off, as before the seed procedure).
+fn write_identity_config(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets]\n    providers:\n      - identity: {}\n",
+    )
+    .unwrap();
     path
 }
 
@@ -130,4 +143,245 @@ async fn apiservers_reports_each_instance_and_names_the_lagging_ones() {
         report["apiservers"][1]["problem"]["kind"],
         "loaded-other-file"
     );
+}
+
+/// Creates `n` Secrets `s-0`… in `default` through instance `i`; returns their data.
+async fn create_secrets(cp: &ControlPlane, i: usize, n: usize) -> Vec<(String, String)> {
+    let api: Api<Secret> = Api::namespaced(cp.client(i).await, "default");
+    let mut made = Vec::new();
+    for k in 0..n {
+        let name = format!("s-{k}");
+        let value = format!("value {k} of a test secret");
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "stringData": {"v": value},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &secret).await.unwrap();
+        made.push((name, value));
+    }
+    made
+}
+
+/// Asserts every Secret reads back with the same data through every instance.
+async fn assert_secrets_read_back(cp: &ControlPlane, n: usize, secrets: &[(String, String)]) {
+    for i in 0..n {
+        let api: Api<Secret> = Api::namespaced(cp.client(i).await, "default");
+        for (name, value) in secrets {
+            let s = api
+                .get(name)
+                .await
+                .unwrap_or_else(|e| panic!("{} cannot read Secret {name}: {e}", cp.hostname(i)));
+            let data = s.data.unwrap();
+            assert_eq!(
+                data["v"].0,
+                value.as_bytes(),
+                "{name} through {}",
+                cp.hostname(i)
+            );
+        }
+    }
+}
+
+/// Every stored Secret's key and mod revision (the apiservers themselves keep writing Leases,
+/// so the store's revision moves; the Secrets' must not).
+async fn secret_revisions(etcd: &EtcdServer) -> Vec<(Vec<u8>, i64)> {
+    let mut client = etcd.client().await;
+    let resp = client
+        .get(
+            "/registry/secrets/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert!(!resp.kvs().is_empty());
+    resp.kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
+        .collect()
+}
+
+/// The raw stored value of a Secret.
+async fn stored(etcd: &EtcdServer, name: &str) -> Vec<u8> {
+    let mut client = etcd.client().await;
+    let resp = client
+        .get(format!("/registry/secrets/default/{name}"), None)
+        .await
+        .unwrap();
+    resp.kvs()[0].value().to_vec()
+}
+
+/// The API flags for the gate: the admin kubeconfig and every instance's URL.
+fn api_flags(cp: &ControlPlane) -> Vec<String> {
+    vec![
+        "--kubeconfig".into(),
+        cp.kubeconfig.display().to_string(),
+        "--apiserver".into(),
+        cp.urls(),
+    ]
+}
+
+fn rewrite(etcd: &EtcdServer, cp: &ControlPlane, config: &Path) -> (i32, Value, String) {
+    let mut args = vec![
+        "rewrite".to_owned(),
+        "--endpoints".into(),
+        etcd.endpoint.clone(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    args.extend(api_flags(cp));
+    atrest(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn promote(etcd: &EtcdServer, cp: &ControlPlane, file: &Path, key: &str) -> (i32, Value, String) {
+    let mut args = vec![
+        "config".to_owned(),
+        "rotate".into(),
+        file.display().to_string(),
+        "--stage".into(),
+        "promote".into(),
+        "--key-name".into(),
+        key.into(),
+        "--no-backup".into(),
+        "--endpoints".into(),
+        etcd.endpoint.clone(),
+    ];
+    args.extend(api_flags(cp));
+    atrest(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Issue 19: rewrite and promote refuse, writing nothing, while one of three apiservers runs the
+/// new file; once all three run it, both go ahead and every Secret reads back everywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn rewrite_and_promote_wait_for_every_apiserver() {
+    let etcd = EtcdServer::start();
+    let dir = etcd.scratch().to_owned();
+    let a = write_config(&dir, "a.yaml", &[("key1", KEY1)]);
+    let added = write_config(&dir, "added.yaml", &[("key1", KEY1), ("key2", KEY2)]);
+    let mut cp = ControlPlane::start(3, &etcd.endpoint, &a).await;
+    let secrets = create_secrets(&cp, 0, 3).await;
+
+    cp.restart(0, &added).await;
+    let before = secret_revisions(&etcd).await;
+    let (code, _, stderr) = rewrite(&etcd, &cp, &added);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("refusing to write"), "{stderr}");
+    for host in ["cp-2", "cp-3"] {
+        assert!(
+            stderr.contains(&format!("{host}: runs another config")),
+            "{stderr}"
+        );
+    }
+    assert!(!stderr.contains("cp-1:"), "{stderr}");
+    let file_before = std::fs::read(&added).unwrap();
+    let (code, _, stderr) = promote(&etcd, &cp, &added, "key2");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cp-2") && stderr.contains("cp-3"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&added).unwrap(),
+        file_before,
+        "promote edited the file"
+    );
+    assert_eq!(
+        secret_revisions(&etcd).await,
+        before,
+        "a Secret was written"
+    );
+
+    cp.restart(1, &added).await;
+    cp.restart(2, &added).await;
+    let (code, report, stderr) = apiservers(&cp, &added);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let (code, summary, stderr) = rewrite(&etcd, &cp, &added);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    assert!(
+        summary["apiserver_check"]
+            .as_str()
+            .unwrap()
+            .starts_with("passed"),
+        "{summary:#}"
+    );
+    let (code, report, stderr) = promote(&etcd, &cp, &added, "key2");
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_ne!(std::fs::read(&added).unwrap(), file_before);
+    assert_secrets_read_back(&cp, 3, &secrets).await;
+}
+
+/// A killed apiserver keeps a live identity Lease for an hour: it is named, and the check fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_apiserver_with_a_live_lease_is_named() {
+    let etcd = EtcdServer::start();
+    let a = write_config(etcd.scratch(), "a.yaml", &[("key1", KEY1)]);
+    let mut cp = ControlPlane::start(2, &etcd.endpoint, &a).await;
+    cp.kill(1);
+    let (code, report, stderr) = apiservers(&cp, &a);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    assert_eq!(report["not_checked"][0]["hostname"], "cp-2", "{report:#}");
+    assert_eq!(report["apiservers"][1]["problem"]["kind"], "not-answered");
+    assert_eq!(report["apiservers"][0]["matches"], true);
+}
+
+/// Credentials without RBAC get an error naming the permission they lack (exit 3).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_without_rbac_is_told_the_missing_permission() {
+    let etcd = EtcdServer::start();
+    let a = write_config(etcd.scratch(), "a.yaml", &[("key1", KEY1)]);
+    let cp = ControlPlane::start(1, &etcd.endpoint, &a).await;
+    let (code, _, stderr) = atrest(&[
+        "apiservers",
+        "--config",
+        a.to_str().unwrap(),
+        "--kubeconfig",
+        cp.limited_kubeconfig.to_str().unwrap(),
+        "--apiserver",
+        &cp.urls(),
+    ]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("may not list leases.coordination.k8s.io in kube-system"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("grant `list`"), "{stderr}");
+}
+
+/// The seed procedure through real apiservers: Secrets stored in plaintext, encryption enabled,
+/// audit finds them, the gated rewrite encrypts them, and every apiserver reads them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_procedure_through_real_apiservers() {
+    let etcd = EtcdServer::start();
+    let dir = etcd.scratch().to_owned();
+    let off = write_identity_config(&dir, "off.yaml");
+    let on = dir.join("on.yaml");
+    std::fs::write(&on, config_text(&[("key1", KEY1)])).unwrap();
+    let mut cp = ControlPlane::start(2, &etcd.endpoint, &off).await;
+    let secrets = create_secrets(&cp, 1, 3).await;
+    assert!(stored(&etcd, "s-0").await.starts_with(b"k8s\x00"));
+
+    cp.restart(0, &on).await;
+    cp.restart(1, &on).await;
+    let (code, report, stderr) = atrest(&[
+        "audit",
+        "--endpoints",
+        &etcd.endpoint,
+        "--config",
+        on.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    assert!(
+        report["summary"]["plaintext"].as_u64().unwrap() >= 3,
+        "{report:#}"
+    );
+
+    let (code, summary, stderr) = rewrite(&etcd, &cp, &on);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    assert!(summary["rewritten"].as_u64().unwrap() >= 3, "{summary:#}");
+    for (name, _) in &secrets {
+        assert!(stored(&etcd, name)
+            .await
+            .starts_with(b"k8s:enc:aescbc:v1:key1:"));
+    }
+    assert_secrets_read_back(&cp, 2, &secrets).await;
 }

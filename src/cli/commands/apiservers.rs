@@ -70,7 +70,6 @@ pub(crate) async fn resolve_access(
 }
 
 /// The gate of `rewrite` and `config rotate` as their flags ask for it.
-#[allow(dead_code)] // wired into rewrite and rotate in a later commit
 pub(crate) async fn resolve_gate(
     args: &GateArgs,
     kubeadm: bool,
@@ -88,7 +87,6 @@ pub(crate) async fn resolve_gate(
 }
 
 /// A gate refusal (exit 1, nothing written) or a check that could not be made (exit 3).
-#[allow(dead_code)] // wired into rewrite and rotate in a later commit
 pub(crate) fn gate_error(e: GateError) -> CliError {
     let advice = e.advice();
     match e {

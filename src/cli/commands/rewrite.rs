@@ -154,7 +154,17 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
             );
         }
     }
+    // The apiserver gate (issue 19): run inside the rewrite, before its first write.
+    let gate = super::apiservers::resolve_gate(&args.gate, args.store.kubeadm).await?;
+    if let Some(warning) = gate.warning().filter(|_| !args.dry_run) {
+        eprintln!("{warning}");
+    }
+    let apiserver_gate = Some(atrest::apiserver::gate::GateCheck {
+        gate,
+        file_bytes: super::apiservers::read_config(&config)?,
+    });
     let opts = RewriteOptions {
+        apiserver_gate,
         prefix: prefix.as_bytes().to_vec(),
         concurrency: args.concurrency,
         dry_run: args.dry_run,
@@ -333,6 +343,10 @@ fn describe_space(p: &SpacePlan) -> String {
 /// A rewrite that did not run or stopped: what happened, why (each cause), what was done
 /// before it stopped, and what to do.
 fn rewrite_error(e: rewrite::RewriteError) -> CliError {
+    let e = match e {
+        rewrite::RewriteError::Apiserver(e) => return super::apiservers::gate_error(e),
+        e => e,
+    };
     let mut err = CliError::store(e.to_string()).advice(e.advice());
     for cause in crate::cli::error::causes(&e) {
         err = err.detail(format!("caused by: {cause}"));

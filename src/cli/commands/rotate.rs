@@ -59,6 +59,9 @@ struct RotateReport {
     backup: Option<String>,
     summary: String,
     next: String,
+    /// promote and prune: the apiserver gate's outcome (`passed: …` or `skipped: …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apiserver_check: Option<String>,
 }
 
 /// Runs `atrest config rotate`.
@@ -97,7 +100,21 @@ pub(crate) async fn run(
         backup: None,
         summary: String::new(),
         next: String::new(),
+        apiserver_check: None,
     };
+    // promote: every kube-apiserver must run the current file (so all can read the key about
+    // to be promoted); prune: the promoted file (so none still writes with a key to remove).
+    if matches!(args.stage, Stage::Promote | Stage::Prune) {
+        let gate = super::apiservers::resolve_gate(&args.gate, args.store.kubeadm).await?;
+        let outcome = gate
+            .check(&old_text)
+            .await
+            .map_err(super::apiservers::gate_error)?;
+        if let Some(warning) = outcome.warning() {
+            eprintln!("{warning}");
+        }
+        report.apiserver_check = Some(outcome.summary());
+    }
     let (summary, next) = match args.stage {
         Stage::Add if args.provider == Some(NewProviderArg::Kms) => {
             let kms = super::new_kms(&args.kms)?;
