@@ -62,6 +62,9 @@ pub struct InstanceReport {
     pub process_start_time: Option<f64>,
     /// What is wrong with this instance (`null`: it runs the file).
     pub problem: Option<Problem>,
+    /// `--canary`: what etcd stored for a Secret written through this instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::canary::CanaryReport>,
 }
 
 /// Automatic reload attempts and when the last of each happened.
@@ -376,6 +379,7 @@ async fn check_instance(access: &ApiAccess, url: &str) -> (InstanceReport, Optio
         kms_providers: None,
         process_start_time: None,
         problem: None,
+        canary: None,
     };
     let client = match access.client_for(url) {
         Ok(c) => c,
@@ -542,6 +546,7 @@ mod tests {
             kms_providers: None,
             process_start_time: None,
             problem: None,
+            canary: None,
         }
     }
 

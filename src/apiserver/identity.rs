@@ -45,7 +45,7 @@ pub fn sha256_label(data: &[u8]) -> String {
 }
 
 /// RFC 4648 base32 (standard alphabet) in lower case, without padding.
-fn base32_lower_unpadded(bytes: &[u8]) -> String {
+pub(crate) fn base32_lower_unpadded(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
     let (mut buffer, mut bits) = (0u32, 0u32);

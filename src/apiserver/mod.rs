@@ -12,9 +12,11 @@
 //! - [`discover`]: which instances exist (identity Leases, the `default/kubernetes`
 //!   EndpointSlice, or URLs given).
 //! - [`check`]: which config file each instance has loaded ([`check::ApiserversReport`]).
+//! - [`canary`]: a Secret written through each instance, read back from etcd (any version).
 //! - [`gate`]: the check rewrite and rotation run before they write.
 
 pub mod access;
+pub mod canary;
 pub mod check;
 pub mod discover;
 pub mod gate;

@@ -510,6 +510,15 @@ pub(crate) struct ApiserversArgs {
     pub(crate) config: PathBuf,
     #[command(flatten)]
     pub(crate) api: ApiArgs,
+    /// Also write a canary Secret through each kube-apiserver, read what etcd stores for it
+    /// (store flags), check it was written with the config's write key, and delete it.
+    #[arg(long)]
+    pub(crate) canary: bool,
+    /// --canary: the namespace of the canary Secrets.
+    #[arg(long, default_value = "default", value_name = "NS")]
+    pub(crate) canary_namespace: String,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }

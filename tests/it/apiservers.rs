@@ -8,7 +8,7 @@ use std::process::Output;
 
 use assert_cmd::Command;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::Value;
 
 use crate::common::apiserver::{ControlPlane, ADMIN_TOKEN, LIMITED_TOKEN};
@@ -384,4 +384,49 @@ async fn seed_procedure_through_real_apiservers() {
             .starts_with(b"k8s:enc:aescbc:v1:key1:"));
     }
     assert_secrets_read_back(&cp, 2, &secrets).await;
+}
+
+/// The canary: a Secret through each apiserver, each stored by the config's write key (read
+/// from etcd), and none left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_shows_which_key_each_apiserver_writes_with_and_leaves_nothing() {
+    let etcd = EtcdServer::start();
+    let dir = etcd.scratch().to_owned();
+    let a = write_config(&dir, "a.yaml", &[("key1", KEY1)]);
+    let promoted = write_config(&dir, "promoted.yaml", &[("key2", KEY2), ("key1", KEY1)]);
+    let mut cp = ControlPlane::start(2, &etcd.endpoint, &a).await;
+    cp.restart(1, &promoted).await;
+    let (code, report, stderr) = atrest(&[
+        "apiservers",
+        "--config",
+        promoted.to_str().unwrap(),
+        "--kubeconfig",
+        cp.kubeconfig.to_str().unwrap(),
+        "--apiserver",
+        &cp.urls(),
+        "--canary",
+        "--endpoints",
+        &etcd.endpoint,
+    ]);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    let c1 = &report["apiservers"][0]["canary"];
+    let c2 = &report["apiservers"][1]["canary"];
+    assert_eq!(c1["written_by"]["provider"], "aescbc", "{report:#}");
+    assert_eq!(c1["written_by"]["key"], "key1");
+    assert_eq!(c1["written_by"]["state"], "stale");
+    assert_eq!(c1["ok"], false);
+    assert_eq!(c2["written_by"]["key"], "key2", "{report:#}");
+    assert_eq!(c2["ok"], true);
+    assert_eq!(
+        (c1["deleted"].clone(), c2["deleted"].clone()),
+        (true.into(), true.into())
+    );
+    assert!(c1["name"].as_str().unwrap().starts_with("atrest-canary-"));
+
+    let api: Api<Secret> = Api::namespaced(cp.client(0).await, "default");
+    let left = api
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=atrest"))
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "canary Secrets left behind");
 }

@@ -2,6 +2,7 @@
 //! Also the resolution of API access shared by the gate of `rewrite` and `config rotate`.
 
 use atrest::apiserver::access::{AccessOptions, ApiAccess};
+use atrest::apiserver::canary::{canary_apiservers, CanaryTarget};
 use atrest::apiserver::check::{check_apiservers, ApiserversReport, CheckError};
 use atrest::apiserver::gate::{ApiserverGate, GateError};
 
@@ -22,9 +23,12 @@ pub(crate) async fn run(
                 "pass --kubeconfig FILE (or set KUBECONFIG), or --kubeadm on a control-plane node",
             )
         })?;
-    let report = check_apiservers(&access, &file_bytes, &args.api.apiservers)
+    let mut report = check_apiservers(&access, &file_bytes, &args.api.apiservers)
         .await
         .map_err(check_error)?;
+    if args.canary {
+        canary(&args, &access, &mut report).await?;
+    }
     match output::format(format) {
         OutputFormat::Json => output::print_json(&report)?,
         OutputFormat::Table => output::print(&render(&report))?,
@@ -35,6 +39,28 @@ pub(crate) async fn run(
     } else {
         Exit::Findings
     })
+}
+
+/// `--canary`: a Secret through each instance, read back from etcd, always deleted (Ctrl-C
+/// too: the library deletes the run's Secrets when the shutdown future resolves).
+async fn canary(
+    args: &ApiserversArgs,
+    access: &ApiAccess,
+    report: &mut ApiserversReport,
+) -> Result<(), CliError> {
+    let chain = super::load_chain(&args.config, "/registry/secrets/", &args.kms)?;
+    let store = super::audit::connect(&args.store).await?;
+    let target = CanaryTarget {
+        store: &store,
+        chain: &chain,
+        namespace: &args.canary_namespace,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    canary_apiservers(access, report, &target, shutdown)
+        .await
+        .map_err(|e| CliError::usage(e.to_string()).advice(e.advice()))
 }
 
 /// Reads the config file whose hash every instance should report (exit 2 if unreadable).
@@ -136,6 +162,28 @@ fn render(r: &ApiserversReport) -> String {
         ]);
     }
     let mut out = format!("config file hash {}\n{t}\n", r.file_hash);
+    for a in &r.apiservers {
+        if let Some(c) = &a.canary {
+            let by = c.written_by.as_ref().map_or_else(
+                || "not read".to_owned(),
+                |w| {
+                    format!(
+                        "{} key {} ({})",
+                        w.provider,
+                        w.key.as_deref().unwrap_or("-"),
+                        w.state
+                    )
+                },
+            );
+            out += &format!(
+                "canary through {}: written by {}, {}, {}\n",
+                output::escape(a.hostname.as_deref().unwrap_or(&a.url)),
+                output::escape(&by),
+                if c.ok { "ok" } else { "NOT the write key" },
+                if c.deleted { "deleted" } else { "NOT DELETED" },
+            );
+        }
+    }
     for n in &r.not_checked {
         out += &format!(
             "NOT CHECKED {} ({}): holds a live identity Lease but no URL given answered for it\n",
