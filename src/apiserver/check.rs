@@ -146,6 +146,16 @@ impl Problem {
         }
     }
 
+    /// A few words for a table column (the hash is in its own column).
+    pub fn short(&self) -> &'static str {
+        match self {
+            Problem::LoadedOtherFile { .. } => "runs another config",
+            Problem::ReloadFailed { .. } => "last reload failed",
+            Problem::NoConfigMetric => "no config-hash metric",
+            Problem::NotAnswered { .. } => "did not answer",
+        }
+    }
+
     /// What to do about it.
     pub fn advice(&self) -> &'static str {
         match self {

@@ -100,9 +100,9 @@ pub struct Lagging {
 fn lagging_list(lagging: &[Lagging]) -> String {
     lagging
         .iter()
-        .map(|l| format!("{} ({})", l.apiserver, l.problem))
+        .map(|l| l.apiserver.as_str())
         .collect::<Vec<_>>()
-        .join("; ")
+        .join(", ")
 }
 
 impl GateError {

@@ -140,13 +140,7 @@ fn check_error(e: CheckError) -> CliError {
 fn render(r: &ApiserversReport) -> String {
     let mut t = output::table();
     t.set_header([
-        "HOSTNAME",
-        "URL",
-        "VERSION",
-        "LOADED",
-        "MATCHES",
-        "RELOADS OK/FAILED",
-        "PROBLEM",
+        "HOSTNAME", "URL", "VERSION", "LOADED", "MATCHES", "RELOADS", "PROBLEM",
     ]);
     for a in &r.apiservers {
         t.add_row([
@@ -155,10 +149,8 @@ fn render(r: &ApiserversReport) -> String {
             output::escape(a.version.as_deref().unwrap_or("-")),
             short_hash(a.loaded_hash.as_deref()),
             a.matches.map_or("-", output::yes_no).to_owned(),
-            format!("{}/{}", a.reloads.success, a.reloads.failure),
-            a.problem
-                .as_ref()
-                .map_or_else(String::new, |p| output::escape(&p.describe())),
+            format!("{} ok, {} failed", a.reloads.success, a.reloads.failure),
+            a.problem.as_ref().map_or("", |p| p.short()).to_owned(),
         ]);
     }
     let mut out = format!("config file hash {}\n{t}\n", r.file_hash);
@@ -181,6 +173,17 @@ fn render(r: &ApiserversReport) -> String {
                 output::escape(&by),
                 if c.ok { "ok" } else { "NOT the write key" },
                 if c.deleted { "deleted" } else { "NOT DELETED" },
+            );
+        }
+    }
+    for a in &r.apiservers {
+        if let Some(p) = &a.problem {
+            let name = a.hostname.as_deref().unwrap_or(&a.url);
+            out += &format!(
+                "{}: {}\n  hint: {}\n",
+                output::escape(name),
+                output::escape(&p.describe()),
+                p.advice()
             );
         }
     }
@@ -212,7 +215,7 @@ fn render(r: &ApiserversReport) -> String {
 
 fn short_hash(hash: Option<&str>) -> String {
     match hash {
-        Some(h) if h.len() > 19 => format!("{}…", &h[..19]),
+        Some(h) if h.len() > 15 => format!("{}…", &h[..15]),
         Some(h) => output::escape(h),
         None => "-".to_owned(),
     }
