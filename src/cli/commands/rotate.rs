@@ -102,19 +102,6 @@ pub(crate) async fn run(
         next: String::new(),
         apiserver_check: None,
     };
-    // promote: every kube-apiserver must run the current file (so all can read the key about
-    // to be promoted); prune: the promoted file (so none still writes with a key to remove).
-    if matches!(args.stage, Stage::Promote | Stage::Prune) {
-        let gate = super::apiservers::resolve_gate(&args.gate, args.store.kubeadm).await?;
-        let outcome = gate
-            .check(&old_text)
-            .await
-            .map_err(super::apiservers::gate_error)?;
-        if let Some(warning) = outcome.warning() {
-            eprintln!("{warning}");
-        }
-        report.apiserver_check = Some(outcome.summary());
-    }
     let (summary, next) = match args.stage {
         Stage::Add if args.provider == Some(NewProviderArg::Kms) => {
             let kms = super::new_kms(&args.kms)?;
@@ -320,6 +307,20 @@ pub(crate) async fn run(
 
     // Check the result exactly as a loaded file would be, then write it.
     Config::from_model(model.clone())?;
+    // The apiserver gate, just before the write. promote: every kube-apiserver must run the
+    // current file (so all can read the key about to be promoted); prune: the promoted file
+    // (so none still writes with a key to remove).
+    if matches!(args.stage, Stage::Promote | Stage::Prune) {
+        let gate = super::apiservers::resolve_gate(&args.gate, args.store.kubeadm).await?;
+        let outcome = gate
+            .check(&old_text)
+            .await
+            .map_err(super::apiservers::gate_error)?;
+        if let Some(warning) = outcome.warning() {
+            eprintln!("{warning}");
+        }
+        report.apiserver_check = Some(outcome.summary());
+    }
     let yaml = zeroize::Zeroizing::new(format!("{markers}{}", config::to_yaml(&model)?));
     let backup = if args.no_backup {
         None
