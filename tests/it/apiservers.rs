@@ -430,3 +430,99 @@ async fn canary_shows_which_key_each_apiserver_writes_with_and_leaves_nothing() 
         .unwrap();
     assert!(left.items.is_empty(), "canary Secrets left behind");
 }
+
+/// `config rotate` with the flags the gate needs.
+fn rotate(etcd: &EtcdServer, cp: &ControlPlane, file: &Path, stage: &str) -> (i32, Value, String) {
+    let mut args = vec![
+        "config".to_owned(),
+        "rotate".into(),
+        file.display().to_string(),
+        "--stage".into(),
+        stage.into(),
+        "--no-backup".into(),
+        "--endpoints".into(),
+        etcd.endpoint.clone(),
+    ];
+    args.extend(api_flags(cp));
+    atrest(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+async fn restart_all(cp: &mut ControlPlane, n: usize, config: &Path) {
+    for i in 0..n {
+        cp.restart(i, config).await;
+    }
+}
+
+/// A full rotation (add → restart all → promote → restart all → rewrite → prune) in which every
+/// write waits for the apiservers: promote and rewrite are refused while they run the old file,
+/// prune while one of them never got the promoted file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_rotation_is_driven_by_the_gates() {
+    let etcd = EtcdServer::start();
+    let dir = etcd.scratch().to_owned();
+    let enc = write_config(&dir, "enc.yaml", &[("key1", KEY1)]);
+    let mut cp = ControlPlane::start(3, &etcd.endpoint, &enc).await;
+    let secrets = create_secrets(&cp, 2, 3).await;
+
+    let (code, _, stderr) = rotate(&etcd, &cp, &enc, "add");
+    assert_eq!(code, 0, "{stderr}");
+    let added = std::fs::read(&enc).unwrap();
+    let (code, _, stderr) = rotate(&etcd, &cp, &enc, "promote");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cp-1, cp-2, cp-3"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&enc).unwrap(),
+        added,
+        "promote wrote before the restart"
+    );
+
+    restart_all(&mut cp, 3, &enc).await;
+    let (code, report, stderr) = rotate(&etcd, &cp, &enc, "promote");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(report["apiserver_check"]
+        .as_str()
+        .unwrap()
+        .starts_with("passed"));
+
+    // The file now writes with key2, which no running apiserver writes with yet.
+    let before = secret_revisions(&etcd).await;
+    let (code, _, stderr) = rewrite(&etcd, &cp, &enc);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        secret_revisions(&etcd).await,
+        before,
+        "a Secret was written"
+    );
+
+    restart_all(&mut cp, 3, &enc).await;
+    let (code, summary, stderr) = rewrite(&etcd, &cp, &enc);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    assert!(summary["rewritten"].as_u64().unwrap() >= 3, "{summary:#}");
+    for (name, _) in &secrets {
+        assert!(stored(&etcd, name)
+            .await
+            .starts_with(b"k8s:enc:aescbc:v1:key2:"));
+    }
+    // cp-3 never got the promoted file (it runs the added one): prune must wait for it.
+    let old_copy = dir.join("added-copy.yaml");
+    std::fs::write(&old_copy, &added).unwrap();
+    cp.restart(2, &old_copy).await;
+    let promoted = std::fs::read(&enc).unwrap();
+    let (code, _, stderr) = rotate(&etcd, &cp, &enc, "prune");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("refusing to write") && stderr.contains(": cp-3\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&enc).unwrap(),
+        promoted,
+        "prune wrote while cp-3 lagged"
+    );
+    cp.restart(2, &enc).await;
+    let (code, report, stderr) = rotate(&etcd, &cp, &enc, "prune");
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["removed"], serde_json::json!(["key1"]));
+    restart_all(&mut cp, 3, &enc).await;
+    assert_secrets_read_back(&cp, 3, &secrets).await;
+}
