@@ -526,3 +526,56 @@ async fn a_full_rotation_is_driven_by_the_gates() {
     restart_all(&mut cp, 3, &enc).await;
     assert_secrets_read_back(&cp, 3, &secrets).await;
 }
+
+/// Automatic reload of an invalid edit: kube-apiserver keeps the old config, only its failure
+/// counter moves; atrest says which apiserver kept which config. (Waits for kube-apiserver's
+/// one-minute poll of the file: the only reload test.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_edit_under_automatic_reload_keeps_the_old_config_and_is_named() {
+    use atrest::apiserver::access::{AccessOptions, ApiAccess};
+    use atrest::apiserver::check::{check_apiservers, Problem};
+
+    let etcd = EtcdServer::start();
+    let enc = write_config(etcd.scratch(), "enc.yaml", &[("key1", KEY1)]);
+    let old_hash = sha256_file(&enc);
+    let cp = ControlPlane::start_with(2, &etcd.endpoint, &enc, true).await;
+    // A 31-byte key: kube-apiserver's validation refuses the file.
+    let bad = config_text(&[("key1", "c2hvcnQgb2YgYSB0aGlydHktdHdvIGJ5dGUga2V5IQ==")]);
+    std::fs::write(&enc, &bad).unwrap();
+
+    let access = ApiAccess::resolve(&AccessOptions {
+        kubeconfig: Some(cp.kubeconfig.clone()),
+        ..AccessOptions::default()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let urls: Vec<String> = cp.urls().split(',').map(str::to_owned).collect();
+    // The observable event: every instance counted a failed reload (polled once a minute).
+    let start = std::time::Instant::now();
+    loop {
+        let r = check_apiservers(&access, bad.as_bytes(), &urls)
+            .await
+            .unwrap();
+        if r.apiservers.iter().all(|a| a.reloads.failure >= 1) {
+            for a in &r.apiservers {
+                assert_eq!(a.loaded_hash.as_deref(), Some(old_hash.as_str()));
+                assert_eq!(a.reloads.success, 0);
+                assert!(
+                    matches!(&a.problem, Some(Problem::ReloadFailed { loaded_hash }) if *loaded_hash == old_hash),
+                    "{a:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(180),
+            "no failed reload counted after 3 minutes: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    let (code, report, stderr) = apiservers(&cp, &enc);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    assert_eq!(lagging_hostnames(&report), ["cp-1", "cp-2"]);
+    assert_eq!(report["apiservers"][0]["problem"]["kind"], "reload-failed");
+}
