@@ -54,7 +54,8 @@ pub struct InstanceReport {
     pub matches: Option<bool>,
     /// Automatic reload attempts (all zero without automatic reload).
     pub reloads: Reloads,
-    /// KMS v2 providers and the key-ID hash each currently writes with.
+    /// KMS v2 providers and the key-ID hashes each reported by its plugin, newest first (the
+    /// first of a provider is the key ID it writes with now).
     pub kms_key_id_hashes: Vec<KmsKeyIdHash>,
     /// `/readyz/kms-providers`: `null` when the instance has no KMS provider or did not answer.
     pub kms_providers: Option<Health>,
@@ -453,6 +454,10 @@ fn apply_samples(report: &mut InstanceReport, samples: &[Sample]) -> Option<Stri
             _ => {}
         }
     }
+    // Newest first: the first entry of a provider is the key ID it writes with now.
+    report
+        .kms_key_id_hashes
+        .sort_by(|a, b| b.last_seen.total_cmp(&a.last_seen));
     id_hash
 }
 

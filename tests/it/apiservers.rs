@@ -579,3 +579,87 @@ async fn an_invalid_edit_under_automatic_reload_keeps_the_old_config_and_is_name
     assert_eq!(lagging_hostnames(&report), ["cp-1", "cp-2"]);
     assert_eq!(report["apiservers"][0]["problem"]["kind"], "reload-failed");
 }
+
+/// KMS v2 with the test plugin: each apiserver reports the plugin's key ID hash and a healthy
+/// `kms-providers`; canaries are written with the plugin's key; after the plugin rotates its key
+/// ID, every apiserver converges on the new one (kube-apiserver polls the plugin once a minute).
+#[tokio::test(flavor = "multi_thread")]
+async fn kms_v2_key_id_hashes_follow_a_plugin_key_rotation() {
+    use atrest::apiserver::access::{AccessOptions, ApiAccess};
+    use atrest::apiserver::check::check_apiservers;
+    use atrest::apiserver::identity::sha256_label;
+
+    let etcd = EtcdServer::start();
+    let plugin = crate::kms::TestPlugin::start();
+    let enc = etcd.scratch().join("kms.yaml");
+    std::fs::write(
+        &enc,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets]\n    providers:\n      - kms:\n          apiVersion: v2\n          name: testkms\n          endpoint: {}\n          timeout: 3s\n      - identity: {{}}\n",
+            plugin.endpoint()
+        ),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(2, &etcd.endpoint, &enc).await;
+    let canary = |cp: &ControlPlane| {
+        atrest(&[
+            "apiservers",
+            "--config",
+            enc.to_str().unwrap(),
+            "--kubeconfig",
+            cp.kubeconfig.to_str().unwrap(),
+            "--apiserver",
+            &cp.urls(),
+            "--canary",
+            "--endpoints",
+            &etcd.endpoint,
+        ])
+    };
+    let (code, report, stderr) = canary(&cp);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    for a in report["apiservers"].as_array().unwrap() {
+        assert_eq!(a["kms_key_id_hashes"][0]["provider"], "testkms", "{a:#}");
+        assert_eq!(
+            a["kms_key_id_hashes"][0]["key_id_hash"],
+            sha256_label(b"kek-1")
+        );
+        assert_eq!(a["kms_providers"]["ok"], true, "{a:#}");
+        assert_eq!(a["canary"]["written_by"]["provider"], "kms", "{a:#}");
+        assert_eq!(a["canary"]["written_by"]["key"], "testkms");
+        assert_eq!(a["canary"]["ok"], true);
+    }
+
+    plugin.set("key_id=kek-2\n");
+    let access = ApiAccess::resolve(&AccessOptions {
+        kubeconfig: Some(cp.kubeconfig.clone()),
+        ..AccessOptions::default()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let urls: Vec<String> = cp.urls().split(',').map(str::to_owned).collect();
+    let file = std::fs::read(&enc).unwrap();
+    let want = sha256_label(b"kek-2");
+    let start = std::time::Instant::now();
+    loop {
+        let r = check_apiservers(&access, &file, &urls).await.unwrap();
+        let current: Vec<_> = r
+            .apiservers
+            .iter()
+            .map(|a| a.kms_key_id_hashes.first().map(|k| k.key_id_hash.clone()))
+            .collect();
+        if current.iter().all(|k| k.as_deref() == Some(want.as_str())) {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(180),
+            "the apiservers did not converge on the new key ID: {current:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    let (code, report, stderr) = canary(&cp);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    for a in report["apiservers"].as_array().unwrap() {
+        assert_eq!(a["canary"]["written_by"]["state"], "current", "{a:#}");
+    }
+}
