@@ -61,11 +61,28 @@ pub struct InstanceReport {
     pub kms_providers: Option<Health>,
     /// `process_start_time_seconds` (Unix seconds).
     pub process_start_time: Option<f64>,
+    /// What the verdict on this instance rests on, and how strong it is.
+    pub evidence: Evidence,
     /// What is wrong with this instance (`null`: it runs the file).
     pub problem: Option<Problem>,
     /// `--canary`: what etcd stored for a Secret written through this instance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<super::canary::CanaryReport>,
+}
+
+/// What the verdict on one instance rests on. Serialised in kebab-case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Evidence {
+    /// `apiserver_encryption_config_controller_last_config_info` (1.34+): the hash of the very
+    /// bytes it loaded. Strong.
+    ConfigHashMetric,
+    /// No config-hash metric (before 1.34, or no config): only `process_start_time` to compare
+    /// with the file's modification time, and the reload counters. Weak: it says when the
+    /// process started, not what it read; `--canary` shows what it writes with.
+    ProcessStartOnly,
+    /// The instance did not answer: nothing.
+    None,
 }
 
 /// Automatic reload attempts and when the last of each happened.
@@ -354,6 +371,11 @@ fn judge(report: &mut InstanceReport, file_hash: &str) {
     if report.problem.is_some() {
         return;
     }
+    report.evidence = if report.loaded_hash.is_some() {
+        Evidence::ConfigHashMetric
+    } else {
+        Evidence::ProcessStartOnly
+    };
     let Some(loaded) = report.loaded_hash.clone() else {
         report.problem = Some(Problem::NoConfigMetric);
         return;
@@ -389,6 +411,7 @@ async fn check_instance(access: &ApiAccess, url: &str) -> (InstanceReport, Optio
         kms_key_id_hashes: Vec::new(),
         kms_providers: None,
         process_start_time: None,
+        evidence: Evidence::None,
         problem: None,
         canary: None,
     };
@@ -560,6 +583,7 @@ mod tests {
             kms_key_id_hashes: vec![],
             kms_providers: None,
             process_start_time: None,
+            evidence: Evidence::None,
             problem: None,
             canary: None,
         }
@@ -569,6 +593,7 @@ mod tests {
     fn judges_match_other_file_failed_reload_and_absent_metric() {
         let mut r = instance(Some("sha256:a"), Reloads::default());
         judge(&mut r, "sha256:a");
+        assert_eq!(r.evidence, Evidence::ConfigHashMetric);
         assert_eq!((r.matches, r.problem), (Some(true), None));
 
         let mut r = instance(Some("sha256:b"), Reloads::default());

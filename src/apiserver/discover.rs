@@ -79,8 +79,13 @@ pub async fn endpoint_urls(client: &kube::Client) -> Result<Vec<String>, ApiErro
         .map_err(|e| {
             ApiError::from_kube(e, "list", "endpointslices.discovery.k8s.io in default")
         })?;
+    Ok(slice_urls(list.items))
+}
+
+/// `https://addr:port` for every address of the slices (IPv6 in brackets), sorted, deduplicated.
+fn slice_urls(slices: Vec<EndpointSlice>) -> Vec<String> {
     let mut urls = Vec::new();
-    for slice in list.items {
+    for slice in slices {
         let port = slice
             .ports
             .as_deref()
@@ -99,7 +104,7 @@ pub async fn endpoint_urls(client: &kube::Client) -> Result<Vec<String>, ApiErro
     }
     urls.sort();
     urls.dedup();
-    Ok(urls)
+    urls
 }
 
 fn now_seconds() -> i64 {
@@ -111,6 +116,26 @@ fn now_seconds() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_slices_give_one_url_per_address() {
+        let slices: Vec<EndpointSlice> = serde_json::from_value(serde_json::json!([
+            {"metadata": {"name": "kubernetes"}, "addressType": "IPv4",
+             "ports": [{"name": "https", "port": 6443}],
+             "endpoints": [{"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.1"]}]},
+            {"metadata": {"name": "kubernetes-v6"}, "addressType": "IPv6",
+             "ports": [{"port": 6443}], "endpoints": [{"addresses": ["fd00::1"]}]}
+        ]))
+        .unwrap();
+        assert_eq!(
+            slice_urls(slices),
+            [
+                "https://10.0.0.1:6443",
+                "https://10.0.0.2:6443",
+                "https://[fd00::1]:6443"
+            ]
+        );
+    }
 
     #[test]
     fn a_lease_is_live_until_renew_plus_duration() {

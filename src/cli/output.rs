@@ -169,3 +169,14 @@ pub(crate) fn yes_no(b: bool) -> &'static str {
 pub(crate) fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_shows_control_characters() {
+        assert_eq!(escape("cp-1"), "cp-1");
+        assert_eq!(escape("a\x1b[31mb\nc"), "a\\u{1b}[31mb\\u{a}c");
+    }
+}

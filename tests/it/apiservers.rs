@@ -47,13 +47,12 @@ fn write_identity_config(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// Runs the CLI with `-o json`; asserts no token appears in any output.
-fn atrest(args: &[&str]) -> (i32, Value, String) {
+/// Runs the CLI; asserts no token appears in any output. Returns (status, stdout, stderr).
+fn atrest_raw(args: &[&str]) -> (i32, String, String) {
     let out: Output = Command::cargo_bin("atrest")
         .unwrap()
         .env_remove("KUBECONFIG")
         .env("HOME", "/nonexistent")
-        .args(["-o", "json"])
         .args(args)
         .output()
         .unwrap();
@@ -65,8 +64,14 @@ fn atrest(args: &[&str]) -> (i32, Value, String) {
             "a token leaked into the output of {args:?}"
         );
     }
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// Runs the CLI with `-o json`; asserts no token appears in any output.
+fn atrest(args: &[&str]) -> (i32, Value, String) {
+    let (code, stdout, stderr) = atrest_raw(&[&["-o", "json"], args].concat());
     let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), json, stderr)
+    (code, json, stderr)
 }
 
 /// `atrest apiservers --config FILE --kubeconfig K --apiserver URLS`.
@@ -130,7 +135,29 @@ async fn apiservers_reports_each_instance_and_names_the_lagging_ones() {
         assert_eq!(api["loaded_hash"], sha256_file(&a));
         assert_eq!(api["matches"], true);
         assert_eq!(api["version"], "v1.37.2");
+        assert_eq!(api["evidence"], "config-hash-metric");
     }
+    let (code, metrics, _) = atrest_raw(&[
+        "-o",
+        "prometheus",
+        "apiservers",
+        "--config",
+        a.to_str().unwrap(),
+        "--kubeconfig",
+        cp.kubeconfig.to_str().unwrap(),
+        "--apiserver",
+        &cp.urls(),
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        metrics.contains(&format!(
+            "atrest_apiserver_config_matches{{hostname=\"cp-2\",url=\"{}\",file_hash=\"{}\"}} 1\n",
+            cp.url(1),
+            sha256_file(&a)
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("atrest_apiservers_ok 1\n"), "{metrics}");
 
     cp.restart(0, &b).await;
     let (code, report, stderr) = apiservers(&cp, &b);
@@ -662,4 +689,35 @@ async fn kms_v2_key_id_hashes_follow_a_plugin_key_rotation() {
     for a in report["apiservers"].as_array().unwrap() {
         assert_eq!(a["canary"]["written_by"]["state"], "current", "{a:#}");
     }
+}
+
+/// No API server answers at all: exit 3 with advice, after trying every URL (no cluster needed).
+#[test]
+fn an_unreachable_api_is_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "a.yaml", &[("key1", KEY1)]);
+    let port = crate::common::free_port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"https://127.0.0.1:{port}\", insecure-skip-tls-verify: true}}\nusers:\n- name: u\n  user: {{token: {ADMIN_TOKEN}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"),
+    )
+    .unwrap();
+    let (code, _, stderr) = atrest(&[
+        "apiservers",
+        "--config",
+        config.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains(&format!("https://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: "), "{stderr}");
+    // No API access configured at all: a usage error for `apiservers` (exit 2).
+    let (code, _, stderr) = atrest(&["apiservers", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no Kubernetes API access"), "{stderr}");
 }
