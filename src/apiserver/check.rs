@@ -35,6 +35,21 @@ pub struct ApiserversReport {
     pub not_checked: Vec<NotChecked>,
     /// True only when every live Lease holder was checked and reports exactly `file_hash`.
     pub ok: bool,
+    /// The config's KMS v2 plugins as atrest reached them (empty when it did not try).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kms_plugins: Vec<PluginKeyId>,
+}
+
+/// A KMS v2 plugin's own current key ID, asked by atrest through the config's endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginKeyId {
+    /// The provider name in the config.
+    pub provider: String,
+    /// `"sha256:"` + hex SHA-256 of the plugin's current key ID (`null`: not reached).
+    pub key_id_hash: Option<String>,
+    /// Why the plugin could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One instance, asked at its own URL.
@@ -107,6 +122,11 @@ pub struct KmsKeyIdHash {
     pub key_id_hash: String,
     /// Unix seconds when the instance last saw it.
     pub last_seen: f64,
+    /// For a provider's newest entry, when atrest reached the plugin: whether the instance
+    /// writes with the plugin's current key ID (`false`: not converged yet, it polls once a
+    /// minute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matches_plugin: Option<bool>,
 }
 
 /// A health endpoint's answer.
@@ -330,7 +350,43 @@ pub async fn check_apiservers(
         apiservers,
         not_checked,
         ok,
+        kms_plugins: Vec::new(),
     })
+}
+
+/// Asks each KMS v2 plugin of `chain` for its current key ID (a blocking call per plugin) and
+/// marks whether each instance's newest key-ID hash for that provider equals it.
+pub fn compare_with_plugins(report: &mut ApiserversReport, chain: &crate::transform::Chain) {
+    for kms in chain.kms_providers() {
+        let Some(status) = kms.status() else {
+            continue;
+        };
+        let plugin = match status {
+            Ok(s) if !s.key_id.is_empty() => PluginKeyId {
+                provider: kms.name().to_owned(),
+                key_id_hash: Some(sha256_label(s.key_id.as_bytes())),
+                error: None,
+            },
+            Ok(_) => continue, // KMS v1: no key ID
+            Err(e) => PluginKeyId {
+                provider: kms.name().to_owned(),
+                key_id_hash: None,
+                error: Some(e.to_string()),
+            },
+        };
+        if let Some(hash) = &plugin.key_id_hash {
+            for a in &mut report.apiservers {
+                let newest = a
+                    .kms_key_id_hashes
+                    .iter_mut()
+                    .find(|k| k.provider == plugin.provider);
+                if let Some(k) = newest {
+                    k.matches_plugin = Some(&k.key_id_hash == hash);
+                }
+            }
+        }
+        report.kms_plugins.push(plugin);
+    }
 }
 
 /// Lists the identity Leases through the kubeconfig's URL, else through each given URL in turn.
@@ -472,6 +528,7 @@ fn apply_samples(report: &mut InstanceReport, samples: &[Sample]) -> Option<Stri
                 provider: s.label("provider_name").unwrap_or_default().to_owned(),
                 key_id_hash: s.label("key_id_hash").unwrap_or_default().to_owned(),
                 last_seen: s.value,
+                matches_plugin: None,
             }),
             metrics::PROCESS_START => report.process_start_time = Some(s.value),
             _ => {}

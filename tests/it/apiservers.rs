@@ -644,12 +644,21 @@ async fn kms_v2_key_id_hashes_follow_a_plugin_key_rotation() {
     };
     let (code, report, stderr) = canary(&cp);
     assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(
+        report["kms_plugins"][0]["provider"], "testkms",
+        "{report:#}"
+    );
+    assert_eq!(
+        report["kms_plugins"][0]["key_id_hash"],
+        sha256_label(b"kek-1")
+    );
     for a in report["apiservers"].as_array().unwrap() {
         assert_eq!(a["kms_key_id_hashes"][0]["provider"], "testkms", "{a:#}");
         assert_eq!(
             a["kms_key_id_hashes"][0]["key_id_hash"],
             sha256_label(b"kek-1")
         );
+        assert_eq!(a["kms_key_id_hashes"][0]["matches_plugin"], true, "{a:#}");
         assert_eq!(a["kms_providers"]["ok"], true, "{a:#}");
         assert_eq!(a["canary"]["written_by"]["provider"], "kms", "{a:#}");
         assert_eq!(a["canary"]["written_by"]["key"], "testkms");
@@ -686,8 +695,10 @@ async fn kms_v2_key_id_hashes_follow_a_plugin_key_rotation() {
     }
     let (code, report, stderr) = canary(&cp);
     assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["kms_plugins"][0]["key_id_hash"], want, "{report:#}");
     for a in report["apiservers"].as_array().unwrap() {
         assert_eq!(a["canary"]["written_by"]["state"], "current", "{a:#}");
+        assert_eq!(a["kms_key_id_hashes"][0]["matches_plugin"], true, "{a:#}");
     }
 }
 

@@ -3,7 +3,9 @@
 
 use atrest::apiserver::access::{AccessOptions, ApiAccess};
 use atrest::apiserver::canary::{canary_apiservers, CanaryTarget};
-use atrest::apiserver::check::{check_apiservers, ApiserversReport, CheckError};
+use atrest::apiserver::check::{
+    check_apiservers, compare_with_plugins, ApiserversReport, CheckError,
+};
 use atrest::apiserver::gate::{ApiserverGate, GateError};
 
 use crate::cli::args::{ApiArgs, ApiserversArgs, GateArgs, OutputFormat};
@@ -26,6 +28,11 @@ pub(crate) async fn run(
     let mut report = check_apiservers(&access, &file_bytes, &args.api.apiservers)
         .await
         .map_err(check_error)?;
+    if !args.kms.no_kms {
+        if let Some(chain) = plugin_chain(&args)? {
+            compare_with_plugins(&mut report, &chain);
+        }
+    }
     if args.canary {
         canary(&args, &access, &mut report).await?;
     }
@@ -39,6 +46,18 @@ pub(crate) async fn run(
     } else {
         Exit::Findings
     })
+}
+
+/// The chain for secrets with its KMS plugins connected, when the config has KMS providers
+/// (their own key IDs are compared with what each instance writes with); `None` otherwise or
+/// when the config cannot be built (the hash check does not need it).
+fn plugin_chain(args: &ApiserversArgs) -> Result<Option<atrest::transform::Chain>, CliError> {
+    let Ok(config) = atrest::config::Config::load(&args.config) else {
+        return Ok(None);
+    };
+    let options = super::kms_options(&config, &args.kms)?;
+    let chain = atrest::transform::Chain::from_config_with_kms(&config, "", "secrets", &options);
+    Ok(chain.ok().filter(|c| c.kms_providers().next().is_some()))
 }
 
 /// `--canary`: a Secret through each instance, read back from etcd, always deleted (Ctrl-C

@@ -104,7 +104,7 @@ pub(crate) fn resource_scope(
 
 /// `--no-kms` and `--kms-endpoint NAME=unix:///PATH` as library options; every NAME must be a
 /// KMS provider of the config.
-fn kms_options(config: &Config, kms: &KmsArgs) -> Result<KmsOptions, CliError> {
+pub(crate) fn kms_options(config: &Config, kms: &KmsArgs) -> Result<KmsOptions, CliError> {
     let mut options = KmsOptions {
         connect: !kms.no_kms,
         ..KmsOptions::default()
