@@ -456,6 +456,41 @@ async fn canary_shows_which_key_each_apiserver_writes_with_and_leaves_nothing() 
         .await
         .unwrap();
     assert!(left.items.is_empty(), "canary Secrets left behind");
+
+    // Interrupted (as by Ctrl-C) as soon as its first canary exists: the run still deletes it.
+    use atrest::apiserver::canary::{run_canaries, CanaryTarget};
+    let store = atrest::store::etcd::EtcdStore::connect(atrest::store::etcd::EtcdOptions {
+        endpoints: vec![etcd.endpoint.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config = atrest::config::Config::load(&promoted).unwrap();
+    let chain = atrest::transform::Chain::from_config(&config, "", "secrets").unwrap();
+    let target = CanaryTarget {
+        store: &store,
+        chain: &chain,
+        namespace: "default",
+    };
+    let clients = [cp.client(0).await, cp.client(1).await];
+    let watcher = api.clone();
+    let shutdown = async move {
+        let labels = ListParams::default().labels("app.kubernetes.io/managed-by=atrest");
+        while watcher.list(&labels).await.unwrap().items.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    let reports = run_canaries(&clients, &target, shutdown).await;
+    assert_eq!(reports.len(), 2);
+    assert!(reports.iter().all(|r| r.deleted), "{reports:?}");
+    let left = api
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=atrest"))
+        .await
+        .unwrap();
+    assert!(
+        left.items.is_empty(),
+        "an interrupted canary run left a Secret"
+    );
 }
 
 /// `config rotate` with the flags the gate needs.
