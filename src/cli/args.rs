@@ -24,8 +24,8 @@ pub(crate) enum OutputFormat {
     Table,
     /// The JSON report (the library's report type).
     Json,
-    /// Prometheus text exposition format, for node_exporter's textfile collector (audit and
-    /// status only).
+    /// Prometheus text exposition format, for node_exporter's textfile collector (audit,
+    /// status and apiservers only).
     Prometheus,
 }
 
