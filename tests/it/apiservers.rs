@@ -767,3 +767,49 @@ fn an_unreachable_api_is_exit_3() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no Kubernetes API access"), "{stderr}");
 }
+
+/// Without any Kubernetes API access configured the gate is skipped loudly (stderr warning,
+/// `apiserver_check: "skipped: …"` in the JSON); `--no-apiserver-check` skips it on purpose.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_api_access_the_gate_is_skipped_loudly() {
+    let etcd = EtcdServer::start();
+    let mut client = etcd.client().await;
+    crate::common::put_raw(
+        &mut client,
+        b"/registry/secrets/default/db",
+        &crate::audit::stored_secret(),
+    )
+    .await;
+    let enc = write_config(etcd.scratch(), "enc.yaml", &[("key1", KEY1)]);
+    let enc = enc.to_str().unwrap();
+    let (code, summary, stderr) =
+        atrest(&["rewrite", "--endpoints", &etcd.endpoint, "--config", enc]);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    assert!(
+        stderr.contains("WARNING: not checking that every kube-apiserver"),
+        "{stderr}"
+    );
+    assert!(
+        summary["apiserver_check"]
+            .as_str()
+            .unwrap()
+            .starts_with("skipped: no Kubernetes API access configured"),
+        "{summary:#}"
+    );
+    assert_eq!(summary["rewritten"], 1);
+    let (code, report, stderr) =
+        atrest(&["config", "rotate", enc, "--stage", "add", "--no-backup"]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let (code, report, stderr) = atrest(&[
+        "config",
+        "rotate",
+        enc,
+        "--stage",
+        "promote",
+        "--no-backup",
+        "--no-apiserver-check",
+    ]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["apiserver_check"], "skipped: --no-apiserver-check");
+    assert!(stderr.contains("WARNING"), "{stderr}");
+}
