@@ -97,6 +97,12 @@ pub struct Lagging {
     pub problem: String,
 }
 
+/// What is wrong with an instance listed in `not_checked`.
+pub const NOT_CHECKED: &str =
+    "holds a live identity Lease, but no URL asked answered for it: pass \
+     its address with --apiserver (through a load balancer only one instance answers), or, if it \
+     is gone for good, delete its Lease in kube-system";
+
 fn lagging_list(lagging: &[Lagging]) -> String {
     lagging
         .iter()
@@ -172,13 +178,9 @@ pub fn lagging(report: &ApiserversReport) -> Vec<Lagging> {
             })
         })
         .collect();
-    out.extend(report.not_checked.iter().map(|n| {
-        Lagging {
-            apiserver: n.hostname.clone(),
-            problem:
-                "holds a live identity Lease but was not checked (no URL given answered for it)"
-                    .to_owned(),
-        }
+    out.extend(report.not_checked.iter().map(|n| Lagging {
+        apiserver: n.hostname.clone(),
+        problem: NOT_CHECKED.to_owned(),
     }));
     if out.is_empty() && report.apiservers.is_empty() {
         out.push(Lagging {
@@ -203,5 +205,68 @@ impl GateCheck {
     /// Runs the gate (see [`ApiserverGate::check`]).
     pub async fn run(&self) -> Result<GateOutcome, GateError> {
         self.gate.check(&self.file_bytes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::check::{Evidence, InstanceReport, NotChecked, Problem, Reloads};
+
+    #[test]
+    fn a_refusal_names_each_lagging_apiserver_by_hostname_else_url() {
+        let instance = |hostname: Option<&str>, problem| InstanceReport {
+            hostname: hostname.map(str::to_owned),
+            identity: None,
+            url: "https://10.0.0.9:6443".to_owned(),
+            version: None,
+            loaded_hash: None,
+            matches: None,
+            reloads: Reloads::default(),
+            kms_key_id_hashes: Vec::new(),
+            kms_providers: None,
+            process_start_time: None,
+            evidence: Evidence::None,
+            problem,
+            canary: None,
+        };
+        let report = ApiserversReport {
+            schema_version: 1,
+            file_hash: "sha256:f".to_owned(),
+            apiservers: vec![
+                instance(Some("cp-1"), None),
+                instance(
+                    Some("cp-2"),
+                    Some(Problem::LoadedOtherFile {
+                        loaded_hash: "sha256:o".to_owned(),
+                    }),
+                ),
+                instance(
+                    None,
+                    Some(Problem::NotAnswered {
+                        error: "connection refused".to_owned(),
+                    }),
+                ),
+            ],
+            not_checked: vec![NotChecked {
+                hostname: "cp-3".to_owned(),
+                identity: "apiserver-x".to_owned(),
+                renewed_seconds_ago: Some(5),
+            }],
+            ok: false,
+            kms_plugins: Vec::new(),
+        };
+        let lagging = lagging(&report);
+        let names: Vec<_> = lagging.iter().map(|l| l.apiserver.as_str()).collect();
+        assert_eq!(names, ["cp-2", "https://10.0.0.9:6443", "cp-3"]);
+        let e = GateError::NotLoaded {
+            file_hash: report.file_hash.clone(),
+            lagging,
+        };
+        assert_eq!(
+            e.to_string(),
+            "3 kube-apiserver(s) have not loaded sha256:f: cp-2, https://10.0.0.9:6443, cp-3"
+        );
+        assert!(e.advice().contains("atrest apiservers"));
     }
 }

@@ -208,9 +208,10 @@ fn render(r: &ApiserversReport) -> String {
     }
     for n in &r.not_checked {
         out += &format!(
-            "NOT CHECKED {} ({}): holds a live identity Lease but no URL given answered for it\n",
+            "{} ({}): {}\n",
             output::escape(&n.hostname),
-            n.identity
+            output::escape(&n.identity),
+            atrest::apiserver::gate::NOT_CHECKED
         );
     }
     out += &if r.ok {
