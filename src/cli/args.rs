@@ -310,6 +310,12 @@ pub(crate) struct AuditArgs {
     pub(crate) verbose: bool,
     #[command(flatten)]
     pub(crate) kms: KmsArgs,
+    /// Also check which config each running kube-apiserver has loaded (as `atrest
+    /// apiservers`): JSON `apiservers`; exit 1 unless every one runs --config.
+    #[arg(long = "apiservers", requires = "config")]
+    pub(crate) with_apiservers: bool,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -422,6 +428,12 @@ pub(crate) struct StatusArgs {
     pub(crate) etcd_prefix: String,
     #[command(flatten)]
     pub(crate) kms: KmsArgs,
+    /// Also check which config each running kube-apiserver has loaded (as `atrest
+    /// apiservers`): JSON `apiservers`; exit 1 unless every one runs --config.
+    #[arg(long = "apiservers", requires = "config")]
+    pub(crate) with_apiservers: bool,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
 }
 
 #[derive(Debug, Args)]

@@ -375,7 +375,8 @@ async fn a_token_without_rbac_is_told_the_missing_permission() {
 }
 
 /// The seed procedure through real apiservers: Secrets stored in plaintext, encryption enabled,
-/// audit finds them, the gated rewrite encrypts them, and every apiserver reads them back.
+/// audit finds them, the gated rewrite encrypts them, and every apiserver reads them back; then
+/// `audit --apiservers` and `status --apiservers` report both halves in one report.
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_procedure_through_real_apiservers() {
     let etcd = EtcdServer::start();
@@ -401,6 +402,7 @@ async fn seed_procedure_through_real_apiservers() {
         report["summary"]["plaintext"].as_u64().unwrap() >= 3,
         "{report:#}"
     );
+    assert!(report.get("apiservers").is_none());
 
     let (code, summary, stderr) = rewrite(&etcd, &cp, &on);
     assert_eq!(code, 0, "{summary:#}\n{stderr}");
@@ -411,6 +413,42 @@ async fn seed_procedure_through_real_apiservers() {
             .starts_with(b"k8s:enc:aescbc:v1:key1:"));
     }
     assert_secrets_read_back(&cp, 2, &secrets).await;
+
+    // One report: these entries are encrypted, and these apiservers run this config.
+    let mut args = vec![
+        "audit".to_owned(),
+        "--endpoints".into(),
+        etcd.endpoint.clone(),
+        "--config".into(),
+        on.display().to_string(),
+        "--apiservers".into(),
+    ];
+    args.extend(api_flags(&cp));
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, report, stderr) = atrest(&args);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["summary"]["plaintext"], 0, "{report:#}");
+    assert_eq!(report["apiservers"]["ok"], true, "{report:#}");
+    assert_eq!(report["apiservers"]["apiservers"][1]["hostname"], "cp-2");
+    args[0] = "status";
+    let (code, report, stderr) = atrest(&args);
+    assert_eq!(report["apiservers"]["ok"], true, "{report:#}\n{stderr}");
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    // cp-1 on another file (same keys, one more comment line): the same audit now fails on
+    // the apiservers alone. (Back on the identity-only file it could not read the Secrets.)
+    let edited = dir.join("on-edited.yaml");
+    std::fs::write(
+        &edited,
+        format!("{}# edited\n", config_text(&[("key1", KEY1)])),
+    )
+    .unwrap();
+    cp.restart(0, &edited).await;
+    args[0] = "audit";
+    let (code, report, stderr) = atrest(&args);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    assert_eq!(report["summary"]["plaintext"], 0);
+    assert_eq!(report["apiservers"]["ok"], false);
+    assert_eq!(report["apiservers"]["apiservers"][0]["matches"], false);
 }
 
 /// The canary: a Secret through each apiserver, each stored by the config's write key (read

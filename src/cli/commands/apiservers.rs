@@ -156,7 +156,8 @@ fn check_error(e: CheckError) -> CliError {
     }
 }
 
-fn render(r: &ApiserversReport) -> String {
+/// The table of `atrest apiservers` (also under `audit --apiservers` and `status --apiservers`).
+pub(crate) fn render(r: &ApiserversReport) -> String {
     let mut t = output::table();
     t.set_header([
         "HOSTNAME", "URL", "VERSION", "LOADED", "MATCHES", "RELOADS", "PROBLEM",
@@ -241,7 +242,8 @@ fn short_hash(hash: Option<&str>) -> String {
     }
 }
 
-fn prometheus(r: &ApiserversReport) -> String {
+/// The metrics of `atrest apiservers -o prometheus`.
+pub(crate) fn prometheus(r: &ApiserversReport) -> String {
     let mut m = Exposition::default();
     let name = "atrest_apiserver_config_matches";
     m.gauge(name, "1 when this kube-apiserver has loaded exactly the checked config file, 0 when not, -1 when it did not say.");
@@ -273,4 +275,36 @@ fn prometheus(r: &ApiserversReport) -> String {
     );
     m.sample(name, &[], f64::from(u8::from(r.ok)));
     m.finish()
+}
+
+/// `--apiservers` of `audit` and `status`: the check of every kube-apiserver against `config`
+/// (`None` when not asked).
+pub(crate) async fn optional_check(
+    asked: bool,
+    config: Option<&std::path::Path>,
+    api: &ApiArgs,
+    kubeadm: bool,
+) -> Result<Option<ApiserversReport>, CliError> {
+    let (true, Some(config)) = (asked, config) else {
+        return Ok(None);
+    };
+    let file_bytes = read_config(config)?;
+    let access = resolve_access(api, kubeadm).await?.ok_or_else(|| {
+        CliError::usage("--apiservers: no Kubernetes API access is configured").advice(
+            "pass --kubeconfig FILE (or set KUBECONFIG), or --kubeadm on a control-plane node",
+        )
+    })?;
+    let report = check_apiservers(&access, &file_bytes, &api.apiservers)
+        .await
+        .map_err(check_error)?;
+    Ok(Some(report))
+}
+
+/// A report (audit, status) with the `apiservers` section beside its own fields.
+#[derive(serde::Serialize)]
+pub(crate) struct WithApiservers<'a, T: serde::Serialize> {
+    #[serde(flatten)]
+    pub(crate) report: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) apiservers: Option<&'a ApiserversReport>,
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use atrest::apiserver::check::ApiserversReport;
 use atrest::audit::{self, Observer, Report, ReportEntry, Verdict};
 use atrest::resource::GroupResource;
 use atrest::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_ENDPOINT};
@@ -9,6 +10,7 @@ use atrest::store::snapshot::Snapshot;
 use atrest::transform::State;
 use indicatif::ProgressBar;
 
+use super::apiservers::WithApiservers;
 use super::load_chain;
 use crate::cli::args::{AuditArgs, OutputFormat, StoreArgs};
 use crate::cli::output::{self, yes_no};
@@ -139,6 +141,14 @@ pub(crate) async fn run(
 ) -> Result<Exit, CliError> {
     (args.config, args.kine_db) =
         super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
+    let apiservers = super::apiservers::optional_check(
+        args.with_apiservers,
+        args.config.as_deref(),
+        &args.api,
+        args.store.kubeadm,
+    )
+    .await?;
+    let apiservers = apiservers.as_ref();
     // With a config and no --prefix: every resource the config covers, each with its chain.
     if let (Some(path), None) = (&args.config, &args.prefix) {
         let chains = super::load_chains(path, &args.kms)?;
@@ -169,7 +179,7 @@ pub(crate) async fn run(
             .not_covered
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        return finish(&report, true, &args, format);
+        return finish(&report, true, &args, format, apiservers);
     }
     let prefix_text = args
         .prefix
@@ -198,7 +208,7 @@ pub(crate) async fn run(
         }
     };
     bar.0.finish_and_clear();
-    finish(&report, chain.is_some(), &args, format)
+    finish(&report, chain.is_some(), &args, format, apiservers)
 }
 
 /// The prefix audited without --prefix and without a config.
@@ -214,15 +224,31 @@ fn finish(
     with_config: bool,
     args: &AuditArgs,
     format: Option<OutputFormat>,
+    apiservers: Option<&ApiserversReport>,
 ) -> Result<Exit, CliError> {
     match output::format(format) {
-        OutputFormat::Json => output::print_json(report)?,
-        OutputFormat::Table => output::print(&render(report, with_config, args))?,
-        OutputFormat::Prometheus => output::print(&prometheus::audit(report, args.strict))?,
+        OutputFormat::Json => output::print_json(&WithApiservers { report, apiservers })?,
+        OutputFormat::Table => {
+            let mut text = render(report, with_config, args);
+            if let Some(a) = apiservers {
+                text += &format!("\nkube-apiservers\n{}", super::apiservers::render(a));
+            }
+            output::print(&text)?
+        }
+        OutputFormat::Prometheus => {
+            let mut text = prometheus::audit(report, args.strict);
+            if let Some(a) = apiservers {
+                text += &super::apiservers::prometheus(a);
+            }
+            output::print(&text)?
+        }
     }
     if output::format(format) == OutputFormat::Prometheus {
         // The findings are in the metrics; the textfile recipe's `&& mv` must run.
         return Ok(Exit::Clean);
+    }
+    if apiservers.is_some_and(|a| !a.ok) {
+        return Ok(Exit::Findings);
     }
     Ok(match report.verdict(args.strict) {
         Verdict::Clean => Exit::Clean,
