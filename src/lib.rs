@@ -36,7 +36,8 @@
 //! - [`status`](mod@status): the config and the store together: what each configured key reads.
 //! - [`rewrite`](mod@rewrite): re-encrypting entries with compare-and-swap, verified before every write,
 //!   behind a preflight of every safety rule; offline rewrites; key rotation with its guards.
-//! - [`apiserver`]: kube-apiserver's static pod manifest.
+//! - [`apiserver`]: kube-apiserver: its static pod manifest, and which config each running
+//!   instance has loaded (through the Kubernetes API); the gate rewrites and rotations pass.
 //!
 //! # One call per operation
 //!

@@ -24,8 +24,8 @@ pub(crate) enum OutputFormat {
     Table,
     /// The JSON report (the library's report type).
     Json,
-    /// Prometheus text exposition format, for node_exporter's textfile collector (audit and
-    /// status only).
+    /// Prometheus text exposition format, for node_exporter's textfile collector (audit,
+    /// status and apiservers only).
     Prometheus,
 }
 
@@ -48,6 +48,8 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Check that kube-apiserver's static pod manifest really uses an encryption config.
     CheckApiserver(CheckApiserverArgs),
+    /// Prove that every running kube-apiserver has loaded exactly this config file.
+    Apiservers(Box<ApiserversArgs>),
     /// Print a shell completion script (bash, zsh or fish) to standard output.
     Completions(CompletionsArgs),
     /// Print a man page (roff): atrest(1), or one subcommand's (`atrest man config rotate`);
@@ -118,6 +120,8 @@ pub(crate) struct ConfigRotateArgs {
     pub(crate) etcd_prefix: String,
     #[command(flatten)]
     pub(crate) kms: NewKmsArgs,
+    #[command(flatten)]
+    pub(crate) gate: GateArgs,
 }
 
 /// A KMS v2 provider to write into a config (`--provider kms`).
@@ -311,6 +315,12 @@ pub(crate) struct AuditArgs {
     pub(crate) verbose: bool,
     #[command(flatten)]
     pub(crate) kms: KmsArgs,
+    /// Also check which config each running kube-apiserver has loaded (as `atrest
+    /// apiservers`): JSON `apiservers`; exit 1 unless every one runs --config.
+    #[arg(long = "apiservers", requires = "config")]
+    pub(crate) with_apiservers: bool,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +331,8 @@ pub(crate) struct RewriteArgs {
     /// encrypt.
     #[arg(long, value_name = "FILE", required_unless_present = "k3s")]
     pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) gate: GateArgs,
     /// Key prefix to rewrite, with the chain of the resource it names. Without it, a rewrite
     /// (live or --out) covers every resource the config covers, each to its own write provider
     /// (keys of other resources are never touched).
@@ -425,6 +437,12 @@ pub(crate) struct StatusArgs {
     pub(crate) allow_empty: bool,
     #[command(flatten)]
     pub(crate) kms: KmsArgs,
+    /// Also check which config each running kube-apiserver has loaded (as `atrest
+    /// apiservers`): JSON `apiservers`; exit 1 unless every one runs --config.
+    #[arg(long = "apiservers", requires = "config")]
+    pub(crate) with_apiservers: bool,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -478,4 +496,50 @@ pub(crate) struct ManArgs {
     /// Write every page, one file each (atrest.1, atrest-audit.1, …), into DIR.
     #[arg(long, value_name = "DIR", conflicts_with = "command")]
     pub(crate) dir: Option<PathBuf>,
+}
+
+/// How to reach the Kubernetes API, as kubectl spells it.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct ApiArgs {
+    /// The kubeconfig [default: KUBECONFIG, else ~/.kube/config, else the in-cluster service
+    /// account; with --kubeadm: /etc/kubernetes/admin.conf].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) context: Option<String>,
+    /// Ask these kube-apiserver instances, each at its own URL, comma-separated [default: the
+    /// addresses of the default/kubernetes EndpointSlice].
+    #[arg(long = "apiserver", value_name = "URL", value_delimiter = ',')]
+    pub(crate) apiservers: Vec<String>,
+}
+
+/// `atrest rewrite` and `config rotate`: the apiserver gate's flags.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct GateArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// Do not check that every kube-apiserver has loaded the config before writing.
+    #[arg(long)]
+    pub(crate) no_apiserver_check: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApiserversArgs {
+    /// The EncryptionConfiguration file every kube-apiserver should run.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// Also write a canary Secret through each kube-apiserver, read what etcd stores for it
+    /// (store flags), check it was written with the config's write key, and delete it.
+    #[arg(long)]
+    pub(crate) canary: bool,
+    /// --canary: the namespace of the canary Secrets.
+    #[arg(long, default_value = "default", value_name = "NS")]
+    pub(crate) canary_namespace: String,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) kms: KmsArgs,
 }

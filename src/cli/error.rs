@@ -57,6 +57,14 @@ impl CliError {
         }
     }
 
+    /// A refusal or finding reported as an error (exit 1): a gate, a guard.
+    pub(crate) fn findings(message: impl Into<String>) -> Self {
+        CliError {
+            code: 1,
+            ..CliError::usage(message)
+        }
+    }
+
     /// Something that should not happen (exit 2).
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         CliError::usage(message)

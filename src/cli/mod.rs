@@ -62,7 +62,7 @@ fn run(args: args::Cli) -> Result<Exit, CliError> {
     if args.output == Some(args::OutputFormat::Prometheus)
         && !matches!(
             args.command,
-            args::Command::Audit(_) | args::Command::Status(_)
+            args::Command::Audit(_) | args::Command::Status(_) | args::Command::Apiservers(_)
         )
     {
         return Err(output::no_prometheus());
@@ -97,6 +97,9 @@ fn run(args: args::Cli) -> Result<Exit, CliError> {
         args::Command::Rewrite(c) => runtime()?.block_on(commands::rewrite::run(c, args.output)),
         args::Command::Status(c) => runtime()?.block_on(commands::status::run(c, args.output)),
         args::Command::CheckApiserver(c) => commands::check_apiserver::run(c, args.output),
+        args::Command::Apiservers(c) => {
+            runtime()?.block_on(commands::apiservers::run(*c, args.output))
+        }
         args::Command::Completions(c) => commands::generate::completions(c),
         args::Command::Man(c) => commands::generate::man(c),
     }

@@ -22,8 +22,10 @@ pub(crate) fn format(flag: Option<OutputFormat>) -> OutputFormat {
 
 /// The usage error for `-o prometheus` on a command that has no metrics (exit 2).
 pub(crate) fn no_prometheus() -> CliError {
-    CliError::usage("-o prometheus is only for `atrest audit` and `atrest status`")
-        .advice("use -o table or -o json with this command")
+    CliError::usage(
+        "-o prometheus is only for `atrest audit`, `atrest status` and `atrest apiservers`",
+    )
+    .advice("use -o table or -o json with this command")
 }
 
 /// The width tables get on a pipe, or on a terminal narrower than [`MIN_WIDTH`].
@@ -63,6 +65,11 @@ pub(crate) fn escape(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// [`escape`], as an owned string.
+pub(crate) fn escape_owned(text: &str) -> String {
+    escape(text).into_owned()
 }
 
 /// `text` with every control character but newline and tab written as a visible escape

@@ -9,7 +9,9 @@
 //! 3. The space plan: every member's database file stays under `max_db_fraction` of etcd's
 //!    quota, with progressive compaction when needed; an active NOSPACE alarm refuses (kine has
 //!    neither quota nor alarms).
-//! 4. The backup, when asked for, is saved (kine has no snapshot API: refused).
+//! 4. The apiserver gate: every running kube-apiserver has loaded the config being written
+//!    with ([`crate::apiserver::gate`]), so none is left unable to read what is written.
+//! 5. The backup, when asked for, is saved (kine has no snapshot API: refused).
 //!
 //! Then every unit — a resource prefix and the chain kube-apiserver reads it with — is run
 //! through the engine ([`super::apply_prefix`]); on kine every rewritten key is written twice
@@ -203,6 +205,12 @@ pub async fn rewrite(
             _ => {}
         }
     }
+    // The apiserver gate: nothing is written while a known kube-apiserver has not loaded the
+    // config being written with (a dry run writes nothing, so it is not asked).
+    let apiserver_check = match &opts.apiserver_gate {
+        Some(gate) if !opts.dry_run => Some(gate.run().await?.summary()),
+        _ => None,
+    };
     let kine = live.is_kine();
     let space = if kine {
         None
@@ -233,6 +241,7 @@ pub async fn rewrite(
     let mut report = run_units(live, &units, &run, observer, shutdown).await?;
     report.left_alone = left_alone;
     report.crd_errors = crd_errors;
+    report.all.apiserver_check = apiserver_check;
     report.all.space = space.map(|mut plan| {
         plan.peak_db_size = plan.peak_db_size.max(report.all.peak_db_size);
         plan

@@ -98,6 +98,10 @@ pub struct RewriteOptions {
     pub overwrite_backup: bool,
     /// After the rewrite, compact the store's history at its newest revision.
     pub compact: bool,
+    /// The apiserver gate, run before the first write (not on a dry run): every kube-apiserver
+    /// must have loaded the config being written with (see [`crate::apiserver::gate`]).
+    /// `None`: no gate (a library caller that checked otherwise).
+    pub apiserver_gate: Option<crate::apiserver::gate::GateCheck>,
     /// The space guard's limit: the run stops when a member's database file is over it
     /// (checked at every batch and every [`space_plan::GUARD_EVERY`] rewritten entries).
     /// [`rewrite`] sets it from the space plan; `None`: no guard.
@@ -119,6 +123,7 @@ impl Default for RewriteOptions {
             overwrite_backup: false,
             compact: false,
             space_limit: None,
+            apiserver_gate: None,
         }
     }
 }
@@ -257,6 +262,9 @@ pub struct RewriteSummary {
     /// With `compact`: the revision the history was compacted at after the rewrite.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compacted_at: Option<i64>,
+    /// The apiserver gate's outcome (`passed: …` or `skipped: …`); absent when no gate ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apiserver_check: Option<String>,
     /// The largest database file the space guard saw (0: not watched); reported in
     /// `space.peak_db_size`.
     #[serde(skip)]
@@ -333,6 +341,10 @@ pub enum RewriteError {
     /// The config writes with a KMS provider whose plugin is not ready (nothing was written).
     #[error("refusing to write: {0}")]
     KmsWrite(#[from] crate::provider::kms::KmsWriteError),
+    /// The apiserver gate refused: a kube-apiserver has not loaded the config (nothing was
+    /// written).
+    #[error("refusing to write: {0}")]
+    Apiserver(#[from] crate::apiserver::gate::GateError),
     /// The space plan refuses: the rewrite cannot stay under the quota's margin, or etcd has a
     /// NOSPACE alarm (nothing was written).
     #[error(transparent)]
@@ -390,6 +402,11 @@ impl RewriteError {
             }
             RewriteError::KmsWrite(e) => e.advice(),
             RewriteError::Space(e) => e.advice(),
+            RewriteError::Apiserver(_) => {
+                "make every kube-apiserver load the config (copy it to each control-plane node and \
+                 restart kube-apiserver there), check with `atrest apiservers --config FILE`, then \
+                 run again"
+            }
             RewriteError::BackupOnKine { .. } => {
                 "copy the SQLite file instead, e.g. `sqlite3 /var/lib/rancher/k3s/server/db/state.db \
                  \".backup /root/state-before-rewrite.db\"`, then run without --backup"

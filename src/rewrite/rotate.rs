@@ -12,6 +12,9 @@
 //!   read after the prune ([`crate::audit::prune_check`]), and names the undecryptable entries
 //!   that the removed keys make lost for good.
 //!
+//! - `promote` and `prune` wait for every running kube-apiserver to have loaded the current file
+//!   (the apiserver gate, [`crate::apiserver::gate`]).
+//!
 //! The edited file is validated as kube-apiserver would load it, the previous file is kept as
 //! `FILE.bak.N` (mode 0600, N counting up), and the new one replaces it atomically.
 
@@ -76,6 +79,10 @@ pub struct RotateOptions {
     pub prefix: Option<String>,
     /// prune: kube-apiserver's `--etcd-prefix`.
     pub etcd_prefix: String,
+    /// promote and prune: the apiserver gate, run just before the file is written: every
+    /// kube-apiserver must run the current file (promote: so all can read the key about to
+    /// write; prune: so none still writes with a key about to go). `None`: no gate.
+    pub apiserver_gate: Option<crate::apiserver::gate::ApiserverGate>,
 }
 
 impl Default for RotateOptions {
@@ -85,6 +92,7 @@ impl Default for RotateOptions {
             keep_backup: true,
             prefix: None,
             etcd_prefix: crate::resource::DEFAULT_ROOT.to_owned(),
+            apiserver_gate: None,
         }
     }
 }
@@ -113,6 +121,9 @@ pub struct Rotation {
     pub summary: String,
     /// What to do next.
     pub next: String,
+    /// promote and prune: the apiserver gate's outcome (`passed: …` or `skipped: …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apiserver_check: Option<String>,
 }
 
 /// Why a stage did not run (the file is unchanged).
@@ -170,6 +181,9 @@ pub enum RotateError {
     /// prune: the store could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// promote and prune: a kube-apiserver has not loaded the current file.
+    #[error("refusing to write: {0}")]
+    Apiserver(#[from] crate::apiserver::gate::GateError),
 }
 
 impl RotateError {
@@ -179,6 +193,9 @@ impl RotateError {
         matches!(
             self,
             RotateError::Unpromoted { .. } | RotateError::Blocked { .. }
+        ) || matches!(
+            self,
+            RotateError::Apiserver(crate::apiserver::gate::GateError::NotLoaded { .. })
         )
     }
 
@@ -202,6 +219,7 @@ impl RotateError {
                 "pass the store flags (--endpoints, --snapshot or --kine-db)".to_owned()
             }
             RotateError::Store(e) => e.advice().to_owned(),
+            RotateError::Apiserver(e) => e.advice(),
         }
     }
 }
@@ -237,6 +255,7 @@ pub async fn rotate(
         backup: None,
         summary: String::new(),
         next: String::new(),
+        apiserver_check: None,
     };
     let markers = match stage {
         Stage::AddKms(kms) => {
@@ -323,8 +342,13 @@ pub async fn rotate(
             String::new()
         }
     };
-    // Check the result exactly as a loaded file would be, then write it.
+    // Check the result exactly as a loaded file would be.
     Config::from_model(model.clone())?;
+    // The apiserver gate, just before the write: every kube-apiserver runs the current file.
+    if let (Stage::Promote { .. } | Stage::Prune { .. }, Some(gate)) = (stage, &opts.apiserver_gate)
+    {
+        r.apiserver_check = Some(gate.check(&old_text).await?.summary());
+    }
     let yaml = Zeroizing::new(config::to_yaml(&model)?);
     let text = Zeroizing::new(format!("{markers}{}", yaml.as_str()));
     if opts.keep_backup {

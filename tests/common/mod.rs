@@ -8,6 +8,7 @@
 //! (`tests/interop/run`), with the etcdctl (3.4: it still has `snapshot restore`) left as is.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod apiserver;
 pub mod proxy;
 
 use std::net::TcpListener;

@@ -50,15 +50,15 @@ fn kms_plugin_process() {
     .expect("the test KMS plugin failed");
 }
 
-/// A running test plugin; killed when dropped.
-struct TestPlugin {
+/// A running test plugin; killed when dropped (also used by tests/it/apiservers.rs).
+pub(crate) struct TestPlugin {
     child: Child,
     dir: tempfile::TempDir,
     socket: PathBuf,
 }
 
 impl TestPlugin {
-    fn start() -> TestPlugin {
+    pub(crate) fn start() -> TestPlugin {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("kms.sock");
         let control = dir.path().join("control");
@@ -97,12 +97,12 @@ impl TestPlugin {
         self.dir.path().join("control")
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
     /// Replaces the plugin's switches (`name=value` lines; "" resets them).
-    fn set(&self, switches: &str) {
+    pub(crate) fn set(&self, switches: &str) {
         let tmp = self.control().join("control.tmp");
         std::fs::write(&tmp, switches).unwrap();
         std::fs::rename(tmp, self.control().join("control")).unwrap();

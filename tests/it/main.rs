@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod apiservers;
 mod audit;
 mod bad_input;
 mod cli;

@@ -10,6 +10,7 @@ use atrest::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_ENDPOINT};
 use atrest::transform::State;
 use indicatif::ProgressBar;
 
+use super::apiservers::WithApiservers;
 use crate::cli::args::{AuditArgs, OutputFormat, StoreArgs};
 use crate::cli::output::{self, yes_no};
 use crate::cli::stream::{Bounded, JsonEntries};
@@ -163,6 +164,14 @@ pub(crate) async fn run(
 ) -> Result<Exit, CliError> {
     (args.config, args.kine_db) =
         super::k3s_paths(&args.store, args.config.as_deref(), args.kine_db.as_deref());
+    // With --apiservers: which config each running kube-apiserver has loaded.
+    let apiservers = super::apiservers::optional_check(
+        args.with_apiservers,
+        args.config.as_deref(),
+        &args.api,
+        args.store.kubeadm,
+    )
+    .await?;
     let target = super::target(
         args.config.as_deref(),
         args.prefix.as_deref(),
@@ -198,17 +207,34 @@ pub(crate) async fn run(
         .not_covered
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
+    let apiservers = apiservers.as_ref();
     match (format, sink.json, sink.table) {
-        (_, Some(json), _) => json.finish(&report)?,
+        (_, Some(json), _) => json.finish(&WithApiservers {
+            report: &report,
+            apiservers,
+        })?,
         (_, None, Some(table)) => {
             let table = table.into_inner().unwrap_or_else(PoisonError::into_inner);
-            output::print(&render(&report, &table, args.config.is_some(), &args))?;
+            let mut text = render(&report, &table, args.config.is_some(), &args);
+            if let Some(a) = apiservers {
+                text += &format!("\nkube-apiservers\n{}", super::apiservers::render(a));
+            }
+            output::print(&text)?;
         }
-        _ => output::print(&prometheus::audit(&report, args.strict))?,
+        _ => {
+            let mut text = prometheus::audit(&report, args.strict);
+            if let Some(a) = apiservers {
+                text += &super::apiservers::prometheus(a);
+            }
+            output::print(&text)?;
+        }
     }
     if format == OutputFormat::Prometheus {
         // The findings are in the metrics; the textfile recipe's `&& mv` must run.
         return Ok(Exit::Clean);
+    }
+    if apiservers.is_some_and(|a| !a.ok) {
+        return Ok(Exit::Findings);
     }
     Ok(match report.verdict(args.strict) {
         Verdict::Clean => Exit::Clean,

@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub(crate) mod apiservers;
 pub(crate) mod audit;
 pub(crate) mod check_apiserver;
 pub(crate) mod config;
@@ -163,7 +164,7 @@ pub(crate) async fn open_store(
 
 /// `--no-kms` and `--kms-endpoint NAME=unix:///PATH` as library options; every NAME must be a
 /// KMS provider of the config.
-fn kms_options(config: &Config, kms: &KmsArgs) -> Result<KmsOptions, CliError> {
+pub(crate) fn kms_options(config: &Config, kms: &KmsArgs) -> Result<KmsOptions, CliError> {
     let mut options = KmsOptions {
         connect: !kms.no_kms,
         ..KmsOptions::default()

@@ -66,6 +66,15 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     }
     let store = super::open_store(&args.store, None, None).await?;
     let kine = store.live().is_some_and(|s| s.is_kine());
+    // The apiserver gate runs in the library, before the first write.
+    let gate = super::apiservers::resolve_gate(&args.gate, args.store.kubeadm).await?;
+    if let (Some(warning), false) = (gate.warning(), args.dry_run) {
+        eprintln!("{warning}");
+    }
+    let apiserver_gate = Some(atrest::apiserver::gate::GateCheck {
+        gate,
+        file_bytes: super::apiservers::read_config(&config)?,
+    });
     let opts = RewriteOptions {
         concurrency: args.concurrency,
         dry_run: args.dry_run,
@@ -76,6 +85,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         backup: args.backup.clone(),
         overwrite_backup: args.force,
         compact: args.compact,
+        apiserver_gate,
         ..RewriteOptions::default()
     };
     let bar = Progress(output::progress(if args.dry_run {
@@ -263,6 +273,10 @@ fn rewrite_error(e: RewriteError) -> CliError {
         }
         _ => {}
     }
+    let e = match e {
+        RewriteError::Apiserver(e) => return super::apiservers::gate_error(e),
+        e => e,
+    };
     let mut err = CliError::store(e.to_string()).advice(e.advice());
     for cause in crate::cli::error::causes(&e) {
         err = err.detail(format!("caused by: {cause}"));

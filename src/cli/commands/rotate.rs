@@ -40,11 +40,24 @@ pub(crate) async fn run(
             discard_new: args.discard_new,
         },
     };
+    // promote and prune wait for every kube-apiserver to run the current file (in the library,
+    // just before the write).
+    let apiserver_gate = match stage {
+        Stage::Promote { .. } | Stage::Prune { .. } => {
+            let gate = super::apiservers::resolve_gate(&args.gate, args.store.kubeadm).await?;
+            if let Some(warning) = gate.warning() {
+                eprintln!("{warning}");
+            }
+            Some(gate)
+        }
+        _ => None,
+    };
     let opts = RotateOptions {
         resource: args.resource.clone(),
         keep_backup: !args.no_backup,
         prefix: args.prefix.clone(),
         etcd_prefix: args.etcd_prefix.clone(),
+        apiserver_gate,
     };
     // Only prune's guard reads the store.
     let store = match stage {
@@ -112,6 +125,7 @@ fn rotate_error(args: &ConfigRotateArgs, e: RotateError) -> CliError {
             e => super::invalid_config(&file.display().to_string(), &e),
         },
         RotateError::Store(e) => CliError::from(e),
+        RotateError::Apiserver(e) => super::apiservers::gate_error(e),
         RotateError::Blocked { blocked, .. } => {
             let mut err = CliError::usage(message);
             err.code = 1;

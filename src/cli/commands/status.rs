@@ -20,6 +20,14 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
         .config
         .clone()
         .ok_or_else(|| CliError::usage("--config FILE is required"))?;
+    let apiservers = super::apiservers::optional_check(
+        args.with_apiservers,
+        Some(&config),
+        &args.api,
+        args.store.kubeadm,
+    )
+    .await?;
+    let apiservers = apiservers.as_ref();
     let target = super::target(
         Some(&config),
         args.prefix.as_deref(),
@@ -39,13 +47,31 @@ pub(crate) async fn run(args: StatusArgs, format: Option<OutputFormat>) -> Resul
     }
     let status = status?;
     match output::format(format) {
-        OutputFormat::Json => output::print_json(&status)?,
-        OutputFormat::Table => output::print(&render(&status, &args))?,
-        OutputFormat::Prometheus => output::print(&prometheus::status(&status))?,
+        OutputFormat::Json => output::print_json(&super::apiservers::WithApiservers {
+            report: &status,
+            apiservers,
+        })?,
+        OutputFormat::Table => {
+            let mut text = render(&status, &args);
+            if let Some(a) = apiservers {
+                text += &format!("\nkube-apiservers\n{}", super::apiservers::render(a));
+            }
+            output::print(&text)?
+        }
+        OutputFormat::Prometheus => {
+            let mut text = prometheus::status(&status);
+            if let Some(a) = apiservers {
+                text += &super::apiservers::prometheus(a);
+            }
+            output::print(&text)?
+        }
     }
     if output::format(format) == OutputFormat::Prometheus {
         // The findings are in the metrics; the textfile recipe's `&& mv` must run.
         return Ok(Exit::Clean);
+    }
+    if apiservers.is_some_and(|a| !a.ok) {
+        return Ok(Exit::Findings);
     }
     Ok(match status.verdict {
         Verdict::Clean => Exit::Clean,

@@ -433,218 +433,24 @@ pub fn check_pod(
             .unwrap_or_default();
         format!("containers[{i}]")
     });
-    let mut checks = Vec::new();
-    let mut push = |id, status, message: String, advice: Option<String>| {
-        checks.push(Check {
-            id,
-            status,
-            message,
-            advice,
-        });
-    };
-    let skip = |id| Check {
-        id,
-        status: CheckStatus::Skip,
-        message: "not checked: an earlier check failed".to_owned(),
-        advice: None,
-    };
-
     let config_path = container.flag(CONFIG_FLAG).filter(|v| !v.is_empty());
     // A bare boolean flag is true; a value is read as Go's strconv.ParseBool reads it.
     let reload = container
         .flag(RELOAD_FLAG)
         .is_some_and(|v| matches!(v.as_str(), "" | "1" | "t" | "T" | "true" | "TRUE" | "True"));
+
+    let mut checks = Vec::new();
     let mut host_path = None;
-
-    let chain: Result<(), ()> = (|| {
-        let Some(pod_path) = config_path.as_deref() else {
-            push(
-                CheckId::ConfigFlag,
-                CheckStatus::Fail,
-                format!(
-                    "{CONFIG_FLAG} is not set: kube-apiserver stores every resource unencrypted"
-                ),
-                Some(format!(
-                    "write a config (`atrest config new --out /etc/kubernetes/enc/enc.yaml`), add \
-                     `- {CONFIG_FLAG}=/etc/kubernetes/enc/enc.yaml` to the command of {} with a \
-                     hostPath volume and volumeMount for /etc/kubernetes/enc, then run \
-                     `atrest rewrite` once kube-apiserver has restarted",
-                    manifest.display()
-                )),
-            );
-            return Err(());
-        };
-        push(
-            CheckId::ConfigFlag,
-            CheckStatus::Pass,
-            format!("{CONFIG_FLAG}={pod_path}"),
-            None,
-        );
-
-        if !pod_path.starts_with('/') {
-            push(
-                CheckId::Mounted,
-                CheckStatus::Fail,
-                format!("{pod_path} is a relative path: it resolves against kube-apiserver's working directory"),
-                Some(format!("give {CONFIG_FLAG} an absolute path inside a hostPath volumeMount")),
-            );
-            return Err(());
-        }
-        let dir = Path::new(pod_path)
-            .parent()
-            .map_or_else(|| "/".to_owned(), |d| d.display().to_string());
-        match map_to_host(pod, container, pod_path) {
-            None => {
-                push(
-                    CheckId::Mounted,
-                    CheckStatus::Fail,
-                    format!("no volumeMount of container {container_name} contains {pod_path}: kube-apiserver cannot read the file and will not start"),
-                    Some(format!(
-                        "add a volumeMount {{mountPath: {dir}, readOnly: true}} to the container and a \
-                         volume {{hostPath: {{path: {dir}, type: DirectoryOrCreate}}}} with the same name"
-                    )),
-                );
-                return Err(());
-            }
-            Some(MountMapping {
-                volume,
-                host_path: None,
-                ..
-            }) => {
-                push(
-                    CheckId::Mounted,
-                    CheckStatus::Fail,
-                    format!("{pod_path} is in volume {volume:?}, which is not a hostPath volume: a static pod sees the node's file only through hostPath"),
-                    Some(format!("make volume {volume:?} a hostPath volume for the node directory holding the file")),
-                );
-                return Err(());
-            }
-            Some(MountMapping {
-                volume,
-                mount_path,
-                host_path: Some(host),
-                ..
-            }) => {
-                push(
-                    CheckId::Mounted,
-                    CheckStatus::Pass,
-                    format!("mounted from the node's {host} (volume {volume:?} at {mount_path})"),
-                    None,
-                );
-                host_path = Some(host);
-            }
-        }
-
-        let host = host_path.clone().unwrap_or_default();
-        let on_disk = under_root(root, &host);
-        if !on_disk.is_file() {
-            push(
-                CheckId::FileExists,
-                CheckStatus::Fail,
-                format!("{host} does not exist on this node{}", if on_disk.exists() { " as a file" } else { "" }),
-                Some(format!(
-                    "copy the EncryptionConfiguration to {host} (mode 0600) on every control-plane node; \
-                     until then kube-apiserver does not start"
-                )),
-            );
-            return Err(());
-        }
-        push(
-            CheckId::FileExists,
-            CheckStatus::Pass,
-            format!("{host} exists"),
-            None,
-        );
-
-        let config = match Config::load(&on_disk) {
-            Ok(c) => c,
-            Err(e) => {
-                push(
-                    CheckId::ValidConfig,
-                    CheckStatus::Fail,
-                    format!("kube-apiserver would refuse {host}: {e}"),
-                    Some(format!("fix the file (`atrest config check {host}` shows every error), or write a new one with `atrest config new`")),
-                );
-                return Err(());
-            }
-        };
-        push(
-            CheckId::ValidConfig,
-            CheckStatus::Pass,
-            format!("{host} is a valid EncryptionConfiguration"),
-            None,
-        );
-
-        let providers = config.providers_for("", "secrets");
-        let Some(((ri, pi), first)) = providers.first() else {
-            push(
-                CheckId::CoversSecrets,
-                CheckStatus::Fail,
-                "no rule covers secrets: kube-apiserver stores Secrets unencrypted".to_owned(),
-                Some("add `secrets` to a resources list (first), with an encrypting provider before identity".to_owned()),
-            );
-            return Err(());
-        };
-        push(
-            CheckId::CoversSecrets,
-            CheckStatus::Pass,
-            format!(
-                "secrets are covered by resources[{ri}] ({} provider(s))",
-                providers.len()
-            ),
-            None,
-        );
-
-        let path = format!("resources[{ri}].providers[{pi}]");
-        let (kind, key) = first_provider(first);
-        if kind == ProviderKind::Identity {
-            push(
-                CheckId::EncryptsSecrets,
-                CheckStatus::Fail,
-                format!("the first provider for secrets ({path}) is identity: new Secrets are written unencrypted"),
-                Some(format!(
-                    "move an encrypting provider (aesgcm, secretbox, aescbc or kms v2) before identity \
-                     (`atrest config rotate {host} --stage add`, then `--stage promote`), restart \
-                     kube-apiserver, then run `atrest rewrite`"
-                )),
-            );
-            return Err(());
-        }
-        push(
-            CheckId::EncryptsSecrets,
-            CheckStatus::Pass,
-            format!(
-                "new Secrets are encrypted with {kind}{} ({path})",
-                key.map(|k| format!(" key {k:?}")).unwrap_or_default()
-            ),
-            None,
-        );
-        Ok(())
-    })();
-    if chain.is_err() {
-        for id in [
-            CheckId::ConfigFlag,
-            CheckId::Mounted,
-            CheckId::FileExists,
-            CheckId::ValidConfig,
-            CheckId::CoversSecrets,
-            CheckId::EncryptsSecrets,
-        ] {
-            if !checks.iter().any(|c| c.id == id) {
-                checks.push(skip(id));
-            }
-        }
-    }
-    checks.push(Check {
-        id: CheckId::AutomaticReload,
-        status: CheckStatus::Info,
-        message: if reload {
-            format!("{RELOAD_FLAG} is on: kube-apiserver re-reads the file when it changes (about once a minute)")
-        } else {
-            format!("{RELOAD_FLAG} is off: restart kube-apiserver after every change to the file")
-        },
-        advice: None,
-    });
+    let link = Link {
+        pod,
+        container,
+        container_name: &container_name,
+        manifest,
+        root,
+    };
+    link.run_chain(config_path.as_deref(), &mut checks, &mut host_path);
+    skip_unchecked(&mut checks);
+    checks.push(check_automatic_reload(reload));
     let verdict = if checks.iter().any(|c| c.status == CheckStatus::Fail) {
         ApiserverVerdict::Fail
     } else {
@@ -659,6 +465,266 @@ pub fn check_pod(
         checks,
         verdict,
     })
+}
+
+/// What every link of the chain may need to know.
+struct Link<'a> {
+    pod: &'a StaticPod,
+    container: &'a Container,
+    container_name: &'a str,
+    manifest: &'a Path,
+    root: &'a Path,
+}
+
+/// A check, and what the next link needs (`None`: the chain stops here).
+type Outcome<T> = (Check, Option<T>);
+
+/// Records a link's check and hands on what the next link needs.
+fn record<T>(checks: &mut Vec<Check>, (check, next): Outcome<T>) -> Option<T> {
+    checks.push(check);
+    next
+}
+
+fn pass(id: CheckId, message: String) -> Check {
+    Check {
+        id,
+        status: CheckStatus::Pass,
+        message,
+        advice: None,
+    }
+}
+
+fn fail(id: CheckId, message: String, advice: String) -> Check {
+    Check {
+        id,
+        status: CheckStatus::Fail,
+        message,
+        advice: Some(advice),
+    }
+}
+
+impl Link<'_> {
+    /// Follows the chain link by link, stopping at the first failure. `host_path` is set as soon
+    /// as the mounts map the file, even when a later link fails.
+    fn run_chain(
+        &self,
+        config_path: Option<&str>,
+        checks: &mut Vec<Check>,
+        host_path: &mut Option<String>,
+    ) -> Option<()> {
+        let pod_path = record(checks, self.check_config_flag(config_path))?;
+        let host = record(checks, self.check_mounted(pod_path))?;
+        *host_path = Some(host.clone());
+        let on_disk = record(checks, self.check_file_exists(&host))?;
+        let config = record(checks, check_valid_config(&on_disk, &host))?;
+        let first = record(checks, check_covers_secrets(&config))?;
+        record(checks, check_encrypts_secrets(first, &host))
+    }
+
+    fn check_config_flag<'p>(&self, config_path: Option<&'p str>) -> Outcome<&'p str> {
+        let Some(pod_path) = config_path else {
+            let check = fail(
+                CheckId::ConfigFlag,
+                format!(
+                    "{CONFIG_FLAG} is not set: kube-apiserver stores every resource unencrypted"
+                ),
+                format!(
+                    "write a config (`atrest config new --out /etc/kubernetes/enc/enc.yaml`), add \
+                     `- {CONFIG_FLAG}=/etc/kubernetes/enc/enc.yaml` to the command of {} with a \
+                     hostPath volume and volumeMount for /etc/kubernetes/enc, then run \
+                     `atrest rewrite` once kube-apiserver has restarted",
+                    self.manifest.display()
+                ),
+            );
+            return (check, None);
+        };
+        (
+            pass(CheckId::ConfigFlag, format!("{CONFIG_FLAG}={pod_path}")),
+            Some(pod_path),
+        )
+    }
+
+    fn check_mounted(&self, pod_path: &str) -> Outcome<String> {
+        if !pod_path.starts_with('/') {
+            let check = fail(
+                CheckId::Mounted,
+                format!("{pod_path} is a relative path: it resolves against kube-apiserver's working directory"),
+                format!("give {CONFIG_FLAG} an absolute path inside a hostPath volumeMount"),
+            );
+            return (check, None);
+        }
+        let dir = Path::new(pod_path)
+            .parent()
+            .map_or_else(|| "/".to_owned(), |d| d.display().to_string());
+        let container_name = self.container_name;
+        match map_to_host(self.pod, self.container, pod_path) {
+            None => (
+                fail(
+                    CheckId::Mounted,
+                    format!("no volumeMount of container {container_name} contains {pod_path}: kube-apiserver cannot read the file and will not start"),
+                    format!(
+                        "add a volumeMount {{mountPath: {dir}, readOnly: true}} to the container and a \
+                         volume {{hostPath: {{path: {dir}, type: DirectoryOrCreate}}}} with the same name"
+                    ),
+                ),
+                None,
+            ),
+            Some(MountMapping {
+                volume,
+                host_path: None,
+                ..
+            }) => (
+                fail(
+                    CheckId::Mounted,
+                    format!("{pod_path} is in volume {volume:?}, which is not a hostPath volume: a static pod sees the node's file only through hostPath"),
+                    format!("make volume {volume:?} a hostPath volume for the node directory holding the file"),
+                ),
+                None,
+            ),
+            Some(MountMapping {
+                volume,
+                mount_path,
+                host_path: Some(host),
+                ..
+            }) => (
+                pass(
+                    CheckId::Mounted,
+                    format!("mounted from the node's {host} (volume {volume:?} at {mount_path})"),
+                ),
+                Some(host),
+            ),
+        }
+    }
+
+    fn check_file_exists(&self, host: &str) -> Outcome<PathBuf> {
+        let on_disk = under_root(self.root, host);
+        if !on_disk.is_file() {
+            let check = fail(
+                CheckId::FileExists,
+                format!("{host} does not exist on this node{}", if on_disk.exists() { " as a file" } else { "" }),
+                format!(
+                    "copy the EncryptionConfiguration to {host} (mode 0600) on every control-plane node; \
+                     until then kube-apiserver does not start"
+                ),
+            );
+            return (check, None);
+        }
+        (
+            pass(CheckId::FileExists, format!("{host} exists")),
+            Some(on_disk),
+        )
+    }
+}
+
+fn check_valid_config(on_disk: &Path, host: &str) -> Outcome<Config> {
+    match Config::load(on_disk) {
+        Ok(config) => (
+            pass(
+                CheckId::ValidConfig,
+                format!("{host} is a valid EncryptionConfiguration"),
+            ),
+            Some(config),
+        ),
+        Err(e) => (
+            fail(
+                CheckId::ValidConfig,
+                format!("kube-apiserver would refuse {host}: {e}"),
+                format!("fix the file (`atrest config check {host}` shows every error), or write a new one with `atrest config new`"),
+            ),
+            None,
+        ),
+    }
+}
+
+/// The first provider for secrets: its field path, kind and first key name.
+struct FirstProvider {
+    path: String,
+    kind: ProviderKind,
+    key: Option<String>,
+}
+
+fn check_covers_secrets(config: &Config) -> Outcome<FirstProvider> {
+    let providers = config.providers_for("", "secrets");
+    let Some(((ri, pi), first)) = providers.first() else {
+        let check = fail(
+            CheckId::CoversSecrets,
+            "no rule covers secrets: kube-apiserver stores Secrets unencrypted".to_owned(),
+            "add `secrets` to a resources list (first), with an encrypting provider before identity".to_owned(),
+        );
+        return (check, None);
+    };
+    let (kind, key) = first_provider(first);
+    let check = pass(
+        CheckId::CoversSecrets,
+        format!(
+            "secrets are covered by resources[{ri}] ({} provider(s))",
+            providers.len()
+        ),
+    );
+    let first = FirstProvider {
+        path: format!("resources[{ri}].providers[{pi}]"),
+        kind,
+        key: key.map(str::to_owned),
+    };
+    (check, Some(first))
+}
+
+fn check_encrypts_secrets(first: FirstProvider, host: &str) -> Outcome<()> {
+    let FirstProvider { path, kind, key } = first;
+    if kind == ProviderKind::Identity {
+        let check = fail(
+            CheckId::EncryptsSecrets,
+            format!("the first provider for secrets ({path}) is identity: new Secrets are written unencrypted"),
+            format!(
+                "move an encrypting provider (aesgcm, secretbox, aescbc or kms v2) before identity \
+                 (`atrest config rotate {host} --stage add`, then `--stage promote`), restart \
+                 kube-apiserver, then run `atrest rewrite`"
+            ),
+        );
+        return (check, None);
+    }
+    let check = pass(
+        CheckId::EncryptsSecrets,
+        format!(
+            "new Secrets are encrypted with {kind}{} ({path})",
+            key.map(|k| format!(" key {k:?}")).unwrap_or_default()
+        ),
+    );
+    (check, Some(()))
+}
+
+/// Marks every link the chain did not reach as skipped.
+fn skip_unchecked(checks: &mut Vec<Check>) {
+    for id in [
+        CheckId::ConfigFlag,
+        CheckId::Mounted,
+        CheckId::FileExists,
+        CheckId::ValidConfig,
+        CheckId::CoversSecrets,
+        CheckId::EncryptsSecrets,
+    ] {
+        if !checks.iter().any(|c| c.id == id) {
+            checks.push(Check {
+                id,
+                status: CheckStatus::Skip,
+                message: "not checked: an earlier check failed".to_owned(),
+                advice: None,
+            });
+        }
+    }
+}
+
+fn check_automatic_reload(reload: bool) -> Check {
+    Check {
+        id: CheckId::AutomaticReload,
+        status: CheckStatus::Info,
+        message: if reload {
+            format!("{RELOAD_FLAG} is on: kube-apiserver re-reads the file when it changes (about once a minute)")
+        } else {
+            format!("{RELOAD_FLAG} is off: restart kube-apiserver after every change to the file")
+        },
+        advice: None,
+    }
 }
 
 /// The kind and (first) key name of a provider element.
