@@ -115,6 +115,17 @@ pub struct ResourceSummary {
 /// `docs/versioning.md`).
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// A report's `schema_version` field: always [`SCHEMA_VERSION`] (a field of no size, so report
+/// types can derive `Default`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchemaVersion;
+
+impl Serialize for SchemaVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(SCHEMA_VERSION)
+    }
+}
+
 /// An audit's result: the JSON schema of `atrest audit -o json`, apart from `entries`, which
 /// are not kept: each is handed to the [`Observer`] as it is classified, and `atrest audit -o
 /// json` streams them as `entries`, between `write_provider` and `source` (see

@@ -4,17 +4,58 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Audit, encrypt, decrypt and re-encrypt Kubernetes Secrets at rest in etcd, byte for byte
-/// as kube-apiserver stores them.
+/// Kubernetes encryption at rest: check configs, audit and re-encrypt every resource
+/// kube-apiserver stores in etcd (byte for byte as it stores them), and prove that each running
+/// kube-apiserver has loaded the config.
 #[derive(Debug, Parser)]
-#[command(name = "atrest", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "atrest",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_long_help = EXIT_STATUS
+)]
 pub(crate) struct Cli {
     /// Output format (default: table on a terminal, json otherwise).
-    #[arg(short = 'o', long = "output", global = true, value_enum)]
+    #[arg(short = 'o', long = "output", global = true, value_parser = parse_output, value_name = "table|json|prometheus")]
     pub(crate) output: Option<OutputFormat>,
 
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// The exit statuses, for `--help` and the man pages.
+pub(crate) const EXIT_STATUS: &str = "EXIT STATUS:
+  0  nothing to report
+  1  findings (plaintext, stale with --strict, unreadable entries; an audit that read nothing),
+     and refusals (the apiserver gate, the prune guard, a kube-apiserver that does not run the file)
+  2  usage or configuration error
+  3  a store, a KMS plugin or the Kubernetes API could not be reached or answered wrongly";
+
+/// `-o FORMAT`: a format name; anything that looks like a file gets a hint towards `--out`.
+fn parse_output(text: &str) -> Result<OutputFormat, String> {
+    match text {
+        "table" => Ok(OutputFormat::Table),
+        "json" => Ok(OutputFormat::Json),
+        "prometheus" => Ok(OutputFormat::Prometheus),
+        file if file.contains(['.', '/']) => Err(format!(
+            "{file:?} is not an output format (table, json, prometheus); to write to a file, did you mean --out {file}?"
+        )),
+        other => Err(format!(
+            "{other:?} is not an output format: use table, json or prometheus"
+        )),
+    }
+}
+
+/// `--concurrency`: 1 to 10,000 transactions in flight.
+fn parse_concurrency(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?}: --concurrency takes 1 to 10000 transactions in flight (default 64)"
+        )),
+    }
 }
 
 /// Output formats.
@@ -348,8 +389,8 @@ pub(crate) struct RewriteArgs {
     /// Plan only: show what would be rewritten, write nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
-    /// Transactions in flight.
-    #[arg(long, default_value_t = 64)]
+    /// Transactions in flight (1 to 10000).
+    #[arg(long, default_value_t = 64, value_parser = parse_concurrency, allow_hyphen_values = true)]
     pub(crate) concurrency: usize,
     /// Save an etcd snapshot to FILE before writing anything (refuse to start if it fails).
     /// The file holds every Secret in plaintext or under today's keys: it is created with mode

@@ -229,7 +229,10 @@ fn is_zero_u64(n: &u64) -> bool {
 /// (the quota plan, [`crate::rewrite::space_plan::SpacePlan`]); `unanswered` appears when a member did not
 /// answer. No secret value ever appears.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct RewriteSummary {
+    /// The version of this schema ([`crate::audit::SCHEMA_VERSION`]).
+    pub schema_version: crate::audit::SchemaVersion,
     /// Entries handled (an interrupted run handles fewer than the prefix holds).
     pub scanned: u64,
     /// Entries written with the write provider and key.

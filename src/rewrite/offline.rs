@@ -28,7 +28,10 @@ use crate::transform::{Chain, RewritePlan};
 /// What an offline rewrite did, and what the new file holds. The JSON schema of
 /// `atrest rewrite --snapshot … -o json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct OfflineSummary {
+    /// The version of this schema ([`crate::audit::SCHEMA_VERSION`]).
+    pub schema_version: crate::audit::SchemaVersion,
     /// The file read (never modified).
     pub input: String,
     /// The file written.
@@ -81,6 +84,7 @@ pub struct OfflineSummary {
 impl OfflineSummary {
     fn start(input: &Path, output: &Path, revision: i64) -> OfflineSummary {
         OfflineSummary {
+            schema_version: crate::audit::SchemaVersion,
             input: input.display().to_string(),
             output: output.display().to_string(),
             revision,

@@ -154,6 +154,13 @@ pub enum RotateError {
     /// promote: no key was named and none can be told apart as the one `add` put second.
     #[error("cannot tell which key to promote: there is no second key, or there are both a second local key and a kms provider")]
     NoKeyToPromote,
+    /// add: a key an earlier `add` added is not promoted yet; a second one would leave two keys
+    /// waiting, and the marker naming only the first.
+    #[error("refusing to add: key {name:?} was added and is not promoted yet")]
+    AddPending {
+        /// The key waiting.
+        name: String,
+    },
     /// prune: a key `add` added was never promoted, and pruning would remove it.
     #[error(
         "refusing to prune: key {name:?} was added but never promoted, and pruning would remove it"
@@ -192,7 +199,9 @@ impl RotateError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            RotateError::Unpromoted { .. } | RotateError::Blocked { .. }
+            RotateError::Unpromoted { .. }
+                | RotateError::Blocked { .. }
+                | RotateError::AddPending { .. }
         ) || matches!(
             self,
             RotateError::Apiserver(crate::apiserver::gate::GateError::NotLoaded { .. })
@@ -206,6 +215,10 @@ impl RotateError {
             RotateError::Config(_) | RotateError::Edit { .. } | RotateError::Chain { .. } => {
                 "fix the file and run `atrest config check FILE`".to_owned()
             }
+            RotateError::AddPending { name } => format!(
+                "promote it first (`atrest config rotate {file} --stage promote --key-name {name}`), \
+                 or undo the add (`atrest config rotate {file} --stage prune --discard-new`)"
+            ),
             RotateError::NoKeyToPromote => "pass --key-name NAME (the key or kms provider `--stage add` printed), or run `--stage add` first".to_owned(),
             RotateError::Unpromoted { name } => format!(
                 "run `atrest config rotate {file} --stage promote --key-name {name}` (then \
@@ -257,6 +270,11 @@ pub async fn rotate(
         next: String::new(),
         apiserver_check: None,
     };
+    if matches!(stage, Stage::Add { .. } | Stage::AddKms(_)) {
+        if let Some(name) = unpromoted(&before, &config::pending_adds(&old)) {
+            return Err(RotateError::AddPending { name });
+        }
+    }
     let markers = match stage {
         Stage::AddKms(kms) => {
             let at = config::add_kms(&mut model, &opts.resource, kms).map_err(edit_err)?;
@@ -270,7 +288,9 @@ pub async fn rotate(
                 file.display(),
                 kms.name
             );
-            config::keep_markers(&old, &[])
+            let mut markers = config::keep_markers(&old, &[]);
+            markers.push_str(&config::pending_marker(&kms.name, &opts.resource));
+            markers
         }
         Stage::Add { key_name, provider } => {
             let added = config::add_key(&mut model, &opts.resource, key_name.clone(), *provider)
@@ -365,18 +385,25 @@ fn check_unpromoted(
     pending: &[String],
     discard_new: bool,
 ) -> Result<(), RotateError> {
-    let write_key = before.entries().first().and_then(|e| e.provider.key_name());
-    let unpromoted = pending.iter().find(|name| {
-        Some(name.as_str()) != write_key
-            && before
-                .entries()
-                .iter()
-                .any(|e| e.provider.key_name() == Some(name.as_str()))
-    });
-    match unpromoted {
-        Some(name) if !discard_new => Err(RotateError::Unpromoted { name: name.clone() }),
+    match unpromoted(before, pending) {
+        Some(name) if !discard_new => Err(RotateError::Unpromoted { name }),
         _ => Ok(()),
     }
+}
+
+/// A key `add` marked as pending that is still in the chain and not its write key.
+fn unpromoted(before: &Chain, pending: &[String]) -> Option<String> {
+    let write_key = before.entries().first().and_then(|e| e.provider.key_name());
+    pending
+        .iter()
+        .find(|name| {
+            Some(name.as_str()) != write_key
+                && before
+                    .entries()
+                    .iter()
+                    .any(|e| e.provider.key_name() == Some(name.as_str()))
+        })
+        .cloned()
 }
 
 /// The prune guard: the store read with the config before and after the edit — one prefix with

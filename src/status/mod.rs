@@ -75,7 +75,10 @@ pub struct UnknownKey {
 
 /// The status of a config against a store: the JSON schema of `atrest status -o json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Status {
+    /// The version of this schema ([`crate::audit::SCHEMA_VERSION`]).
+    pub schema_version: crate::audit::SchemaVersion,
     /// Where the entries came from: `etcd <endpoint>` or `snapshot <file>`.
     pub source: String,
     /// The scanned key prefix, e.g. `/registry/secrets/`.
@@ -344,10 +347,24 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
             seen[i].insert(gr.to_string());
         }
     }
+    // With `--resource`, only the chains of the named resources: their keys, not those of
+    // other elements of the config.
+    let named: Option<BTreeSet<usize>> = target
+        .by_resource()
+        .filter(|(_, scope)| !scope.only.is_empty())
+        .map(|(_, scope)| {
+            scope
+                .only
+                .iter()
+                .filter_map(|gr| target.chain_index(gr))
+                .collect()
+        });
     let parts = builders
         .into_iter()
         .zip(seen)
-        .map(|(b, seen)| {
+        .enumerate()
+        .filter(|(i, _)| named.as_ref().is_none_or(|n| n.contains(i)))
+        .map(|(_, (b, seen))| {
             let names: Vec<String> = seen.into_iter().collect();
             (by_resource.then(|| names.join(", ")), b.into_part())
         })
@@ -451,6 +468,7 @@ fn assemble(
     }
     let apiserver_reads_all = reasons.is_empty();
     Status {
+        schema_version: crate::audit::SchemaVersion,
         source,
         prefix,
         resource,

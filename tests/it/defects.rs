@@ -219,3 +219,76 @@ async fn issue_22_18_19_uncovered_encrypted_entries_are_findings_and_never_encry
         "{s}"
     );
 }
+
+/// The operator's "confusing" list: `-o FILE` gets a hint towards `--out`; `--concurrency` is
+/// bounded; a second `rotate --stage add` (KMS too) is refused while one key waits; a refused
+/// prune prints a JSON result; `--help` no longer says the tool is for Secrets only, and every
+/// man page has the exit statuses.
+#[test]
+fn issue_22_cli_slips_get_clear_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(&["config", "new", "-o", "new.yaml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("did you mean --out new.yaml?"), "{err}");
+    for n in ["0", "-1", "100000000"] {
+        let (code, _, err) = run(&["rewrite", "--config", "x.yaml", "--concurrency", n]);
+        assert_eq!(code, 2, "{n}: {err}");
+        assert!(err.contains("1 to 10000"), "{n}: {err}");
+    }
+
+    let config = write(
+        dir.path(),
+        "enc.yaml",
+        &format!("{HEAD}resources:\n- resources: [secrets]\n  providers:\n  - aescbc: {{keys: [{{name: k1, secret: '{K1}'}}]}}\n  - identity: {{}}\n"),
+    );
+    let c = config.to_str().unwrap();
+    let (code, _, err) = run(&[
+        "config",
+        "rotate",
+        c,
+        "--stage",
+        "add",
+        "--no-apiserver-check",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&[
+        "config",
+        "rotate",
+        c,
+        "--stage",
+        "add",
+        "--provider",
+        "kms",
+        "--kms-name",
+        "vault",
+        "--kms-endpoint",
+        "unix:///run/kms.sock",
+    ]);
+    assert_eq!(code, 1, "a second add while one waits: {err}");
+    assert!(err.contains("not promoted yet"), "{err}");
+    // A refused prune with -o json still prints a result object.
+    let (code, out, err) = run(&[
+        "config",
+        "rotate",
+        c,
+        "--stage",
+        "prune",
+        "--snapshot",
+        "examples/cluster.snapshot",
+        "--no-apiserver-check",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let r = json(&out);
+    assert_eq!(r["refused"], true, "{r}");
+    assert_eq!(r["stage"], "prune", "{r}");
+
+    let (_, help, _) = run(&["--help"]);
+    assert!(
+        help.contains("every resource") && help.contains("EXIT STATUS"),
+        "{help}"
+    );
+    let (_, page, _) = run(&["man", "rewrite"]);
+    assert!(page.contains("EXIT STATUS"), "{page}");
+}

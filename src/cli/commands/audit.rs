@@ -272,7 +272,17 @@ fn headline(r: &Report) -> String {
         r.source,
         r.revision
     );
+    let writers: std::collections::BTreeSet<_> = r
+        .resources
+        .values()
+        .filter_map(|per| per.write_provider.as_ref())
+        .map(|w| (w.provider, w.key_name.as_deref()))
+        .collect();
     match &r.write_provider {
+        // Resources written with different providers: the table by resource names each.
+        Some(_) if writers.len() > 1 => {
+            out += "Write providers: one per resource (see \"By resource\" below).\n";
+        }
         Some(w) => {
             out += &format!(
                 "Write provider: {}{}\n",

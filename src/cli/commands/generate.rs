@@ -3,7 +3,7 @@
 
 use clap::CommandFactory;
 
-use crate::cli::args::{Cli, CompletionsArgs, ManArgs, Shell};
+use crate::cli::args::{Cli, CompletionsArgs, ManArgs, Shell, EXIT_STATUS};
 use crate::cli::output;
 use crate::cli::{CliError, Exit};
 
@@ -20,9 +20,15 @@ pub(crate) fn completions(args: CompletionsArgs) -> Result<Exit, CliError> {
     Ok(Exit::Clean)
 }
 
+/// Every page ends with the exit statuses.
+fn with_exit_status(cmd: clap::Command) -> clap::Command {
+    cmd.after_long_help(EXIT_STATUS)
+        .mut_subcommands(with_exit_status)
+}
+
 /// Prints one man page (roff), or writes them all into `--dir`.
 pub(crate) fn man(args: ManArgs) -> Result<Exit, CliError> {
-    let mut cmd = Cli::command().disable_help_subcommand(true);
+    let mut cmd = with_exit_status(Cli::command().disable_help_subcommand(true));
     cmd.build();
     if let Some(dir) = &args.dir {
         clap_mangen::generate_to(cmd, dir).map_err(|e| {

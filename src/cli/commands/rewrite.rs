@@ -507,7 +507,12 @@ fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
             "skipped",
             "failed",
         ]);
-        for (name, c) in &summary.resources {
+        let empty = summary
+            .resources
+            .values()
+            .filter(|c| c.scanned == 0)
+            .count();
+        for (name, c) in summary.resources.iter().filter(|(_, c)| c.scanned > 0) {
             r.add_row(vec![
                 output::escape(name).into_owned(),
                 c.scanned.to_string(),
@@ -518,6 +523,12 @@ fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
             ]);
         }
         out += &format!("\nBy resource:\n{r}\n");
+        if empty > 0 {
+            out += &format!(
+                "({} with no entries not shown; -o json lists every resource.)\n",
+                output::count(empty as u64, "covered resource", "covered resources")
+            );
+        }
     }
     for (name, why) in &summary.left_alone {
         out += &format!("Left alone: {}: {why}.\n", output::escape(name));

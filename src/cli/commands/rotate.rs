@@ -40,24 +40,12 @@ pub(crate) async fn run(
             discard_new: args.discard_new,
         },
     };
-    // promote and prune wait for every kube-apiserver to run the current file (in the library,
-    // just before the write).
-    let apiserver_gate = match stage {
-        Stage::Promote { .. } | Stage::Prune { .. } => {
-            let gate = super::apiservers::resolve_gate(&args.gate, args.store.kubeadm).await?;
-            if let Some(warning) = gate.warning() {
-                eprintln!("{warning}");
-            }
-            Some(gate)
-        }
-        _ => None,
-    };
-    let opts = RotateOptions {
+    let mut opts = RotateOptions {
         resource: args.resource.clone(),
         keep_backup: !args.no_backup,
         prefix: args.prefix.clone(),
         etcd_prefix: args.etcd_prefix.clone(),
-        apiserver_gate,
+        apiserver_gate: None,
     };
     // Only prune's guard reads the store.
     let store = match stage {
@@ -70,11 +58,54 @@ pub(crate) async fn run(
         }
         _ => None,
     };
-    let done = rotate(file, &stage, &opts, store.as_ref())
-        .await
-        .map_err(|e| rotate_error(&args, e))?;
+    // promote and prune wait for every kube-apiserver to run the current file (in the library,
+    // just before the write).
+    // (After the store is open: an unreachable etcd is exit 3 before any API question.)
+    opts.apiserver_gate = match stage {
+        Stage::Promote { .. } | Stage::Prune { .. } => {
+            let gate = super::apiservers::resolve_gate(&args.gate, args.store.kubeadm).await?;
+            if let Some(warning) = gate.warning() {
+                eprintln!("{warning}");
+            }
+            Some(gate)
+        }
+        _ => None,
+    };
+    let done = match rotate(file, &stage, &opts, store.as_ref()).await {
+        Ok(done) => done,
+        Err(e) => {
+            if format == Some(OutputFormat::Json) {
+                // A JSON consumer gets a result object for a refusal too.
+                output::print_json(&Refused {
+                    file: file.display().to_string(),
+                    stage: stage.name(),
+                    refused: true,
+                    error: e.to_string(),
+                    blocked: match &e {
+                        RotateError::Blocked { blocked, .. } => {
+                            blocked.iter().map(|b| b.key.clone()).collect()
+                        }
+                        _ => Vec::new(),
+                    },
+                })?;
+            }
+            return Err(rotate_error(&args, e));
+        }
+    };
     render(&done, format)?;
     Ok(Exit::Clean)
+}
+
+/// What `config rotate -o json` prints when a stage did not run.
+#[derive(serde::Serialize)]
+struct Refused {
+    file: String,
+    stage: &'static str,
+    refused: bool,
+    /// Why (the same text as on stderr).
+    error: String,
+    /// prune: the keys of the entries that still need a removed key.
+    blocked: Vec<String>,
 }
 
 /// The summary, lost entries, backup and next step on stderr; the JSON result on stdout.
