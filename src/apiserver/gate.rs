@@ -85,7 +85,7 @@ pub enum GateError {
     },
     /// The instances could not be listed at all.
     #[error("cannot check which config the kube-apiservers run: {0}")]
-    Check(#[from] CheckError),
+    Check(CheckError),
 }
 
 /// One instance the gate waits for.
@@ -205,6 +205,12 @@ impl GateCheck {
     /// Runs the gate (see [`ApiserverGate::check`]).
     pub async fn run(&self) -> Result<GateOutcome, GateError> {
         self.gate.check(&self.file_bytes).await
+    }
+}
+
+impl From<CheckError> for GateError {
+    fn from(e: CheckError) -> Self {
+        GateError::Check(e)
     }
 }
 

@@ -84,7 +84,7 @@ pub enum KeyError {
 pub enum DecryptError {
     /// The value ends before the structure does.
     #[error("value is truncated: {0}")]
-    Truncated(#[from] crate::wire::WireError),
+    Truncated(crate::wire::WireError),
     /// AES-CBC ciphertext that is empty or not a whole number of blocks.
     #[error("the ciphertext is {0} bytes, not a positive multiple of the 16-byte block size")]
     BlockSize(usize),
@@ -114,6 +114,12 @@ pub enum DecryptError {
         "the KMS plugin returned a {0}-byte DEK (expected 32; 16 or 24 for AES_GCM_KEY and v1)"
     )]
     KmsDekLength(usize),
+}
+
+impl From<crate::wire::WireError> for DecryptError {
+    fn from(e: crate::wire::WireError) -> Self {
+        DecryptError::Truncated(e)
+    }
 }
 
 /// Why a value could not be encrypted.

@@ -98,6 +98,10 @@ pub struct RewriteOptions {
     pub overwrite_backup: bool,
     /// After the rewrite, compact the store's history at its newest revision.
     pub compact: bool,
+    /// Keep every entry that was not already current in [`RewriteSummary::entries`] (default
+    /// true). A run over a million entries turns it off and takes them from
+    /// [`Observer::entry`] as they finish, so that memory does not grow with the entries.
+    pub list_entries: bool,
     /// The apiserver gate, run before the first write (not on a dry run): every kube-apiserver
     /// must have loaded the config being written with (see [`crate::apiserver::gate`]).
     /// `None`: no gate (a library caller that checked otherwise).
@@ -124,6 +128,7 @@ impl Default for RewriteOptions {
             compact: false,
             space_limit: None,
             apiserver_gate: None,
+            list_entries: true,
         }
     }
 }
@@ -233,6 +238,11 @@ fn is_zero_u64(n: &u64) -> bool {
 pub struct RewriteSummary {
     /// The version of this schema ([`crate::audit::SCHEMA_VERSION`]).
     pub schema_version: crate::audit::SchemaVersion,
+    /// With [`RewriteOptions::list_entries`]: every entry that was not already current, in
+    /// key order. `atrest rewrite -o json` streams them here instead, as they finish (nearly
+    /// key order: up to `concurrency` transactions finish in any order).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<RewriteEntry>,
     /// Entries handled (an interrupted run handles fewer than the prefix holds).
     pub scanned: u64,
     /// Entries written with the write provider and key.
@@ -281,8 +291,6 @@ pub struct RewriteSummary {
     /// (set by the caller that made the plan; see [`crate::rewrite::space_plan`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub space: Option<crate::rewrite::space_plan::SpacePlan>,
-    /// Every entry that was not already current, in key order.
-    pub entries: Vec<RewriteEntry>,
     /// Live etcd only: each member that did not answer (left out at connect time, or failed
     /// over from during the run), with its last error; absent when every member answered.
     ///
@@ -291,7 +299,7 @@ pub struct RewriteSummary {
 }
 
 impl RewriteSummary {
-    fn add(&mut self, entry: RewriteEntry) {
+    fn add(&mut self, entry: RewriteEntry, keep: bool) {
         self.scanned += 1;
         if entry.result == EntryResult::Rewritten && entry.error.is_some() {
             self.second_write_failed += 1;
@@ -310,7 +318,9 @@ impl RewriteSummary {
             EntryResult::Deleted => &mut self.deleted,
         };
         *count += 1;
-        self.entries.push(entry);
+        if keep {
+            self.entries.push(entry);
+        }
     }
 
     /// Clean (exit 0) when every entry the run saw is now current (or was deleted) and the run
@@ -343,11 +353,11 @@ pub enum RewriteError {
     IdentityWrite,
     /// The config writes with a KMS provider whose plugin is not ready (nothing was written).
     #[error("refusing to write: {0}")]
-    KmsWrite(#[from] crate::provider::kms::KmsWriteError),
+    KmsWrite(crate::provider::kms::KmsWriteError),
     /// The apiserver gate refused: a kube-apiserver has not loaded the config (nothing was
     /// written).
     #[error("refusing to write: {0}")]
-    Apiserver(#[from] crate::apiserver::gate::GateError),
+    Apiserver(crate::apiserver::gate::GateError),
     /// The space plan refuses: the rewrite cannot stay under the quota's margin, or etcd has a
     /// NOSPACE alarm (nothing was written).
     #[error(transparent)]
@@ -440,6 +450,18 @@ impl RewriteError {
     }
 }
 
+impl From<crate::provider::kms::KmsWriteError> for RewriteError {
+    fn from(e: crate::provider::kms::KmsWriteError) -> Self {
+        RewriteError::KmsWrite(e)
+    }
+}
+
+impl From<crate::apiserver::gate::GateError> for RewriteError {
+    fn from(e: crate::apiserver::gate::GateError) -> Self {
+        RewriteError::Apiserver(e)
+    }
+}
+
 /// Rewrites every entry under `prefix` that is not current, with `chain` (see the module docs).
 /// The preflight (gates, space plan, backup) is [`rewrite`]'s: this is the engine it runs once
 /// per prefix.
@@ -483,27 +505,13 @@ where
     // The revision the next page is read at: the first page's, until a compaction removes it.
     let mut pin: Option<i64> = None;
     let mut in_flight = FuturesUnordered::new();
-    // Progressive compaction: rewritten since the last one, the newest revision written, and
-    // whether the run is draining its transactions to compact.
-    let mut since_compact = 0u64;
-    let mut newest_written = 0i64;
-    let mut compacting = false;
-    // The space guard: the database file is checked at every batch and at least every
-    // GUARD_EVERY rewritten entries (after the transactions in flight finish); over the limit,
-    // the run stops.
-    let mut since_check = 0u64;
-    let mut checking = false;
+    let mut drains = Drains::default();
     let mut over_margin: Option<(u64, u64)> = None;
 
     loop {
         // Start transactions up to the limit, moving to the waiting page (and fetching the one
         // after it) when the current page runs out.
-        while !stop
-            && failure.is_none()
-            && !compacting
-            && !checking
-            && in_flight.len() < concurrency
-        {
+        while !stop && failure.is_none() && !drains.draining() && in_flight.len() < concurrency {
             if pending.is_empty() {
                 let Some(page) = waiting.take() else { break };
                 if page.more {
@@ -518,35 +526,23 @@ where
                 in_flight.push(rewrite_one(store, chain, opts, &stopping, entry));
             }
         }
-        if (compacting || checking) && in_flight.is_empty() && fetching.is_empty() {
-            let compact = std::mem::take(&mut compacting);
-            checking = false;
+        if drains.draining() && in_flight.is_empty() && fetching.is_empty() {
+            let at = drains.take(opts);
             if stop || failure.is_some() {
                 continue;
             }
-            if compact {
-                match store.compact(newest_written).await {
-                    Ok(()) => {
-                        summary.compactions += 1;
+            match at.run(store, &mut summary).await {
+                Ok(Drained { compacted, over }) => {
+                    if compacted {
                         // The pinned revision is gone: the next page is read at the current one.
                         pin = None;
                     }
-                    Err(source) => failure = Some((None, source)),
-                }
-            }
-            if let (Some(limit), None) = (opts.space_limit, &failure) {
-                since_check = 0;
-                match store.db_file_size().await {
-                    Ok(Some(size)) => {
-                        summary.peak_db_size = summary.peak_db_size.max(size);
-                        if size > limit {
-                            over_margin = Some((size, limit));
-                            stop = true;
-                        }
+                    if over.is_some() {
+                        over_margin = over;
+                        stop = true;
                     }
-                    Ok(None) => {}
-                    Err(source) => failure = Some((None, source)),
                 }
+                Err(source) => failure = Some((None, source)),
             }
             continue;
         }
@@ -563,20 +559,10 @@ where
             Some(done) = in_flight.next() => match done {
                 Ok((entry, written)) => {
                     if let Some(rev) = written {
-                        newest_written = newest_written.max(rev);
-                        since_compact += 1;
-                        if opts.compact_every.is_some_and(|n| since_compact >= n.max(1)) {
-                            // Entries finishing while the batch drains count towards the next.
-                            compacting = true;
-                            since_compact = 0;
-                        }
-                        since_check += 1;
-                        if opts.space_limit.is_some() && since_check >= space_plan::GUARD_EVERY {
-                            checking = true;
-                        }
+                        drains.written(rev, opts);
                     }
                     observer.entry(&entry);
-                    summary.add(entry);
+                    summary.add(entry, opts.list_entries);
                 }
                 Err((key, source)) => {
                     stopping.store(true, Ordering::Relaxed);
@@ -615,6 +601,97 @@ where
             source,
             summary: Box::new(summary),
         }),
+    }
+}
+
+/// When the engine drains its transactions in flight (see [`DrainPoint`]): progressive
+/// compaction after every `compact_every` rewritten entries, and the space guard's check of
+/// the database file at every batch and at least every [`space_plan::GUARD_EVERY`] entries.
+/// Entries finishing while the run drains count towards the next batch.
+#[derive(Default)]
+struct Drains {
+    since_compact: u64,
+    since_check: u64,
+    newest_written: i64,
+    compacting: bool,
+    checking: bool,
+}
+
+impl Drains {
+    /// One more entry written, at `revision`.
+    fn written(&mut self, revision: i64, opts: &RewriteOptions) {
+        self.newest_written = self.newest_written.max(revision);
+        self.since_compact += 1;
+        if opts
+            .compact_every
+            .is_some_and(|n| self.since_compact >= n.max(1))
+        {
+            self.compacting = true;
+            self.since_compact = 0;
+        }
+        self.since_check += 1;
+        if opts.space_limit.is_some() && self.since_check >= space_plan::GUARD_EVERY {
+            self.checking = true;
+        }
+    }
+
+    /// Whether the run is draining its transactions to compact or check.
+    fn draining(&self) -> bool {
+        self.compacting || self.checking
+    }
+
+    /// What to do now that the transactions have drained.
+    fn take(&mut self, opts: &RewriteOptions) -> DrainPoint {
+        let compact = std::mem::take(&mut self.compacting);
+        self.checking = false;
+        if opts.space_limit.is_some() {
+            self.since_check = 0;
+        }
+        DrainPoint {
+            compact_at: compact.then_some(self.newest_written),
+            space_limit: opts.space_limit,
+        }
+    }
+}
+
+/// What the engine does once the transactions in flight have drained: compact at the newest
+/// revision written (progressive compaction), and check the database file against the space
+/// guard's limit.
+struct DrainPoint {
+    compact_at: Option<i64>,
+    space_limit: Option<u64>,
+}
+
+/// What a drain point did: whether it compacted, and the file size over the limit, if it was.
+struct Drained {
+    compacted: bool,
+    over: Option<(u64, u64)>,
+}
+
+impl DrainPoint {
+    async fn run<S: WriteStore + Sync>(
+        self,
+        store: &S,
+        summary: &mut RewriteSummary,
+    ) -> Result<Drained, StoreError> {
+        let mut done = Drained {
+            compacted: false,
+            over: None,
+        };
+        if let Some(revision) = self.compact_at {
+            store.compact(revision).await?;
+            summary.compactions += 1;
+            done.compacted = true;
+        }
+        if let Some(limit) = self.space_limit {
+            if let Some(size) = store.db_file_size().await? {
+                summary.peak_db_size = summary.peak_db_size.max(size);
+                if size > limit {
+                    done.over = Some((size, limit));
+                }
+            }
+        }
+        Ok(done)
     }
 }
 
@@ -1027,9 +1104,9 @@ mod tests {
     #[test]
     fn summary_counts_and_verdict() {
         let mut s = RewriteSummary::default();
-        s.add(entry("/a", EntryResult::Rewritten));
-        s.add(entry("/b", EntryResult::AlreadyCurrent));
-        s.add(entry("/c", EntryResult::Deleted));
+        s.add(entry("/a", EntryResult::Rewritten), true);
+        s.add(entry("/b", EntryResult::AlreadyCurrent), true);
+        s.add(entry("/c", EntryResult::Deleted), true);
         assert_eq!(
             (s.scanned, s.entries.len()),
             (3, 2),
@@ -1039,14 +1116,14 @@ mod tests {
         s.interrupted = true;
         assert_eq!(s.verdict(), Verdict::Findings);
         s.interrupted = false;
-        s.add(entry("/d", EntryResult::Skipped));
+        s.add(entry("/d", EntryResult::Skipped), true);
         assert_eq!(s.verdict(), Verdict::Findings);
     }
 
     #[test]
     fn summary_json_uses_the_documented_names() {
         let mut s = RewriteSummary::default();
-        s.add(entry("/a", EntryResult::WouldRewrite));
+        s.add(entry("/a", EntryResult::WouldRewrite), true);
         let json = serde_json::to_value(&s).unwrap();
         for field in [
             "scanned",

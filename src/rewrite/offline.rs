@@ -175,7 +175,7 @@ pub enum OfflineError {
     IdentityWrite,
     /// The config writes with a KMS provider whose plugin is not ready.
     #[error("refusing to write: {0}")]
-    KmsWrite(#[from] crate::provider::kms::KmsWriteError),
+    KmsWrite(crate::provider::kms::KmsWriteError),
     /// A key of the input is missing from the output (a bug: the output must not be used).
     #[error("verification of the new file failed: {0} is missing from it; do not use the output")]
     Lost(String),
@@ -203,6 +203,12 @@ impl OfflineError {
             }
             OfflineError::Store(e) => e.advice(),
         }
+    }
+}
+
+impl From<crate::provider::kms::KmsWriteError> for OfflineError {
+    fn from(e: crate::provider::kms::KmsWriteError) -> Self {
+        OfflineError::KmsWrite(e)
     }
 }
 

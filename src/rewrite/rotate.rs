@@ -134,22 +134,20 @@ pub enum RotateError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The edit itself is not possible (no such key, name taken, …).
-    #[error("{}: {source}", .file.display())]
+    #[error("{}: {reason}", .file.display())]
     Edit {
         /// The config file.
         file: PathBuf,
         /// Why.
-        #[source]
-        source: config::RotateError,
+        reason: config::RotateError,
     },
     /// The config has no chain for the resource (it does not cover it).
-    #[error("{}: {source}", .file.display())]
+    #[error("{}: {reason}", .file.display())]
     Chain {
         /// The config file.
         file: PathBuf,
         /// Why.
-        #[source]
-        source: Box<TransformError>,
+        reason: Box<TransformError>,
     },
     /// promote: no key was named and none can be told apart as the one `add` put second.
     #[error("cannot tell which key to promote: there is no second key, or there are both a second local key and a kms provider")]
@@ -190,7 +188,7 @@ pub enum RotateError {
     Store(#[from] StoreError),
     /// promote and prune: a kube-apiserver has not loaded the current file.
     #[error("refusing to write: {0}")]
-    Apiserver(#[from] crate::apiserver::gate::GateError),
+    Apiserver(crate::apiserver::gate::GateError),
 }
 
 impl RotateError {
@@ -237,6 +235,12 @@ impl RotateError {
     }
 }
 
+impl From<crate::apiserver::gate::GateError> for RotateError {
+    fn from(e: crate::apiserver::gate::GateError) -> Self {
+        RotateError::Apiserver(e)
+    }
+}
+
 /// Performs one stage on `file` (see the module docs). `store` is read by `prune`'s guard.
 pub async fn rotate(
     file: &Path,
@@ -253,9 +257,9 @@ pub async fn rotate(
     })?);
     let before = chain_for(&config, &opts.resource, file)?;
     let mut model = config.model().clone();
-    let edit_err = |source| RotateError::Edit {
+    let edit_err = |reason| RotateError::Edit {
         file: file.to_owned(),
-        source,
+        reason,
     };
     let old = String::from_utf8_lossy(&old_text);
     let mut r = Rotation {
@@ -416,9 +420,9 @@ async fn guard(
     opts: &RotateOptions,
     file: &Path,
 ) -> Result<(String, PruneCheck), RotateError> {
-    let chain_err = |source| RotateError::Chain {
+    let chain_err = |reason| RotateError::Chain {
         file: file.to_owned(),
-        source: Box::new(source),
+        reason: Box::new(reason),
     };
     let (before, after, under) = match &opts.prefix {
         Some(prefix) => (
@@ -444,9 +448,9 @@ async fn guard(
 
 fn chain_for(config: &Config, resource: &str, file: &Path) -> Result<Chain, RotateError> {
     let (group, resource) = config::parse_group_resource(resource);
-    Chain::from_config(config, group, resource).map_err(|source| RotateError::Chain {
+    Chain::from_config(config, group, resource).map_err(|reason| RotateError::Chain {
         file: file.to_owned(),
-        source: Box::new(source),
+        reason: Box::new(reason),
     })
 }
 

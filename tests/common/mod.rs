@@ -9,6 +9,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod apiserver;
+pub mod cli;
 pub mod proxy;
 
 use std::net::TcpListener;

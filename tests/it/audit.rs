@@ -1,9 +1,7 @@
 //! `atrest audit` against a real etcd, and its agreement with `atrest audit --snapshot`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use atrest::config::Config;
 use atrest::provider::{aescbc::AesCbc, aesgcm::AesGcm, secretbox::Secretbox};
 use atrest::provider::{KeyMaterial, Provider};
@@ -40,20 +38,7 @@ resources:
   - identity: {}
 ";
 
-pub(crate) fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("encryption-config.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// The CLI, with KMS plugins not contacted (`ATREST_NO_KMS=true`, i.e. `--no-kms`): CONFIG's kms
-/// provider has no plugin behind it, so its entries are only recognised. tests/it/kms.rs runs
-/// the CLI against a real test plugin.
-pub(crate) fn atrest() -> Command {
-    let mut cmd = Command::cargo_bin("atrest").unwrap();
-    cmd.env("ATREST_NO_KMS", "true");
-    cmd
-}
+pub(crate) use crate::common::cli::{atrest, write_config};
 
 /// The Kubernetes Secret fixture: a real stored plaintext value.
 pub(crate) fn stored_secret() -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! Which member answered, which did not, and why a TLS connection failed: what `audit`,
 //! `status` and `rewrite` tell the user about the endpoints (issue 14, items 3 and 8).
 
+use crate::common::cli::stderr;
 use serde_json::Value;
 
 use crate::audit::{atrest, write_config, CONFIG};
@@ -9,10 +10,6 @@ use crate::common::{free_port, EtcdServer, TestPki};
 /// An endpoint nothing listens on (a port handed out once and never bound).
 fn dead_endpoint() -> String {
     format!("http://127.0.0.1:{}", free_port())
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

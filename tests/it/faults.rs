@@ -8,6 +8,7 @@
 //! and the seed is printed (set `ATREST_FAULT_SEED` to replay a run). Each test prints one
 //! `FIGURES` line (docs/reliability.md quotes the last run's).
 
+use crate::common::cli::stderr;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -179,10 +180,6 @@ async fn check_truth(endpoint: &str, truth: &Truth, all_current: bool) -> usize 
     let live = truth.values().filter(|v| v.is_some()).count();
     assert_eq!(seen, live, "every live key is there, no other");
     seen
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Runs `atrest rewrite` against `endpoints` until it exits 0 (at most `runs` times).

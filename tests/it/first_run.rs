@@ -1,19 +1,11 @@
 //! What a first-time operator tripped over, run through the built binary: each test here
 //! failed on the code before the fix it names.
 
+use crate::common::cli::run;
 use std::path::{Path, PathBuf};
 
 use crate::audit::atrest;
 use crate::common::{put_raw, EtcdServer};
-
-fn run(cmd: &mut assert_cmd::Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 const HEAD: &str = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n";
 const K1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";

@@ -1,6 +1,7 @@
 //! Operator features: `status`, `check-apiserver`, `--kubeadm`, `-o prometheus`, completions
 //! and the man page.
 
+use crate::common::cli::run;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -36,16 +37,6 @@ fn node_root() -> tempfile::TempDir {
     std::fs::write(enc.join("enc.yaml"), CONFIG).unwrap();
     std::fs::write(enc.join("identity-first.yaml"), IDENTITY_FIRST).unwrap();
     root
-}
-
-/// Runs the command and returns (exit code, stdout, stderr).
-fn run(cmd: &mut assert_cmd::Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn check_apiserver(name: &str, root: &Path, format: &str) -> (i32, String, String) {

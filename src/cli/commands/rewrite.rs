@@ -5,6 +5,8 @@
 //! inside it — and renders the result.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use atrest::resource::Target;
 use atrest::rewrite::offline::{rewrite_copy, OfflineError};
@@ -17,27 +19,54 @@ use indicatif::ProgressBar;
 use super::audit::warn_failover;
 use crate::cli::args::{OutputFormat, RewriteArgs};
 use crate::cli::output;
+use crate::cli::stream::JsonEntries;
 use crate::cli::{CliError, Exit};
 
-/// Progress on a bar; the plan and the backup on stderr.
-struct Progress(ProgressBar);
+/// Progress on a bar; the plan and the backup on stderr; each entry that was not already
+/// current streamed as JSON, or kept for the table up to [`ROWS`].
+struct Progress {
+    bar: ProgressBar,
+    json: Option<JsonEntries>,
+    rows: Mutex<Vec<RewriteEntry>>,
+    more_rows: AtomicU64,
+}
+
+/// The fields `atrest rewrite -o json` writes before its streamed `entries`.
+#[derive(serde::Serialize)]
+struct Head {
+    schema_version: atrest::audit::SchemaVersion,
+}
 
 impl Observer for Progress {
     fn total(&self, n: u64) {
-        self.0.set_length(n);
+        self.bar.set_length(n);
     }
-    fn entry(&self, _e: &RewriteEntry) {
-        self.0.inc(1);
+    fn entry(&self, e: &RewriteEntry) {
+        self.bar.inc(1);
+        if e.result == rewrite::EntryResult::AlreadyCurrent {
+            return;
+        }
+        if let Some(json) = &self.json {
+            json.entry(e);
+        }
+        if e.result != rewrite::EntryResult::Rewritten || e.error.is_some() {
+            let mut rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
+            if rows.len() < ROWS {
+                rows.push(e.clone());
+            } else {
+                self.more_rows.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
     fn space(&self, plan: &SpacePlan) {
-        self.0.suspend(|| eprint!("{}", describe_space(plan)));
+        self.bar.suspend(|| eprint!("{}", describe_space(plan)));
     }
     fn space_refused(&self, why: &SpaceError) {
-        self.0
+        self.bar
             .suspend(|| eprintln!("A real run would refuse: {why}\nhint: {}", why.advice()));
     }
     fn backup(&self, path: &Path, bytes: u64) {
-        self.0.suspend(|| {
+        self.bar.suspend(|| {
             eprintln!(
                 "Backup: {} ({bytes} bytes) saved before any write.",
                 path.display()
@@ -86,13 +115,29 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         overwrite_backup: args.force,
         compact: args.compact,
         apiserver_gate,
+        // Entries are streamed (JSON) or kept up to a bound (table) by the observer.
+        list_entries: false,
         ..RewriteOptions::default()
     };
-    let bar = Progress(output::progress(if args.dry_run {
-        "planning"
-    } else {
-        "rewriting"
-    }));
+    let format = output::format(format);
+    if format == OutputFormat::Prometheus {
+        return Err(output::no_prometheus());
+    }
+    let bar = Progress {
+        bar: output::progress(if args.dry_run {
+            "planning"
+        } else {
+            "rewriting"
+        }),
+        json: match format {
+            OutputFormat::Json => Some(JsonEntries::new(&Head {
+                schema_version: atrest::audit::SchemaVersion,
+            })?),
+            _ => None,
+        },
+        rows: Mutex::new(Vec::new()),
+        more_rows: AtomicU64::new(0),
+    };
     let shutdown = async {
         // Ctrl-C: finish the transactions in flight, start no new ones.
         let _ = tokio::signal::ctrl_c().await;
@@ -102,15 +147,21 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         warn_failover(live);
     }
     let report = report.map_err(rewrite_error)?;
-    bar.0.finish_and_clear();
+    bar.bar.finish_and_clear();
     if !args.dry_run {
         note_aesgcm_encryptions(target.chains());
     }
-    match output::format(format) {
-        OutputFormat::Prometheus => return Err(output::no_prometheus()),
-        OutputFormat::Json if target.by_resource().is_some() => output::print_json(&report)?,
-        OutputFormat::Json => output::print_json(&report.all)?,
-        OutputFormat::Table => output::print(&render(&report, &args, kine))?,
+    match (bar.json, target.by_resource().is_some()) {
+        (Some(json), true) => json.finish(&report)?,
+        (Some(json), false) => json.finish(&report.all)?,
+        (None, _) => {
+            let rows = bar
+                .rows
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner);
+            let more = bar.more_rows.into_inner();
+            output::print(&render(&report, &rows, more, &args, kine))?
+        }
     }
     Ok(match report.all.verdict() {
         atrest::audit::Verdict::Clean => Exit::Clean,
@@ -458,7 +509,13 @@ fn render_offline(s: &atrest::rewrite::offline::OfflineSummary, kine: bool) -> S
 /// The rows of entries that were not rewritten a table lists; `-o json` lists every one.
 const ROWS: usize = 50;
 
-fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
+fn render(
+    summary: &RewriteReport,
+    notable: &[RewriteEntry],
+    more: u64,
+    args: &RewriteArgs,
+    kine: bool,
+) -> String {
     let s = &summary.all;
     let dry = args.dry_run;
     let written = |c: &rewrite::RewriteSummary| if dry { c.would_rewrite } else { c.rewritten };
@@ -539,15 +596,12 @@ fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
             output::escape(e)
         );
     }
-    let notable: Vec<_> = s
-        .entries
-        .iter()
-        .filter(|e| !matches!(e.result, rewrite::EntryResult::Rewritten) || e.error.is_some())
-        .collect();
     if !notable.is_empty() {
+        let mut notable: Vec<&RewriteEntry> = notable.iter().collect();
+        notable.sort_by(|a, b| a.key.cmp(&b.key));
         let mut d = output::table();
         d.set_header(vec!["key", "state", "result", "note"]);
-        for e in notable.iter().take(ROWS) {
+        for e in notable {
             d.add_row(vec![
                 output::escape(&e.key).into_owned(),
                 e.from.to_string(),
@@ -555,12 +609,9 @@ fn render(summary: &RewriteReport, args: &RewriteArgs, kine: bool) -> String {
                 output::escape(e.error.as_deref().unwrap_or_default()).into_owned(),
             ]);
         }
-        if notable.len() > ROWS {
+        if more > 0 {
             d.add_row(vec![
-                format!(
-                    "…and {} more (-o json lists every entry)",
-                    notable.len() - ROWS
-                ),
+                format!("…and {more} more (-o json lists every entry)"),
                 String::new(),
                 String::new(),
                 String::new(),
