@@ -837,6 +837,7 @@ mod tests {
         writes: u64,
         fail_after_writes: Option<u64>,
         always_conflict: bool,
+        fail_get: bool,
     }
 
     impl MemStore {
@@ -931,7 +932,11 @@ mod tests {
         }
 
         async fn get(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
-            Ok(self.0.lock().unwrap().keys.get(key).cloned())
+            let m = self.0.lock().unwrap();
+            if m.fail_get {
+                return Err(StoreError::Stopped);
+            }
+            Ok(m.keys.get(key).cloned())
         }
 
         async fn backup(&self, _path: &Path, _overwrite: bool) -> Result<u64, StoreError> {
@@ -1022,6 +1027,28 @@ mod tests {
         for e in m.keys.values() {
             assert_eq!(chain().classify(&e.value, &e.key).state, State::Current);
         }
+    }
+
+    /// Issue 22 item 22: kine's second write is what replaces the plaintext copy in its
+    /// `old_value`; its failures were dropped silently. Now each is reported on its entry, counted
+    /// in `second_write_failed`, and the run is not clean.
+    #[tokio::test]
+    async fn issue_22_22_a_failed_second_write_is_reported() {
+        let store = MemStore::with_plaintext(10);
+        store.0.lock().unwrap().fail_get = true;
+        let opts = RewriteOptions {
+            write_twice: true,
+            ..RewriteOptions::default()
+        };
+        let s = run(&store, opts).await.unwrap();
+        assert_eq!((s.rewritten, s.second_write_failed), (10, 10));
+        assert_eq!(s.verdict(), Verdict::Findings);
+        let e = &s.entries[0];
+        assert_eq!(e.result, EntryResult::Rewritten);
+        assert!(
+            e.error.as_deref().is_some_and(|m| m.contains("old_value")),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]

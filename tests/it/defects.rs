@@ -292,3 +292,116 @@ fn issue_22_cli_slips_get_clear_answers() {
     let (_, page, _) = run(&["man", "rewrite"]);
     assert!(page.contains("EXIT STATUS"), "{page}");
 }
+
+/// Item 20: the offline rewrite's "the new file holds … 0 plaintext" came from its own count,
+/// while an audit of the file found more and exited 1. Now the summary is the new file's audit
+/// with the same config, and the rewrite's exit status is `audit --strict`'s of the new file.
+/// The bundled snapshot holds an unknown-key and an undecryptable Secret, which no rewrite can
+/// fix: the rewrite says so and exits 1.
+#[test]
+fn issue_22_20_an_offline_rewrite_reports_what_an_audit_of_its_output_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("new.snapshot");
+    let out = out.to_str().unwrap();
+    let config = "examples/encryption-config.yaml";
+    let (code, text, err) = run(&[
+        "rewrite",
+        "--config",
+        config,
+        "--snapshot",
+        "examples/cluster.snapshot",
+        "--out",
+        out,
+        "-o",
+        "json",
+    ]);
+    let summary = json(&text);
+    let (audit_code, audit_text, _) = run(&[
+        "audit",
+        "--strict",
+        "--config",
+        config,
+        "--snapshot",
+        out,
+        "-o",
+        "json",
+    ]);
+    let audit = json(&audit_text);
+    assert_eq!(summary["after"], audit["summary"], "{summary}\n{audit}");
+    assert_eq!(
+        code, audit_code,
+        "the rewrite's verdict is the new file's: {err}"
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(summary["after_findings"], 2, "{summary}");
+    // The table says what was left, and why.
+    let table = dir.path().join("again.snapshot");
+    let (_, text, _) = run(&[
+        "rewrite",
+        "--config",
+        config,
+        "--snapshot",
+        "examples/cluster.snapshot",
+        "--out",
+        table.to_str().unwrap(),
+        "-o",
+        "table",
+    ]);
+    assert!(
+        text.contains("Not everything is current: 2 entries are left"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unknown-key") && text.contains("undecryptable"),
+        "{text}"
+    );
+}
+
+/// Item 21: a dry run's tables said "rewritten 0" above and "rewritten 5" by resource.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_22_21_dry_run_tables_agree() {
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    for i in 0..5 {
+        put_raw(
+            &mut client,
+            format!("/registry/secrets/default/s{i}").as_bytes(),
+            b"k8s\0plain",
+        )
+        .await;
+        put_raw(
+            &mut client,
+            format!("/registry/configmaps/default/c{i}").as_bytes(),
+            b"k8s\0plain",
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "enc.yaml",
+        &format!("{HEAD}resources:\n- resources: [secrets, configmaps]\n  providers:\n  - aescbc: {{keys: [{{name: k1, secret: '{K1}'}}]}}\n  - identity: {{}}\n"),
+    );
+    let (code, text, err) = run(&[
+        "rewrite",
+        "--dry-run",
+        "--config",
+        config.to_str().unwrap(),
+        "--endpoints",
+        &server.endpoint,
+        "-o",
+        "table",
+        "--no-apiserver-check",
+    ]);
+    assert_eq!(code, 1, "a dry run leaves work to do: {err}");
+    assert!(
+        !text.contains("rewritten"),
+        "a dry run writes nothing: {text}"
+    );
+    assert!(text.contains("would rewrite"), "{text}");
+    assert!(!text.contains("at revision 0"), "{text}");
+    assert!(
+        err.contains("writes 10 entries"),
+        "the estimate counts what will be written: {err}"
+    );
+}
