@@ -192,13 +192,27 @@ pub fn lagging(report: &ApiserversReport) -> Vec<Lagging> {
 }
 
 /// A gate bound to the config file a write will use: what [`crate::rewrite::RewriteOptions`]
-/// carries so that the rewrite itself runs the gate before its first write.
-#[derive(Debug, Clone)]
+/// carries so that the rewrite itself runs the gate before its first write. `Debug` prints the
+/// file's length, never its bytes (they hold keys).
+#[derive(Clone)]
 pub struct GateCheck {
     /// Whether and how to check.
     pub gate: ApiserverGate,
-    /// The bytes of the config file every instance must have loaded.
-    pub file_bytes: Vec<u8>,
+    /// The bytes of the config file every instance must have loaded (keys included: wiped
+    /// when dropped).
+    pub file_bytes: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for GateCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateCheck")
+            .field("gate", &self.gate)
+            .field(
+                "file_bytes",
+                &format_args!("{} bytes", self.file_bytes.len()),
+            )
+            .finish()
+    }
 }
 
 impl GateCheck {
@@ -217,6 +231,19 @@ impl From<CheckError> for GateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_prints_the_config_bytes() {
+        let check = GateCheck {
+            gate: ApiserverGate::SkippedOnPurpose,
+            file_bytes: zeroize::Zeroizing::new(b"secret: c2VjcmV0".to_vec()),
+        };
+        let text = format!("{check:?}");
+        assert!(
+            text.contains("16 bytes") && !text.contains("c2VjcmV0"),
+            "{text}"
+        );
+    }
     use crate::apiserver::check::{Evidence, InstanceReport, NotChecked, Problem, Reloads};
 
     #[test]

@@ -83,10 +83,11 @@ async fn canary(
 }
 
 /// Reads the config file whose hash every instance should report (exit 2 if unreadable).
-pub(crate) fn read_config(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+/// The bytes hold keys: wiped when dropped.
+pub(crate) fn read_config(path: &std::path::Path) -> Result<zeroize::Zeroizing<Vec<u8>>, CliError> {
     use std::io::Read;
     let max = atrest::config::MAX_CONFIG_BYTES;
-    let mut bytes = Vec::new();
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(64 << 10));
     std::fs::File::open(path)
         .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
         .map_err(|e| CliError::io(&format!("cannot read {}", path.display()), e))?;
