@@ -337,31 +337,21 @@ pub async fn rotate(
             markers
         }
         Stage::Prune { discard_new } => {
-            check_unpromoted(&before, &config::pending_adds(&old), *discard_new)?;
-            r.removed = config::prune(&mut model, &opts.resource).map_err(edit_err)?;
-            if r.removed.is_empty() {
-                r.summary = "Nothing to prune: only the write key is left.".to_owned();
+            let write = prune_stage(
+                &config,
+                &before,
+                &old,
+                &mut model,
+                &mut r,
+                *discard_new,
+                opts,
+                store,
+                file,
+            )
+            .await?;
+            if !write {
                 return Ok(r);
             }
-            let after = Config::from_model(model.clone())?;
-            let store = store.ok_or(RotateError::NoStore)?;
-            let (under, check) = guard(store, &config, &after, opts, file).await?;
-            if !check.blocked.is_empty() {
-                return Err(RotateError::Blocked {
-                    under,
-                    blocked: check.blocked,
-                });
-            }
-            r.lost = check.lost.iter().map(|e| e.key.clone()).collect();
-            r.lost_entries = check.lost;
-            r.summary = format!(
-                "Pruned {} {}: {}. No readable entry of {under} needs {}.",
-                r.removed.len(),
-                if r.removed.len() == 1 { "key" } else { "keys" },
-                r.removed.join(", "),
-                if r.removed.len() == 1 { "it" } else { "them" },
-            );
-            r.next = "Next: copy the file to every control-plane node and restart every kube-apiserver. Backups and snapshots taken before the rewrite still need the old keys: keep them somewhere safe.".to_owned();
             // Every key after the write key is gone, and with them what the markers named.
             String::new()
         }
@@ -380,6 +370,52 @@ pub async fn rotate(
     }
     config::write_atomic(file, text.as_bytes(), true)?;
     Ok(r)
+}
+
+/// prune: refuses to drop a pending key unless `discard_new`, edits `model`, and runs the
+/// guard over the store. `false` when there is nothing to prune (nothing to write).
+#[allow(clippy::too_many_arguments)]
+async fn prune_stage(
+    config: &Config,
+    before: &Chain,
+    old: &str,
+    model: &mut crate::config::EncryptionConfiguration,
+    r: &mut Rotation,
+    discard_new: bool,
+    opts: &RotateOptions,
+    store: Option<&Store>,
+    file: &Path,
+) -> Result<bool, RotateError> {
+    let edit_err = |reason| RotateError::Edit {
+        file: file.to_owned(),
+        reason,
+    };
+    check_unpromoted(before, &config::pending_adds(old), discard_new)?;
+    r.removed = config::prune(model, &opts.resource).map_err(edit_err)?;
+    if r.removed.is_empty() {
+        r.summary = "Nothing to prune: only the write key is left.".to_owned();
+        return Ok(false);
+    }
+    let after = Config::from_model(model.clone())?;
+    let store = store.ok_or(RotateError::NoStore)?;
+    let (under, check) = guard(store, config, &after, opts, file).await?;
+    if !check.blocked.is_empty() {
+        return Err(RotateError::Blocked {
+            under,
+            blocked: check.blocked,
+        });
+    }
+    r.lost = check.lost.iter().map(|e| e.key.clone()).collect();
+    r.lost_entries = check.lost;
+    r.summary = format!(
+        "Pruned {} {}: {}. No readable entry of {under} needs {}.",
+        r.removed.len(),
+        if r.removed.len() == 1 { "key" } else { "keys" },
+        r.removed.join(", "),
+        if r.removed.len() == 1 { "it" } else { "them" },
+    );
+    r.next = "Next: copy the file to every control-plane node and restart every kube-apiserver. Backups and snapshots taken before the rewrite still need the old keys: keep them somewhere safe.".to_owned();
+    Ok(true)
 }
 
 /// prune: a key `add` marked as pending, still in the file and not the write key, is never
