@@ -562,7 +562,9 @@ impl Snapshot {
             more: false,
         };
         let mut bytes = 0usize;
-        for latest in self.under(prefix, after) {
+        let under = self.under(prefix, after);
+        touch(&self.tree(), under.get(..PAGE_ENTRIES).unwrap_or(under));
+        for latest in under {
             if page.entries.len() >= PAGE_ENTRIES || bytes >= PAGE_BYTES {
                 page.more = true;
                 break;
@@ -721,6 +723,18 @@ fn key_record<'a>(tree: &Tree<'a>, e: &LeafElem) -> Result<(mvcc::RevKey, KeyVal
     Ok((rev, kv))
 }
 
+/// Reads the first byte of each record, independently of one another, so that the processor
+/// fetches them from memory in parallel: in key order the records are scattered over the
+/// file (the `key` bucket is in revision order), and decoding them one after the other would
+/// wait for each cache miss in turn.
+fn touch(tree: &Tree<'_>, records: &[Latest]) {
+    let mut x = 0u8;
+    for l in records {
+        x ^= tree.bytes(l.record()).first().copied().unwrap_or_default();
+    }
+    std::hint::black_box(x);
+}
+
 /// The index entry of `key` bucket element `e`, whose record holds `key`.
 fn index_entry(tree: &Tree<'_>, e: &LeafElem, key: &[u8], ordinal: u32) -> Result<Latest, Fault> {
     let too_large = Fault::at(e.page, "record too large to index");
@@ -757,7 +771,7 @@ fn attach(path: &Path, e: ParseError) -> SnapshotError {
     }
 }
 
-/// Checks the trailer, picks the meta page, walks the whole tree and indexes the keyspace.
+/// Checks the trailer and parses the tree ([`parse_tree`]).
 fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
     let has_hash = file.len() % 512 == TRAILER && file.len() > TRAILER;
     let db_len = if has_hash {
@@ -767,14 +781,45 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
     };
     let db = bbolt::slice_at(file, 0, db_len, "file")
         .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?;
-    if has_hash {
-        let trailer = bbolt::slice_at(file, db_len, TRAILER, "sha256 trailer")
-            .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?;
-        if Sha256::digest(db).as_slice() != trailer {
-            return Err(ParseError::HashMismatch);
-        }
+    let trailer = if has_hash {
+        Some(
+            bbolt::slice_at(file, db_len, TRAILER, "sha256 trailer")
+                .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?,
+        )
+    } else {
+        None
+    };
+    // The hash and the walk both read the whole file: the hash runs on a thread of its own
+    // beside the walk. A mismatch still wins over whatever the walk found.
+    let (hash_ok, parsed) = std::thread::scope(|scope| {
+        let hash = trailer.map(|_| {
+            std::thread::Builder::new()
+                .name("atrest-sha256".into())
+                .spawn_scoped(scope, || Sha256::digest(db))
+        });
+        let parsed = parse_tree(db, db_len, has_hash);
+        let digest = match hash {
+            None => None,
+            Some(Ok(thread)) => thread.join().ok(),
+            // No thread to be had: hash here.
+            Some(Err(_)) => Some(Sha256::digest(db)),
+        };
+        let hash_ok = match (trailer, digest) {
+            (None, _) => true,
+            (Some(trailer), Some(digest)) => digest.as_slice() == trailer,
+            (Some(_), None) => false,
+        };
+        (hash_ok, parsed)
+    });
+    if !hash_ok {
+        return Err(ParseError::HashMismatch);
     }
+    parsed
+}
 
+/// Picks the meta page, walks the whole tree and indexes the keyspace of `db` (the file
+/// without its trailer).
+fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseError> {
     let meta = select_meta(db)?;
     let page_size = meta.page_size as usize;
     let hwm_end = usize::try_from(meta.hwm)
