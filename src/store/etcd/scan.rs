@@ -27,7 +27,7 @@ pub const RANGE_KEYS: u64 = 4000;
 /// The most namespaces read to split a scan (keys only).
 const MAX_NAMESPACES: i64 = 100_000;
 
-/// The most pages requested ahead of a scan at once (see [`ReadAhead`]).
+/// The most pages requested ahead of a scan at once (see "Pages" in the [module docs](super)).
 pub const MAX_READ_AHEAD: usize = 3;
 
 /// The most bytes of pages requested ahead of a scan at once: with pages of about
