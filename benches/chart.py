@@ -104,7 +104,9 @@ def main():
         secs[k].append((n, float(r["secs"])))
         rss[k].append((n, int(r["rss_kib"]) / 1024))
     xs = sorted({int(r["entries"]) for r in rows})
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H + 22 * len(COLORS)}" font-family="sans-serif" font-size="12">',
+    legend_rows = (len({k[0] for k in secs}) + 2) // 3 + 1
+    height = MARGIN_T + PANEL_H + 60 + 20 * legend_rows
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>']
     panel(out, MARGIN_L, "Wall time", "seconds", secs, xs)
     panel(out, MARGIN_L + PANEL_W + GAP, "Peak RSS", "MiB", rss, xs)
