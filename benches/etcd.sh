@@ -17,14 +17,30 @@
 #     same etcd, in entries per second, and its peak RSS; and `atrest status` of every resource.
 # It prints markdown tables to stdout and writes nothing into the tree.
 #
+#   SCALE=1 benches/etcd.sh [N ...]   # default: 100000 1000000
+#
+# The scale mode: for each etcd server in ATREST_BENCH_ETCD (paths, space-separated; default
+# the `etcd` on PATH) and each N, a fresh etcd loaded with N small Secrets (SIZE bytes, 300 by
+# default, over NAMESPACES namespaces, 200; BATCH puts per transaction, 100), compacted and
+# defragmented, then, in one run on the same data: `etcdctl get --prefix -w protobuf` of the
+# Secrets, `atrest audit -o json`, `atrest status -o json`, `atrest audit --snapshot -o json`
+# of an `etcdctl snapshot save` (and `atrest rewrite` with SCALE_REWRITE=1), each the best wall
+# time of RUNS after one warm-up, with its largest peak RSS (GNU time). It prints one table per
+# etcd server, writes the figures as TSV to SCALE_TSV (when set) and, with CHART=FILE.svg,
+# draws time and peak RSS against N into FILE.svg (benches/chart.py).
+#
 # Environment: RUNS (3), WRITE_RUNS (3), CONCURRENCY (64), CONFIG
 # (examples/encryption-config.yaml). Needs etcd, etcdctl, jq, /usr/bin/time (GNU, for -v),
-# python3 (free ports).
+# python3 (free ports, the chart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scale=${SCALE:-}
 sizes=("$@")
-[ ${#sizes[@]} -gt 0 ] || sizes=(10000 50000)
+if [ ${#sizes[@]} -eq 0 ]; then
+  if [ -n "$scale" ]; then sizes=(100000 1000000); else sizes=(10000 50000); fi
+fi
+etcd_bin=etcd
 runs=${RUNS:-3}
 write_runs=${WRITE_RUNS:-3}
 concurrency=${CONCURRENCY:-64}
@@ -62,7 +78,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 start_etcd() { # $1: data dir
   client="http://127.0.0.1:$(port)"
   peer="http://127.0.0.1:$(port)"
-  etcd --name bench --data-dir "$1" \
+  "$etcd_bin" --name bench --data-dir "$1" \
     --listen-client-urls "$client" --advertise-client-urls "$client" \
     --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
     --initial-cluster "bench=$peer" --quota-backend-bytes 8589934592 \
@@ -82,9 +98,13 @@ revision() {
 # Loads (or reloads: the same keys, values and mix) N Secrets, then compacts and defragments so
 # every measurement sees the same database shape.
 load_data() { # $1: N
-  "$load" load "$client" "$config" "$1" 64 >&2
-  etcdctl --endpoints "$client" compact "$(revision)" --physical >/dev/null
-  etcdctl --endpoints "$client" defrag >/dev/null
+  if [ -n "$scale" ]; then
+    "$load" load "$client" "$config" "$1" 32 "${SIZE:-300}" "${NAMESPACES:-200}" "${BATCH:-100}" >&2
+  else
+    "$load" load "$client" "$config" "$1" 64 >&2
+  fi
+  etcdctl --endpoints "$client" --command-timeout 600s compact "$(revision)" --physical >/dev/null
+  etcdctl --endpoints "$client" --command-timeout 600s defrag >/dev/null
 }
 
 hz=$(getconf CLK_TCK)
@@ -141,6 +161,87 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 verdict() { if [ "$1" = 1 ]; then echo "met"; else echo "**not met**"; fi; }
 le() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? 1 : 0 }'; }
 
+machine() {
+  echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), \
+$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, \
+atrest $(git describe --always --dirty 2>/dev/null || echo '?')."
+}
+
+# The scale mode (SCALE=1): see the header.
+scale_run() {
+  local tsv=${SCALE_TSV:-$dir/scale.tsv} bins=() version n
+  read -r -a bins <<<"${ATREST_BENCH_ETCD:-$(command -v etcd)}"
+  printf 'etcd\tentries\tcommand\tsecs\trss_kib\tcpu\tetcd_cpu\tload\n' >"$tsv"
+  echo "# atrest at scale: ${SIZE:-300}-byte Secrets in ${NAMESPACES:-200} namespaces"
+  echo
+  echo "$(machine) Best of $runs after one warm-up; peak RSS is the largest over the timed runs; \
+load is the 1-minute load average before each command."
+  for etcd_bin in "${bins[@]}"; do
+    version=$("$etcd_bin" --version | awk 'NR == 1 { print $3 }')
+    echo
+    echo "## etcd $version ($etcd_bin)"
+    echo
+    echo "| entries | command | wall time | peak RSS | CPU (command) | CPU (etcd) | load | result |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    for n in "${sizes[@]}"; do
+      log "== etcd $version, N=$n: loading"
+      start_etcd "$dir/etcd-$n"
+      ep=(--endpoints "$client")
+      load_data "$n"
+      etcdctl "${ep[@]}" --command-timeout 600s snapshot save "$dir/snap-$n.db" >/dev/null 2>&1
+      local names=() cmds=()
+      row() { # $1: name, $2: label; rest: command
+        local name=$1 label=$2 load1
+        shift 2
+        load1=$(awk '{ print $1 }' /proc/loadavg)
+        if [ "$name" = rewrite ]; then
+          # Once: a second run would find nothing left to rewrite.
+          unset rewrite_secs rewrite_rss
+          ok="0 1" out="$dir/rewrite.json" timed "$@"
+          keep rewrite
+        else
+          ok="0 1" best_of "$name" "$@"
+        fi
+        local s=${name}_secs r=${name}_rss c=${name}_cpu e=${name}_etcd
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$version" "$n" "$label" "${!s}" "${!r}" \
+          "${!c}" "${!e}" "$load1" >>"$tsv"
+        local vs="-"
+        case $name in
+          dump) ;;
+          rewrite)
+            local rewritten
+            rewritten=$(jq '.rewritten' "$dir/rewrite.json")
+            vs="$rewritten rewritten, $(awk -v n="$rewritten" -v s="${!s}" 'BEGIN { printf "%.0f", n / s }')/s" ;;
+          *) vs="$(ratio "${!s}" "$dump_secs")× etcdctl" ;;
+        esac
+        echo "| $n | $label | ${!s} s | $(mib "${!r}") | ${!c} s | ${!e} s | $load1 | $vs |"
+      }
+      log "== etcd $version, N=$n: reads"
+      row dump "etcdctl get -w protobuf" etcdctl "${ep[@]}" --command-timeout 600s get --prefix "$prefix" -w protobuf
+      row audit "atrest audit" "$atrest" audit "${ep[@]}" --config "$config" -o json
+      row status "atrest status" "$atrest" status "${ep[@]}" --config "$config" -o json
+      row snap "atrest audit --snapshot" "$atrest" audit --snapshot "$dir/snap-$n.db" --config "$config" -o json
+      rm -f "$dir/snap-$n.db"
+      if [ -n "${SCALE_REWRITE:-}" ]; then
+        log "== etcd $version, N=$n: rewrite"
+        row rewrite "atrest rewrite" "$atrest" rewrite "${ep[@]}" --config "$config" \
+          --concurrency "$concurrency" -o json
+      fi
+      stop_etcd
+      rm -rf "$dir/etcd-$n" "$dir/etcd-$n.log"
+    done
+  done
+  if [ -n "${CHART:-}" ]; then
+    python3 benches/chart.py "$tsv" "$CHART"
+    log "chart: $CHART"
+  fi
+}
+
+if [ -n "$scale" ]; then
+  scale_run
+  exit 0
+fi
+
 echo "# atrest whole-command benchmark"
 echo
 echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), \
@@ -192,8 +293,8 @@ for n in "${sizes[@]}"; do
   log "== N=$n: *.* audit beside $n other objects"
   load_data "$n"
   "$load" others "$client" "$n" 64 >&2
-  etcdctl "${ep[@]}" compact "$(revision)" --physical >/dev/null
-  etcdctl "${ep[@]}" defrag >/dev/null
+  etcdctl "${ep[@]}" --command-timeout 600s compact "$(revision)" --physical >/dev/null
+  etcdctl "${ep[@]}" --command-timeout 600s defrag >/dev/null
   sed "s/- secrets\$/- '*.*'/" "$config" >"$dir/all.yaml"
   grep -q "'\*\.\*'" "$dir/all.yaml" || { log "could not make a *.* config from $config"; exit 1; }
   ok="0 1" best_of secrets_only "$atrest" audit "${ep[@]}" --config "$config" -o json

@@ -2,7 +2,7 @@
 //! plain-etcd baseline that `atrest rewrite` is compared with.
 //!
 //! ```text
-//! bench_load load     ENDPOINT CONFIG N [IN_FLIGHT]
+//! bench_load load     ENDPOINT CONFIG N [IN_FLIGHT] [SIZE] [NAMESPACES] [BATCH]
 //! bench_load others   ENDPOINT N [IN_FLIGHT]
 //! bench_load baseline ENDPOINT CONFIG [CONCURRENCY] [PREFIX]
 //! ```
@@ -12,11 +12,14 @@
 //! (`/registry/deployments/`), Services (`/registry/services/specs/`) and a custom resource
 //! (`/registry/example.com/widgets/`), in the same 50 namespaces.
 //!
-//! `load` writes N Secrets under `/registry/secrets/ns<i % 50>/s<i>`, and the 50 namespaces
-//! under `/registry/namespaces/ns<k>` (a JSON Namespace), each Secret a `k8s\0` protobuf
-//! Secret envelope (as in `seed_cluster.rs`) padded with random data to about 2 KiB: one third
+//! `load` writes N Secrets under `/registry/secrets/ns<i % NAMESPACES>/s<i>`, and the
+//! NAMESPACES namespaces (default 50) under `/registry/namespaces/ns<k>` (a JSON Namespace),
+//! each Secret a `k8s\0` protobuf Secret envelope (as in `seed_cluster.rs`) padded with random
+//! data to about SIZE bytes (default 2,000; the smallest Secret is about 150 bytes): one third
 //! plaintext, one third under the config's write key (current) and one third under the config's
-//! second aescbc key (stale). IN_FLIGHT puts (default 64) are in flight at once.
+//! second aescbc key (stale). IN_FLIGHT requests (default 64) are in flight at once, each a
+//! transaction of BATCH puts (default 1: plain puts; etcd accepts up to 128 operations in one
+//! transaction), so a million small Secrets load in well under a minute.
 //!
 //! `baseline` does what `atrest rewrite` does to etcd, without the crypto: it pages through the
 //! prefix (values included, pages sized as atrest sizes them, pinned to the first page's
@@ -52,19 +55,34 @@ use tokio::task::JoinSet;
 type Res<T> = Result<T, Box<dyn Error>>;
 
 const USAGE: &str = "\
-usage: bench_load load     ENDPOINT CONFIG N [IN_FLIGHT]
+usage: bench_load load     ENDPOINT CONFIG N [IN_FLIGHT] [SIZE] [NAMESPACES] [BATCH]
        bench_load others   ENDPOINT N [IN_FLIGHT]
        bench_load baseline ENDPOINT CONFIG [CONCURRENCY] [PREFIX]
 
-load:     writes N Secrets of about 2 KiB under /registry/secrets/ns<i%50>/s<i>:
-          1/3 plaintext, 1/3 under the config's write key, 1/3 under its second aescbc key.
+load:     writes N Secrets of about SIZE bytes (2000) under /registry/secrets/ns<i%NAMESPACES>/s<i>
+          (50 namespaces): 1/3 plaintext, 1/3 under the config's write key, 1/3 under its
+          second aescbc key; BATCH puts (1) per transaction.
 others:   writes N plaintext objects of about 2 KiB that are not Secrets (ConfigMaps,
           Deployments, Services, a custom resource).
 baseline: one compare(mod_revision)-and-put transaction of a same-size value for every entry
           `atrest rewrite` would write, CONCURRENCY in flight (default 64).";
 
-/// Stored size the Secrets are padded to, before encryption (aescbc adds about 50 bytes).
+/// Stored size the Secrets are padded to by default, before encryption (aescbc adds about 50
+/// bytes).
 const PLAIN_SIZE: usize = 2000;
+
+/// How `load` writes its Secrets.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Requests in flight at once.
+    in_flight: usize,
+    /// Stored size of a plaintext Secret.
+    size: usize,
+    /// Namespaces the Secrets are spread over.
+    namespaces: u64,
+    /// Puts per transaction.
+    batch: usize,
+}
 const SECRETS_PREFIX: &str = "/registry/secrets/";
 /// Decoding limit for a page (tonic's default is 4 MiB).
 const MAX_PAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -94,8 +112,13 @@ fn main() -> Res<()> {
         Some("load") => {
             let (endpoint, config) = (arg(1, "ENDPOINT")?, arg(2, "CONFIG")?);
             let n = arg(3, "N")?.parse()?;
-            let in_flight = number(4, 64)?;
-            runtime.block_on(load(&endpoint, &config, n, in_flight))
+            let shape = Shape {
+                in_flight: number(4, 64)?,
+                size: number(5, PLAIN_SIZE)?,
+                namespaces: number(6, 50)? as u64,
+                batch: number(7, 1)?.clamp(1, 128),
+            };
+            runtime.block_on(load(&endpoint, &config, n, shape))
         }
         Some("others") => {
             let endpoint = arg(1, "ENDPOINT")?;
@@ -132,12 +155,13 @@ fn filler(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// How many namespaces the Secrets are spread over.
+/// How many namespaces `others` spreads its objects over.
 const NAMESPACES: u64 = 50;
 
-/// Secret number `i`, padded with a `payload` data entry to [`PLAIN_SIZE`] bytes.
-fn secret(i: u64) -> (String, Vec<u8>) {
-    let (ns, name) = (format!("ns{}", i % NAMESPACES), format!("s{i}"));
+/// Secret number `i` in one of `namespaces`, padded with a `payload` data entry to `size`
+/// bytes (or as small as it gets).
+fn secret(i: u64, size: usize, namespaces: u64) -> (String, Vec<u8>) {
+    let (ns, name) = (format!("ns{}", i % namespaces.max(1)), format!("s{i}"));
     let key = format!("{SECRETS_PREFIX}{ns}/{name}");
     let uid = format!("6f1c2a3b-0000-4000-8000-{i:012}");
     let password = format!("s3cr3t-{i}");
@@ -157,9 +181,9 @@ fn secret(i: u64) -> (String, Vec<u8>) {
     };
     // Two passes: the length prefixes grow with the payload.
     let first = build(0).len();
-    let mut value = build(PLAIN_SIZE.saturating_sub(first + 3));
-    if value.len() != PLAIN_SIZE {
-        let pad = (PLAIN_SIZE + PLAIN_SIZE.saturating_sub(first + 3)).saturating_sub(value.len());
+    let mut value = build(size.saturating_sub(first + 3));
+    if value.len() != size && size > first + 3 {
+        let pad = (size + size.saturating_sub(first + 3)).saturating_sub(value.len());
         value = build(pad);
     }
     (key, value)
@@ -227,15 +251,16 @@ async fn connect(endpoint: &str) -> Res<KvClient> {
     Ok(client.kv_client().max_decoding_message_size(MAX_PAGE_BYTES))
 }
 
-async fn load(endpoint: &str, config: &str, n: u64, in_flight: usize) -> Res<()> {
+async fn load(endpoint: &str, config: &str, n: u64, shape: Shape) -> Res<()> {
     let (current, stale, old_name) = chains(config)?;
     let kv = connect(endpoint).await?;
     let start = Instant::now();
     let mut counts = [0u64; 3];
     let mut bytes = 0u64;
-    let mut puts = FuturesUnordered::new();
+    let mut requests = FuturesUnordered::new();
+    let mut batch: Vec<TxnOp> = Vec::with_capacity(shape.batch);
     for i in 0..n {
-        let (key, plain) = secret(i);
+        let (key, plain) = secret(i, shape.size, shape.namespaces);
         let mix = (i % 3) as usize;
         let value = match mix {
             0 => plain,
@@ -244,19 +269,24 @@ async fn load(endpoint: &str, config: &str, n: u64, in_flight: usize) -> Res<()>
         };
         counts[mix] += 1;
         bytes += value.len() as u64;
+        batch.push(TxnOp::put(key, value, None));
+        if batch.len() < shape.batch && i + 1 < n {
+            continue;
+        }
+        let ops = std::mem::replace(&mut batch, Vec::with_capacity(shape.batch));
         let mut kv = kv.clone();
-        puts.push(async move { kv.put(key, value, None).await });
-        if puts.len() >= in_flight.max(1) {
-            if let Some(done) = puts.next().await {
+        requests.push(async move { kv.txn(Txn::new().and_then(ops)).await });
+        if requests.len() >= shape.in_flight.max(1) {
+            if let Some(done) = requests.next().await {
                 done?;
             }
         }
     }
-    while let Some(done) = puts.next().await {
+    while let Some(done) = requests.next().await {
         done?;
     }
     // The namespaces, as every cluster has them (atrest splits its scans at them).
-    for k in 0..n.min(NAMESPACES) {
+    for k in 0..n.min(shape.namespaces) {
         let name = format!("ns{k}");
         let value =
             format!(r#"{{"kind":"Namespace","apiVersion":"v1","metadata":{{"name":"{name}"}}}}"#);

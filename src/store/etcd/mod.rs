@@ -37,6 +37,12 @@
 //! [`EtcdOptions::max_page_bytes`] are accepted (tonic's default limit is 4 MiB: about 2,000
 //! values of 2 KiB). A page over that is fetched again with half the limit, and the smaller
 //! limit becomes a ceiling for the store's lifetime.
+//!
+//! Once the first page has pinned the revision, the next pages are requested while the caller
+//! visits the current one: the rest of the range, and the first page of each following range,
+//! up to [`MAX_READ_AHEAD`] pages and [`READ_AHEAD_BYTES`] in flight (`scan::ReadAhead`). etcd
+//! serves them concurrently (on several cores) while atrest classifies, and the scan still
+//! sees every key once, in key order, at one revision.
 
 mod backup;
 mod error;
@@ -59,13 +65,15 @@ use etcd_client::{
 pub use error::{EtcdError, TlsProblem};
 pub use failover::{FAILOVER_ROUNDS, FAILOVER_WINDOW};
 pub use options::{EtcdOptions, DEFAULT_ENDPOINT, DEFAULT_MAX_PAGE_BYTES};
-pub use scan::{MAX_PAGE_LIMIT, PAGE_LIMIT, PAGE_TARGET_BYTES, RANGE_KEYS};
+pub use scan::{
+    MAX_PAGE_LIMIT, MAX_READ_AHEAD, PAGE_LIMIT, PAGE_TARGET_BYTES, RANGE_KEYS, READ_AHEAD_BYTES,
+};
 pub use space::{parse_quota, MemberSpace, QuotaSource, Space, DEFAULT_QUOTA_BYTES};
 
 use super::{CasOutcome, Entry, Page, ReadStore, StoreError, Unanswered, WriteStore};
 use error::Kind;
 use failover::probe;
-use scan::Splits;
+use scan::{ReadAhead, Splits};
 
 /// One healthy member.
 struct Member {
@@ -88,6 +96,8 @@ struct Inner {
     max_page_limit: AtomicI64,
     /// The last scan's splits.
     splits: Mutex<Option<Splits>>,
+    /// Pages requested ahead of the scan.
+    ahead: Mutex<ReadAhead>,
     /// The last count: its prefix and number of keys.
     last_count: Mutex<Option<(Vec<u8>, u64)>>,
     /// Every member that did not answer, at connect time or later, with its last error (one
@@ -167,6 +177,7 @@ impl EtcdStore {
                 page_limit: AtomicI64::new(PAGE_LIMIT),
                 max_page_limit: AtomicI64::new(MAX_PAGE_LIMIT),
                 splits: Mutex::new(None),
+                ahead: Mutex::new(ReadAhead::default()),
                 last_count: Mutex::new(None),
                 unanswered: Mutex::new(unanswered),
                 request_timeout: opts.request_timeout,

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use etcd_client::GetOptions;
+use tokio::task::JoinHandle;
 
 use super::error::Kind;
 use super::{entry_from, lock, EtcdError, EtcdStore};
@@ -26,10 +27,60 @@ pub const RANGE_KEYS: u64 = 4000;
 /// The most namespaces read to split a scan (keys only).
 const MAX_NAMESPACES: i64 = 100_000;
 
+/// The most pages requested ahead of a scan at once (see "Pages" in the [module docs](super)).
+pub const MAX_READ_AHEAD: usize = 3;
+
+/// The most bytes of pages requested ahead of a scan at once: with pages of about
+/// [`PAGE_TARGET_BYTES`], two of them.
+pub const READ_AHEAD_BYTES: usize = 2 * PAGE_TARGET_BYTES;
+
 /// The keys that cut a scan of `prefix` into bounded ranges (see [`EtcdStore::find_splits`]).
 pub(super) struct Splits {
     prefix: Vec<u8>,
     keys: Vec<Vec<u8>>,
+}
+
+/// A page requested before the scan asked for it: the range `[start, end)` at `revision`.
+struct Pending {
+    start: Vec<u8>,
+    end: Vec<u8>,
+    revision: i64,
+    task: JoinHandle<Result<Page, EtcdError>>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // A page nobody will ask for any more (the scan stopped, or went elsewhere).
+        self.task.abort();
+    }
+}
+
+/// The pages a scan will ask for next, requested while it visits the current one.
+///
+/// A scan asks for its pages one after the other, each pinned to the first page's revision, so
+/// its next requests are known before it asks: the rest of the current range (after the page's
+/// last key) when etcd said `more`, and the first page of each following range (the ranges
+/// between splits are disjoint). Each is sent as its own task as soon as the page before it
+/// is handed over, so etcd works on the next pages (and the client decodes them, on another
+/// worker thread) while the caller classifies this one; at most [`MAX_READ_AHEAD`] pages and
+/// about [`READ_AHEAD_BYTES`] are in flight. A request is used only when the scan asks for
+/// exactly that range at exactly that revision, so the pages, their order and the revision are
+/// the same as without read-ahead (an MVCC read at a pinned revision gives the same answer
+/// whenever it is sent); anything else is dropped (and its task aborted). One difference: a
+/// page read ahead before a compaction passed the scan's revision is still served (it holds
+/// that revision's keys), where reading it then would have failed with
+/// [`EtcdError::Compacted`]; the pages not yet read still fail.
+///
+/// The root of a `*.*` scan is not read ahead (see [`EtcdStore::read_page`]). Once a range is
+/// known to be exhausted, the empty request for the rest of it is skipped too.
+#[derive(Default)]
+pub(super) struct ReadAhead {
+    /// Requests in flight or done, in key order (the ranges are disjoint).
+    pending: Vec<Pending>,
+    /// A range etcd said holds no more keys at a revision: `[start, end)` at `revision`. The
+    /// scan's next page (after the last key) would start there; it goes on at `end` instead,
+    /// without a request.
+    exhausted: Option<(Vec<u8>, Vec<u8>, i64)>,
 }
 
 impl EtcdStore {
@@ -110,7 +161,8 @@ impl EtcdStore {
 
     /// One page of a scan: from just after `after` (or the prefix) to the next split (see
     /// [`EtcdStore::find_splits`]), or to the prefix's end. The first page of a scan finds the
-    /// splits. Empty ranges are skipped, so a page is empty only at the end.
+    /// splits. Empty ranges are skipped, so a page is empty only at the end. Once the revision
+    /// is pinned, the next pages are requested while the caller visits this one ([`ReadAhead`]).
     pub(super) async fn read_page(
         &self,
         prefix: &[u8],
@@ -131,22 +183,139 @@ impl EtcdStore {
                 keys: splits,
             });
         }
+        // The root (`/registry/`, no namespaces beside it) is read one page at a time: a `*.*`
+        // scan goes on in the segment of the page's last key (`scan_pinned`), so the root's
+        // next page would be a wasted walk over the rest of the keyspace.
+        let ahead = namespaces_prefix(prefix).is_some();
         let end = prefix_end(prefix);
         let mut start = range_start(prefix, after);
         loop {
             let split = self.split_after(prefix, &start);
             let range_end = split.clone().unwrap_or_else(|| end.clone());
-            let mut page = self.read_range(&start, &range_end, revision).await?;
+            let known_empty = revision.is_some_and(|r| self.is_exhausted(&start, &range_end, r));
+            let page = if known_empty {
+                Page {
+                    entries: Vec::new(),
+                    revision: revision.unwrap_or_default(),
+                    more: false,
+                }
+            } else {
+                let page = self.fetch(&start, &range_end, revision).await?;
+                if !page.more {
+                    let from = page
+                        .entries
+                        .last()
+                        .map_or_else(|| start.clone(), |e| range_start(prefix, Some(&e.key)));
+                    lock(&self.inner.ahead).exhausted =
+                        Some((from, range_end.clone(), page.revision));
+                }
+                if ahead {
+                    self.read_ahead(prefix, &page, &range_end, &end);
+                }
+                page
+            };
             let Some(split) = split else {
                 return Ok(page);
             };
-            // Keys may follow in the next ranges.
-            page.more = true;
+            revision = Some(page.revision);
             if !page.entries.is_empty() {
+                // Keys may follow in the next ranges.
+                return Ok(Page { more: true, ..page });
+            }
+            start = split;
+        }
+    }
+
+    /// Whether etcd said `[start, end)` holds no keys at `revision`.
+    fn is_exhausted(&self, start: &[u8], end: &[u8], revision: i64) -> bool {
+        lock(&self.inner.ahead)
+            .exhausted
+            .as_ref()
+            .is_some_and(|(s, e, r)| s == start && e == end && *r == revision)
+    }
+
+    /// The page of `[start, end)` at `revision`: the one requested ahead if there is one (a
+    /// failed one is asked for again, with failover), else read now.
+    async fn fetch(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        revision: Option<i64>,
+    ) -> Result<Page, EtcdError> {
+        let task = revision.and_then(|r| {
+            let mut ahead = lock(&self.inner.ahead);
+            // Requests before this one will not be asked for: drop them (and abort them).
+            let i = ahead
+                .pending
+                .iter()
+                .position(|p| p.start == start && p.end == end && p.revision == r);
+            let keep_from = i.unwrap_or_else(|| {
+                ahead
+                    .pending
+                    .partition_point(|p| p.revision == r && p.start.as_slice() < start)
+            });
+            ahead.pending.drain(..keep_from);
+            if ahead.pending.first().is_some_and(|p| p.revision != r) {
+                ahead.pending.clear();
+            }
+            i.map(|_| ahead.pending.remove(0))
+        });
+        if let Some(mut pending) = task {
+            if let Ok(Ok(page)) = (&mut pending.task).await {
                 return Ok(page);
             }
-            revision = Some(page.revision);
-            start = split;
+        }
+        self.read_range(start, end, revision).await
+    }
+
+    /// Requests the pages a scan of `prefix` will ask for after `page` (the range up to
+    /// `range_end`; `end` is the prefix's end), as many as [`ReadAhead`] allows.
+    fn read_ahead(&self, prefix: &[u8], page: &Page, range_end: &[u8], end: &[u8]) {
+        let revision = page.revision;
+        let bytes: usize = page
+            .entries
+            .iter()
+            .map(|e| e.key.len() + e.value.len())
+            .sum();
+        let depth = (READ_AHEAD_BYTES / bytes.max(1)).clamp(1, MAX_READ_AHEAD);
+        let mut next: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(depth);
+        if page.more {
+            if let Some(last) = page.entries.last() {
+                next.push((range_start(prefix, Some(&last.key)), range_end.to_vec()));
+            }
+        }
+        // The first page of each following range.
+        let mut from = range_end.to_vec();
+        while next.len() < depth && from.as_slice() < end {
+            let to = self
+                .split_after(prefix, &from)
+                .unwrap_or_else(|| end.to_vec());
+            next.push((std::mem::replace(&mut from, to.clone()), to));
+        }
+        let mut ahead = lock(&self.inner.ahead);
+        ahead.pending.retain(|p| p.revision == revision);
+        for (start, range_end) in next {
+            if ahead.pending.len() >= depth {
+                break;
+            }
+            let i = ahead
+                .pending
+                .partition_point(|p| p.start.as_slice() < start.as_slice());
+            if ahead.pending.get(i).is_some_and(|p| p.start == start) {
+                continue;
+            }
+            let store = self.clone();
+            let (s, e) = (start.clone(), range_end.clone());
+            let task = tokio::spawn(async move { store.read_range(&s, &e, Some(revision)).await });
+            ahead.pending.insert(
+                i,
+                Pending {
+                    start,
+                    end: range_end,
+                    revision,
+                    task,
+                },
+            );
         }
     }
 

@@ -40,19 +40,21 @@
 //! The file is untrusted. Every byte goes through [`crate::wire::Reader`]; every page id is
 //! checked against the high-water mark; walks are iterative, visit each page at most once and
 //! are bounded in depth; protobuf records are capped in field count. The whole tree is walked
-//! and checked once by [`Snapshot::open`], which then keeps only an index (key → location of its
-//! newest revision), never a copy of the values. The file is memory-mapped.
+//! and checked once by [`Snapshot::open`], which then keeps only an index of the live keys in
+//! key order: 24 bytes a key (where its newest record is, and where the key is inside it),
+//! never a copy of a key or a value. The `key` bucket is ordered by revision, not by key (see
+//! `mvcc.rs`), so reading the keyspace in key order needs such an index: etcd itself keeps
+//! one in memory (its `kvindex`). The file is memory-mapped.
 
 mod bbolt;
 mod mvcc;
 mod write;
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 use std::fmt;
 use std::fs::{File, TryLockError};
 use std::future::Future;
 use std::io;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -209,12 +211,57 @@ pub struct BucketInfo {
     pub inline: bool,
 }
 
-/// The newest revision of a live key.
+/// A record of the `key` bucket in the index: where its `mvccpb.KeyValue` bytes are, where the
+/// key is inside them, and its place among the bucket's records (which is revision order). The
+/// index holds one per live key, sorted by key; 24 bytes, the key's bytes stay in the file.
 #[derive(Debug, Clone, Copy)]
 struct Latest {
-    rev: Rev,
-    /// The `mvccpb.KeyValue` record.
-    record: Span,
+    /// Where the record starts in the file.
+    off: u64,
+    /// The record's length.
+    len: u32,
+    /// Where the key starts inside the record.
+    key_at: u32,
+    /// The key's length.
+    key_len: u32,
+    /// The record's place in the `key` bucket, counted from 0 in revision order.
+    ordinal: u32,
+}
+
+impl Latest {
+    fn record(&self) -> Span {
+        Span {
+            off: self.off as usize,
+            len: self.len as usize,
+        }
+    }
+
+    fn key(&self) -> Span {
+        Span {
+            off: self.off as usize + self.key_at as usize,
+            len: self.key_len as usize,
+        }
+    }
+}
+
+/// A set of record ordinals (bits).
+#[derive(Debug, Clone, Default)]
+struct Ordinals(Vec<u64>);
+
+impl Ordinals {
+    fn insert(&mut self, i: u32) {
+        let word = (i / 64) as usize;
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (i % 64);
+    }
+
+    fn contains(&self, i: u32) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
 }
 
 /// Where the bytes are.
@@ -250,7 +297,10 @@ pub struct Snapshot {
     root: u64,
     root_sequence: u64,
     key_root: Root,
-    index: BTreeMap<Vec<u8>, Latest>,
+    /// The live keys, sorted by key.
+    index: Vec<Latest>,
+    /// The ordinals of the records in `index` (every other record is history or a tombstone).
+    newest: Ordinals,
     records: u64,
     revision: i64,
     compacted: Option<i64>,
@@ -281,7 +331,8 @@ struct Parsed {
     root: u64,
     root_sequence: u64,
     key_root: Root,
-    index: BTreeMap<Vec<u8>, Latest>,
+    index: Vec<Latest>,
+    newest: Ordinals,
     records: u64,
     revision: i64,
     compacted: Option<i64>,
@@ -409,6 +460,7 @@ impl Snapshot {
             root_sequence: p.root_sequence,
             key_root: p.key_root,
             index: p.index,
+            newest: p.newest,
             records: p.records,
             revision: p.revision,
             compacted: p.compacted,
@@ -499,20 +551,36 @@ impl Snapshot {
         Ok(entry_from(&kv))
     }
 
+    /// The key of an index entry.
+    fn key_of(&self, latest: &Latest) -> &[u8] {
+        self.tree().bytes(latest.key())
+    }
+
     /// Reads one key at [`Snapshot::revision`] (`None`: it does not exist).
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>, SnapshotError> {
         self.index
-            .get(key)
-            .map(|latest| self.entry(latest.record))
+            .binary_search_by(|l| self.key_of(l).cmp(key))
+            .ok()
+            .map(|i| self.entry(self.index[i].record()))
             .transpose()
+    }
+
+    /// The index entries of the keys under `prefix` that sort after `after` (all of them
+    /// without `after`).
+    fn under(&self, prefix: &[u8], after: Option<&[u8]>) -> &[Latest] {
+        let first = match after {
+            Some(a) if a >= prefix => self.index.partition_point(|l| self.key_of(l) <= a),
+            _ => self.index.partition_point(|l| self.key_of(l) < prefix),
+        };
+        let rest = self.index.get(first..).unwrap_or_default();
+        // Keys under the prefix come first: every later key sorts after all of them.
+        let len = rest.partition_point(|l| self.key_of(l).starts_with(prefix));
+        rest.get(..len).unwrap_or_default()
     }
 
     /// Keys under `prefix`.
     fn count_prefix(&self, prefix: &[u8]) -> u64 {
-        self.index
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .count() as u64
+        self.under(prefix, None).len() as u64
     }
 
     fn read_page(
@@ -528,25 +596,20 @@ impl Snapshot {
                 revision: self.revision,
             });
         }
-        let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a),
-            _ => Bound::Included(prefix),
-        };
         let mut page = Page {
             entries: Vec::new(),
             revision: self.revision,
             more: false,
         };
         let mut bytes = 0usize;
-        for (key, latest) in self.index.range::<[u8], _>((start, Bound::Unbounded)) {
-            if !key.starts_with(prefix) {
-                break;
-            }
+        let under = self.under(prefix, after);
+        touch(&self.tree(), under.get(..PAGE_ENTRIES).unwrap_or(under));
+        for latest in under {
             if page.entries.len() >= PAGE_ENTRIES || bytes >= PAGE_BYTES {
                 page.more = true;
                 break;
             }
-            let entry = self.entry(latest.record)?;
+            let entry = self.entry(latest.record())?;
             bytes += entry.value.len();
             page.entries.push(entry);
         }
@@ -563,23 +626,26 @@ impl Snapshot {
         mut visit: impl FnMut(Entry),
     ) -> Result<u64, SnapshotError> {
         let mut visited = 0u64;
-        self.for_each_record(|rev, kv| {
-            if rev.tombstone || !kv.key.starts_with(prefix) {
-                return;
+        self.for_each_record(|ordinal, rev, record| {
+            // Only the records that are no key's newest are decoded (after a compaction: none).
+            if rev.tombstone || self.newest.contains(ordinal) {
+                return Ok(());
             }
-            let newest = self.index.get(kv.key).map(|l| l.rev);
-            if newest != Some(rev.rev) {
+            let kv = KeyValue::decode(record)?;
+            if kv.key.starts_with(prefix) {
                 visited += 1;
                 visit(entry_from(&kv));
             }
+            Ok(())
         })?;
         Ok(visited)
     }
 
-    /// Walks every record of the `key` bucket in file order.
-    fn for_each_record(
-        &self,
-        mut f: impl FnMut(mvcc::RevKey, KeyValue<'_>),
+    /// Walks every record of the `key` bucket in file order (revision order), with its ordinal,
+    /// its revision and its `mvccpb.KeyValue` bytes (not yet decoded).
+    fn for_each_record<'s>(
+        &'s self,
+        mut f: impl FnMut(u32, mvcc::RevKey, &'s [u8]) -> Result<(), crate::wire::WireError>,
     ) -> Result<(), SnapshotError> {
         let tree = self.tree();
         let mut seen = PageSet::new(self.hwm);
@@ -589,12 +655,15 @@ impl Snapshot {
             seen: &mut seen,
             budget: &mut budget,
         };
+        let mut ordinal = 0u32;
         walk.leaves(self.key_root, |e| {
             if e.is_bucket() {
                 return Ok(());
             }
-            let (rev, kv) = key_record(&tree, &e)?;
-            f(rev, kv);
+            let rev =
+                mvcc::parse_rev_key(tree.bytes(e.key)).map_err(|err| Fault::wire(e.page, &err))?;
+            f(ordinal, rev, tree.bytes(e.value)).map_err(|err| Fault::wire(e.page, &err))?;
+            ordinal = ordinal.wrapping_add(1);
             Ok(())
         })
         .map_err(|f| self.corrupt(f))
@@ -694,6 +763,36 @@ fn key_record<'a>(tree: &Tree<'a>, e: &LeafElem) -> Result<(mvcc::RevKey, KeyVal
     Ok((rev, kv))
 }
 
+/// Reads the first byte of each record, independently of one another, so that the processor
+/// fetches them from memory in parallel: in key order the records are scattered over the
+/// file (the `key` bucket is in revision order), and decoding them one after the other would
+/// wait for each cache miss in turn.
+fn touch(tree: &Tree<'_>, records: &[Latest]) {
+    let mut x = 0u8;
+    for l in records {
+        x ^= tree.bytes(l.record()).first().copied().unwrap_or_default();
+    }
+    std::hint::black_box(x);
+}
+
+/// The index entry of `key` bucket element `e`, whose record holds `key`.
+fn index_entry(tree: &Tree<'_>, e: &LeafElem, key: &[u8], ordinal: u32) -> Result<Latest, Fault> {
+    let too_large = Fault::at(e.page, "record too large to index");
+    let record = tree.bytes(e.value);
+    // `key` is a slice of `record` (KeyValue::decode borrows from it).
+    let key_at = (key.as_ptr() as usize)
+        .checked_sub(record.as_ptr() as usize)
+        .filter(|at| at + key.len() <= record.len())
+        .ok_or(Fault::at(e.page, "record key outside the record"))?;
+    Ok(Latest {
+        off: e.value.off as u64,
+        len: u32::try_from(e.value.len).map_err(|_| too_large)?,
+        key_at: u32::try_from(key_at).map_err(|_| too_large)?,
+        key_len: u32::try_from(key.len()).map_err(|_| too_large)?,
+        ordinal,
+    })
+}
+
 /// A real file holds at most one 16-byte element header per 16 bytes.
 fn element_budget(db_len: usize) -> u64 {
     (db_len / bbolt::ELEMENT) as u64 + 16
@@ -712,7 +811,7 @@ fn attach(path: &Path, e: ParseError) -> SnapshotError {
     }
 }
 
-/// Checks the trailer, picks the meta page, walks the whole tree and indexes the keyspace.
+/// Checks the trailer and parses the tree ([`parse_tree`]).
 fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
     let has_hash = file.len() % 512 == TRAILER && file.len() > TRAILER;
     let db_len = if has_hash {
@@ -722,14 +821,45 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
     };
     let db = bbolt::slice_at(file, 0, db_len, "file")
         .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?;
-    if has_hash {
-        let trailer = bbolt::slice_at(file, db_len, TRAILER, "sha256 trailer")
-            .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?;
-        if Sha256::digest(db).as_slice() != trailer {
-            return Err(ParseError::HashMismatch);
-        }
+    let trailer = if has_hash {
+        Some(
+            bbolt::slice_at(file, db_len, TRAILER, "sha256 trailer")
+                .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?,
+        )
+    } else {
+        None
+    };
+    // The hash and the walk both read the whole file: the hash runs on a thread of its own
+    // beside the walk. A mismatch still wins over whatever the walk found.
+    let (hash_ok, parsed) = std::thread::scope(|scope| {
+        let hash = trailer.map(|_| {
+            std::thread::Builder::new()
+                .name("atrest-sha256".into())
+                .spawn_scoped(scope, || Sha256::digest(db))
+        });
+        let parsed = parse_tree(db, db_len, has_hash);
+        let digest = match hash {
+            None => None,
+            Some(Ok(thread)) => thread.join().ok(),
+            // No thread to be had: hash here.
+            Some(Err(_)) => Some(Sha256::digest(db)),
+        };
+        let hash_ok = match (trailer, digest) {
+            (None, _) => true,
+            (Some(trailer), Some(digest)) => digest.as_slice() == trailer,
+            (Some(_), None) => false,
+        };
+        (hash_ok, parsed)
+    });
+    if !hash_ok {
+        return Err(ParseError::HashMismatch);
     }
+    parsed
+}
 
+/// Picks the meta page, walks the whole tree and indexes the keyspace of `db` (the file
+/// without its trailer).
+fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseError> {
     let meta = select_meta(db)?;
     let page_size = meta.page_size as usize;
     let hwm_end = usize::try_from(meta.hwm)
@@ -776,7 +906,11 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
         Ok(())
     })?;
 
-    let mut index: BTreeMap<Vec<u8>, (Rev, bool, Span)> = BTreeMap::new();
+    // Every record of the `key` bucket, then sorted by key: the newest of each key is its
+    // last one, since the bucket is in revision order.
+    let mut index: Vec<Latest> = Vec::new();
+    let mut tombstones = Ordinals::default();
+    let mut last_rev: Option<Rev> = None;
     let mut records = 0u64;
     let mut max_main = 0i64;
     let mut compacted = None;
@@ -807,16 +941,21 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
             }
             info.entries += 1;
             if is_key {
+                let ordinal = u32::try_from(records)
+                    .map_err(|_| Fault::at(e.page, "more records than a snapshot can index"))?;
                 records += 1;
                 let (rk, kv) = key_record(&tree, &e)?;
-                max_main = max_main.max(rk.rev.main);
-                match index.get_mut(kv.key) {
-                    Some(slot) if slot.0 > rk.rev => {}
-                    Some(slot) => *slot = (rk.rev, rk.tombstone, e.value),
-                    None => {
-                        index.insert(kv.key.to_vec(), (rk.rev, rk.tombstone, e.value));
-                    }
+                // bbolt keeps a bucket's keys sorted and unique, and a revision key sorts as
+                // its revision: anything else is a damaged page.
+                if last_rev.is_some_and(|last| last >= rk.rev) {
+                    return Err(Fault::at(e.page, "key bucket out of revision order"));
                 }
+                last_rev = Some(rk.rev);
+                max_main = max_main.max(rk.rev.main);
+                if rk.tombstone {
+                    tombstones.insert(ordinal);
+                }
+                index.push(index_entry(&tree, &e, kv.key, ordinal)?);
             } else if is_meta {
                 let key = tree.bytes(e.key);
                 let value = tree.bytes(e.value);
@@ -856,11 +995,25 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
     };
     buckets.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let index: BTreeMap<Vec<u8>, Latest> = index
-        .into_iter()
-        .filter(|(_, (_, tombstone, _))| !tombstone)
-        .map(|(k, (rev, _, record))| (k, Latest { rev, record }))
-        .collect();
+    let key = |l: &Latest| tree.bytes(l.key());
+    index.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.ordinal.cmp(&b.ordinal)));
+    // Keep the last record of each key, unless it is a tombstone (the key is deleted).
+    let mut kept = 0;
+    for i in 0..index.len() {
+        let last_of_key = index
+            .get(i + 1)
+            .is_none_or(|next| key(next).cmp(key(&index[i])) != Ordering::Equal);
+        if last_of_key && !tombstones.contains(index[i].ordinal) {
+            index[kept] = index[i];
+            kept += 1;
+        }
+    }
+    index.truncate(kept);
+    index.shrink_to_fit();
+    let mut newest = Ordinals::default();
+    for l in &index {
+        newest.insert(l.ordinal);
+    }
     // etcd starts counting at revision 1 and never goes below its compaction revision.
     let revision = max_main.max(compacted.unwrap_or(0)).max(1);
     Ok(Parsed {
@@ -873,6 +1026,7 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
         root_sequence: meta.sequence,
         key_root,
         index,
+        newest,
         records,
         revision,
         compacted,
