@@ -859,8 +859,8 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
 
 /// Picks the meta page, walks the whole tree and indexes the keyspace of `db` (the file
 /// without its trailer).
-fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseError> {
-    let meta = select_meta(db)?;
+/// The page size of `meta`, once its high-water mark and the file's length agree with it.
+fn check_extent(meta: &bbolt::Meta, db_len: usize) -> Result<usize, ParseError> {
     let page_size = meta.page_size as usize;
     let hwm_end = usize::try_from(meta.hwm)
         .ok()
@@ -879,6 +879,42 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
         )
         .into());
     }
+    Ok(page_size)
+}
+
+/// The index of every record of the `key` bucket, reduced to the newest record of each live
+/// key (a key whose last record is a tombstone is deleted), sorted by key; and those records'
+/// ordinals.
+fn newest_of_each_key(
+    tree: &Tree<'_>,
+    mut index: Vec<Latest>,
+    tombstones: &Ordinals,
+) -> (Vec<Latest>, Ordinals) {
+    let key = |l: &Latest| tree.bytes(l.key());
+    index.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.ordinal.cmp(&b.ordinal)));
+    // Keep the last record of each key, unless it is a tombstone (the key is deleted).
+    let mut kept = 0;
+    for i in 0..index.len() {
+        let last_of_key = index
+            .get(i + 1)
+            .is_none_or(|next| key(next).cmp(key(&index[i])) != Ordering::Equal);
+        if last_of_key && !tombstones.contains(index[i].ordinal) {
+            index[kept] = index[i];
+            kept += 1;
+        }
+    }
+    index.truncate(kept);
+    index.shrink_to_fit();
+    let mut newest = Ordinals::default();
+    for l in &index {
+        newest.insert(l.ordinal);
+    }
+    (index, newest)
+}
+
+fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseError> {
+    let meta = select_meta(db)?;
+    let page_size = check_extent(&meta, db_len)?;
     let tree = Tree {
         file: db,
         page_size,
@@ -994,26 +1030,7 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
         ));
     };
     buckets.sort_by(|a, b| a.name.cmp(&b.name));
-
-    let key = |l: &Latest| tree.bytes(l.key());
-    index.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.ordinal.cmp(&b.ordinal)));
-    // Keep the last record of each key, unless it is a tombstone (the key is deleted).
-    let mut kept = 0;
-    for i in 0..index.len() {
-        let last_of_key = index
-            .get(i + 1)
-            .is_none_or(|next| key(next).cmp(key(&index[i])) != Ordering::Equal);
-        if last_of_key && !tombstones.contains(index[i].ordinal) {
-            index[kept] = index[i];
-            kept += 1;
-        }
-    }
-    index.truncate(kept);
-    index.shrink_to_fit();
-    let mut newest = Ordinals::default();
-    for l in &index {
-        newest.insert(l.ordinal);
-    }
+    let (index, newest) = newest_of_each_key(&tree, index, &tombstones);
     // etcd starts counting at revision 1 and never goes below its compaction revision.
     let revision = max_main.max(compacted.unwrap_or(0)).max(1);
     Ok(Parsed {
