@@ -234,7 +234,7 @@ pub async fn rewrite(
     }
     let run = RewriteOptions {
         compact_every: space.as_ref().and_then(|p| p.compact_every),
-        space_limit: space.as_ref().filter(|_| !opts.dry_run).map(guard_limit),
+        space_guard: space.as_ref().filter(|_| !opts.dry_run).map(guard),
         write_twice: opts.write_twice || kine,
         ..opts.clone()
     };
@@ -268,9 +268,10 @@ pub async fn rewrite(
     Ok(report)
 }
 
-/// Where the space guard stops a run: the margin less what one check interval may write, so
-/// that the file never passes the margin between two checks.
-fn guard_limit(plan: &SpacePlan) -> u64 {
+/// The space guard of a run under `plan` (see [`super::SpaceGuard`]): compaction at every check
+/// from the margin less what one normal check interval may write, a stop from the margin less
+/// what one check interval under pressure may write.
+fn guard(plan: &SpacePlan) -> super::SpaceGuard {
     let per_entry = plan
         .estimate
         .growth_bytes
@@ -280,8 +281,14 @@ fn guard_limit(plan: &SpacePlan) -> u64 {
         .compact_every
         .unwrap_or(space_plan::GUARD_EVERY)
         .min(space_plan::GUARD_EVERY);
-    plan.limit_bytes
-        .saturating_sub(per_entry.saturating_mul(interval))
+    super::SpaceGuard {
+        pressure: plan
+            .limit_bytes
+            .saturating_sub(per_entry.saturating_mul(interval)),
+        stop: plan
+            .limit_bytes
+            .saturating_sub(per_entry.saturating_mul(space_plan::GUARD_EVERY / 10)),
+    }
 }
 
 /// The space plan (see [`space_plan`]): etcd's space and the rewrite's growth. A dry run always

@@ -64,6 +64,19 @@ use space_plan::{SpaceError, SpacePlan};
 /// run stops.
 pub const STORE_RETRIES: u32 = 3;
 
+/// The space guard of a rewrite: the database file of every member is read at every batch and
+/// at least every [`space_plan::GUARD_EVERY`] rewritten entries. Over `pressure`, the run
+/// compacts at once and then at every check, which is every tenth of that interval, so the
+/// pages old revisions held are reused rather than the file grown; over `stop`, it stops
+/// ([`RewriteError::MarginReached`]). Both are under the margin by what one interval may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceGuard {
+    /// Compact at every check from this file size on.
+    pub pressure: u64,
+    /// Stop from this file size on.
+    pub stop: u64,
+}
+
 /// How to rewrite. What to rewrite is a [`crate::resource::Target`].
 #[derive(Debug, Clone)]
 pub struct RewriteOptions {
@@ -106,10 +119,9 @@ pub struct RewriteOptions {
     /// must have loaded the config being written with (see [`crate::apiserver::gate`]).
     /// `None`: no gate (a library caller that checked otherwise).
     pub apiserver_gate: Option<crate::apiserver::gate::GateCheck>,
-    /// The space guard's limit: the run stops when a member's database file is over it
-    /// (checked at every batch and every [`space_plan::GUARD_EVERY`] rewritten entries).
-    /// [`rewrite`] sets it from the space plan; `None`: no guard.
-    pub space_limit: Option<u64>,
+    /// The space guard (see [`SpaceGuard`]). [`rewrite`] sets it from the space plan; `None`:
+    /// no guard.
+    pub space_guard: Option<SpaceGuard>,
 }
 
 impl Default for RewriteOptions {
@@ -126,7 +138,7 @@ impl Default for RewriteOptions {
             backup: None,
             overwrite_backup: false,
             compact: false,
-            space_limit: None,
+            space_guard: None,
             apiserver_gate: None,
             list_entries: true,
         }
@@ -532,7 +544,12 @@ where
                 continue;
             }
             match at.run(store, &mut summary).await {
-                Ok(Drained { compacted, over }) => {
+                Ok(Drained {
+                    compacted,
+                    pressure,
+                    over,
+                }) => {
+                    drains.pressure |= pressure;
                     if compacted {
                         // The pinned revision is gone: the next page is read at the current one.
                         pin = None;
@@ -615,6 +632,9 @@ struct Drains {
     newest_written: i64,
     compacting: bool,
     checking: bool,
+    /// The file passed the guard's pressure size: compact at every check, check ten times as
+    /// often.
+    pressure: bool,
 }
 
 impl Drains {
@@ -630,7 +650,12 @@ impl Drains {
             self.since_compact = 0;
         }
         self.since_check += 1;
-        if opts.space_limit.is_some() && self.since_check >= space_plan::GUARD_EVERY {
+        let every = if self.pressure {
+            space_plan::GUARD_EVERY / 10
+        } else {
+            space_plan::GUARD_EVERY
+        };
+        if opts.space_guard.is_some() && self.since_check >= every {
             self.checking = true;
         }
     }
@@ -642,14 +667,15 @@ impl Drains {
 
     /// What to do now that the transactions have drained.
     fn take(&mut self, opts: &RewriteOptions) -> DrainPoint {
-        let compact = std::mem::take(&mut self.compacting);
+        let compact = std::mem::take(&mut self.compacting) || self.pressure;
         self.checking = false;
-        if opts.space_limit.is_some() {
+        if opts.space_guard.is_some() {
             self.since_check = 0;
         }
         DrainPoint {
             compact_at: compact.then_some(self.newest_written),
-            space_limit: opts.space_limit,
+            newest_written: self.newest_written,
+            guard: opts.space_guard,
         }
     }
 }
@@ -659,12 +685,15 @@ impl Drains {
 /// guard's limit.
 struct DrainPoint {
     compact_at: Option<i64>,
-    space_limit: Option<u64>,
+    newest_written: i64,
+    guard: Option<SpaceGuard>,
 }
 
-/// What a drain point did: whether it compacted, and the file size over the limit, if it was.
+/// What a drain point did: whether it compacted, whether the file is under pressure, and the
+/// file size over the stop size, if it was.
 struct Drained {
     compacted: bool,
+    pressure: bool,
     over: Option<(u64, u64)>,
 }
 
@@ -676,6 +705,7 @@ impl DrainPoint {
     ) -> Result<Drained, StoreError> {
         let mut done = Drained {
             compacted: false,
+            pressure: false,
             over: None,
         };
         if let Some(revision) = self.compact_at {
@@ -683,13 +713,22 @@ impl DrainPoint {
             summary.compactions += 1;
             done.compacted = true;
         }
-        if let Some(limit) = self.space_limit {
-            if let Some(size) = store.db_file_size().await? {
-                summary.peak_db_size = summary.peak_db_size.max(size);
-                if size > limit {
-                    done.over = Some((size, limit));
-                }
-            }
+        let Some(guard) = self.guard else {
+            return Ok(done);
+        };
+        let Some(size) = store.db_file_size().await? else {
+            return Ok(done);
+        };
+        summary.peak_db_size = summary.peak_db_size.max(size);
+        done.pressure = size > guard.pressure;
+        if done.pressure && !done.compacted && self.newest_written > 0 {
+            // Free the old revisions' pages now, so the next writes reuse them.
+            store.compact(self.newest_written).await?;
+            summary.compactions += 1;
+            done.compacted = true;
+        }
+        if size > guard.stop {
+            done.over = Some((size, guard.stop));
         }
         Ok(done)
     }
