@@ -180,26 +180,25 @@ impl<'a> KeyValue<'a> {
             put_varint(&mut new_field, value.len() as u64);
             new_field.extend_from_slice(value);
         }
-        // Where the old field 5 starts and ends, or where a new one goes.
-        let mut splice: Option<(usize, usize)> = None;
-        let mut values = 0;
+        // Where the old field 5 starts and ends, wherever it stands (a damaged record may have
+        // it after a higher-numbered field), else where a new one goes: before the first
+        // higher-numbered field.
+        let mut old_value: Option<(usize, usize)> = None;
+        let mut insert_at: Option<usize> = None;
         for_each_field(record, |field| {
             if field.number == 5 {
-                values += 1;
-                if values > 1 {
+                if old_value.is_some() {
                     return Err(DUPLICATE_VALUE);
                 }
-            }
-            if splice.is_none() {
-                if field.number == 5 {
-                    splice = Some((field.start, field.end));
-                } else if field.number > 5 {
-                    splice = Some((field.start, field.start));
-                }
+                old_value = Some((field.start, field.end));
+            } else if field.number > 5 && insert_at.is_none() {
+                insert_at = Some(field.start);
             }
             Ok(())
         })?;
-        let (start, end) = splice.unwrap_or((record.len(), record.len()));
+        let (start, end) = old_value
+            .or(insert_at.map(|at| (at, at)))
+            .unwrap_or((record.len(), record.len()));
         let mut r = Reader::new(record);
         let head = r.take(start, "mvccpb.KeyValue")?;
         r.take(end - start, "mvccpb.KeyValue value")?;
@@ -394,6 +393,17 @@ mod tests {
             let bytes = encode(&kv);
             assert_eq!(KeyValue::decode(&bytes).unwrap(), kv);
         }
+    }
+
+    /// A damaged record with its value after a higher-numbered field: the value is replaced
+    /// where it stands, never inserted a second time (which the reader refuses).
+    #[test]
+    fn with_value_replaces_a_value_that_follows_a_higher_field() {
+        // field 1 (key "k"), field 6 (lease 1), then field 5 (value "old").
+        let record = [0x0a, 0x01, b'k', 0x30, 0x01, 0x2a, 0x03, b'o', b'l', b'd'];
+        let re = KeyValue::with_value(&record, b"new").unwrap();
+        let kv = KeyValue::decode(&re).unwrap();
+        assert_eq!((kv.key, kv.value, kv.lease), (&b"k"[..], &b"new"[..], 1));
     }
 
     #[test]
