@@ -379,7 +379,6 @@ async fn offline(
         .await
         .map_err(|e| match e {
             OfflineError::Store(e) => CliError::from(e),
-            OfflineError::IdentityWrite => CliError::usage(e.to_string()).advice(e.advice()),
             other => CliError::usage(other.to_string()).advice(other.advice()),
         })?;
     match output::format(format) {
@@ -619,6 +618,14 @@ fn render(
         }
         out += &format!("\n{d}\n");
     }
+    out += &closing_lines(s, args.dry_run, kine);
+    out
+}
+
+/// What the run did beyond the tables (compactions, an interruption) and what stays exposed
+/// after it.
+fn closing_lines(s: &rewrite::RewriteSummary, dry_run: bool, kine: bool) -> String {
+    let mut out = String::new();
     if s.compactions > 0 {
         out += &format!(
             "\nProgressive compaction: etcd's history was compacted {} times during the run, to stay under the space quota.\n",
@@ -628,7 +635,7 @@ fn render(
     if s.interrupted {
         out += "\nInterrupted: the transactions in flight were finished; run the same command again to complete the job.\n";
     }
-    if args.dry_run {
+    if dry_run {
         out += "\nNothing was written (--dry-run).\n";
     } else if s.rewritten > 0 {
         out += "\nStill exposed after this rewrite:\n";
