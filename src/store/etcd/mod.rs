@@ -31,9 +31,9 @@
 //! page asks for as many as fit in about [`PAGE_TARGET_BYTES`] at the average size of the last
 //! page, between [`PAGE_LIMIT`] and [`MAX_PAGE_LIMIT`]. Small pages are slow on etcd 3.4, where
 //! every range walks the index over the whole rest of the range before applying its limit: over
-//! 50,000 Secrets of 2 KiB, pages of 1,000 keys cost etcd about three times the CPU of one
-//! unpaged read, pages of about 4,000 (8 MiB) about 1.5 times (docs/performance.md). The byte
-//! target keeps memory bounded whatever the value sizes. Responses of up to
+//! 50,000 Secrets of 2 KiB, pages of 1,000 keys over the whole prefix cost etcd about three times
+//! the CPU of one unpaged read (docs/performance.md); within ranges of [`RANGE_KEYS`] the walks
+//! are short. The byte target keeps memory bounded whatever the value sizes. Responses of up to
 //! [`EtcdOptions::max_page_bytes`] are accepted (tonic's default limit is 4 MiB: about 2,000
 //! values of 2 KiB). A page over that is fetched again with half the limit, and the smaller
 //! limit becomes a ceiling for the store's lifetime.
