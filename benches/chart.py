@@ -17,6 +17,7 @@ COLORS = {
     "atrest audit": "#1f77b4",
     "atrest status": "#2ca02c",
     "atrest audit --snapshot": "#d62728",
+    "atrest config rotate --stage prune": "#ff7f0e",
     "atrest rewrite": "#9467bd",
 }
 DASHES = ["", "6,4", "2,3", "8,3,2,3"]

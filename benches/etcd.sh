@@ -24,8 +24,9 @@
 # default, over NAMESPACES namespaces, 200; BATCH puts per transaction, 100), compacted and
 # defragmented, then, in one run on the same data: `etcdctl get --prefix -w protobuf` of the
 # Secrets, `atrest audit -o json`, `atrest status -o json`, `atrest audit --snapshot -o json`
-# of an `etcdctl snapshot save` (and `atrest rewrite` with SCALE_REWRITE=1), each the best wall
-# time of RUNS after one warm-up, with its largest peak RSS (GNU time). It prints one table per
+# of an `etcdctl snapshot save`, the prune check of `atrest config rotate --stage prune` (and
+# `atrest rewrite` with SCALE_REWRITE=1), each the best wall time of RUNS after one warm-up,
+# with its largest peak RSS (GNU time). It prints one table per
 # etcd server, writes the figures as TSV to SCALE_TSV (when set) and, with CHART=FILE.svg,
 # draws time and peak RSS against N into FILE.svg (benches/chart.py).
 #
@@ -221,6 +222,11 @@ load is the 1-minute load average before each command."
       row audit "atrest audit" "$atrest" audit "${ep[@]}" --config "$config" -o json
       row status "atrest status" "$atrest" status "${ep[@]}" --config "$config" -o json
       row snap "atrest audit --snapshot" "$atrest" audit --snapshot "$dir/snap-$n.db" --config "$config" -o json
+      # The prune check of `config rotate --stage prune` (one third of the entries still need
+      # key1, so the prune is refused, exit 1, and the copy of the config is left as it was).
+      cp "$config" "$dir/prune.yaml"
+      row prune "atrest config rotate --stage prune" "$atrest" config rotate --stage prune \
+        --no-backup "$dir/prune.yaml" "${ep[@]}" -o json
       rm -f "$dir/snap-$n.db"
       if [ -n "${SCALE_REWRITE:-}" ]; then
         log "== etcd $version, N=$n: rewrite"
