@@ -77,7 +77,7 @@
 //! [`Target`]; it refuses to write before every gate passes — identity, KMS, the space plan):
 //!
 //! ```
-//! # use atrest::{Config, KmsOptions, ResourceChains, Store, StoreSpec, Target};
+//! # use atrest::{Config, KmsOptions, NoProgress, ResourceChains, Store, StoreSpec, Target};
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let config = Config::load("examples/encryption-config.yaml".as_ref())?;
@@ -85,7 +85,9 @@
 //! # let store = Store::open(StoreSpec::Snapshot("examples/cluster.snapshot".into())).await?;
 //! let dir = tempfile::tempdir()?;
 //! let out = dir.path().join("new.snapshot");
-//! let summary = atrest::rewrite_copy(&store, &out, false, &target, false).await?;
+//! // Each key's newest revision goes to the observer as it is planned (`NoProgress`: none
+//! // wanted); the summary keeps counts.
+//! let summary = atrest::rewrite_copy(&store, &out, false, &target, false, &NoProgress).await?;
 //! // Every entry the config can read is current in the new file.
 //! assert_eq!(summary.after.plaintext + summary.after.stale, 0);
 //! # Ok(()) }
