@@ -94,10 +94,11 @@
 //! ```
 //!
 //! The prune check: what removing keys would make unreadable (here, key1 still reads two
-//! entries):
+//! entries). It keeps counts and the first [`audit::PRUNE_SAMPLE`] entries of each kind; an
+//! observer gets every one:
 //!
 //! ```
-//! # use atrest::{Config, KmsOptions, ResourceChains, Store, StoreSpec, Target};
+//! # use atrest::{Config, KmsOptions, NoProgress, ResourceChains, Store, StoreSpec, Target};
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let store = Store::open(StoreSpec::Snapshot("examples/cluster.snapshot".into())).await?;
@@ -108,8 +109,9 @@
 //! let mut model = before.model().clone();
 //! atrest::config::prune(&mut model, "secrets")?;
 //! let after = Config::from_model(model)?;
-//! let check = atrest::prune_check(&store, &target(before)?, &target(after)?).await?;
-//! assert!(!check.blocked.is_empty());
+//! let check = atrest::prune_check(&store, &target(before)?, &target(after)?, &NoProgress).await?;
+//! assert!(!check.is_safe());
+//! assert_eq!(check.blocked_count, 2);
 //! # Ok(()) }
 //! ```
 #![deny(clippy::print_stdout, clippy::print_stderr)]

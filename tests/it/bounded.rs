@@ -1,10 +1,12 @@
 //! Reports over more entries than a table shows (issue 21, "a million entries in flat memory"):
-//! the offline rewrite keeps counts, hands every entry to an observer, lists every one in
-//! `-o json` and stops its table at the bound with "…and N more".
+//! the offline rewrite and the prune guard keep counts and a bounded sample, hand every entry
+//! to an observer, list every one in `-o json` and stop their tables at the bound with
+//! "…and N more".
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+use atrest::audit::PRUNE_SAMPLE;
 use atrest::provider::{aescbc::AesCbc, KeyMaterial, Provider};
 use atrest::rewrite::{EntryResult, Observer, RewriteEntry};
 use atrest::transform::Chain;
@@ -15,7 +17,8 @@ use crate::audit::{atrest, stored_secret};
 use crate::common::cli::run;
 use crate::common::{put_raw, EtcdServer};
 
-/// The rows a table lists before "…and N more" (the CLI's bound).
+/// The rows a table lists before "…and N more" (the CLI's bound, the same as the prune
+/// guard's sample).
 const ROWS: usize = 50;
 
 /// key2 writes, key1 still reads.
@@ -33,6 +36,16 @@ resources:
         secret: rrbu51iF5Q+RAUNdZZ4HrBOFWTfFZBeOUSsPWYzZGxY=
   - identity: {}
 ";
+
+/// The chain that writes with key1 only (what the cluster wrote before key2).
+fn key1() -> Chain {
+    let config = Config::from_yaml(&TWO_KEYS.replace(
+        "      - name: key2\n        secret: 7d9+9fRVOV06k4tCYRlZgx3EB0XKUbEzNCfAO/j2Cr0=\n",
+        "",
+    ))
+    .unwrap();
+    Chain::from_config(&config, "", "secrets").unwrap()
+}
 
 fn two_keys() -> Chain {
     Chain::from_config(&Config::from_yaml(TWO_KEYS).unwrap(), "", "secrets").unwrap()
@@ -204,4 +217,112 @@ async fn issue_21_an_offline_rewrite_streams_every_entry_and_bounds_its_table() 
         not_current.len() as u64,
         summary.rewritten + summary.skipped + summary.failed
     );
+}
+
+/// A prune blocked by more entries than the sample holds: the refusal counts every one (by key
+/// and namespace) and its JSON lists every one; the config is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_21_a_blocked_prune_counts_and_lists_every_entry() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), TWO_KEYS);
+    let blocked = 3 * PRUNE_SAMPLE;
+    let key1 = key1();
+    let mut client = server.client().await;
+    let mut expected = Vec::new();
+    for i in 0..blocked {
+        let key = format!("/registry/secrets/ns{}/s{i:03}", i % 3);
+        let value = key1.encrypt(&stored_secret(), key.as_bytes()).unwrap();
+        put_raw(&mut client, key.as_bytes(), &value).await;
+        expected.push(key);
+    }
+    expected.sort();
+
+    let (code, out, err) = run(atrest().args(["config", "rotate"]).arg(&config).args([
+        "--stage",
+        "prune",
+        "--no-apiserver-check",
+        "--endpoints",
+        &server.endpoint,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("refusing to prune: {blocked} entries")),
+        "{err}"
+    );
+    let per_ns = blocked / 3;
+    assert!(
+        err.contains(&format!(
+            "{blocked} under aescbc key \"key1\" (namespaces ns0: {per_ns}, ns1: {per_ns}, ns2: {per_ns})"
+        )),
+        "{err}"
+    );
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["refused"], true, "{r}");
+    assert_eq!(
+        keys(&r["blocked"]),
+        expected,
+        "every blocked entry, in key order"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), TWO_KEYS);
+}
+
+/// A prune that makes more entries lost for good than the sample holds goes through; its JSON
+/// lists every lost entry, and the warning on stderr stops at the bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_21_a_prune_lists_every_lost_entry_and_bounds_its_warning() {
+    let server = EtcdServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), TWO_KEYS);
+    let lost = PRUNE_SAMPLE + 9;
+    let key1 = key1();
+    let mut client = server.client().await;
+    let mut expected = Vec::new();
+    for i in 0..lost {
+        let key = format!("/registry/secrets/default/damaged{i:03}");
+        // key1's prefix, but not a whole number of blocks: no key reads it.
+        let mut value = key1.encrypt(&stored_secret(), key.as_bytes()).unwrap();
+        value.truncate(value.len() - 5);
+        put_raw(&mut client, key.as_bytes(), &value).await;
+        expected.push(key);
+    }
+
+    let (code, out, err) = run(atrest().args(["config", "rotate"]).arg(&config).args([
+        "--stage",
+        "prune",
+        "--no-apiserver-check",
+        "--no-backup",
+        "--endpoints",
+        &server.endpoint,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {lost} entries no configured key can decrypt"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("/registry/secrets/"))
+            .count(),
+        PRUNE_SAMPLE,
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "…and {} more (-o json lists every entry)",
+            lost - PRUNE_SAMPLE
+        )),
+        "{err}"
+    );
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["removed"], serde_json::json!(["key1"]), "{r}");
+    assert_eq!(keys(&r["lost"]), expected);
+    assert_eq!(r["lost_count"], lost);
+    assert!(!std::fs::read_to_string(&config).unwrap().contains("key1"));
 }
