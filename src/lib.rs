@@ -77,7 +77,7 @@
 //! [`Target`]; it refuses to write before every gate passes — identity, KMS, the space plan):
 //!
 //! ```
-//! # use atrest::{Config, KmsOptions, ResourceChains, Store, StoreSpec, Target};
+//! # use atrest::{Config, KmsOptions, NoProgress, ResourceChains, Store, StoreSpec, Target};
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let config = Config::load("examples/encryption-config.yaml".as_ref())?;
@@ -85,17 +85,20 @@
 //! # let store = Store::open(StoreSpec::Snapshot("examples/cluster.snapshot".into())).await?;
 //! let dir = tempfile::tempdir()?;
 //! let out = dir.path().join("new.snapshot");
-//! let summary = atrest::rewrite_copy(&store, &out, false, &target, false).await?;
+//! // Each key's newest revision goes to the observer as it is planned (`NoProgress`: none
+//! // wanted); the summary keeps counts.
+//! let summary = atrest::rewrite_copy(&store, &out, false, &target, false, &NoProgress).await?;
 //! // Every entry the config can read is current in the new file.
 //! assert_eq!(summary.after.plaintext + summary.after.stale, 0);
 //! # Ok(()) }
 //! ```
 //!
 //! The prune check: what removing keys would make unreadable (here, key1 still reads two
-//! entries):
+//! entries). It keeps counts and the first [`audit::PRUNE_SAMPLE`] entries of each kind; an
+//! observer gets every one:
 //!
 //! ```
-//! # use atrest::{Config, KmsOptions, ResourceChains, Store, StoreSpec, Target};
+//! # use atrest::{Config, KmsOptions, NoProgress, ResourceChains, Store, StoreSpec, Target};
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let store = Store::open(StoreSpec::Snapshot("examples/cluster.snapshot".into())).await?;
@@ -106,8 +109,9 @@
 //! let mut model = before.model().clone();
 //! atrest::config::prune(&mut model, "secrets")?;
 //! let after = Config::from_model(model)?;
-//! let check = atrest::prune_check(&store, &target(before)?, &target(after)?).await?;
-//! assert!(!check.blocked.is_empty());
+//! let check = atrest::prune_check(&store, &target(before)?, &target(after)?, &NoProgress).await?;
+//! assert!(!check.is_safe());
+//! assert_eq!(check.blocked_count, 2);
 //! # Ok(()) }
 //! ```
 #![deny(clippy::print_stdout, clippy::print_stderr)]

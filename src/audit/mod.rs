@@ -20,7 +20,7 @@ pub mod inspect;
 mod prune;
 
 pub use counts::{Counts, Summary, Verdict};
-pub use prune::{prune_check, PruneCheck};
+pub use prune::{prune_check, PruneCheck, PruneObserver, PRUNE_SAMPLE};
 
 use crate::provider::{Provider, ProviderKind};
 use crate::resource::{

@@ -6,9 +6,14 @@
 //! from the report serialised without entries (whose text starts with the head's). The
 //! document is the one `serde_json::to_writer_pretty` would write for the whole report with
 //! its entries in place, so nothing per entry is held in memory.
+//!
+//! A document whose shape is known only at the end (`config rotate`: the stage's result, or
+//! its refusal) keeps its entries in a [`Spool`] on disk until then.
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Stdout, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Stdout, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
@@ -30,19 +35,30 @@ struct State {
     out: BufWriter<Stdout>,
     /// The head's JSON without its closing `\n}`.
     head: String,
+    /// The name of the array the entries go in.
+    field: &'static str,
     written: u64,
     error: Option<std::io::Error>,
 }
 
 impl JsonEntries {
-    /// A stream whose document starts with the fields of `head` (an object).
+    /// A stream whose document starts with the fields of `head` (an object), then `entries`.
     pub(crate) fn new<T: Serialize>(head: &T) -> Result<JsonEntries, CliError> {
+        JsonEntries::named(head, "entries")
+    }
+
+    /// A stream whose document starts with the fields of `head`, then the array `field`.
+    pub(crate) fn named<T: Serialize>(
+        head: &T,
+        field: &'static str,
+    ) -> Result<JsonEntries, CliError> {
         let mut head = pretty(head)?;
         head.truncate(head.len().saturating_sub(2));
         Ok(JsonEntries {
             state: Mutex::new(State {
                 out: BufWriter::with_capacity(64 * 1024, std::io::stdout()),
                 head,
+                field,
                 written: 0,
                 error: None,
             }),
@@ -61,7 +77,7 @@ impl JsonEntries {
         };
         let s = &mut *s;
         let lead = if s.written == 0 {
-            format!("{},\n  \"entries\": [\n", s.head)
+            format!("{},\n  \"{}\": [\n", s.head, s.field)
         } else {
             ",\n".to_owned()
         };
@@ -94,7 +110,7 @@ impl JsonEntries {
             ));
         };
         let text = if s.written == 0 {
-            format!("{},\n  \"entries\": []{rest}\n", s.head)
+            format!("{},\n  \"{}\": []{rest}\n", s.head, s.field)
         } else {
             format!("\n  ]{rest}\n")
         };
@@ -106,6 +122,98 @@ impl JsonEntries {
             .and_then(|()| s.out.flush())
             .map_err(|e| CliError::io("standard output", e))
     }
+}
+
+/// Strings kept on disk, one JSON string a line, in an unlinked temporary file (mode 0600):
+/// for a document that must list every entry but whose shape is known only once they are all
+/// seen. Memory stays flat; the disk holds what the document will.
+pub(crate) struct Spool {
+    state: Mutex<SpoolState>,
+}
+
+struct SpoolState {
+    file: BufWriter<File>,
+    error: Option<std::io::Error>,
+}
+
+impl Spool {
+    /// An empty spool in the temporary directory (`$TMPDIR`, else `/tmp`).
+    pub(crate) fn new() -> Result<Spool, CliError> {
+        let file = unlinked_temp().map_err(|e| CliError::io("a temporary file", e))?;
+        Ok(Spool {
+            state: Mutex::new(SpoolState {
+                file: BufWriter::with_capacity(64 * 1024, file),
+                error: None,
+            }),
+        })
+    }
+
+    /// Adds one string. A write error is kept for [`Spool::replay`]; later ones are dropped.
+    pub(crate) fn push(&self, text: &str) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.error.is_some() {
+            return;
+        }
+        let Ok(mut line) = serde_json::to_string(text) else {
+            return;
+        };
+        line.push('\n');
+        if let Err(e) = s.file.write_all(line.as_bytes()) {
+            s.error = Some(e);
+        }
+    }
+
+    /// Writes every string, in the order they came, as entries of `json`.
+    pub(crate) fn replay(self, json: &JsonEntries) -> Result<(), CliError> {
+        self.drain(|text| json.entry(&text))
+    }
+
+    /// Hands back every string, in the order they came.
+    fn drain(self, mut each: impl FnMut(String)) -> Result<(), CliError> {
+        let s = self
+            .state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let err = |e| CliError::io("a temporary file", e);
+        if let Some(e) = s.error {
+            return Err(err(e));
+        }
+        let mut file = s.file.into_inner().map_err(|e| err(e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(err)?;
+        for line in BufReader::new(file).lines() {
+            let text: String = serde_json::from_str(&line.map_err(err)?).map_err(|e| {
+                CliError::internal(format!("cannot read back a spooled entry: {e}"))
+            })?;
+            each(text);
+        }
+        Ok(())
+    }
+}
+
+/// A new file in the temporary directory, created exclusively (mode 0600) and unlinked at
+/// once: it goes away with the process, whatever happens.
+fn unlinked_temp() -> std::io::Result<File> {
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let mut last = None;
+    for n in 0..64u32 {
+        let path = dir.join(format!(".atrest-{pid}-{n}.spool"));
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => {
+                std::fs::remove_file(&path)?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::ErrorKind::AlreadyExists.into()))
 }
 
 /// The rows a table lists, at most `limit` per group; the rest are only counted.
@@ -168,5 +276,17 @@ mod tests {
         assert_eq!(b.rows()[&"a"], [0, 1]);
         assert_eq!(b.more()[&"a"], 3);
         assert_eq!(b.total(), 6);
+    }
+
+    #[test]
+    fn a_spool_gives_back_every_string_in_order() {
+        let spool = Spool::new().unwrap();
+        let texts = ["/registry/a", "quote \" and \n newline", "\u{1b}[31m"];
+        for t in texts {
+            spool.push(t);
+        }
+        let mut back = Vec::new();
+        spool.drain(|t| back.push(t)).unwrap();
+        assert_eq!(back, texts);
     }
 }

@@ -146,11 +146,14 @@ impl Default for RewriteOptions {
 }
 
 /// Progress callbacks. Every method has a no-op default; they are called from the task running
-/// [`rewrite`], so they should return quickly.
+/// [`rewrite`] (or [`offline::rewrite_copy`], which calls only [`Observer::entry`]), so they
+/// should return quickly.
 pub trait Observer: Send + Sync {
     /// The number of keys to visit when the run starts (the store may change after).
     fn total(&self, _n: u64) {}
-    /// One entry is done, whatever the result (already-current ones included).
+    /// One entry is done, whatever the result (already-current ones included). This is where a
+    /// caller lists or streams entries: summaries keep counts (a live rewrite keeps a list only
+    /// with [`RewriteOptions::list_entries`]; an offline one never does).
     fn entry(&self, _e: &RewriteEntry) {}
     /// The space plan, before anything is written.
     fn space(&self, _plan: &SpacePlan) {}

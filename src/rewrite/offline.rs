@@ -9,6 +9,11 @@
 //! `etcdctl snapshot restore OUT` accepts it. IN is never modified.
 //!
 //! The output is then re-read and audited, so the summary says what the *new file* holds.
+//!
+//! Each newest revision goes to an [`Observer`] as it is planned, in the order the file stores
+//! its revisions (etcd's `key` bucket and kine's rows are both ordered by revision, so this is
+//! the order the keys were last written in, not key order); the summary keeps counts only, so
+//! memory does not grow with the store.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,13 +25,15 @@ use super::live::{units, Unit};
 use crate::audit::{classify, Counts, Verdict};
 use crate::provider::Provider;
 use crate::resource::{GroupResource, Route, Target};
-use crate::rewrite::{EntryResult, RewriteEntry};
+use crate::rewrite::{EntryResult, Observer, RewriteEntry};
 use crate::store::offline::{Copy, Offline};
 use crate::store::{Entry, ReadStore, Store, StoreError};
 use crate::transform::{Chain, RewritePlan};
 
-/// What an offline rewrite did, and what the new file holds. The JSON schema of
-/// `atrest rewrite --snapshot … -o json`.
+/// What an offline rewrite did, and what the new file holds: counts only. The JSON schema of
+/// `atrest rewrite --snapshot … -o json`, which adds `entries` after `schema_version`: every
+/// newest revision that was not already current, as [`rewrite_copy`] handed it to its
+/// [`Observer`] (a [`RewriteEntry`] each, in revision order), streamed as they come.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct OfflineSummary {
@@ -56,8 +63,8 @@ pub struct OfflineSummary {
     /// --snapshot OUT` reports the same).
     pub after: Counts,
     /// Of those, the findings an audit of the new file reports (plaintext the config does not
-    /// ask for, unknown-key, undecryptable): what the rewrite could not fix, listed in
-    /// `entries` with why.
+    /// ask for, unknown-key, undecryptable): what the rewrite could not fix (the observer got
+    /// each one's entry, with why).
     pub after_findings: u64,
     /// Of `after`'s plaintext entries, those the config stores unencrypted on purpose
     /// (identity write provider): not findings.
@@ -69,8 +76,6 @@ pub struct OfflineSummary {
     /// Plaintext objects of the audited kind in the new file's free pages (a fresh file has
     /// none).
     pub after_residue: u64,
-    /// Newest revisions that were not already current, in key order.
-    pub entries: Vec<RewriteEntry>,
     /// By resource: covered resources left as they were, and why (an identity write provider
     /// without `--allow-decrypt`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -101,15 +106,21 @@ impl OfflineSummary {
             after_not_covered: 0,
             after_history: Counts::default(),
             after_residue: 0,
-            entries: Vec::new(),
             left_alone: BTreeMap::new(),
             crd_errors: Vec::new(),
         }
     }
 
-    /// Plans one stored value (a key's newest revision, or an older copy) and counts it;
-    /// returns the verified new value to store instead, if any.
-    fn plan(&mut self, chain: &Chain, entry: &Entry, newest: bool) -> Option<Vec<u8>> {
+    /// Plans one stored value (a key's newest revision, or an older copy) and counts it (a
+    /// newest revision also goes to `observer`); returns the verified new value to store
+    /// instead, if any.
+    fn plan(
+        &mut self,
+        chain: &Chain,
+        entry: &Entry,
+        newest: bool,
+        observer: &dyn Observer,
+    ) -> Option<Vec<u8>> {
         let (found, plan) = chain.plan_rewrite(&entry.value, &entry.key);
         let (result, error, new_value) = match plan {
             RewritePlan::Write(v) => (EntryResult::Rewritten, None, Some(v)),
@@ -125,15 +136,13 @@ impl OfflineSummary {
                 EntryResult::Skipped => self.skipped += 1,
                 _ => self.failed += 1,
             }
-            if result != EntryResult::AlreadyCurrent {
-                self.entries.push(RewriteEntry {
-                    key: String::from_utf8_lossy(&entry.key).into_owned(),
-                    from: found.state,
-                    result,
-                    error,
-                    conflicts_retried: 0,
-                });
-            }
+            observer.entry(&RewriteEntry {
+                key: String::from_utf8_lossy(&entry.key).into_owned(),
+                from: found.state,
+                result,
+                error,
+                conflicts_retried: 0,
+            });
         } else if new_value.is_some() {
             self.history_rewritten += 1;
         } else if result != EntryResult::AlreadyCurrent {
@@ -350,12 +359,17 @@ fn check_written(
 /// [`Chain::plan_rewrite`] (verified before it is used) and written into a fresh copy (mode
 /// 0600; an existing `output` is replaced only with `overwrite`), which is then re-read and
 /// audited. The input is never modified.
+///
+/// Each key's newest revision goes to [`Observer::entry`] as it is planned, whatever the result
+/// (already-current ones included), in revision order; older revisions are only counted. The
+/// other [`Observer`] methods are not called.
 pub async fn rewrite_copy(
     store: &Store,
     output: &Path,
     overwrite: bool,
     target: &Target,
     allow_decrypt: bool,
+    observer: &dyn Observer,
 ) -> Result<OfflineSummary, OfflineError> {
     let Some(input) = store.offline() else {
         return Err(OfflineError::Live(store.source()));
@@ -369,10 +383,9 @@ pub async fn rewrite_copy(
         coverage.outer_prefix(),
         &mut |copy, entry| {
             let chain = coverage.chain_for_key(&entry.key)?;
-            s.plan(chain, entry, copy == Copy::Newest)
+            s.plan(chain, entry, copy == Copy::Newest, observer)
         },
     )?;
-    s.entries.sort_by(|a, b| a.key.cmp(&b.key));
 
     // Check what was written: every key of the input is there, covered keys in the states
     // they now have, every other key byte-identical.

@@ -10,7 +10,9 @@
 //!   such a key (unless `discard_new`, which undoes the add);
 //! - `prune` reads the store: it refuses while any entry that the config reads now could not be
 //!   read after the prune ([`crate::audit::prune_check`]), and names the undecryptable entries
-//!   that the removed keys make lost for good.
+//!   that the removed keys make lost for good. Both are counted, the first
+//!   [`crate::audit::PRUNE_SAMPLE`] of each kept, and every one handed to a
+//!   [`PruneObserver`] as the guard finds it.
 //!
 //! - `promote` and `prune` wait for every running kube-apiserver to have loaded the current file
 //!   (the apiserver gate, [`crate::apiserver::gate`]).
@@ -24,7 +26,7 @@ use serde::Serialize;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::audit::{prune_check, PruneCheck, ReportEntry};
+use crate::audit::{prune_check, PruneCheck, PruneObserver, ReportEntry};
 use crate::config::{self, Config, ConfigError, NewKms, NewProvider};
 use crate::provider::Provider;
 use crate::resource::{ResourceChains, Target};
@@ -97,7 +99,9 @@ impl Default for RotateOptions {
     }
 }
 
-/// What a stage did: the JSON schema of `atrest config rotate -o json`. Never key material.
+/// What a stage did: the JSON schema of `atrest config rotate -o json`, which adds `lost` (the
+/// keys of the lost entries, streamed: see [`Rotation::lost_count`]) after `removed`. Never key
+/// material.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct Rotation {
@@ -110,11 +114,14 @@ pub struct Rotation {
     pub key_name: Option<String>,
     /// prune: the keys removed.
     pub removed: Vec<String>,
-    /// prune: the keys of entries no key reads that named a removed key (lost with it).
-    pub lost: Vec<String>,
-    /// prune: those entries, with the provider and key they name.
+    /// prune: entries no key reads that named a removed key (lost with it).
+    /// `atrest config rotate -o json` lists the key of every one in `lost`, just before this
+    /// field: they are streamed from [`PruneObserver::lost`], not held here.
+    pub lost_count: u64,
+    /// prune: the first [`crate::audit::PRUNE_SAMPLE`] of those entries, in key order, with the
+    /// provider and key they name.
     #[serde(skip)]
-    pub lost_entries: Vec<ReportEntry>,
+    pub lost_sample: Vec<ReportEntry>,
     /// The copy of the previous file, when one was kept.
     pub backup: Option<String>,
     /// What was done, in one sentence.
@@ -169,16 +176,17 @@ pub enum RotateError {
     },
     /// prune: stored entries the config reads now would be unreadable after the prune.
     #[error(
-        "refusing to prune: {} {} of {under} {} still encrypted with keys it would remove",
-        .blocked.len(),
-        if .blocked.len() == 1 { "entry" } else { "entries" },
-        if .blocked.len() == 1 { "is" } else { "are" }
+        "refusing to prune: {count} {} of {under} {} still encrypted with keys it would remove",
+        if *.count == 1 { "entry" } else { "entries" },
+        if *.count == 1 { "is" } else { "are" }
     )]
     Blocked {
         /// What the guard read (a prefix, or "the resources the config covers").
         under: String,
-        /// The entries.
-        blocked: Vec<ReportEntry>,
+        /// How many entries (every one went to [`PruneObserver::blocked`]).
+        count: u64,
+        /// The first [`crate::audit::PRUNE_SAMPLE`] of them, in key order.
+        sample: Vec<ReportEntry>,
     },
     /// prune: the guard needs a store to read.
     #[error("prune needs a store to check: nothing may still need the keys it removes")]
@@ -241,12 +249,15 @@ impl From<crate::apiserver::gate::GateError> for RotateError {
     }
 }
 
-/// Performs one stage on `file` (see the module docs). `store` is read by `prune`'s guard.
+/// Performs one stage on `file` (see the module docs). `store` is read by `prune`'s guard,
+/// which hands every blocked and every lost entry to `observer` as it finds it (the result and
+/// the refusal keep counts and a bounded sample).
 pub async fn rotate(
     file: &Path,
     stage: &Stage,
     opts: &RotateOptions,
     store: Option<&Store>,
+    observer: &dyn PruneObserver,
 ) -> Result<Rotation, RotateError> {
     // Loaded first: it refuses an oversized file before anything reads all of it.
     let config = Config::load(file)?;
@@ -267,8 +278,8 @@ pub async fn rotate(
         stage: stage.name(),
         key_name: None,
         removed: Vec::new(),
-        lost: Vec::new(),
-        lost_entries: Vec::new(),
+        lost_count: 0,
+        lost_sample: Vec::new(),
         backup: None,
         summary: String::new(),
         next: String::new(),
@@ -346,6 +357,7 @@ pub async fn rotate(
                 *discard_new,
                 opts,
                 store,
+                observer,
                 file,
             )
             .await?;
@@ -384,6 +396,7 @@ async fn prune_stage(
     discard_new: bool,
     opts: &RotateOptions,
     store: Option<&Store>,
+    observer: &dyn PruneObserver,
     file: &Path,
 ) -> Result<bool, RotateError> {
     let edit_err = |reason| RotateError::Edit {
@@ -398,15 +411,16 @@ async fn prune_stage(
     }
     let after = Config::from_model(model.clone())?;
     let store = store.ok_or(RotateError::NoStore)?;
-    let (under, check) = guard(store, config, &after, opts, file).await?;
-    if !check.blocked.is_empty() {
+    let (under, check) = guard(store, config, &after, opts, file, observer).await?;
+    if !check.is_safe() {
         return Err(RotateError::Blocked {
             under,
-            blocked: check.blocked,
+            count: check.blocked_count,
+            sample: check.blocked_sample,
         });
     }
-    r.lost = check.lost.iter().map(|e| e.key.clone()).collect();
-    r.lost_entries = check.lost;
+    r.lost_count = check.lost_count;
+    r.lost_sample = check.lost_sample;
     r.summary = format!(
         "Pruned {} {}: {}. No readable entry of {under} needs {}.",
         r.removed.len(),
@@ -455,6 +469,7 @@ async fn guard(
     after: &Config,
     opts: &RotateOptions,
     file: &Path,
+    observer: &dyn PruneObserver,
 ) -> Result<(String, PruneCheck), RotateError> {
     let chain_err = |reason| RotateError::Chain {
         file: file.to_owned(),
@@ -479,7 +494,7 @@ async fn guard(
             )
         }
     };
-    Ok((under, prune_check(store, &before, &after).await?))
+    Ok((under, prune_check(store, &before, &after, observer).await?))
 }
 
 fn chain_for(config: &Config, resource: &str, file: &Path) -> Result<Chain, RotateError> {

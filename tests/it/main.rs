@@ -7,6 +7,7 @@ mod common;
 mod apiservers;
 mod audit;
 mod bad_input;
+mod bounded;
 mod cli;
 mod defects;
 mod endpoints;

@@ -22,27 +22,49 @@ use crate::cli::output;
 use crate::cli::stream::JsonEntries;
 use crate::cli::{CliError, Exit};
 
-/// Progress on a bar; the plan and the backup on stderr; each entry that was not already
-/// current streamed as JSON, or kept for the table up to [`ROWS`].
-struct Progress {
-    bar: ProgressBar,
-    json: Option<JsonEntries>,
-    rows: Mutex<Vec<RewriteEntry>>,
-    more_rows: AtomicU64,
-}
-
-/// The fields `atrest rewrite -o json` writes before its streamed `entries`.
+/// The fields `atrest rewrite -o json` (live and offline) writes before its streamed `entries`.
 #[derive(serde::Serialize)]
 struct Head {
     schema_version: atrest::audit::SchemaVersion,
 }
 
-impl Observer for Progress {
-    fn total(&self, n: u64) {
-        self.bar.set_length(n);
+/// Each entry that was not already current: streamed as JSON, or kept for the table up to
+/// [`ROWS`] when it is worth a row (not rewritten, or with a note) and otherwise counted. An
+/// offline rewrite's observer; a live one's within [`Progress`].
+struct Listing {
+    json: Option<JsonEntries>,
+    rows: Mutex<Vec<RewriteEntry>>,
+    more_rows: AtomicU64,
+}
+
+impl Listing {
+    /// Streams to `-o json`, or keeps table rows.
+    fn new(format: OutputFormat) -> Result<Listing, CliError> {
+        Ok(Listing {
+            json: match format {
+                OutputFormat::Json => Some(JsonEntries::new(&Head {
+                    schema_version: atrest::audit::SchemaVersion,
+                })?),
+                _ => None,
+            },
+            rows: Mutex::new(Vec::new()),
+            more_rows: AtomicU64::new(0),
+        })
     }
+
+    /// The rows kept, in key order, and how many more were counted.
+    fn into_rows(self) -> (Vec<RewriteEntry>, u64) {
+        let mut rows = self
+            .rows
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        (rows, self.more_rows.into_inner())
+    }
+}
+
+impl Observer for Listing {
     fn entry(&self, e: &RewriteEntry) {
-        self.bar.inc(1);
         if e.result == rewrite::EntryResult::AlreadyCurrent {
             return;
         }
@@ -57,6 +79,22 @@ impl Observer for Progress {
                 self.more_rows.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Progress on a bar; the plan and the backup on stderr; the entries to a [`Listing`].
+struct Progress {
+    bar: ProgressBar,
+    listing: Listing,
+}
+
+impl Observer for Progress {
+    fn total(&self, n: u64) {
+        self.bar.set_length(n);
+    }
+    fn entry(&self, e: &RewriteEntry) {
+        self.bar.inc(1);
+        self.listing.entry(e);
     }
     fn space(&self, plan: &SpacePlan) {
         self.bar.suspend(|| eprint!("{}", describe_space(plan)));
@@ -129,14 +167,7 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
         } else {
             "rewriting"
         }),
-        json: match format {
-            OutputFormat::Json => Some(JsonEntries::new(&Head {
-                schema_version: atrest::audit::SchemaVersion,
-            })?),
-            _ => None,
-        },
-        rows: Mutex::new(Vec::new()),
-        more_rows: AtomicU64::new(0),
+        listing: Listing::new(format)?,
     };
     let shutdown = async {
         // Ctrl-C: finish the transactions in flight, start no new ones.
@@ -151,15 +182,12 @@ pub(crate) async fn run(args: RewriteArgs, format: Option<OutputFormat>) -> Resu
     if !args.dry_run {
         note_aesgcm_encryptions(target.chains());
     }
-    match (bar.json, target.by_resource().is_some()) {
+    let mut listing = bar.listing;
+    match (listing.json.take(), target.by_resource().is_some()) {
         (Some(json), true) => json.finish(&report)?,
         (Some(json), false) => json.finish(&report.all)?,
         (None, _) => {
-            let rows = bar
-                .rows
-                .into_inner()
-                .unwrap_or_else(PoisonError::into_inner);
-            let more = bar.more_rows.into_inner();
+            let (rows, more) = listing.into_rows();
             output::print(&render(&report, &rows, more, &args, kine))?
         }
     }
@@ -375,16 +403,30 @@ async fn offline(
         args.kine_db.as_deref(),
     )
     .await?;
-    let s = rewrite_copy(&store, out, args.force, target, args.allow_decrypt)
-        .await
-        .map_err(|e| match e {
-            OfflineError::Store(e) => CliError::from(e),
-            other => CliError::usage(other.to_string()).advice(other.advice()),
-        })?;
-    match output::format(format) {
-        OutputFormat::Prometheus => return Err(output::no_prometheus()),
-        OutputFormat::Json => output::print_json(&s)?,
-        OutputFormat::Table => output::print(&render_offline(&s, kine))?,
+    let format = output::format(format);
+    if format == OutputFormat::Prometheus {
+        return Err(output::no_prometheus());
+    }
+    let mut listing = Listing::new(format)?;
+    let s = rewrite_copy(
+        &store,
+        out,
+        args.force,
+        target,
+        args.allow_decrypt,
+        &listing,
+    )
+    .await
+    .map_err(|e| match e {
+        OfflineError::Store(e) => CliError::from(e),
+        other => CliError::usage(other.to_string()).advice(other.advice()),
+    })?;
+    match listing.json.take() {
+        Some(json) => json.finish(&s)?,
+        None => {
+            let (rows, more) = listing.into_rows();
+            output::print(&render_offline(&s, &rows, more, kine))?
+        }
     }
     Ok(match s.verdict() {
         atrest::audit::Verdict::Clean => Exit::Clean,
@@ -392,11 +434,15 @@ async fn offline(
     })
 }
 
-/// The rows an offline rewrite's table lists of what it left; `-o json` lists every one.
-const OFFLINE_ROWS: usize = 50;
-
-/// The table of an offline rewrite.
-fn render_offline(s: &atrest::rewrite::offline::OfflineSummary, kine: bool) -> String {
+/// The table of an offline rewrite: the counts, the audit of the new file, and `left`, the
+/// first [`ROWS`] entries it did not rewrite (and how many `more` there are; `-o json` lists
+/// every one).
+fn render_offline(
+    s: &atrest::rewrite::offline::OfflineSummary,
+    left: &[RewriteEntry],
+    more: u64,
+    kine: bool,
+) -> String {
     let mut t = output::table();
     t.set_header(vec![
         "",
@@ -446,34 +492,8 @@ fn render_offline(s: &atrest::rewrite::offline::OfflineSummary, kine: bool) -> S
         s.after_history.stale,
         s.after_residue
     );
-    let left: Vec<_> = s
-        .entries
-        .iter()
-        .filter(|e| e.result != rewrite::EntryResult::Rewritten)
-        .collect();
     if !left.is_empty() {
-        let mut t = output::table();
-        t.set_header(vec!["key", "state", "result", "why"]);
-        for e in left.iter().take(OFFLINE_ROWS) {
-            t.add_row(vec![
-                output::escape(&e.key).into_owned(),
-                e.from.to_string(),
-                e.result.to_string(),
-                output::escape(e.error.as_deref().unwrap_or_default()).into_owned(),
-            ]);
-        }
-        if left.len() > OFFLINE_ROWS {
-            t.add_row(vec![
-                format!(
-                    "…and {} more (-o json lists every entry)",
-                    left.len() - OFFLINE_ROWS
-                ),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
-        }
-        text += &format!("{t}\n");
+        text += &format!("{}\n", entry_table(left, more, "why"));
     }
     if s.verdict() != atrest::audit::Verdict::Clean {
         text +=
@@ -507,6 +527,30 @@ fn render_offline(s: &atrest::rewrite::offline::OfflineSummary, kine: bool) -> S
 
 /// The rows of entries that were not rewritten a table lists; `-o json` lists every one.
 const ROWS: usize = 50;
+
+/// One row per entry of `rows` (key, state, result and `why`, the error), then "…and `more`
+/// more" when the table stopped at [`ROWS`].
+fn entry_table(rows: &[RewriteEntry], more: u64, why: &str) -> comfy_table::Table {
+    let mut t = output::table();
+    t.set_header(vec!["key", "state", "result", why]);
+    for e in rows {
+        t.add_row(vec![
+            output::escape(&e.key).into_owned(),
+            e.from.to_string(),
+            e.result.to_string(),
+            output::escape(e.error.as_deref().unwrap_or_default()).into_owned(),
+        ]);
+    }
+    if more > 0 {
+        t.add_row(vec![
+            format!("…and {more} more (-o json lists every entry)"),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    t
+}
 
 fn render(
     summary: &RewriteReport,
@@ -596,27 +640,7 @@ fn render(
         );
     }
     if !notable.is_empty() {
-        let mut notable: Vec<&RewriteEntry> = notable.iter().collect();
-        notable.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut d = output::table();
-        d.set_header(vec!["key", "state", "result", "note"]);
-        for e in notable {
-            d.add_row(vec![
-                output::escape(&e.key).into_owned(),
-                e.from.to_string(),
-                e.result.to_string(),
-                output::escape(e.error.as_deref().unwrap_or_default()).into_owned(),
-            ]);
-        }
-        if more > 0 {
-            d.add_row(vec![
-                format!("…and {more} more (-o json lists every entry)"),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
-        }
-        out += &format!("\n{d}\n");
+        out += &format!("\n{}\n", entry_table(notable, more, "note"));
     }
     out += &closing_lines(s, args.dry_run, kine);
     out

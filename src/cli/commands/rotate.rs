@@ -3,14 +3,52 @@
 //! ([`atrest::rewrite::rotate`]); this file resolves the arguments and renders the result.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 
-use atrest::audit::ReportEntry;
+use atrest::audit::{PruneObserver, ReportEntry};
 use atrest::config::NewProvider;
 use atrest::rewrite::rotate::{rotate, RotateError, RotateOptions, Rotation, Stage};
 
 use crate::cli::args::{ConfigRotateArgs, NewProviderArg, OutputFormat, Stage as StageArg};
 use crate::cli::output;
+use crate::cli::stream::{JsonEntries, Spool};
 use crate::cli::{CliError, Exit};
+
+/// What the prune guard found, entry by entry: each blocked entry counted by the key it needs
+/// and its namespace (the refusal's lines), and with `-o json` the etcd keys of every blocked
+/// and every lost entry, spooled to disk until it is known which document lists them (the
+/// result lists the lost ones, a refusal the blocked ones).
+struct Guarded {
+    by_key: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Blocked, then lost.
+    spools: Option<(Spool, Spool)>,
+}
+
+impl PruneObserver for Guarded {
+    fn blocked(&self, e: &ReportEntry) {
+        let key = match (&e.provider, &e.key_name) {
+            (Some(p), Some(k)) => format!("{p} key {k:?}"),
+            _ => e.state.to_string(),
+        };
+        *self
+            .by_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .entry(e.namespace.as_deref().unwrap_or("-").to_owned())
+            .or_default() += 1;
+        if let Some((blocked, _)) = &self.spools {
+            blocked.push(&e.key);
+        }
+    }
+
+    fn lost(&self, e: &ReportEntry) {
+        if let Some((_, lost)) = &self.spools {
+            lost.push(&e.key);
+        }
+    }
+}
 
 /// Runs `atrest config rotate`.
 pub(crate) async fn run(
@@ -71,32 +109,36 @@ pub(crate) async fn run(
         }
         _ => None,
     };
-    let done = match rotate(file, &stage, &opts, store.as_ref()).await {
+    let json = format == Some(OutputFormat::Json);
+    let guarded = Guarded {
+        by_key: Mutex::new(BTreeMap::new()),
+        spools: match stage {
+            Stage::Prune { .. } if json => Some((Spool::new()?, Spool::new()?)),
+            _ => None,
+        },
+    };
+    let done = rotate(file, &stage, &opts, store.as_ref(), &guarded).await;
+    let by_key = guarded
+        .by_key
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let (blocked, lost) = guarded.spools.unzip();
+    let done = match done {
         Ok(done) => done,
         Err(e) => {
-            if format == Some(OutputFormat::Json) {
+            if json {
                 // A JSON consumer gets a result object for a refusal too.
-                output::print_json(&Refused {
-                    file: file.display().to_string(),
-                    stage: stage.name(),
-                    refused: true,
-                    error: e.to_string(),
-                    blocked: match &e {
-                        RotateError::Blocked { blocked, .. } => {
-                            blocked.iter().map(|b| b.key.clone()).collect()
-                        }
-                        _ => Vec::new(),
-                    },
-                })?;
+                print_refused(file, &stage, &e, blocked)?;
             }
-            return Err(rotate_error(&args, e));
+            return Err(rotate_error(&args, e, by_key));
         }
     };
-    render(&done, format)?;
+    render(&done, format, lost)?;
     Ok(Exit::Clean)
 }
 
-/// What `config rotate -o json` prints when a stage did not run.
+/// What `config rotate -o json` prints when a stage did not run, before `blocked` (prune: the
+/// keys of every entry that still needs a removed key).
 #[derive(serde::Serialize)]
 struct Refused {
     file: String,
@@ -104,30 +146,75 @@ struct Refused {
     refused: bool,
     /// Why (the same text as on stderr).
     error: String,
-    /// prune: the keys of the entries that still need a removed key.
-    blocked: Vec<String>,
 }
 
-/// The summary, lost entries, backup and next step on stderr; the JSON result on stdout.
-fn render(r: &Rotation, format: Option<OutputFormat>) -> Result<(), CliError> {
-    if !r.lost_entries.is_empty() {
+/// The refusal's JSON, `blocked` listing the keys `spool` kept when the guard refused.
+fn print_refused(
+    file: &std::path::Path,
+    stage: &Stage,
+    e: &RotateError,
+    spool: Option<Spool>,
+) -> Result<(), CliError> {
+    let head = Refused {
+        file: file.display().to_string(),
+        stage: stage.name(),
+        refused: true,
+        error: e.to_string(),
+    };
+    let json = JsonEntries::named(&head, "blocked")?;
+    if let (RotateError::Blocked { .. }, Some(spool)) = (e, spool) {
+        spool.replay(&json)?;
+    }
+    json.finish(&head)
+}
+
+/// The fields of [`Rotation`]'s JSON before `lost`.
+#[derive(serde::Serialize)]
+struct RotationHead<'a> {
+    file: &'a str,
+    stage: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_name: Option<&'a str>,
+    removed: &'a [String],
+}
+
+/// The stage's JSON: [`Rotation`] with `lost`, the keys `spool` kept, after `removed`.
+fn print_rotation(r: &Rotation, spool: Option<Spool>) -> Result<(), CliError> {
+    let json = JsonEntries::named(
+        &RotationHead {
+            file: &r.file,
+            stage: r.stage,
+            key_name: r.key_name.as_deref(),
+            removed: &r.removed,
+        },
+        "lost",
+    )?;
+    if let Some(spool) = spool {
+        spool.replay(&json)?;
+    }
+    json.finish(r)
+}
+
+/// The summary, lost entries (the first ones), backup and next step on stderr; the JSON result
+/// on stdout, listing every lost entry from `lost`.
+fn render(r: &Rotation, format: Option<OutputFormat>, lost: Option<Spool>) -> Result<(), CliError> {
+    if r.lost_count > 0 {
         eprintln!(
-            "warning: {} {} no configured key can decrypt name a key this prune removes; \
+            "warning: {} no configured key can decrypt name a key this prune removes; \
              without that key they are lost for good:",
-            r.lost_entries.len(),
-            if r.lost_entries.len() == 1 {
-                "entry"
-            } else {
-                "entries"
-            },
+            output::count(r.lost_count, "entry", "entries"),
         );
-        for e in &r.lost_entries {
+        for e in &r.lost_sample {
             eprintln!(
                 "  {} ({} key {:?})",
                 output::escape(&e.key),
                 e.provider.map_or("-", |p| p.as_str()),
                 e.key_name.as_deref().unwrap_or("-")
             );
+        }
+        let more = r.lost_count.saturating_sub(r.lost_sample.len() as u64);
+        if more > 0 {
+            eprintln!("  …and {more} more (-o json lists every entry)");
         }
     }
     eprintln!("{}", r.summary);
@@ -138,14 +225,19 @@ fn render(r: &Rotation, format: Option<OutputFormat>) -> Result<(), CliError> {
         eprintln!("{}", r.next);
     }
     if format == Some(OutputFormat::Json) {
-        output::print_json(r)?;
+        print_rotation(r, lost)?;
     }
     Ok(())
 }
 
 /// A stage that did not run: refusals of the guards are exit 1, bad input exit 2, a store that
-/// could not be read exit 3.
-fn rotate_error(args: &ConfigRotateArgs, e: RotateError) -> CliError {
+/// could not be read exit 3. A prune's refusal lists `by_key`, the blocked entries counted by
+/// the key they need and their namespace.
+fn rotate_error(
+    args: &ConfigRotateArgs,
+    e: RotateError,
+    by_key: BTreeMap<String, BTreeMap<String, u64>>,
+) -> CliError {
     let file = args.file.as_path();
     let advice = e.advice(file);
     let message = e.to_string();
@@ -157,10 +249,10 @@ fn rotate_error(args: &ConfigRotateArgs, e: RotateError) -> CliError {
         },
         RotateError::Store(e) => CliError::from(e),
         RotateError::Apiserver(e) => super::apiservers::gate_error(e),
-        RotateError::Blocked { blocked, .. } => {
+        RotateError::Blocked { .. } => {
             let mut err = CliError::usage(message);
             err.code = 1;
-            for line in blocked_by_key(&blocked) {
+            for line in blocked_by_key(by_key) {
                 err = err.detail(line);
             }
             err.advice(advice)
@@ -176,23 +268,11 @@ fn rotate_error(args: &ConfigRotateArgs, e: RotateError) -> CliError {
 }
 
 /// One line per key the blocked entries need, with their namespaces.
-fn blocked_by_key(blocked: &[ReportEntry]) -> Vec<String> {
-    let mut by_key: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    for e in blocked {
-        let key = match (&e.provider, &e.key_name) {
-            (Some(p), Some(k)) => format!("{p} key {k:?}"),
-            _ => e.state.to_string(),
-        };
-        *by_key
-            .entry(key)
-            .or_default()
-            .entry(e.namespace.as_deref().unwrap_or("-").to_owned())
-            .or_default() += 1;
-    }
+fn blocked_by_key(by_key: BTreeMap<String, BTreeMap<String, u64>>) -> Vec<String> {
     by_key
         .into_iter()
         .map(|(key, namespaces)| {
-            let total: usize = namespaces.values().sum();
+            let total: u64 = namespaces.values().sum();
             let list: Vec<String> = namespaces
                 .iter()
                 .map(|(ns, n)| format!("{}: {n}", output::escape(ns)))
