@@ -17,14 +17,17 @@ pub const PAGE_LIMIT: i64 = 1000;
 /// The most keys a page asks for.
 pub const MAX_PAGE_LIMIT: i64 = 10_000;
 
-/// The size a page aims at (keys and values): 2 MiB, about 1,000 Secrets of 2 KiB or 5,000 of
-/// 300 bytes. Bigger pages were not faster at scale (2.85 s against 2.92 s for 1,000,000 small
-/// Secrets with 8 MiB pages) but held twice the memory (68 MiB against 35 MiB at 2 KiB a value):
-/// a page is held twice while it is decoded, and read-ahead holds more.
-pub const PAGE_TARGET_BYTES: usize = 2 * 1024 * 1024;
+/// The size a page aims at (keys and values): 1 MiB, about 2,900 Secrets of 300 bytes (a 2 KiB
+/// Secret gets [`PAGE_LIMIT`]). Small enough that pages are bounded by bytes, not by how many
+/// keys a namespace range holds, so a scan's memory is the same at 100,000 entries as at
+/// 1,000,000: measured on etcd 3.4 with 300-byte Secrets, peak RSS 22.5 / 21.8 MiB (`status`,
+/// 100,000 / 1,000,000) and 27.2 / 28.6 MiB (`rewrite`), where 8 MiB pages gave 21.9 / 28.7 and
+/// 28.1 / 39.5 MiB. The price: `audit` of 1,000,000 in 3.57 s instead of 3.19 s (more requests,
+/// each walking the rest of its range on etcd 3.4), still half of etcdctl's dump.
+pub const PAGE_TARGET_BYTES: usize = 1024 * 1024;
 
 /// About how many keys one bounded range of a scan holds (see [`EtcdStore`]'s splits): four
-/// pages' worth at 2 KiB a value, one page at 300 bytes. Ranges of 1,000 keys were no faster at
+/// pages' worth at 2 KiB a value, about one and a half at 300 bytes. Ranges of 1,000 keys were no faster at
 /// 2 KiB (0.61 s against 0.63 s for 100,000 Secrets) and slower for small values (3.22 s
 /// against 2.92 s at 1,000,000): more requests.
 pub const RANGE_KEYS: u64 = 4000;
@@ -36,8 +39,8 @@ const MAX_NAMESPACES: i64 = 100_000;
 pub const MAX_READ_AHEAD: usize = 3;
 
 /// The most bytes of pages requested ahead of a scan at once: with pages of about
-/// [`PAGE_TARGET_BYTES`], two of them, so that a scan's memory is the same at 100,000 entries
-/// as at 1,000,000.
+/// [`PAGE_TARGET_BYTES`], two of them (16 MiB held 68 MiB at 2 KiB a value, over the 64 MiB
+/// budget).
 pub const READ_AHEAD_BYTES: usize = 2 * PAGE_TARGET_BYTES;
 
 /// The keys that cut a scan of `prefix` into bounded ranges (see [`EtcdStore::find_splits`]).
@@ -498,9 +501,9 @@ mod tests {
 
     #[test]
     fn pages_aim_at_a_byte_size_within_key_limits() {
-        // 2 KiB Secrets: about 1,000 a page; 300 bytes (and a 60-byte key): about 5,000.
+        // 2 KiB Secrets: the floor; 300 bytes (and a 60-byte key): about 2,900 a page.
         assert_eq!(next_page_limit(1000, 2_100_000), Some(PAGE_LIMIT));
-        assert_eq!(next_page_limit(1000, 360_000), Some(5825));
+        assert_eq!(next_page_limit(1000, 360_000), Some(2912));
         // Tiny values: capped.
         assert_eq!(next_page_limit(1000, 50_000), Some(MAX_PAGE_LIMIT));
         // Large values: never below the floor that keeps etcd 3.4 from going quadratic.
