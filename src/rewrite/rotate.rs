@@ -105,6 +105,8 @@ impl Default for RotateOptions {
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct Rotation {
+    /// The version of this schema ([`crate::audit::SCHEMA_VERSION`]).
+    pub schema_version: crate::audit::SchemaVersion,
     /// The config file.
     pub file: String,
     /// `add`, `promote` or `prune`.
@@ -274,6 +276,7 @@ pub async fn rotate(
     };
     let old = String::from_utf8_lossy(&old_text);
     let mut r = Rotation {
+        schema_version: crate::audit::SchemaVersion,
         file: file.display().to_string(),
         stage: stage.name(),
         key_name: None,

@@ -260,7 +260,11 @@ async fn issue_21_a_blocked_prune_counts_and_lists_every_entry() {
         "{err}"
     );
     let r: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(r["refused"], true, "{r}");
+    assert_eq!(
+        (&r["schema_version"], &r["refused"]),
+        (&1.into(), &true.into()),
+        "{r}"
+    );
     assert_eq!(
         keys(&r["blocked"]),
         expected,

@@ -86,6 +86,7 @@ fn prune_right_after_add_refuses_to_drop_the_new_key() {
         (r["stage"].as_str(), r["key_name"].as_str()),
         (Some("add"), Some("key2"))
     );
+    assert_eq!(r["schema_version"], 1, "{out}");
     assert!(!out.contains("secret") && !out.contains("rrbu51"), "{out}");
     let added = std::fs::read_to_string(&config).unwrap();
     assert!(added.contains("name: key2"), "{added}");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
-use atrest::audit::{PruneObserver, ReportEntry};
+use atrest::audit::{PruneObserver, ReportEntry, SchemaVersion};
 use atrest::config::NewProvider;
 use atrest::rewrite::rotate::{rotate, RotateError, RotateOptions, Rotation, Stage};
 
@@ -141,6 +141,7 @@ pub(crate) async fn run(
 /// keys of every entry that still needs a removed key).
 #[derive(serde::Serialize)]
 struct Refused {
+    schema_version: SchemaVersion,
     file: String,
     stage: &'static str,
     refused: bool,
@@ -156,6 +157,7 @@ fn print_refused(
     spool: Option<Spool>,
 ) -> Result<(), CliError> {
     let head = Refused {
+        schema_version: SchemaVersion,
         file: file.display().to_string(),
         stage: stage.name(),
         refused: true,
@@ -171,6 +173,7 @@ fn print_refused(
 /// The fields of [`Rotation`]'s JSON before `lost`.
 #[derive(serde::Serialize)]
 struct RotationHead<'a> {
+    schema_version: SchemaVersion,
     file: &'a str,
     stage: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,6 +185,7 @@ struct RotationHead<'a> {
 fn print_rotation(r: &Rotation, spool: Option<Spool>) -> Result<(), CliError> {
     let json = JsonEntries::named(
         &RotationHead {
+            schema_version: SchemaVersion,
             file: &r.file,
             stage: r.stage,
             key_name: r.key_name.as_deref(),
