@@ -17,6 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
+use serde_json::ser::{Formatter, PrettyFormatter};
 
 use super::CliError;
 
@@ -24,6 +25,21 @@ use super::CliError;
 fn pretty<T: Serialize>(value: &T) -> Result<String, CliError> {
     serde_json::to_string_pretty(value)
         .map_err(|e| CliError::internal(format!("cannot render JSON: {e}")))
+}
+
+/// Writes `value` as an element of an array that is itself a field of the report: what
+/// `to_writer_pretty` writes for it there, two levels in (four spaces), straight into `out`
+/// without a copy of its text.
+fn write_element<W: Write, T: Serialize>(out: &mut W, value: &T) -> std::io::Result<()> {
+    let mut formatter = PrettyFormatter::new();
+    let sink = &mut std::io::sink();
+    // Into the report's object and its array: the element's lines get their indentation.
+    formatter.begin_object(sink)?;
+    formatter.begin_array(sink)?;
+    out.write_all(b"    ")?;
+    value
+        .serialize(&mut serde_json::Serializer::with_formatter(out, formatter))
+        .map_err(std::io::Error::other)
 }
 
 /// Streams a report's `entries` to standard output (see the module docs).
@@ -69,29 +85,18 @@ impl JsonEntries {
     /// [`JsonEntries::finish`]; later entries are dropped.
     pub(crate) fn entry<T: Serialize>(&self, entry: &T) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = &mut *s;
         if s.error.is_some() {
             return;
         }
-        let Ok(text) = serde_json::to_string_pretty(entry) else {
-            return;
-        };
-        let s = &mut *s;
-        let lead = if s.written == 0 {
-            format!("{},\n  \"{}\": [\n", s.head, s.field)
+        let written = if s.written == 0 {
+            write!(s.out, "{},\n  \"{}\": [\n", s.head, s.field)
         } else {
-            ",\n".to_owned()
-        };
-        s.written += 1;
-        let mut block = String::with_capacity(lead.len() + text.len() + 64);
-        block.push_str(&lead);
-        for (i, line) in text.lines().enumerate() {
-            if i > 0 {
-                block.push('\n');
-            }
-            block.push_str("    ");
-            block.push_str(line);
+            s.out.write_all(b",\n")
         }
-        if let Err(e) = s.out.write_all(block.as_bytes()) {
+        .and_then(|()| write_element(&mut s.out, entry));
+        s.written += 1;
+        if let Err(e) = written {
             s.error = Some(e);
         }
     }
@@ -276,6 +281,41 @@ mod tests {
         assert_eq!(b.rows()[&"a"], [0, 1]);
         assert_eq!(b.more()[&"a"], 3);
         assert_eq!(b.total(), 6);
+    }
+
+    #[test]
+    fn an_element_is_written_as_the_whole_report_would_write_it() {
+        #[derive(Serialize)]
+        struct Entry {
+            key: &'static str,
+            size: u64,
+            tags: Vec<u8>,
+            none: Vec<u8>,
+            inner: BTreeMap<&'static str, Option<bool>>,
+        }
+        #[derive(Serialize)]
+        struct Report {
+            head: u8,
+            entries: Vec<Entry>,
+        }
+        let entry = || Entry {
+            key: "/registry/secrets/a\"b\n",
+            size: 7,
+            tags: vec![1, 2],
+            none: Vec::new(),
+            inner: BTreeMap::from([("x", Some(true)), ("y", None)]),
+        };
+        let whole = serde_json::to_string_pretty(&Report {
+            head: 1,
+            entries: vec![entry(), entry()],
+        })
+        .unwrap();
+        let mut streamed = b"{\n  \"head\": 1,\n  \"entries\": [\n".to_vec();
+        write_element(&mut streamed, &entry()).unwrap();
+        streamed.extend_from_slice(b",\n");
+        write_element(&mut streamed, &entry()).unwrap();
+        streamed.extend_from_slice(b"\n  ]\n}");
+        assert_eq!(String::from_utf8(streamed).unwrap(), whole);
     }
 
     #[test]
