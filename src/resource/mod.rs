@@ -302,37 +302,57 @@ pub struct KeyInfo {
 /// resource segment). Keys of an unknown built-in prefix are taken as core resources named
 /// after the prefix.
 pub fn split_key(root: &str, key: &[u8]) -> Option<KeyInfo> {
-    let root = with_slash(root);
+    // Called for every key of a scan: no allocation but the names it returns.
     let rest = key.strip_prefix(root.as_bytes())?;
+    let rest = if root.ends_with('/') {
+        rest
+    } else {
+        rest.strip_prefix(b"/")?
+    };
     let rest = String::from_utf8_lossy(rest);
-    let mut segs = rest.split('/');
-    let first = segs.next().filter(|s| !s.is_empty())?;
-    let resource = if first.contains('.') {
-        GroupResource::new(first, segs.next().filter(|s| !s.is_empty())?)
+    let (first, tail) = next_segment(&rest);
+    let first = Some(first).filter(|s| !s.is_empty())?;
+    let (resource, tail) = if first.contains('.') {
+        let (plural, tail) = next_segment(tail?);
+        let plural = Some(plural).filter(|s| !s.is_empty())?;
+        (GroupResource::new(first, plural), tail)
     } else if first == "services" {
-        match segs.next().filter(|s| !s.is_empty())? {
+        let (kind, tail) = next_segment(tail?);
+        let resource = match Some(kind).filter(|s| !s.is_empty())? {
             "specs" => GroupResource::new("", "services"),
             "endpoints" => GroupResource::new("", "endpoints"),
             other => GroupResource::new("", &format!("services/{other}")),
-        }
+        };
+        (resource, tail)
     } else {
-        match BUILTIN.iter().find(|b| b.prefix == first) {
+        let resource = match BUILTIN.iter().find(|b| b.prefix == first) {
             Some(b) => GroupResource::new(b.group, b.resource),
             None => GroupResource::new("", first),
-        }
+        };
+        (resource, tail)
     };
-    let rest: Vec<&str> = segs.collect();
-    let (namespace, name) = match rest.as_slice() {
-        [] | [""] => (None, None),
-        [name] => (None, Some((*name).to_owned())),
-        [ns, name] => (Some((*ns).to_owned()), Some((*name).to_owned())),
-        more => (None, Some(more.join("/"))),
+    // What follows the resource: nothing, `name`, `namespace/name`, or more segments (the
+    // whole rest is the name).
+    let (namespace, name) = match tail {
+        None | Some("") => (None, None),
+        Some(tail) => match tail.split_once('/') {
+            Some((ns, name)) if !name.contains('/') => (Some(ns.to_owned()), Some(name.to_owned())),
+            _ => (None, Some(tail.to_owned())),
+        },
     };
     Some(KeyInfo {
         resource,
         namespace,
         name,
     })
+}
+
+/// The first `/`-separated segment of `s`, and what follows its `/` (`None`: it was the last).
+fn next_segment(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (s, None),
+    }
 }
 
 /// A custom resource, as a stored CustomResourceDefinition names it.
@@ -661,6 +681,78 @@ pub fn kind_of_resource(resource: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_key_reads_every_shape_of_the_rest_of_a_key() {
+        let split = |root: &str, key: &str| {
+            split_key(root, key.as_bytes()).map(|i| {
+                (
+                    i.resource.to_string(),
+                    i.namespace.unwrap_or_else(|| "-".into()),
+                    i.name.unwrap_or_else(|| "-".into()),
+                )
+            })
+        };
+        let some = |r: &str, ns: &str, n: &str| Some((r.to_owned(), ns.to_owned(), n.to_owned()));
+        assert_eq!(
+            split("/registry/", "/registry/secrets/ns/a"),
+            some("secrets", "ns", "a")
+        );
+        assert_eq!(
+            split("/registry", "/registry/secrets/ns/a"),
+            some("secrets", "ns", "a")
+        );
+        assert_eq!(split("/registry", "/registrysecrets/ns/a"), None);
+        assert_eq!(
+            split("/registry/", "/registry/namespaces/a"),
+            some("namespaces", "-", "a")
+        );
+        assert_eq!(
+            split("/registry/", "/registry/secrets/"),
+            some("secrets", "-", "-")
+        );
+        assert_eq!(
+            split("/registry/", "/registry/secrets"),
+            some("secrets", "-", "-")
+        );
+        assert_eq!(
+            split("/registry/", "/registry/secrets/ns/"),
+            some("secrets", "ns", "")
+        );
+        assert_eq!(
+            split("/registry/", "/registry/secrets//a"),
+            some("secrets", "", "a")
+        );
+        assert_eq!(
+            split("/registry/", "/registry/secrets/a/b/c"),
+            some("secrets", "-", "a/b/c")
+        );
+        assert_eq!(
+            split("/registry/", "/registry/deployments/ns/d"),
+            some("deployments.apps", "ns", "d")
+        );
+        assert_eq!(
+            split("/registry/", "/registry/example.com/widgets/ns/w"),
+            some("widgets.example.com", "ns", "w")
+        );
+        assert_eq!(split("/registry/", "/registry/example.com"), None);
+        assert_eq!(split("/registry/", "/registry/example.com/"), None);
+        assert_eq!(
+            split("/registry/", "/registry/services/specs/ns/s"),
+            some("services", "ns", "s")
+        );
+        assert_eq!(
+            split("/registry/", "/registry/services/endpoints/ns/s"),
+            some("endpoints", "ns", "s")
+        );
+        assert_eq!(
+            split("/registry/", "/registry/services/x/y"),
+            some("services/x", "-", "y")
+        );
+        assert_eq!(split("/registry/", "/registry/services"), None);
+        assert_eq!(split("/registry/", "/registry/"), None);
+        assert_eq!(split("/registry/", "/registry//x"), None);
+    }
 
     #[test]
     fn splits_namespaced_and_cluster_keys() {
