@@ -321,7 +321,7 @@ impl Auditor {
 
     fn add_classified(
         &mut self,
-        c: Classification,
+        mut c: Classification,
         chain: Option<&Chain>,
         info: KeyInfo,
         entry: &Entry,
@@ -360,12 +360,15 @@ impl Auditor {
             per.write_provider = chain.map(provider_ref);
         }
         if let Some(p) = c.provider {
-            match self.by_key.get_mut(&(p, c.key_name.clone())) {
+            // The name goes into the lookup and comes back: no copy of it per entry.
+            let key = (p, c.key_name.take());
+            match self.by_key.get_mut(&key) {
                 Some(n) => *n += 1,
                 None => {
-                    self.by_key.insert((p, c.key_name.clone()), 1);
+                    self.by_key.insert(key.clone(), 1);
                 }
             }
+            c.key_name = key.1;
             if let (ProviderKind::Kms, Some(id)) = (p, &c.kms_key_id) {
                 let name = c.key_name.clone().unwrap_or_default();
                 *self.by_kms_key_id.entry((name, id.clone())).or_default() += 1;
