@@ -47,6 +47,7 @@
 //! one in memory (its `kvindex`). The file is memory-mapped.
 
 mod bbolt;
+mod keysort;
 mod mvcc;
 mod write;
 
@@ -891,7 +892,7 @@ fn newest_of_each_key(
     tombstones: &Ordinals,
 ) -> (Vec<Latest>, Ordinals) {
     let key = |l: &Latest| tree.bytes(l.key());
-    index.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.ordinal.cmp(&b.ordinal)));
+    keysort::sort_by_key(&mut index, |l| tree.bytes(l.key()), |l| l.ordinal);
     // Keep the last record of each key, unless it is a tombstone (the key is deleted).
     let mut kept = 0;
     for i in 0..index.len() {
