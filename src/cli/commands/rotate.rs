@@ -272,16 +272,61 @@ fn rotate_error(
 }
 
 /// One line per key the blocked entries need, with their namespaces.
+/// Namespaces named on a blocked key's line; the rest are counted.
+const NAMESPACES_SHOWN: usize = 10;
+
+/// One line per key the blocked entries need: how many, and in which namespaces (the ten with
+/// the most, then how many more: a cluster may have thousands).
 fn blocked_by_key(by_key: BTreeMap<String, BTreeMap<String, u64>>) -> Vec<String> {
     by_key
         .into_iter()
         .map(|(key, namespaces)| {
             let total: u64 = namespaces.values().sum();
-            let list: Vec<String> = namespaces
+            let mut shown: Vec<(&String, &u64)> = namespaces.iter().collect();
+            if shown.len() > NAMESPACES_SHOWN {
+                // The largest first (by name among equals), then back in name order.
+                shown.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                shown.truncate(NAMESPACES_SHOWN);
+                shown.sort();
+            }
+            let mut list: Vec<String> = shown
                 .iter()
                 .map(|(ns, n)| format!("{}: {n}", output::escape(ns)))
                 .collect();
+            let more = namespaces.len() - shown.len();
+            if more > 0 {
+                let rest = total - shown.iter().map(|(_, n)| **n).sum::<u64>();
+                list.push(format!("…and {more} more with {rest}"));
+            }
             format!("{total} under {key} (namespaces {})", list.join(", "))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_key_names_its_ten_largest_namespaces_and_counts_the_rest() {
+        let few = BTreeMap::from([(
+            "aescbc key \"key1\"".to_owned(),
+            BTreeMap::from([("b".to_owned(), 2), ("a".to_owned(), 1)]),
+        )]);
+        assert_eq!(
+            blocked_by_key(few),
+            ["3 under aescbc key \"key1\" (namespaces a: 1, b: 2)"]
+        );
+        let many: BTreeMap<String, u64> =
+            (0..25u64).map(|i| (format!("ns{i:02}"), i + 1)).collect();
+        let lines = blocked_by_key(BTreeMap::from([("k".to_owned(), many)]));
+        // 1 + … + 25 = 325; the ten largest are ns15..ns24 (16 + … + 25 = 205).
+        assert_eq!(
+            lines,
+            [
+                "325 under k (namespaces ns15: 16, ns16: 17, ns17: 18, ns18: 19, ns19: 20, \
+              ns20: 21, ns21: 22, ns22: 23, ns23: 24, ns24: 25, …and 15 more with 120)"
+            ]
+        );
+    }
 }
