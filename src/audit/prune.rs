@@ -153,20 +153,7 @@ mod tests {
             after: Option<&[u8]>,
             _revision: Option<i64>,
         ) -> Result<Page, StoreError> {
-            let start = after.map_or(prefix.to_vec(), |a| [a, b"\0"].concat());
-            let mut entries: Vec<Entry> = self
-                .0
-                .range(start..prefix_end(prefix))
-                .take(11)
-                .map(|(_, e)| e.clone())
-                .collect();
-            let more = entries.len() > 10;
-            entries.truncate(10);
-            Ok(Page {
-                entries,
-                revision: 1,
-                more,
-            })
+            Ok(crate::store::page_of(&self.0, prefix, after, 1))
         }
     }
 

@@ -922,20 +922,7 @@ mod tests {
             _revision: Option<i64>,
         ) -> Result<Page, StoreError> {
             let m = self.0.lock().unwrap();
-            let start = after.map_or(prefix.to_vec(), |a| [a, b"\0"].concat());
-            let mut entries: Vec<Entry> = m
-                .keys
-                .range(start..prefix_end(prefix))
-                .take(11)
-                .map(|(_, e)| e.clone())
-                .collect();
-            let more = entries.len() > 10;
-            entries.truncate(10);
-            Ok(Page {
-                entries,
-                revision: m.revision,
-                more,
-            })
+            Ok(crate::store::page_of(&m.keys, prefix, after, m.revision))
         }
     }
 

@@ -256,6 +256,30 @@ pub trait WriteStore: ReadStore {
     }
 }
 
+/// A page of the keys under `prefix` after `after` in `keys`, ten at a time: the paging of the
+/// unit tests' in-memory stores.
+#[cfg(test)]
+pub(crate) fn page_of(
+    keys: &std::collections::BTreeMap<Vec<u8>, Entry>,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    revision: i64,
+) -> Page {
+    let start = after.map_or(prefix.to_vec(), |a| [a, b"\0"].concat());
+    let mut entries: Vec<Entry> = keys
+        .range(start..prefix_end(prefix))
+        .take(11)
+        .map(|(_, e)| e.clone())
+        .collect();
+    let more = entries.len() > 10;
+    entries.truncate(10);
+    Page {
+        entries,
+        revision,
+        more,
+    }
+}
+
 /// The first key after every key that starts with `prefix` (etcd's `range_end` for a prefix).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
