@@ -358,7 +358,16 @@ async fn k3s_finds_its_config_and_datastore() {
     let v = chain.encrypt(&plain, b"/registry/secrets/a/enc").unwrap();
     put_raw(&mut client, b"/registry/secrets/a/enc", &v).await;
     kine.stop();
+    // The database with its write-ahead log, as a k3s data directory holds it: kine may stop
+    // before SQLite folds the log into the main file.
     std::fs::copy(kine.db_path(), db_dir.join("state.db")).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let mut from = kine.db_path().into_os_string();
+        from.push(suffix);
+        if std::path::Path::new(&from).exists() {
+            std::fs::copy(&from, db_dir.join(format!("state.db{suffix}"))).unwrap();
+        }
+    }
 
     let out = atrest()
         .args(["audit", "--k3s", "-o", "json"])
