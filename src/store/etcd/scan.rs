@@ -22,8 +22,9 @@ pub const MAX_PAGE_LIMIT: i64 = 10_000;
 /// keys a namespace range holds, so a scan's memory is the same at 100,000 entries as at
 /// 1,000,000: measured on etcd 3.4 with 300-byte Secrets, peak RSS 22.5 / 21.8 MiB (`status`,
 /// 100,000 / 1,000,000) and 27.2 / 28.6 MiB (`rewrite`), where 8 MiB pages gave 21.9 / 28.7 and
-/// 28.1 / 39.5 MiB. The price: `audit` of 1,000,000 in 3.57 s instead of 3.19 s (more requests,
-/// each walking the rest of its range on etcd 3.4), still half of etcdctl's dump.
+/// 31.4 / 41.1 MiB. The price: `audit` of 1,000,000 in 3.57 s instead of 3.19 s with 2 MiB
+/// pages (more requests, each walking the rest of its range on etcd 3.4), still under
+/// etcdctl's dump (0.79× in docs/performance.md).
 pub const PAGE_TARGET_BYTES: usize = 1024 * 1024;
 
 /// About how many keys one bounded range of a scan holds (see [`EtcdStore`]'s splits): four
