@@ -476,7 +476,7 @@ pub async fn audit<S: ReadStore + Sync>(
         report.history = Some(history);
         let kinds = stored_kinds(target);
         report.residue = file
-            .residue(kinds.as_deref())
+            .residue(kinds.as_deref())?
             .map(|plaintext| Residue { plaintext });
     }
     Ok(report)

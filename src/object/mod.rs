@@ -45,6 +45,12 @@ mod time;
 /// Counts stored objects (`k8s\0` + runtime.Unknown envelope) of `kind` (any kind when `None`)
 /// in raw bytes, such as a free database page.
 pub fn count_plaintext_objects(bytes: &[u8], kind: Option<&str>) -> u64 {
+    count_plaintext_objects_from(bytes, kind, bytes.len())
+}
+
+/// Like [`count_plaintext_objects`], counting only the objects that start in `bytes[..own]`
+/// (the rest of `bytes` is there so that those objects can be read whole).
+pub(crate) fn count_plaintext_objects_from(bytes: &[u8], kind: Option<&str>, own: usize) -> u64 {
     let magic = crate::object::PROTOBUF_MAGIC;
     let mut count = 0;
     let mut at = 0;
@@ -53,6 +59,9 @@ pub fn count_plaintext_objects(bytes: &[u8], kind: Option<&str>) -> u64 {
         .and_then(|rest| rest.windows(magic.len()).position(|w| w == magic))
     {
         let start = at + pos;
+        if start >= own {
+            break;
+        }
         if let Some((_, found)) = crate::object::peek_kind(&bytes[start..]) {
             if kind.is_none_or(|k| k == found) {
                 count += 1;

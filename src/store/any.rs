@@ -29,7 +29,7 @@ pub enum Store {
     /// A live etcd (or kine serving etcd's API): the only kind that can be written.
     Etcd(EtcdStore),
     /// An etcd snapshot or data file, read-only.
-    Snapshot(Snapshot),
+    Snapshot(Box<Snapshot>),
     /// kine's SQLite file, read-only.
     Kine(KineDb),
 }
@@ -40,7 +40,7 @@ impl Store {
     pub async fn open(spec: StoreSpec) -> Result<Store, StoreError> {
         Ok(match spec {
             StoreSpec::Etcd(opts) => Store::Etcd(EtcdStore::connect(opts).await?),
-            StoreSpec::Snapshot(path) => Store::Snapshot(Snapshot::open(&path)?),
+            StoreSpec::Snapshot(path) => Store::Snapshot(Box::new(Snapshot::open(&path)?)),
             StoreSpec::KineDb(path) => Store::Kine(KineDb::open(&path)?),
         })
     }

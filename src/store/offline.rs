@@ -29,7 +29,7 @@ pub trait Offline: Sync {
 
     /// Plaintext objects of `kinds` (any kind when `None`) left in unreferenced database pages;
     /// `None` when the file format has no such pages to read (kine's SQLite files).
-    fn residue(&self, kinds: Option<&[&str]>) -> Option<u64>;
+    fn residue(&self, kinds: Option<&[&str]>) -> Result<Option<u64>, StoreError>;
 
     /// Reads one key's newest value.
     fn get(&self, key: &[u8]) -> Result<Option<Entry>, StoreError>;
@@ -55,15 +55,12 @@ pub trait Offline: Sync {
     fn copy_residue(&self) -> Result<u64, StoreError>;
 }
 
-/// Plaintext objects of `kinds` (any kind when `None`) in one region of raw bytes.
-fn plaintext_objects(bytes: &[u8], kinds: Option<&[&str]>) -> u64 {
-    use crate::object::count_plaintext_objects;
+/// Plaintext objects of `kinds` (any kind when `None`) that start in `bytes[..own]`.
+fn plaintext_objects(bytes: &[u8], own: usize, kinds: Option<&[&str]>) -> u64 {
+    use crate::object::count_plaintext_objects_from as count;
     match kinds {
-        Some(kinds) => kinds
-            .iter()
-            .map(|k| count_plaintext_objects(bytes, Some(k)))
-            .sum(),
-        None => count_plaintext_objects(bytes, None),
+        Some(kinds) => kinds.iter().map(|k| count(bytes, Some(k), own)).sum(),
+        None => count(bytes, None, own),
     }
 }
 
@@ -81,12 +78,14 @@ impl Offline for super::snapshot::Snapshot {
         Ok(())
     }
 
-    fn residue(&self, kinds: Option<&[&str]>) -> Option<u64> {
-        Some(
-            self.free_runs()
-                .map(|(_, bytes)| plaintext_objects(bytes, kinds))
-                .sum(),
-        )
+    fn residue(&self, kinds: Option<&[&str]>) -> Result<Option<u64>, StoreError> {
+        let mut found = 0;
+        for run in self.free_runs() {
+            let run = run?;
+            found += plaintext_objects(&run.bytes, run.own, kinds);
+        }
+        self.check_unchanged()?;
+        Ok(Some(found))
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
@@ -121,13 +120,13 @@ impl Offline for super::snapshot::Snapshot {
     }
 
     fn open_copy(&self, path: &Path) -> Result<super::Store, StoreError> {
-        Ok(super::Store::Snapshot(super::snapshot::Snapshot::open(
-            path,
-        )?))
+        Ok(super::Store::Snapshot(Box::new(
+            super::snapshot::Snapshot::open(path)?,
+        )))
     }
 
     fn copy_residue(&self) -> Result<u64, StoreError> {
-        Ok(Offline::residue(self, None).unwrap_or_default())
+        Ok(Offline::residue(self, None)?.unwrap_or_default())
     }
 }
 
@@ -145,8 +144,8 @@ impl Offline for super::kine::KineDb {
         Ok(())
     }
 
-    fn residue(&self, _kinds: Option<&[&str]>) -> Option<u64> {
-        None
+    fn residue(&self, _kinds: Option<&[&str]>) -> Result<Option<u64>, StoreError> {
+        Ok(None)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {

@@ -5,12 +5,16 @@
 //! `sum64`), `bucket.go` (bucket header, inline buckets), `node.go` (`read`, `write`). All
 //! integers are little-endian. The layout is drawn in the [parent module](super).
 //!
-//! Every byte is read through [`Reader`]. Every page id is checked against the high-water mark
+//! Pages are read from a [`Source`] one at a time, as a walk reaches them, and every byte of a
+//! page is read through [`Reader`]. Every page id is checked against the high-water mark
 //! before it is touched, every page is visited at most once per walk (a page reached twice is
 //! corruption: it stops cycles and shared subtrees alike), branch descent is bounded by
 //! [`MAX_DEPTH`], bucket nesting by [`MAX_NESTING`], and the total number of elements by the
 //! number of 16-byte element headers the file can hold (overlapping inline pages cannot blow up
 //! the walk).
+
+use std::fs::File;
+use std::io;
 
 use crate::wire::{Reader, WireError};
 
@@ -53,11 +57,26 @@ pub(crate) struct Fault {
     pub(crate) page: Option<u64>,
     /// The structure that failed.
     pub(crate) what: &'static str,
+    /// Set when reading the file failed (rather than its contents being wrong).
+    pub(crate) io: Option<io::ErrorKind>,
 }
 
 impl Fault {
     pub(crate) fn at(page: Option<u64>, what: &'static str) -> Fault {
-        Fault { page, what }
+        Fault {
+            page,
+            what,
+            io: None,
+        }
+    }
+
+    /// Reading the file failed.
+    pub(crate) fn io(page: Option<u64>, kind: io::ErrorKind) -> Fault {
+        Fault {
+            page,
+            what: "the file could not be read",
+            io: Some(kind),
+        }
     }
 
     pub(crate) fn wire(page: Option<u64>, e: &WireError) -> Fault {
@@ -66,7 +85,7 @@ impl Fault {
             | WireError::Trailing { what, .. }
             | WireError::Invalid { what, .. } => what,
         };
-        Fault { page, what }
+        Fault::at(page, what)
     }
 }
 
@@ -209,8 +228,41 @@ pub(crate) struct Span {
     pub(crate) len: usize,
 }
 
-/// A page (or an inline bucket's pseudo-page) ready to have its elements read.
-#[derive(Debug, Clone, Copy)]
+/// Where a bbolt file's bytes come from: the file itself, read at an offset when a page or a
+/// record is needed (never mapped, never read whole), or bytes already in memory.
+pub(crate) enum Source {
+    /// An open file (it also holds the shared lock).
+    File(File),
+    /// Bytes in memory (fuzzing, tests).
+    Memory(Vec<u8>),
+}
+
+impl Source {
+    /// Fills `buf` from offset `off`. A file that ends before `off + buf.len()` is
+    /// [`io::ErrorKind::UnexpectedEof`].
+    pub(crate) fn read_at(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            Source::File(file) => std::os::unix::fs::FileExt::read_exact_at(file, buf, off as u64),
+            Source::Memory(bytes) => {
+                let from = off
+                    .checked_add(buf.len())
+                    .and_then(|end| bytes.get(off..end))
+                    .ok_or(io::ErrorKind::UnexpectedEof)?;
+                buf.copy_from_slice(from);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads the bytes of `span`.
+    pub(crate) fn read_span(&self, span: Span) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; span.len];
+        self.read_at(span.off, &mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// A page (or an inline bucket's pseudo-page), read, ready to have its elements read.
 pub(crate) struct PageView {
     /// The page id, `None` for an inline page.
     pub(crate) id: Option<u64>,
@@ -218,22 +270,26 @@ pub(crate) struct PageView {
     pub(crate) flags: u16,
     /// Number of elements.
     pub(crate) count: u16,
+    /// Where `bytes` start in the file.
+    pub(crate) off: usize,
     /// The whole page, overflow run included (or the inline page's bytes).
-    pub(crate) span: Span,
+    pub(crate) bytes: Vec<u8>,
 }
 
-/// One leaf element: a key and either a value or a bucket header.
+/// One leaf element: a key and either a value or a bucket header, borrowed from the page read.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LeafElem {
+pub(crate) struct LeafElem<'p> {
     /// The page the element lives on (the enclosing real page for inline buckets).
     pub(crate) page: Option<u64>,
     /// Element flags ([`BUCKET_ELEMENT`]).
     pub(crate) flags: u32,
-    pub(crate) key: Span,
-    pub(crate) value: Span,
+    pub(crate) key: &'p [u8],
+    pub(crate) value: &'p [u8],
+    /// Where `value` starts in the file.
+    pub(crate) value_off: usize,
 }
 
-impl LeafElem {
+impl LeafElem<'_> {
     /// Whether the value is a bucket header.
     pub(crate) fn is_bucket(&self) -> bool {
         self.flags & BUCKET_ELEMENT != 0
@@ -307,17 +363,18 @@ impl PageSet {
 /// value of the database.
 #[derive(Clone, Copy)]
 pub(crate) struct Tree<'a> {
-    /// The database bytes (without a snapshot's sha256 trailer).
-    pub(crate) file: &'a [u8],
+    pub(crate) src: &'a Source,
+    /// Length of the database (without a snapshot's sha256 trailer).
+    pub(crate) db_len: usize,
     pub(crate) page_size: usize,
-    /// The high-water mark from the meta page; `hwm * page_size <= file.len()`.
+    /// The high-water mark from the meta page; `hwm * page_size <= db_len`.
     pub(crate) hwm: u64,
 }
 
 impl std::fmt::Debug for Tree<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tree")
-            .field("file_len", &self.file.len())
+            .field("db_len", &self.db_len)
             .field("page_size", &self.page_size)
             .field("hwm", &self.hwm)
             .finish()
@@ -336,33 +393,23 @@ pub(crate) fn slice_at<'b>(
     r.take(len, what)
 }
 
-impl<'a> Tree<'a> {
-    /// The bytes of a validated span.
-    pub(crate) fn bytes(&self, span: Span) -> &'a [u8] {
-        // Spans are only built from checked reads, so this cannot fail; an empty slice keeps
-        // the reader panic-free even if that invariant were broken.
-        slice_at(self.file, span.off, span.len, "span").unwrap_or_default()
+impl Tree<'_> {
+    /// Reads `span` of the database, which must lie before its end.
+    pub(crate) fn read(&self, span: Span, page: Option<u64>) -> Result<Vec<u8>, Fault> {
+        if span
+            .off
+            .checked_add(span.len)
+            .is_none_or(|end| end > self.db_len)
+        {
+            return Err(Fault::at(page, "read past the end of the database"));
+        }
+        self.src
+            .read_span(span)
+            .map_err(|e| Fault::io(page, e.kind()))
     }
 
-    /// The span `rel..rel + len` inside `outer`.
-    fn sub(
-        &self,
-        outer: Span,
-        rel: usize,
-        len: usize,
-        page: Option<u64>,
-        what: &'static str,
-    ) -> Result<Span, Fault> {
-        let bytes = self.bytes(outer);
-        slice_at(bytes, rel, len, what).map_err(|e| Fault::wire(page, &e))?;
-        Ok(Span {
-            off: outer.off + rel,
-            len,
-        })
-    }
-
-    /// Reads page `id`'s header, checking that the page and its overflow run lie in
-    /// `[2, hwm)` and that the header names the page.
+    /// Reads page `id`, checking that the page and its overflow run lie in `[2, hwm)` and that
+    /// the header names the page.
     pub(crate) fn page(&self, id: u64) -> Result<PageView, Fault> {
         let here = Some(id);
         if id < 2 || id >= self.hwm {
@@ -372,9 +419,14 @@ impl<'a> Tree<'a> {
             .ok()
             .and_then(|i| i.checked_mul(self.page_size))
             .ok_or(Fault::at(here, "page id outside the file's pages"))?;
-        let header = slice_at(self.file, off, PAGE_HEADER, "page header")
-            .map_err(|e| Fault::wire(here, &e))?;
-        let mut r = Reader::new(header);
+        let mut bytes = self.read(
+            Span {
+                off,
+                len: self.page_size,
+            },
+            here,
+        )?;
+        let mut r = Reader::new(&bytes);
         let (hdr_id, flags, count, overflow) = (|| {
             Ok::<_, WireError>((
                 r.u64_le("page header")?,
@@ -391,22 +443,30 @@ impl<'a> Tree<'a> {
         if id + pages > self.hwm {
             return Err(Fault::at(here, "overflow run past the high-water mark"));
         }
-        let len = usize::try_from(pages)
-            .ok()
-            .and_then(|p| p.checked_mul(self.page_size))
-            .ok_or(Fault::at(here, "overflow run past the high-water mark"))?;
-        slice_at(self.file, off, len, "page").map_err(|e| Fault::wire(here, &e))?;
+        if overflow > 0 {
+            let len = usize::try_from(pages)
+                .ok()
+                .and_then(|p| p.checked_mul(self.page_size))
+                .ok_or(Fault::at(here, "overflow run past the high-water mark"))?;
+            bytes.resize(len, 0);
+            let rest = bytes.get_mut(self.page_size..).unwrap_or_default();
+            self.src
+                .read_at(off + self.page_size, rest)
+                .map_err(|e| Fault::io(here, e.kind()))?;
+        }
         Ok(PageView {
             id: here,
             flags,
             count,
-            span: Span { off, len },
+            off,
+            bytes,
         })
     }
 
     /// Reads the pseudo-page of an inline bucket.
     fn inline_page(&self, span: Span, page: Option<u64>) -> Result<PageView, Fault> {
-        let mut r = Reader::new(self.bytes(span));
+        let bytes = self.read(span, page)?;
+        let mut r = Reader::new(&bytes);
         let (_, flags, count) = (|| {
             Ok::<_, WireError>((
                 r.u64_le("inline bucket page header")?,
@@ -422,20 +482,19 @@ impl<'a> Tree<'a> {
             id: None,
             flags,
             count,
-            span,
+            off: span.off,
+            bytes,
         })
     }
+}
 
-    /// Reads leaf element `i` of `p`.
-    pub(crate) fn leaf_elem(
-        &self,
-        p: &PageView,
-        i: u16,
-        page: Option<u64>,
-    ) -> Result<LeafElem, Fault> {
+impl PageView {
+    /// Reads leaf element `i`.
+    pub(crate) fn leaf_elem(&self, i: u16, page: Option<u64>) -> Result<LeafElem<'_>, Fault> {
         let rel = PAGE_HEADER + usize::from(i) * ELEMENT;
-        let header = self.sub(p.span, rel, ELEMENT, page, "leaf element")?;
-        let mut r = Reader::new(self.bytes(header));
+        let header = slice_at(&self.bytes, rel, ELEMENT, "leaf element")
+            .map_err(|e| Fault::wire(page, &e))?;
+        let mut r = Reader::new(header);
         let (flags, pos, ksize, vsize) = (|| {
             Ok::<_, WireError>((
                 r.u32_le("leaf element")?,
@@ -447,29 +506,27 @@ impl<'a> Tree<'a> {
         .map_err(|e| Fault::wire(page, &e))?;
         let too_far = Fault::at(page, "leaf element points past its page");
         let key_rel = rel.checked_add(pos as usize).ok_or(too_far)?;
-        let key = self.sub(p.span, key_rel, ksize as usize, page, "leaf element key")?;
+        let key = slice_at(&self.bytes, key_rel, ksize as usize, "leaf element key")
+            .map_err(|e| Fault::wire(page, &e))?;
         let value_rel = key_rel.checked_add(ksize as usize).ok_or(too_far)?;
-        let value = self.sub(
-            p.span,
-            value_rel,
-            vsize as usize,
-            page,
-            "leaf element value",
-        )?;
+        let value = slice_at(&self.bytes, value_rel, vsize as usize, "leaf element value")
+            .map_err(|e| Fault::wire(page, &e))?;
         Ok(LeafElem {
             page,
             flags,
             key,
             value,
+            value_off: self.off + value_rel,
         })
     }
 
-    /// Reads branch element `i` of `p`: its key and child page id.
-    pub(crate) fn branch_elem(&self, p: &PageView, i: u16) -> Result<(Span, u64), Fault> {
-        let page = p.id;
+    /// Reads branch element `i`: its key and child page id.
+    pub(crate) fn branch_elem(&self, i: u16) -> Result<(&[u8], u64), Fault> {
+        let page = self.id;
         let rel = PAGE_HEADER + usize::from(i) * ELEMENT;
-        let header = self.sub(p.span, rel, ELEMENT, page, "branch element")?;
-        let mut r = Reader::new(self.bytes(header));
+        let header = slice_at(&self.bytes, rel, ELEMENT, "branch element")
+            .map_err(|e| Fault::wire(page, &e))?;
+        let mut r = Reader::new(header);
         let (pos, ksize, child) = (|| {
             Ok::<_, WireError>((
                 r.u32_le("branch element")?,
@@ -481,38 +538,39 @@ impl<'a> Tree<'a> {
         let key_rel = rel
             .checked_add(pos as usize)
             .ok_or(Fault::at(page, "branch element points past its page"))?;
-        let key = self.sub(p.span, key_rel, ksize as usize, page, "branch element key")?;
+        let key = slice_at(&self.bytes, key_rel, ksize as usize, "branch element key")
+            .map_err(|e| Fault::wire(page, &e))?;
         Ok((key, child))
     }
+}
 
-    /// Parses a bucket header value into the bucket's root and sequence.
-    pub(crate) fn bucket(&self, elem: &LeafElem) -> Result<(Root, u64), Fault> {
-        let value = self.bytes(elem.value);
-        let mut r = Reader::new(value);
-        let (root, sequence) =
-            (|| Ok::<_, WireError>((r.u64_le("bucket header")?, r.u64_le("bucket header")?)))()
-                .map_err(|e| Fault::wire(elem.page, &e))?;
-        if root != 0 {
-            return Ok((Root::Page(root), sequence));
-        }
-        let span = Span {
-            off: elem.value.off + BUCKET_HEADER,
-            len: elem.value.len - BUCKET_HEADER,
-        };
-        Ok((
-            Root::Inline {
-                span,
-                page: elem.page,
-            },
-            sequence,
-        ))
+/// Parses a bucket header value into the bucket's root and sequence.
+pub(crate) fn bucket(elem: &LeafElem<'_>) -> Result<(Root, u64), Fault> {
+    let mut r = Reader::new(elem.value);
+    let (root, sequence) =
+        (|| Ok::<_, WireError>((r.u64_le("bucket header")?, r.u64_le("bucket header")?)))()
+            .map_err(|e| Fault::wire(elem.page, &e))?;
+    if root != 0 {
+        return Ok((Root::Page(root), sequence));
     }
+    let span = Span {
+        off: elem.value_off + BUCKET_HEADER,
+        len: elem.value.len() - BUCKET_HEADER,
+    };
+    Ok((
+        Root::Inline {
+            span,
+            page: elem.page,
+        },
+        sequence,
+    ))
 }
 
 /// A walk over one bucket's tree: visits its leaf elements in order (sub-buckets are handed to
 /// the visitor as elements; it decides whether to descend). Shares `seen` and `budget` with the
 /// other walks over the same file so that no page and no more elements than the file can hold
-/// are ever visited.
+/// are ever visited. Each page is read once, when the walk reaches it; at most one page per
+/// level of the tree is held.
 pub(crate) struct Walk<'t, 'a> {
     pub(crate) tree: &'t Tree<'a>,
     pub(crate) seen: &'t mut PageSet,
@@ -529,7 +587,7 @@ impl Walk<'_, '_> {
     /// Marks page `id` and its overflow run as visited, then reads it.
     pub(crate) fn visit_page(&mut self, id: u64) -> Result<PageView, Fault> {
         let p = self.tree.page(id)?;
-        let pages = (p.span.len / self.tree.page_size) as u64;
+        let pages = (p.bytes.len() / self.tree.page_size) as u64;
         self.seen.insert_run(id, id + pages - 1)?;
         Ok(p)
     }
@@ -538,7 +596,7 @@ impl Walk<'_, '_> {
     pub(crate) fn leaves<E: From<Fault>>(
         &mut self,
         root: Root,
-        mut visit: impl FnMut(LeafElem) -> Result<(), E>,
+        mut visit: impl FnMut(LeafElem<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let (first, owner) = match root {
             Root::Page(id) => (self.visit_page(id)?, None),
@@ -546,23 +604,24 @@ impl Walk<'_, '_> {
         };
         let mut stack: Vec<(PageView, u16)> = vec![(first, 0)];
         while let Some((page, next)) = stack.last_mut() {
-            let p = *page;
-            if *next >= p.count {
+            if *next >= page.count {
                 stack.pop();
                 continue;
             }
             let i = *next;
             *next += 1;
+            let p = &*page;
             *self.budget = self.budget.checked_sub(1).ok_or(Fault::at(
                 p.id.or(owner),
                 "more elements than the file can hold",
             ))?;
             match p.flags {
-                LEAF => visit(self.tree.leaf_elem(&p, i, p.id.or(owner))?)?,
+                LEAF => visit(p.leaf_elem(i, p.id.or(owner))?)?,
                 BRANCH => {
-                    let (_, child) = self.tree.branch_elem(&p, i)?;
+                    let (_, child) = p.branch_elem(i)?;
+                    let id = p.id;
                     if stack.len() >= MAX_DEPTH {
-                        return Err(Fault::at(p.id, "tree deeper than any real database").into());
+                        return Err(Fault::at(id, "tree deeper than any real database").into());
                     }
                     let c = self.visit_page(child)?;
                     stack.push((c, 0));
@@ -582,14 +641,15 @@ mod tests {
 
     #[test]
     fn issue_22_12_tree_debug_prints_sizes_not_bytes() {
-        let file = b"SECRET-PATTERN-0123456789".repeat(4);
+        let file = Source::Memory(b"SECRET-PATTERN-0123456789".repeat(4));
         let tree = Tree {
-            file: &file,
+            src: &file,
+            db_len: 100,
             page_size: 4096,
             hwm: 0,
         };
         let shown = format!("{tree:?}");
-        assert_eq!(shown, "Tree { file_len: 100, page_size: 4096, hwm: 0 }");
+        assert_eq!(shown, "Tree { db_len: 100, page_size: 4096, hwm: 0 }");
         assert!(!shown.contains("83, 69, 67"));
     }
 

@@ -41,10 +41,14 @@
 //! checked against the high-water mark; walks are iterative, visit each page at most once and
 //! are bounded in depth; protobuf records are capped in field count. The whole tree is walked
 //! and checked once by [`Snapshot::open`], which then keeps only an index of the live keys in
-//! key order: 24 bytes a key (where its newest record is, and where the key is inside it),
-//! never a copy of a key or a value. The `key` bucket is ordered by revision, not by key (see
-//! `mvcc.rs`), so reading the keyspace in key order needs such an index: etcd itself keeps
-//! one in memory (its `kvindex`). The file is memory-mapped.
+//! key order: 32 bytes a key (where its newest record is) and the key's bytes, never a value.
+//! The `key` bucket is ordered by revision, not by key (see `mvcc.rs`), so reading the
+//! keyspace in key order needs such an index: etcd itself keeps one in memory (its `kvindex`).
+//!
+//! The file is neither mapped nor read whole: the walk reads one page at a time (`pread`), and
+//! a page of entries reads its records when it is asked for, so memory stays flat however large
+//! the file is, and a process that truncates the file under atrest (ignoring the lock) makes a
+//! read fail ([`SnapshotError::Changed`]) instead of killing atrest with SIGBUS.
 
 mod bbolt;
 mod keysort;
@@ -57,12 +61,12 @@ use std::fs::{File, TryLockError};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 
-use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use self::bbolt::{Fault, LeafElem, MetaProblem, PageSet, Root, Span, Tree, Walk};
+use self::bbolt::{Fault, LeafElem, MetaProblem, PageSet, Root, Source, Span, Tree, Walk};
 use self::mvcc::{KeyValue, Rev};
 use super::{Entry, Page, ReadStore, StoreError};
 
@@ -74,10 +78,13 @@ const PAGE_ENTRIES: usize = 1000;
 const PAGE_BYTES: usize = 8 << 20;
 /// Size of the sha256 trailer.
 const TRAILER: usize = 32;
-/// Files up to this size (etcd's default quota, 2 GiB) are read into memory, which no other
-/// process can take away; larger ones are mapped, and a writer that ignores the lock and
-/// truncates such a file while atrest reads it crashes atrest (SIGBUS).
-pub const MAX_READ_INTO_MEMORY: u64 = 2 << 30;
+/// Records of one page of entries closer than this in the file are read in one `pread`.
+const READ_GAP: usize = 16 << 10;
+/// A free run is read in pieces of this many bytes (plus [`FREE_OVERLAP`]).
+const FREE_PIECE: usize = 16 << 20;
+/// How far a free run's piece reaches into the next one: further than any value etcd stores
+/// (its requests are capped at 1.5 MiB), so that a value that starts in a piece is whole in it.
+const FREE_OVERLAP: usize = 2 << 20;
 
 /// A failure reading (or writing) a snapshot or data file. Every variant names the file.
 #[derive(Debug, Error)]
@@ -212,17 +219,17 @@ pub struct BucketInfo {
     pub inline: bool,
 }
 
-/// A record of the `key` bucket in the index: where its `mvccpb.KeyValue` bytes are, where the
-/// key is inside them, and its place among the bucket's records (which is revision order). The
-/// index holds one per live key, sorted by key; 24 bytes, the key's bytes stay in the file.
+/// A record of the `key` bucket in the index: where its `mvccpb.KeyValue` bytes are in the
+/// file, where its key is in the index's key arena, and its place among the bucket's records
+/// (which is revision order). The index holds one per live key, sorted by key.
 #[derive(Debug, Clone, Copy)]
 struct Latest {
     /// Where the record starts in the file.
     off: u64,
+    /// Where the key starts in the key arena.
+    key_at: u64,
     /// The record's length.
     len: u32,
-    /// Where the key starts inside the record.
-    key_at: u32,
     /// The key's length.
     key_len: u32,
     /// The record's place in the `key` bucket, counted from 0 in revision order.
@@ -236,11 +243,45 @@ impl Latest {
             len: self.len as usize,
         }
     }
+}
 
-    fn key(&self) -> Span {
-        Span {
-            off: self.off as usize + self.key_at as usize,
-            len: self.key_len as usize,
+/// The keys of an index, back to back.
+#[derive(Debug, Default)]
+struct Keys(Vec<u8>);
+
+impl Keys {
+    fn of(&self, l: &Latest) -> &[u8] {
+        let at = l.key_at as usize;
+        self.0.get(at..at + l.key_len as usize).unwrap_or_default()
+    }
+}
+
+/// One region of unreferenced pages (see [`Snapshot::free_runs`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FreeRun {
+    /// The first page of the region.
+    pub first: u64,
+    /// The region's bytes, followed by up to 2 MiB of the next piece of the same run.
+    pub bytes: Vec<u8>,
+    /// How many of `bytes` are this piece's own: a value that starts in them is whole in
+    /// `bytes`; the rest is the start of the next piece, where it is counted again.
+    pub own: usize,
+}
+
+/// The file's size and modification time, taken when it was opened: a read that finds them
+/// changed stops ([`SnapshotError::Changed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
         }
     }
 }
@@ -265,30 +306,18 @@ impl Ordinals {
     }
 }
 
-/// Where the bytes are.
-enum Data {
-    Map(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Data {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Data::Map(m) => m,
-            Data::Owned(v) => v,
-        }
-    }
-}
-
 /// An opened etcd snapshot or `member/snap/db` file, read-only.
 ///
 /// [`Snapshot::open`] checks the whole file and builds an index of the latest keyspace;
 /// [`ReadStore`] then serves it like a live etcd frozen at [`Snapshot::revision`].
 pub struct Snapshot {
     path: PathBuf,
-    data: Data,
-    /// Keeps the shared lock for as long as the file is mapped.
-    _file: Option<File>,
+    /// The file (holding the shared lock while it is open) or the bytes.
+    src: Arc<Source>,
+    /// The next page of entries, being read on a thread of its own.
+    ahead: Mutex<Option<Ahead>>,
+    /// The file's size and time when it was opened (`None` for bytes in memory).
+    stamp: Option<Stamp>,
     /// Length of the bbolt part (the trailer excluded).
     db_len: usize,
     has_hash: bool,
@@ -300,6 +329,8 @@ pub struct Snapshot {
     key_root: Root,
     /// The live keys, sorted by key.
     index: Vec<Latest>,
+    /// Their bytes.
+    keys: Keys,
     /// The ordinals of the records in `index` (every other record is history or a tombstone).
     newest: Ordinals,
     records: u64,
@@ -333,6 +364,7 @@ struct Parsed {
     root_sequence: u64,
     key_root: Root,
     index: Vec<Latest>,
+    keys: Keys,
     newest: Ordinals,
     records: u64,
     revision: i64,
@@ -343,6 +375,7 @@ struct Parsed {
 }
 
 /// A failure found while parsing, before the path is attached.
+#[derive(Debug)]
 enum ParseError {
     HashMismatch,
     NotEtcd(&'static str),
@@ -391,46 +424,17 @@ impl Snapshot {
                 reason: "the file is empty",
             });
         }
-        if meta.len() <= MAX_READ_INTO_MEMORY {
-            // Read, not mapped: a process that ignores the lock and truncates the file while it
-            // is read shortens the read (or changes the size or time checked below) instead of
-            // killing atrest with SIGBUS.
-            let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-            let mut bytes = Vec::with_capacity(len.saturating_add(1));
-            io::Read::read_to_end(&mut io::Read::take(&file, meta.len() + 1), &mut bytes)
-                .map_err(io_err)?;
-            let after = file.metadata().map_err(io_err)?;
-            if bytes.len() != len
-                || after.len() != meta.len()
-                || after.modified().ok() != meta.modified().ok()
-            {
-                return Err(SnapshotError::Changed {
-                    path: path.to_path_buf(),
-                });
-            }
-            let parsed = parse(&bytes).map_err(|e| attach(path, e))?;
-            return Ok(Snapshot::assemble(
-                path.to_path_buf(),
-                Data::Owned(bytes),
-                Some(file),
-                parsed,
-            ));
-        }
-        // SAFETY: the mapping is read-only and lives no longer than `file`, on which we hold a
-        // shared lock: bbolt (and so etcd) takes an exclusive lock before it writes, so no
-        // cooperating writer changes the file while it is mapped. A process that ignores the
-        // lock and truncates the file could still fault the mapping (SIGBUS) — the contract of
-        // every mmap-based reader, bbolt's included; only files larger than
-        // [`MAX_READ_INTO_MEMORY`] are mapped. All reads of the mapping are bounds-checked.
-        #[allow(unsafe_code)]
-        let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
-        let parsed = parse(&map).map_err(|e| attach(path, e))?;
-        Ok(Snapshot::assemble(
-            path.to_path_buf(),
-            Data::Map(map),
-            Some(file),
-            parsed,
-        ))
+        let stamp = Stamp::of(&meta);
+        let len = usize::try_from(meta.len()).map_err(|_| SnapshotError::NotEtcd {
+            path: path.to_path_buf(),
+            reason: "the file is larger than this machine can address",
+        })?;
+        let src = Arc::new(Source::File(file));
+        let parsed = parse(&src, len).map_err(|e| attach(path, e))?;
+        let snap = Snapshot::assemble(path.to_path_buf(), src, Some(stamp), parsed);
+        // A process that ignores the lock (a `cp` over the file) changes its size or time.
+        snap.check_unchanged()?;
+        Ok(snap)
     }
 
     /// Reads a snapshot held in memory (fuzzing, tests, a snapshot streamed from elsewhere).
@@ -443,15 +447,18 @@ impl Snapshot {
                 reason: "the file is empty",
             });
         }
-        let parsed = parse(&bytes).map_err(|e| attach(&path, e))?;
-        Ok(Snapshot::assemble(path, Data::Owned(bytes), None, parsed))
+        let len = bytes.len();
+        let src = Arc::new(Source::Memory(bytes));
+        let parsed = parse(&src, len).map_err(|e| attach(&path, e))?;
+        Ok(Snapshot::assemble(path, src, None, parsed))
     }
 
-    fn assemble(path: PathBuf, data: Data, file: Option<File>, p: Parsed) -> Snapshot {
+    fn assemble(path: PathBuf, src: Arc<Source>, stamp: Option<Stamp>, p: Parsed) -> Snapshot {
         Snapshot {
             path,
-            data,
-            _file: file,
+            src,
+            ahead: Mutex::new(None),
+            stamp,
             db_len: p.db_len,
             has_hash: p.has_hash,
             page_size: p.page_size,
@@ -461,6 +468,7 @@ impl Snapshot {
             root_sequence: p.root_sequence,
             key_root: p.key_root,
             index: p.index,
+            keys: p.keys,
             newest: p.newest,
             records: p.records,
             revision: p.revision,
@@ -529,41 +537,60 @@ impl Snapshot {
     }
 
     fn tree(&self) -> Tree<'_> {
-        let file = self.data.bytes();
         Tree {
-            file: file.get(..self.db_len).unwrap_or_default(),
+            src: &self.src,
+            db_len: self.db_len,
             page_size: self.page_size,
             hwm: self.hwm,
         }
     }
 
     fn corrupt(&self, f: Fault) -> SnapshotError {
-        SnapshotError::Corrupt {
+        fault_error(&self.path, f)
+    }
+
+    /// Fails with [`SnapshotError::Changed`] when the file's size or time is not what it was
+    /// when it was opened.
+    pub(crate) fn check_unchanged(&self) -> Result<(), SnapshotError> {
+        let (Some(stamp), Source::File(file)) = (self.stamp, &*self.src) else {
+            return Ok(());
+        };
+        let now = file.metadata().map_err(|source| SnapshotError::Io {
             path: self.path.clone(),
-            page: f.page,
-            what: f.what,
+            source,
+        })?;
+        if Stamp::of(&now) == stamp {
+            Ok(())
+        } else {
+            Err(SnapshotError::Changed {
+                path: self.path.clone(),
+            })
         }
     }
 
-    /// Builds an [`Entry`] from a `key` bucket record.
-    fn entry(&self, record: Span) -> Result<Entry, SnapshotError> {
-        let bytes = self.tree().bytes(record);
+    /// Builds an [`Entry`] from a `key` bucket record's bytes.
+    fn entry(&self, bytes: &[u8]) -> Result<Entry, SnapshotError> {
         let kv = KeyValue::decode(bytes).map_err(|e| self.corrupt(Fault::wire(None, &e)))?;
         Ok(entry_from(&kv))
     }
 
     /// The key of an index entry.
     fn key_of(&self, latest: &Latest) -> &[u8] {
-        self.tree().bytes(latest.key())
+        self.keys.of(latest)
     }
 
     /// Reads one key at [`Snapshot::revision`] (`None`: it does not exist).
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>, SnapshotError> {
-        self.index
-            .binary_search_by(|l| self.key_of(l).cmp(key))
-            .ok()
-            .map(|i| self.entry(self.index[i].record()))
-            .transpose()
+        let Ok(i) = self.index.binary_search_by(|l| self.key_of(l).cmp(key)) else {
+            return Ok(None);
+        };
+        self.check_unchanged()?;
+        let record = self
+            .tree()
+            .read(self.index[i].record(), None)
+            .map_err(|f| self.corrupt(f))?;
+        self.check_unchanged()?;
+        self.entry(&record).map(Some)
     }
 
     /// The index entries of the keys under `prefix` that sort after `after` (all of them
@@ -597,24 +624,70 @@ impl Snapshot {
                 revision: self.revision,
             });
         }
-        let mut page = Page {
-            entries: Vec::new(),
-            revision: self.revision,
-            more: false,
-        };
-        let mut bytes = 0usize;
         let under = self.under(prefix, after);
-        touch(&self.tree(), under.get(..PAGE_ENTRIES).unwrap_or(under));
-        for latest in under {
-            if page.entries.len() >= PAGE_ENTRIES || bytes >= PAGE_BYTES {
-                page.more = true;
-                break;
-            }
-            let entry = self.entry(latest.record())?;
-            bytes += entry.value.len();
-            page.entries.push(entry);
+        let records = under.get(..page_len(under)).unwrap_or_default();
+        if !records.is_empty() {
+            self.check_unchanged()?;
         }
-        Ok(page)
+        let ahead = self
+            .ahead
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .filter(|a| a.prefix == prefix && Some(a.after.as_slice()) == after);
+        let entries = match ahead.and_then(|a| a.rx.recv().ok()) {
+            Some(read) => read,
+            None => read_records(&self.tree(), records),
+        }
+        .map_err(|f| self.corrupt(f))?;
+        let more = records.len() < under.len();
+        if more {
+            self.read_ahead(
+                prefix,
+                records,
+                under.get(records.len()..).unwrap_or_default(),
+            );
+        }
+        if !records.is_empty() {
+            // Whatever was read was read before any change.
+            self.check_unchanged()?;
+        }
+        Ok(Page {
+            entries,
+            revision: self.revision,
+            more,
+        })
+    }
+
+    /// Starts reading the page after `page` (the start of `rest`) on a thread of its own, so
+    /// that its reads overlap the caller's work on `page`.
+    fn read_ahead(&self, prefix: &[u8], page: &[Latest], rest: &[Latest]) {
+        let (Some(last), Ok(mut slot)) = (page.last(), self.ahead.lock()) else {
+            return;
+        };
+        let next = rest.get(..page_len(rest)).unwrap_or_default().to_vec();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let src = Arc::clone(&self.src);
+        let (db_len, page_size, hwm) = (self.db_len, self.page_size, self.hwm);
+        let spawned = std::thread::Builder::new()
+            .name("atrest-read-ahead".into())
+            .spawn(move || {
+                let tree = Tree {
+                    src: &src,
+                    db_len,
+                    page_size,
+                    hwm,
+                };
+                // The reader may have stopped: then nobody waits for this page.
+                let _ = tx.send(read_records(&tree, &next));
+            });
+        if spawned.is_ok() {
+            *slot = Some(Ahead {
+                prefix: prefix.to_vec(),
+                after: self.key_of(last).to_vec(),
+                rx,
+            });
+        }
     }
 
     /// Visits every older revision still stored for keys under `prefix`: revisions that are
@@ -644,10 +717,11 @@ impl Snapshot {
 
     /// Walks every record of the `key` bucket in file order (revision order), with its ordinal,
     /// its revision and its `mvccpb.KeyValue` bytes (not yet decoded).
-    fn for_each_record<'s>(
-        &'s self,
-        mut f: impl FnMut(u32, mvcc::RevKey, &'s [u8]) -> Result<(), crate::wire::WireError>,
+    fn for_each_record(
+        &self,
+        mut f: impl FnMut(u32, mvcc::RevKey, &[u8]) -> Result<(), crate::wire::WireError>,
     ) -> Result<(), SnapshotError> {
+        self.check_unchanged()?;
         let tree = self.tree();
         let mut seen = PageSet::new(self.hwm);
         let mut budget = element_budget(self.db_len);
@@ -661,13 +735,13 @@ impl Snapshot {
             if e.is_bucket() {
                 return Ok(());
             }
-            let rev =
-                mvcc::parse_rev_key(tree.bytes(e.key)).map_err(|err| Fault::wire(e.page, &err))?;
-            f(ordinal, rev, tree.bytes(e.value)).map_err(|err| Fault::wire(e.page, &err))?;
+            let rev = mvcc::parse_rev_key(e.key).map_err(|err| Fault::wire(e.page, &err))?;
+            f(ordinal, rev, e.value).map_err(|err| Fault::wire(e.page, &err))?;
             ordinal = ordinal.wrapping_add(1);
             Ok(())
         })
-        .map_err(|f| self.corrupt(f))
+        .map_err(|f| self.corrupt(f))?;
+        self.check_unchanged()
     }
 
     /// Every page-sized region of the file that the current tree does not reference: not a
@@ -675,30 +749,48 @@ impl Snapshot {
     /// the freelist — including pages at or beyond the high-water mark. Yields `(page id,
     /// bytes)` in page order; the last region is shorter if the file does not end on a page
     /// boundary. bbolt leaves old data in such pages until `etcdctl defrag` rewrites the file.
-    pub fn free_pages(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+    pub fn free_pages(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), SnapshotError>> + '_ {
         (2..self.page_total())
             .filter(|id| !self.reachable.contains(*id))
-            .map(|id| (id, self.region(id, 1)))
+            .map(|id| Ok((id, self.region(id, 1)?)))
     }
 
     /// Like [`Snapshot::free_pages`], with adjacent free pages merged into one region, so that
-    /// a value that spanned several pages (an overflow run) is found whole. Yields `(first
-    /// page id, bytes)`.
-    pub fn free_runs(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+    /// a value that spanned several pages (an overflow run) is found whole. A region longer
+    /// than 16 MiB comes in pieces (see [`FreeRun::own`]), so that memory stays bounded.
+    pub fn free_runs(&self) -> impl Iterator<Item = Result<FreeRun, SnapshotError>> + '_ {
         let total = self.page_total();
+        let piece_pages = (FREE_PIECE / self.page_size) as u64;
+        let overlap_pages = (FREE_OVERLAP / self.page_size) as u64;
         let mut id = 2u64;
+        let mut run_end = 2u64;
         std::iter::from_fn(move || {
-            while id < total && self.reachable.contains(id) {
-                id += 1;
-            }
-            if id >= total {
-                return None;
+            if id >= run_end {
+                // The next run.
+                while id < total && self.reachable.contains(id) {
+                    id += 1;
+                }
+                if id >= total {
+                    return None;
+                }
+                run_end = id;
+                while run_end < total && !self.reachable.contains(run_end) {
+                    run_end += 1;
+                }
             }
             let first = id;
-            while id < total && !self.reachable.contains(id) {
-                id += 1;
-            }
-            Some((first, self.region(first, id - first)))
+            let own = piece_pages.min(run_end - first);
+            let with_overlap = (own + overlap_pages).min(run_end - first);
+            id = first + own;
+            Some(self.region(first, with_overlap).map(|bytes| {
+                FreeRun {
+                    first,
+                    own: bytes
+                        .len()
+                        .min((own as usize).saturating_mul(self.page_size)),
+                    bytes,
+                }
+            }))
         })
     }
 
@@ -707,14 +799,15 @@ impl Snapshot {
         self.db_len.div_ceil(self.page_size) as u64
     }
 
-    /// `pages` pages from `first`, clipped to the bbolt part of the file.
-    fn region(&self, first: u64, pages: u64) -> &[u8] {
-        let file = self.tree().file;
+    /// Reads `pages` pages from `first`, clipped to the bbolt part of the file.
+    fn region(&self, first: u64, pages: u64) -> Result<Vec<u8>, SnapshotError> {
         let off = (first as usize).saturating_mul(self.page_size);
         let len = (pages as usize)
             .saturating_mul(self.page_size)
             .min(self.db_len.saturating_sub(off));
-        bbolt::slice_at(file, off, len, "page").unwrap_or_default()
+        self.tree()
+            .read(Span { off, len }, Some(first))
+            .map_err(|f| self.corrupt(f))
     }
 }
 
@@ -746,6 +839,66 @@ impl ReadStore for Snapshot {
     }
 }
 
+/// How many of `records` (in key order) the next page takes: up to [`PAGE_ENTRIES`], closed
+/// early past [`PAGE_BYTES`] of records.
+fn page_len(records: &[Latest]) -> usize {
+    let mut bytes = 0usize;
+    let mut take = 0;
+    for l in records.iter().take(PAGE_ENTRIES) {
+        if bytes >= PAGE_BYTES {
+            break;
+        }
+        bytes += l.len as usize;
+        take += 1;
+    }
+    take
+}
+
+/// Reads and decodes `records`, in their order. In key order the records are scattered over
+/// the file (the `key` bucket is in revision order): they are read in file order, records
+/// closer than [`READ_GAP`] to one another in one read.
+fn read_records(tree: &Tree<'_>, records: &[Latest]) -> Result<Vec<Entry>, Fault> {
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_unstable_by_key(|&i| records[i].off);
+    let mut entries: Vec<Option<Entry>> = vec![None; records.len()];
+    let mut at = 0;
+    while at < order.len() {
+        // One read: records while the next starts within READ_GAP of the read's end.
+        let first = records[order[at]].record();
+        let mut end = first.off + first.len;
+        let mut last = at + 1;
+        while let Some(&next) = order.get(last) {
+            let span = records[next].record();
+            if span.off > end + READ_GAP {
+                break;
+            }
+            end = end.max(span.off + span.len);
+            last += 1;
+        }
+        let run = Span {
+            off: first.off,
+            len: end - first.off,
+        };
+        let buf = tree.read(run, None)?;
+        for &i in order.get(at..last).unwrap_or_default() {
+            let span = records[i].record();
+            let kv = bbolt::slice_at(&buf, span.off - run.off, span.len, "record")
+                .and_then(KeyValue::decode)
+                .map_err(|e| Fault::wire(None, &e))?;
+            entries[i] = Some(entry_from(&kv));
+        }
+        at = last;
+    }
+    Ok(entries.into_iter().flatten().collect())
+}
+
+/// A page of entries read ahead: the page that `read_page(prefix, Some(after))` returns.
+struct Ahead {
+    prefix: Vec<u8>,
+    after: Vec<u8>,
+    rx: mpsc::Receiver<Result<Vec<Entry>, Fault>>,
+}
+
 fn entry_from(kv: &KeyValue<'_>) -> Entry {
     Entry {
         key: kv.key.to_vec(),
@@ -758,40 +911,10 @@ fn entry_from(kv: &KeyValue<'_>) -> Entry {
 }
 
 /// Parses one `key` bucket element.
-fn key_record<'a>(tree: &Tree<'a>, e: &LeafElem) -> Result<(mvcc::RevKey, KeyValue<'a>), Fault> {
-    let rev = mvcc::parse_rev_key(tree.bytes(e.key)).map_err(|err| Fault::wire(e.page, &err))?;
-    let kv = KeyValue::decode(tree.bytes(e.value)).map_err(|err| Fault::wire(e.page, &err))?;
+fn key_record<'p>(e: &LeafElem<'p>) -> Result<(mvcc::RevKey, KeyValue<'p>), Fault> {
+    let rev = mvcc::parse_rev_key(e.key).map_err(|err| Fault::wire(e.page, &err))?;
+    let kv = KeyValue::decode(e.value).map_err(|err| Fault::wire(e.page, &err))?;
     Ok((rev, kv))
-}
-
-/// Reads the first byte of each record, independently of one another, so that the processor
-/// fetches them from memory in parallel: in key order the records are scattered over the
-/// file (the `key` bucket is in revision order), and decoding them one after the other would
-/// wait for each cache miss in turn.
-fn touch(tree: &Tree<'_>, records: &[Latest]) {
-    let mut x = 0u8;
-    for l in records {
-        x ^= tree.bytes(l.record()).first().copied().unwrap_or_default();
-    }
-    std::hint::black_box(x);
-}
-
-/// The index entry of `key` bucket element `e`, whose record holds `key`.
-fn index_entry(tree: &Tree<'_>, e: &LeafElem, key: &[u8], ordinal: u32) -> Result<Latest, Fault> {
-    let too_large = Fault::at(e.page, "record too large to index");
-    let record = tree.bytes(e.value);
-    // `key` is a slice of `record` (KeyValue::decode borrows from it).
-    let key_at = (key.as_ptr() as usize)
-        .checked_sub(record.as_ptr() as usize)
-        .filter(|at| at + key.len() <= record.len())
-        .ok_or(Fault::at(e.page, "record key outside the record"))?;
-    Ok(Latest {
-        off: e.value.off as u64,
-        len: u32::try_from(e.value.len).map_err(|_| too_large)?,
-        key_at: u32::try_from(key_at).map_err(|_| too_large)?,
-        key_len: u32::try_from(key.len()).map_err(|_| too_large)?,
-        ordinal,
-    })
 }
 
 /// A real file holds at most one 16-byte element header per 16 bytes.
@@ -800,11 +923,29 @@ fn element_budget(db_len: usize) -> u64 {
 }
 
 fn attach(path: &Path, e: ParseError) -> SnapshotError {
-    let path = path.to_path_buf();
     match e {
-        ParseError::HashMismatch => SnapshotError::HashMismatch { path },
-        ParseError::NotEtcd(reason) => SnapshotError::NotEtcd { path, reason },
-        ParseError::Corrupt(f) => SnapshotError::Corrupt {
+        ParseError::HashMismatch => SnapshotError::HashMismatch {
+            path: path.to_path_buf(),
+        },
+        ParseError::NotEtcd(reason) => SnapshotError::NotEtcd {
+            path: path.to_path_buf(),
+            reason,
+        },
+        ParseError::Corrupt(f) => fault_error(path, f),
+    }
+}
+
+/// The error of a fault: a read that failed, or damaged contents. A file that ends before the
+/// pages its meta page counts (checked when it was opened) was shortened since.
+fn fault_error(path: &Path, f: Fault) -> SnapshotError {
+    let path = path.to_path_buf();
+    match f.io {
+        Some(io::ErrorKind::UnexpectedEof) => SnapshotError::Changed { path },
+        Some(kind) => SnapshotError::Io {
+            path,
+            source: io::Error::from(kind),
+        },
+        None => SnapshotError::Corrupt {
             path,
             page: f.page,
             what: f.what,
@@ -812,21 +953,15 @@ fn attach(path: &Path, e: ParseError) -> SnapshotError {
     }
 }
 
-/// Checks the trailer and parses the tree ([`parse_tree`]).
-fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
-    let has_hash = file.len() % 512 == TRAILER && file.len() > TRAILER;
-    let db_len = if has_hash {
-        file.len() - TRAILER
-    } else {
-        file.len()
-    };
-    let db = bbolt::slice_at(file, 0, db_len, "file")
-        .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?;
+/// Checks the trailer and parses the tree ([`parse_tree`]) of the `len` bytes of `src`.
+fn parse(src: &Source, len: usize) -> Result<Parsed, ParseError> {
+    let has_hash = len % 512 == TRAILER && len > TRAILER;
+    let db_len = if has_hash { len - TRAILER } else { len };
     let trailer = if has_hash {
-        Some(
-            bbolt::slice_at(file, db_len, TRAILER, "sha256 trailer")
-                .map_err(|e| ParseError::Corrupt(Fault::wire(None, &e)))?,
-        )
+        let mut t = [0u8; TRAILER];
+        src.read_at(db_len, &mut t)
+            .map_err(|e| ParseError::Corrupt(Fault::io(None, e.kind())))?;
+        Some(t)
     } else {
         None
     };
@@ -836,26 +971,45 @@ fn parse(file: &[u8]) -> Result<Parsed, ParseError> {
         let hash = trailer.map(|_| {
             std::thread::Builder::new()
                 .name("atrest-sha256".into())
-                .spawn_scoped(scope, || Sha256::digest(db))
+                .spawn_scoped(scope, || sha256_of(src, db_len))
         });
-        let parsed = parse_tree(db, db_len, has_hash);
+        let parsed = parse_tree(src, db_len, has_hash);
         let digest = match hash {
             None => None,
-            Some(Ok(thread)) => thread.join().ok(),
+            Some(Ok(thread)) => Some(
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(io::ErrorKind::Other.into())),
+            ),
             // No thread to be had: hash here.
-            Some(Err(_)) => Some(Sha256::digest(db)),
+            Some(Err(_)) => Some(sha256_of(src, db_len)),
         };
         let hash_ok = match (trailer, digest) {
-            (None, _) => true,
-            (Some(trailer), Some(digest)) => digest.as_slice() == trailer,
-            (Some(_), None) => false,
+            (None, _) => Ok(true),
+            (Some(trailer), Some(Ok(digest))) => Ok(digest == trailer),
+            (Some(_), Some(Err(e))) => Err(ParseError::Corrupt(Fault::io(None, e.kind()))),
+            (Some(_), None) => Ok(false),
         };
         (hash_ok, parsed)
     });
-    if !hash_ok {
+    if !hash_ok? {
         return Err(ParseError::HashMismatch);
     }
     parsed
+}
+
+/// The sha256 of the first `len` bytes of `src`, read in 1 MiB pieces.
+fn sha256_of(src: &Source, len: usize) -> io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let piece = buf.get_mut(..(len - at).min(1 << 20)).unwrap_or_default();
+        src.read_at(at, piece)?;
+        hasher.update(&*piece);
+        at += piece.len();
+    }
+    Ok(hasher.finalize().into())
 }
 
 /// Picks the meta page, walks the whole tree and indexes the keyspace of `db` (the file
@@ -884,21 +1038,20 @@ fn check_extent(meta: &bbolt::Meta, db_len: usize) -> Result<usize, ParseError> 
 }
 
 /// The index of every record of the `key` bucket, reduced to the newest record of each live
-/// key (a key whose last record is a tombstone is deleted), sorted by key; and those records'
-/// ordinals.
+/// key (a key whose last record is a tombstone is deleted), sorted by key; its keys; and those
+/// records' ordinals.
 fn newest_of_each_key(
-    tree: &Tree<'_>,
     mut index: Vec<Latest>,
+    mut keys: Keys,
     tombstones: &Ordinals,
-) -> (Vec<Latest>, Ordinals) {
-    let key = |l: &Latest| tree.bytes(l.key());
-    keysort::sort_by_key(&mut index, |l| tree.bytes(l.key()), |l| l.ordinal);
+) -> (Vec<Latest>, Keys, Ordinals) {
+    keysort::sort_by_key(&mut index, |l| keys.of(l), |l| l.ordinal);
     // Keep the last record of each key, unless it is a tombstone (the key is deleted).
     let mut kept = 0;
     for i in 0..index.len() {
         let last_of_key = index
             .get(i + 1)
-            .is_none_or(|next| key(next).cmp(key(&index[i])) != Ordering::Equal);
+            .is_none_or(|next| keys.of(next).cmp(keys.of(&index[i])) != Ordering::Equal);
         if last_of_key && !tombstones.contains(index[i].ordinal) {
             index[kept] = index[i];
             kept += 1;
@@ -906,18 +1059,70 @@ fn newest_of_each_key(
     }
     index.truncate(kept);
     index.shrink_to_fit();
+    compact(&mut index, &mut keys);
     let mut newest = Ordinals::default();
     for l in &index {
         newest.insert(l.ordinal);
     }
-    (index, newest)
+    (index, keys, newest)
 }
 
-fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseError> {
-    let meta = select_meta(db)?;
+/// Drops the keys no entry of `index` refers to from the arena, in place: the kept keys move
+/// towards the start, in the order they were stored.
+fn compact(index: &mut [Latest], keys: &mut Keys) {
+    let used: usize = index.iter().map(|l| l.key_len as usize).sum();
+    if used == keys.0.len() {
+        return;
+    }
+    let mut by_place: Vec<u32> = (0..index.len() as u32).collect();
+    by_place.sort_unstable_by_key(|&i| index[i as usize].key_at);
+    let mut to = 0usize;
+    for i in by_place {
+        let l = &mut index[i as usize];
+        let from = l.key_at as usize;
+        let len = l.key_len as usize;
+        // `to <= from`: each key moves towards the start, over keys already moved or dropped.
+        keys.0.copy_within(from..from + len, to);
+        l.key_at = to as u64;
+        to += len;
+    }
+    keys.0.truncate(to);
+    keys.0.shrink_to_fit();
+}
+
+/// The index entry of `key` bucket element `e`, whose record holds `key`, which is appended to
+/// `keys`.
+fn index_entry(
+    e: &LeafElem<'_>,
+    key: &[u8],
+    ordinal: u32,
+    keys: &mut Keys,
+) -> Result<Latest, Fault> {
+    let too_large = Fault::at(e.page, "record too large to index");
+    let entry = Latest {
+        off: e.value_off as u64,
+        key_at: keys.0.len() as u64,
+        len: u32::try_from(e.value.len()).map_err(|_| too_large)?,
+        key_len: u32::try_from(key.len()).map_err(|_| too_large)?,
+        ordinal,
+    };
+    keys.0.extend_from_slice(key);
+    Ok(entry)
+}
+
+/// The largest page size is 64 KiB: both meta pages lie in the file's first 64 KiB + 80 bytes.
+const META_HEAD: usize = 65536 + bbolt::PAGE_HEADER + bbolt::META_SIZE;
+
+fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, ParseError> {
+    let mut head = vec![0u8; db_len.min(META_HEAD)];
+    src.read_at(0, &mut head)
+        .map_err(|e| ParseError::Corrupt(Fault::io(None, e.kind())))?;
+    let meta = select_meta(&head)?;
+    drop(head);
     let page_size = check_extent(&meta, db_len)?;
     let tree = Tree {
-        file: db,
+        src,
+        db_len,
         page_size,
         hwm: meta.hwm,
     };
@@ -934,18 +1139,19 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
     }
 
     // The root bucket holds only buckets.
-    let mut top: Vec<(Span, Root)> = Vec::new();
+    let mut top: Vec<(Vec<u8>, Root)> = Vec::new();
     walk.leaves(Root::Page(meta.root), |e| {
         if !e.is_bucket() {
             return Err(Fault::at(e.page, "plain key in the root bucket"));
         }
-        top.push((e.key, tree.bucket(&e)?.0));
+        top.push((e.key.to_vec(), bbolt::bucket(&e)?.0));
         Ok(())
     })?;
 
     // Every record of the `key` bucket, then sorted by key: the newest of each key is its
     // last one, since the bucket is in revision order.
     let mut index: Vec<Latest> = Vec::new();
+    let mut keys = Keys::default();
     let mut tombstones = Ordinals::default();
     let mut last_rev: Option<Rev> = None;
     let mut records = 0u64;
@@ -954,15 +1160,14 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
     let mut consistent_index = None;
     let mut key_root = None;
     let mut buckets = Vec::with_capacity(top.len());
-    for (name_span, root) in top {
-        let name = tree.bytes(name_span);
+    for (name, root) in top {
         let is_key = name == b"key";
         let is_meta = name == b"meta";
         if is_key {
             key_root = Some(root);
         }
         let mut info = BucketInfo {
-            name: name.to_vec(),
+            name: name.clone(),
             entries: 0,
             nested_buckets: 0,
             pages: 0,
@@ -973,7 +1178,7 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
         walk.leaves(root, |e| {
             if e.is_bucket() {
                 info.nested_buckets += 1;
-                nested.push((tree.bucket(&e)?.0, 2));
+                nested.push((bbolt::bucket(&e)?.0, 2));
                 return Ok::<(), Fault>(());
             }
             info.entries += 1;
@@ -981,7 +1186,7 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
                 let ordinal = u32::try_from(records)
                     .map_err(|_| Fault::at(e.page, "more records than a snapshot can index"))?;
                 records += 1;
-                let (rk, kv) = key_record(&tree, &e)?;
+                let (rk, kv) = key_record(&e)?;
                 // bbolt keeps a bucket's keys sorted and unique, and a revision key sorts as
                 // its revision: anything else is a damaged page.
                 if last_rev.is_some_and(|last| last >= rk.rev) {
@@ -992,10 +1197,9 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
                 if rk.tombstone {
                     tombstones.insert(ordinal);
                 }
-                index.push(index_entry(&tree, &e, kv.key, ordinal)?);
+                index.push(index_entry(&e, kv.key, ordinal, &mut keys)?);
             } else if is_meta {
-                let key = tree.bytes(e.key);
-                let value = tree.bytes(e.value);
+                let (key, value) = (e.key, e.value);
                 if key == b"finishedCompactRev" {
                     let rev = mvcc::parse_rev(value).map_err(|err| Fault::wire(e.page, &err))?;
                     compacted = Some(rev.main);
@@ -1017,7 +1221,7 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
             }
             walk.leaves(root, |e| {
                 if e.is_bucket() {
-                    nested.push((tree.bucket(&e)?.0, depth + 1));
+                    nested.push((bbolt::bucket(&e)?.0, depth + 1));
                 }
                 Ok::<(), Fault>(())
             })?;
@@ -1031,7 +1235,7 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
         ));
     };
     buckets.sort_by(|a, b| a.name.cmp(&b.name));
-    let (index, newest) = newest_of_each_key(&tree, index, &tombstones);
+    let (index, keys, newest) = newest_of_each_key(index, keys, &tombstones);
     // etcd starts counting at revision 1 and never goes below its compaction revision.
     let revision = max_main.max(compacted.unwrap_or(0)).max(1);
     Ok(Parsed {
@@ -1044,6 +1248,7 @@ fn parse_tree(db: &[u8], db_len: usize, has_hash: bool) -> Result<Parsed, ParseE
         root_sequence: meta.sequence,
         key_root,
         index,
+        keys,
         newest,
         records,
         revision,

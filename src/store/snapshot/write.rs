@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::bbolt::{
-    Fault, Meta, PageSet, Root, Span, Walk, BRANCH, BUCKET_ELEMENT, ELEMENT, LEAF, NO_FREELIST,
+    self, Fault, Meta, PageSet, Root, Walk, BRANCH, BUCKET_ELEMENT, ELEMENT, LEAF, NO_FREELIST,
     PAGE_HEADER,
 };
 use super::mvcc::{parse_rev_key, KeyValue};
@@ -81,9 +81,19 @@ pub fn write_snapshot(
         crate::secret::file::create_temp(out)
             .map_err(out_err)
             .and_then(|(tmp, file)| {
-                let stats = write_to(src, file, &tmp, replace).inspect_err(|_| {
-                    let _ = std::fs::remove_file(&tmp);
-                })?;
+                // The source is read a page at a time: a copy of a file that changed while it
+                // was read would mix two states, and is thrown away.
+                let stats = src
+                    .check_unchanged()
+                    .map_err(|_| Fail::Changed)
+                    .and_then(|()| write_to(src, file, &tmp, replace))
+                    .and_then(|stats| {
+                        src.check_unchanged().map_err(|_| Fail::Changed)?;
+                        Ok(stats)
+                    })
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&tmp);
+                    })?;
                 crate::secret::file::persist(&tmp, out, overwrite).map_err(out_err)?;
                 Ok(stats)
             })
@@ -91,6 +101,9 @@ pub fn write_snapshot(
     result.map_err(|fail| match fail {
         Fail::Io(path, source) => SnapshotError::Io { path, source },
         Fail::Source(f) => src.corrupt(f),
+        Fail::Changed => SnapshotError::Changed {
+            path: src.path.clone(),
+        },
         Fail::Unsupported(what) => SnapshotError::Unsupported {
             path: src.path.clone(),
             what,
@@ -107,6 +120,8 @@ enum Fail {
     Source(Fault),
     /// The source or a replacement cannot be written.
     Unsupported(&'static str),
+    /// The source file changed while it was read.
+    Changed,
 }
 
 impl From<Fault> for Fail {
@@ -142,17 +157,17 @@ fn write_to(
     };
 
     // The root bucket: names and headers of etcd's buckets.
-    let mut top: Vec<(Span, Root, u64)> = Vec::new();
+    let mut top: Vec<(Vec<u8>, Root, u64)> = Vec::new();
     walk.leaves(Root::Page(src.root), |e| {
-        let (root, sequence) = tree.bucket(&e)?;
-        top.push((e.key, root, sequence));
+        let (root, sequence) = bbolt::bucket(&e)?;
+        top.push((e.key.to_vec(), root, sequence));
         Ok::<(), Fault>(())
     })?;
 
     let mut stats = WriteStats::default();
     let mut root_bucket = Builder::new(page_size);
     for (name, root, sequence) in top {
-        let is_key = tree.bytes(name) == b"key";
+        let is_key = name == b"key";
         let mut bucket = Builder::new(page_size);
         walk.leaves(root, |e| {
             if e.is_bucket() {
@@ -160,8 +175,7 @@ fn write_to(
                     "it has nested buckets, which etcd never writes",
                 ));
             }
-            let key = tree.bytes(e.key);
-            let record = tree.bytes(e.value);
+            let (key, record) = (e.key, e.value);
             let mut value = Cow::Borrowed(record);
             if is_key {
                 stats.records += 1;
@@ -179,13 +193,7 @@ fn write_to(
             bucket.push(&mut pages, e.page, key, value, 0)
         })?;
         let header = bucket.finish(&mut pages, sequence, true)?;
-        root_bucket.push(
-            &mut pages,
-            None,
-            tree.bytes(name),
-            Cow::Owned(header),
-            BUCKET_ELEMENT,
-        )?;
+        root_bucket.push(&mut pages, None, &name, Cow::Owned(header), BUCKET_ELEMENT)?;
         stats.buckets += 1;
     }
     let root = root_bucket.finish_root(&mut pages)?;
@@ -262,25 +270,25 @@ impl Pages<'_> {
 
 /// One element of a leaf being assembled.
 struct Elem<'a> {
-    key: &'a [u8],
+    key: Cow<'a, [u8]>,
     value: Cow<'a, [u8]>,
     flags: u32,
 }
 
 /// Builds one bucket's B+ tree bottom-up from elements pushed in key order.
-struct Builder<'a> {
+struct Builder {
     page_size: usize,
-    /// The leaf being filled.
-    leaf: Vec<Elem<'a>>,
+    /// The leaf being filled (copies: the source's pages are read one at a time).
+    leaf: Vec<Elem<'static>>,
     /// Its encoded size, page header included.
     leaf_size: usize,
     /// The last key pushed (keys must ascend across pages too).
-    prev: Option<&'a [u8]>,
+    prev: Option<Vec<u8>>,
     /// Leaves written so far: (first key, page id).
     written: Vec<(Vec<u8>, u64)>,
 }
 
-impl<'a> Builder<'a> {
+impl Builder {
     fn new(page_size: usize) -> Self {
         Builder {
             page_size,
@@ -296,19 +304,29 @@ impl<'a> Builder<'a> {
         &mut self,
         pages: &mut Pages<'_>,
         page: Option<u64>,
-        key: &'a [u8],
-        value: Cow<'a, [u8]>,
+        key: &[u8],
+        value: Cow<'_, [u8]>,
         flags: u32,
     ) -> Result<(), Fail> {
-        if self.prev.is_some_and(|prev| prev >= key) {
-            return Err(Fault::at(page, "keys out of order in a bucket").into());
+        match &mut self.prev {
+            Some(prev) if prev.as_slice() >= key => {
+                return Err(Fault::at(page, "keys out of order in a bucket").into());
+            }
+            Some(prev) => {
+                prev.clear();
+                prev.extend_from_slice(key);
+            }
+            None => self.prev = Some(key.to_vec()),
         }
-        self.prev = Some(key);
         let size = ELEMENT + key.len() + value.len();
         if !self.leaf.is_empty() && self.leaf_size + size > self.page_size {
             self.flush(pages)?;
         }
-        self.leaf.push(Elem { key, value, flags });
+        self.leaf.push(Elem {
+            key: Cow::Owned(key.to_vec()),
+            value: Cow::Owned(value.into_owned()),
+            flags,
+        });
         self.leaf_size += size;
         Ok(())
     }
@@ -447,7 +465,7 @@ fn leaf_page(id: u64, elems: &[Elem<'_>], page_size: Option<usize>) -> Result<Ve
         data_at += e.key.len() + e.value.len();
     }
     for e in elems {
-        page.extend_from_slice(e.key);
+        page.extend_from_slice(&e.key);
         page.extend_from_slice(&e.value);
     }
     page.resize(padded, 0);
@@ -478,18 +496,18 @@ fn branch_page(id: u64, children: &[(Vec<u8>, u64)], page_size: usize) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::super::bbolt::{Tree, BUCKET_HEADER};
+    use super::super::bbolt::{Source, Tree, BUCKET_HEADER};
     use super::*;
 
     fn elems() -> Vec<Elem<'static>> {
         vec![
             Elem {
-                key: b"alpha",
+                key: Cow::Borrowed(b"alpha"),
                 value: Cow::Borrowed(b"one"),
                 flags: 0,
             },
             Elem {
-                key: b"beta",
+                key: Cow::Borrowed(b"beta"),
                 value: Cow::Owned(vec![7; 5000]),
                 flags: 0,
             },
@@ -501,17 +519,20 @@ mod tests {
         let mut file = vec![0u8; 2 * 4096];
         file.extend(leaf_page(2, &elems(), Some(4096)).unwrap());
         assert_eq!(file.len(), 4 * 4096, "5 KB of data needs one overflow page");
+        let db_len = file.len();
+        let src = Source::Memory(file);
         let tree = Tree {
-            file: &file,
+            src: &src,
+            db_len,
             page_size: 4096,
             hwm: 4,
         };
         let page = tree.page(2).unwrap();
-        assert_eq!((page.flags, page.count, page.span.len), (LEAF, 2, 8192));
+        assert_eq!((page.flags, page.count, page.bytes.len()), (LEAF, 2, 8192));
         for (i, want) in elems().iter().enumerate() {
-            let e = tree.leaf_elem(&page, i as u16, Some(2)).unwrap();
-            assert_eq!(tree.bytes(e.key), want.key);
-            assert_eq!(tree.bytes(e.value), &*want.value);
+            let e = page.leaf_elem(i as u16, Some(2)).unwrap();
+            assert_eq!(e.key, &*want.key);
+            assert_eq!(e.value, &*want.value);
         }
     }
 
@@ -520,16 +541,19 @@ mod tests {
         let children = vec![(b"a".to_vec(), 5u64), (b"mm".to_vec(), 9u64)];
         let mut file = vec![0u8; 2 * 4096];
         file.extend(branch_page(2, &children, 4096).unwrap());
+        let db_len = file.len();
+        let src = Source::Memory(file);
         let tree = Tree {
-            file: &file,
+            src: &src,
+            db_len,
             page_size: 4096,
             hwm: 3,
         };
         let page = tree.page(2).unwrap();
         assert_eq!((page.flags, page.count), (BRANCH, 2));
         for (i, (key, child)) in children.iter().enumerate() {
-            let (k, c) = tree.branch_elem(&page, i as u16).unwrap();
-            assert_eq!((tree.bytes(k), c), (key.as_slice(), *child));
+            let (k, c) = page.branch_elem(i as u16).unwrap();
+            assert_eq!((k, c), (key.as_slice(), *child));
         }
     }
 
