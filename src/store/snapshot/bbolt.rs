@@ -419,13 +419,23 @@ impl Tree<'_> {
             .ok()
             .and_then(|i| i.checked_mul(self.page_size))
             .ok_or(Fault::at(here, "page id outside the file's pages"))?;
-        let mut bytes = self.read(
+        let bytes = self.read(
             Span {
                 off,
                 len: self.page_size,
             },
             here,
         )?;
+        self.page_from(id, bytes)
+    }
+
+    /// Reads page `id` whose first `page_size` bytes are `bytes` (see [`Tree::page`]).
+    fn page_from(&self, id: u64, mut bytes: Vec<u8>) -> Result<PageView, Fault> {
+        let here = Some(id);
+        let off = usize::try_from(id)
+            .ok()
+            .and_then(|i| i.checked_mul(self.page_size))
+            .ok_or(Fault::at(here, "page id outside the file's pages"))?;
         let mut r = Reader::new(&bytes);
         let (hdr_id, flags, count, overflow) = (|| {
             Ok::<_, WireError>((
@@ -572,13 +582,72 @@ pub(crate) fn bucket(elem: &LeafElem<'_>) -> Result<(Root, u64), Fault> {
 /// are ever visited. Each page is read once, when the walk reaches it; at most one page per
 /// level of the tree is held.
 pub(crate) struct Walk<'t, 'a> {
-    pub(crate) tree: &'t Tree<'a>,
-    pub(crate) seen: &'t mut PageSet,
+    tree: &'t Tree<'a>,
+    seen: &'t mut PageSet,
     /// Elements left before the walk is declared corrupt.
-    pub(crate) budget: &'t mut u64,
+    budget: &'t mut u64,
+    /// Pages read ahead of the walk, when it goes through the file in page order.
+    window: Window,
 }
 
-impl Walk<'_, '_> {
+/// Pages `first..` read in one go: a walk that reads page `n + 1` right after page `n` (a
+/// defragmented file, or a snapshot of one, is laid out that way) reads the next
+/// [`WINDOW_PAGES`] at once instead of one at a time.
+#[derive(Default)]
+struct Window {
+    first: u64,
+    bytes: Vec<u8>,
+    /// The page read last.
+    last: Option<u64>,
+}
+
+impl Window {
+    /// The first `page_size` bytes of page `id`, if the window holds them.
+    fn page(&self, id: u64, page_size: usize) -> Option<&[u8]> {
+        let at = usize::try_from(id.checked_sub(self.first)?)
+            .ok()?
+            .checked_mul(page_size)?;
+        self.bytes.get(at..at.checked_add(page_size)?)
+    }
+}
+
+/// Pages a [`Window`] reads at once (1 MiB of 4 KiB pages).
+const WINDOW_PAGES: u64 = 256;
+
+impl<'t, 'a> Walk<'t, 'a> {
+    /// A walk over `tree` that shares `seen` and `budget` with the file's other walks.
+    pub(crate) fn new(tree: &'t Tree<'a>, seen: &'t mut PageSet, budget: &'t mut u64) -> Self {
+        Walk {
+            tree,
+            seen,
+            budget,
+            window: Window::default(),
+        }
+    }
+
+    /// Reads page `id`, from the window when it holds it.
+    fn read_page(&mut self, id: u64) -> Result<PageView, Fault> {
+        let ps = self.tree.page_size;
+        let sequential = self
+            .window
+            .last
+            .is_some_and(|last| last.checked_add(1) == Some(id));
+        self.window.last = Some(id);
+        if self.window.page(id, ps).is_none() && sequential && id >= 2 && id < self.tree.hwm {
+            let pages = WINDOW_PAGES.min(self.tree.hwm - id);
+            let span = Span {
+                off: (id as usize).saturating_mul(ps),
+                len: (pages as usize).saturating_mul(ps),
+            };
+            self.window.bytes = self.tree.read(span, Some(id))?;
+            self.window.first = id;
+        }
+        match self.window.page(id, ps) {
+            Some(first) => self.tree.page_from(id, first.to_vec()),
+            None => self.tree.page(id),
+        }
+    }
+
     /// Pages visited so far by every walk sharing this set.
     pub(crate) fn seen_count(&self) -> u64 {
         self.seen.count()
@@ -586,7 +655,10 @@ impl Walk<'_, '_> {
 
     /// Marks page `id` and its overflow run as visited, then reads it.
     pub(crate) fn visit_page(&mut self, id: u64) -> Result<PageView, Fault> {
-        let p = self.tree.page(id)?;
+        if id < 2 || id >= self.tree.hwm {
+            return Err(Fault::at(Some(id), "page id outside the file's pages"));
+        }
+        let p = self.read_page(id)?;
         let pages = (p.bytes.len() / self.tree.page_size) as u64;
         self.seen.insert_run(id, id + pages - 1)?;
         Ok(p)

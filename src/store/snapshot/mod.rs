@@ -725,11 +725,7 @@ impl Snapshot {
         let tree = self.tree();
         let mut seen = PageSet::new(self.hwm);
         let mut budget = element_budget(self.db_len);
-        let mut walk = Walk {
-            tree: &tree,
-            seen: &mut seen,
-            budget: &mut budget,
-        };
+        let mut walk = Walk::new(&tree, &mut seen, &mut budget);
         let mut ordinal = 0u32;
         walk.leaves(self.key_root, |e| {
             if e.is_bucket() {
@@ -1129,11 +1125,7 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
     let mut seen = PageSet::new(meta.hwm);
     seen.insert_run(0, 1)?;
     let mut budget = element_budget(db_len);
-    let mut walk = Walk {
-        tree: &tree,
-        seen: &mut seen,
-        budget: &mut budget,
-    };
+    let mut walk = Walk::new(&tree, &mut seen, &mut budget);
     if meta.freelist != bbolt::NO_FREELIST {
         walk.visit_page(meta.freelist)?;
     }

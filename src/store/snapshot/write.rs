@@ -150,11 +150,7 @@ fn write_to(
     let tree = src.tree();
     let mut seen = PageSet::new(src.hwm);
     let mut budget = element_budget(src.db_len);
-    let mut walk = Walk {
-        tree: &tree,
-        seen: &mut seen,
-        budget: &mut budget,
-    };
+    let mut walk = Walk::new(&tree, &mut seen, &mut budget);
 
     // The root bucket: names and headers of etcd's buckets.
     let mut top: Vec<(Vec<u8>, Root, u64)> = Vec::new();
