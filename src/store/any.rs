@@ -31,7 +31,7 @@ pub enum Store {
     /// An etcd snapshot or data file, read-only.
     Snapshot(Box<Snapshot>),
     /// kine's SQLite file, read-only.
-    Kine(KineDb),
+    Kine(Box<KineDb>),
 }
 
 impl Store {
@@ -41,7 +41,7 @@ impl Store {
         Ok(match spec {
             StoreSpec::Etcd(opts) => Store::Etcd(EtcdStore::connect(opts).await?),
             StoreSpec::Snapshot(path) => Store::Snapshot(Box::new(Snapshot::open(&path)?)),
-            StoreSpec::KineDb(path) => Store::Kine(KineDb::open(&path)?),
+            StoreSpec::KineDb(path) => Store::Kine(Box::new(KineDb::open(&path)?)),
         })
     }
 

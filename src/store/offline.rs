@@ -172,7 +172,9 @@ impl Offline for super::kine::KineDb {
     }
 
     fn open_copy(&self, path: &Path) -> Result<super::Store, StoreError> {
-        Ok(super::Store::Kine(super::kine::KineDb::open(path)?))
+        Ok(super::Store::Kine(Box::new(super::kine::KineDb::open(
+            path,
+        )?)))
     }
 
     fn copy_residue(&self) -> Result<u64, StoreError> {
