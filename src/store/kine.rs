@@ -146,6 +146,8 @@ pub struct KineDb {
     /// The next page of a scan, being read on a thread of its own.
     ahead: Mutex<Option<Ahead>>,
     revision: i64,
+    /// The file's size when it was opened.
+    file_len: i64,
 }
 
 impl std::fmt::Debug for KineDb {
@@ -160,12 +162,15 @@ impl std::fmt::Debug for KineDb {
 impl KineDb {
     /// Opens `path` read-only and checks it is kine's table.
     pub fn open(path: &Path) -> Result<KineDb, KineError> {
-        if let Err(source) = std::fs::File::open(path) {
-            return Err(KineError::Io {
-                path: path.to_owned(),
-                source,
-            });
-        }
+        let file_len = match std::fs::File::open(path).and_then(|f| f.metadata()) {
+            Ok(meta) => i64::try_from(meta.len()).unwrap_or(i64::MAX),
+            Err(source) => {
+                return Err(KineError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
         if !path.is_file() {
             return Err(KineError::NotKine {
                 path: path.to_owned(),
@@ -201,6 +206,7 @@ impl KineDb {
             ahead_conn: Arc::new(Mutex::new(ahead)),
             ahead: Mutex::new(None),
             revision,
+            file_len,
         })
     }
 
@@ -251,7 +257,9 @@ impl KineDb {
         let (low, high) = bounds(prefix);
         let revision = self.revision;
         self.with_conn(|c| {
-            let names = c.query_row(
+            // One read transaction: both counts see the same rows while kine writes.
+            let tx = c.unchecked_transaction()?;
+            let names = tx.query_row(
                 "SELECT COUNT(*) FROM (
                      SELECT MAX(id) FROM kine
                      WHERE name >= ?1 AND name < ?2 AND id <= ?3
@@ -259,15 +267,24 @@ impl KineDb {
                 rusqlite::params![low, high, revision],
                 |r| r.get::<_, i64>(0),
             )?;
-            // `+name`: the delete rows are found by reading the table in row order.
-            let deleted = c.query_row(
+            // A range that holds much of the file: its delete rows are found by reading the
+            // table in row order (`+name` keeps SQLite off the name index); a small range is
+            // read through the index. A row whose `deleted` is NULL is live, as for a page.
+            let sql = if few(names, revision) {
+                "SELECT COUNT(*) FROM kine AS d
+                 WHERE d.deleted != 0 AND d.id <= ?3 AND d.name >= ?1 AND d.name < ?2
+                   AND d.id = (SELECT MAX(m.id) FROM kine AS m
+                               WHERE m.name = d.name AND m.id <= ?3)"
+            } else {
                 "SELECT COUNT(*) FROM kine AS d
                  WHERE d.deleted != 0 AND d.id <= ?3 AND +d.name >= ?1 AND +d.name < ?2
                    AND d.id = (SELECT MAX(m.id) FROM kine AS m
-                               WHERE m.name = d.name AND m.id <= ?3)",
-                rusqlite::params![low, high, revision],
-                |r| r.get::<_, i64>(0),
-            )?;
+                               WHERE m.name = d.name AND m.id <= ?3)"
+            };
+            let deleted = tx.query_row(sql, rusqlite::params![low, high, revision], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            tx.commit()?;
             Ok(names - deleted)
         })
         .map(|n| n.max(0).unsigned_abs())
@@ -296,11 +313,9 @@ impl KineDb {
             .filter(|a| {
                 a.prefix == prefix && Some(a.after.as_slice()) == after && a.revision == revision
             });
-        let page = match ahead.and_then(|a| a.rx.recv().ok()) {
-            Some(read) => read.map_err(|source| KineError::Query {
-                path: self.path.clone(),
-                source,
-            })?,
+        // A page read ahead that failed is read again here (and fails here if it must).
+        let page = match ahead.and_then(|a| a.rx.recv().ok()).and_then(Result::ok) {
+            Some(read) => read,
             None => self.with_conn(|c| page_at(c, prefix, after, revision))?,
         };
         if let Some(last) = page.entries.last().filter(|_| page.more) {
@@ -350,16 +365,29 @@ impl KineDb {
     ) -> Result<u64, KineError> {
         let (low, high) = bounds(prefix);
         let revision = self.revision;
+        // One bit per revision, but never more bits than the file has bytes.
+        let limit = usize::try_from(revision.saturating_add(1).clamp(0, self.file_len))
+            .unwrap_or(usize::MAX);
         self.with_conn(|c| {
-            let newest = newest_rows(c, &low, &high, revision)?;
-            // `+name`: no index for the range, so the table is read in row order.
-            let mut stmt = c.prepare(
+            // One read transaction: both passes see the same rows while kine writes.
+            let tx = c.unchecked_transaction()?;
+            let (newest, in_range) = newest_rows(&tx, &low, &high, limit)?;
+            // A range that holds much of the file is read in row order (`+name` keeps SQLite
+            // off the name index); a small one through the index, in name order.
+            let sql = if few(in_range, revision) {
+                "SELECT kv.name, kv.id, kv.created, kv.create_revision, kv.lease, kv.value,
+                        kv.deleted, kv.old_value
+                 FROM kine AS kv
+                 WHERE kv.name >= ?1 AND kv.name < ?2
+                 ORDER BY kv.name ASC, kv.id ASC"
+            } else {
                 "SELECT kv.name, kv.id, kv.created, kv.create_revision, kv.lease, kv.value,
                         kv.deleted, kv.old_value
                  FROM kine AS kv
                  WHERE +kv.name >= ?1 AND +kv.name < ?2
-                 ORDER BY kv.id ASC",
-            )?;
+                 ORDER BY kv.id ASC"
+            };
+            let mut stmt = tx.prepare(sql)?;
             let mut rows = stmt.query(rusqlite::params![low, high])?;
             let mut visited = 0u64;
             while let Some(row) = rows.next()? {
@@ -389,6 +417,9 @@ impl KineDb {
                     visit(copy, entry);
                 }
             }
+            drop(rows);
+            drop(stmt);
+            tx.commit()?;
             Ok(visited)
         })
     }
@@ -610,40 +641,75 @@ fn check_table(path: &Path, conn: &Connection) -> Result<i64, KineError> {
     Ok(revision)
 }
 
-/// A set of row ids (revisions), one bit each.
-struct RowSet(Vec<u64>);
+/// A set of row ids (revisions): one bit each up to a bound, a sorted list past it (a hostile
+/// file's ids can be anything; a real file's are below its revision).
+struct RowSet {
+    bits: Vec<u64>,
+    /// Ids at or past `bits.len() * 64`, or negative; sorted once the set is built.
+    other: Vec<i64>,
+}
 
 impl RowSet {
-    fn insert(&mut self, id: i64) {
-        let Ok(id) = usize::try_from(id) else {
-            return;
-        };
-        if self.0.len() <= id / 64 {
-            self.0.resize(id / 64 + 1, 0);
+    /// A set with room for ids `0..limit` in bits.
+    fn new(limit: usize) -> RowSet {
+        RowSet {
+            bits: vec![0; limit.div_ceil(64)],
+            other: Vec::new(),
         }
-        self.0[id / 64] |= 1 << (id % 64);
+    }
+
+    fn insert(&mut self, id: i64) {
+        match usize::try_from(id)
+            .ok()
+            .and_then(|i| Some((i, self.bits.get_mut(i / 64)?)))
+        {
+            Some((i, word)) => *word |= 1 << (i % 64),
+            None => self.other.push(id),
+        }
+    }
+
+    fn done(mut self) -> RowSet {
+        self.other.sort_unstable();
+        self
     }
 
     fn contains(&self, id: i64) -> bool {
-        usize::try_from(id)
+        match usize::try_from(id)
             .ok()
-            .and_then(|id| self.0.get(id / 64).map(|w| w & (1 << (id % 64)) != 0))
-            .unwrap_or(false)
+            .and_then(|i| Some((i, self.bits.get(i / 64)?)))
+        {
+            Some((i, word)) => word & (1 << (i % 64)) != 0,
+            None => self.other.binary_search(&id).is_ok(),
+        }
     }
 }
 
-/// The newest row of each name in `[low, high)`: the last id of each name in `(name, id)`
-/// order, which kine's indexes serve without reading the table.
-fn newest_rows(c: &Connection, low: &str, high: &str, revision: i64) -> rusqlite::Result<RowSet> {
-    let words = usize::try_from(revision.max(0) / 64 + 1).unwrap_or(1);
-    let mut newest = RowSet(Vec::with_capacity(words));
+/// Whether `rows` of a range are few among the file's (about `revision` rows): fewer than one
+/// in eight, below which reading them in name order (each from wherever it was written) costs
+/// less than reading the whole table in row order.
+fn few(rows: i64, revision: i64) -> bool {
+    rows.saturating_mul(8) < revision
+}
+
+/// The newest row of each name in `[low, high)` (the last id of each name in `(name, id)`
+/// order, which kine's indexes serve without reading the table), and how many rows the range
+/// holds.
+fn newest_rows(
+    c: &Connection,
+    low: &str,
+    high: &str,
+    limit: usize,
+) -> rusqlite::Result<(RowSet, i64)> {
+    let mut newest = RowSet::new(limit);
     let mut stmt = c.prepare(
         "SELECT name, id FROM kine WHERE name >= ?1 AND name < ?2 ORDER BY name ASC, id ASC",
     )?;
     let mut rows = stmt.query(rusqlite::params![low, high])?;
     let mut name: Vec<u8> = Vec::new();
     let mut last: Option<i64> = None;
+    let mut in_range = 0i64;
     while let Some(row) = rows.next()? {
+        in_range += 1;
         let this = row.get_ref(0)?;
         let this = this.as_bytes().map_err(rusqlite::Error::from)?;
         if let Some(id) = last.filter(|_| this != name.as_slice()) {
@@ -656,7 +722,7 @@ fn newest_rows(c: &Connection, low: &str, high: &str, revision: i64) -> rusqlite
     if let Some(id) = last {
         newest.insert(id);
     }
-    Ok(newest)
+    Ok((newest.done(), in_range))
 }
 
 /// Which stored value [`KineDb::write_copy`] asks about.
@@ -885,6 +951,108 @@ mod tests {
             Err(e @ KineError::NotKine { .. }) => e.to_string(),
             other => panic!("{name}: expected NotKine, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn history_reads_a_small_range_in_name_order_and_a_large_one_in_row_order_alike() {
+        // 100 ConfigMaps, then Secrets with a superseded row, a copy and a deleted key: the
+        // Secrets are few among the file's rows (read through the index), everything under
+        // /registry/ is not (read in row order). Both find the same copies.
+        let names: Vec<String> = (0..100)
+            .map(|i| format!("/registry/configmaps/ns/c{i:03}"))
+            .collect();
+        let mut rows: Vec<Row<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as i64 + 1, n.as_str(), 1, 0, 0, &b"cm"[..], &b""[..]))
+            .collect();
+        rows.extend([
+            (101, "/registry/secrets/a/x", 1, 0, 0, &b"v1"[..], &b""[..]),
+            (
+                102,
+                "/registry/secrets/a/x",
+                0,
+                0,
+                101,
+                &b"v2"[..],
+                &b"v1"[..],
+            ),
+            (
+                103,
+                "/registry/secrets/a/gone",
+                1,
+                0,
+                0,
+                &b"g"[..],
+                &b""[..],
+            ),
+            (
+                104,
+                "/registry/secrets/a/gone",
+                0,
+                1,
+                103,
+                &b"g"[..],
+                &b"g"[..],
+            ),
+        ]);
+        let (_d, db) = db(&rows);
+        let mut narrow = Vec::new();
+        db.history(b"/registry/secrets/", |c, e| {
+            narrow.push((format!("{c:?}"), e.key, e.value))
+        })
+        .unwrap();
+        let mut wide = Vec::new();
+        db.history(b"/registry/", |c, e| {
+            if e.key.starts_with(b"/registry/secrets/") {
+                wide.push((format!("{c:?}"), e.key, e.value))
+            }
+        })
+        .unwrap();
+        assert_eq!(narrow.len(), 5, "{narrow:?}");
+        narrow.sort();
+        wide.sort();
+        assert_eq!(narrow, wide);
+        assert_eq!(db.count_prefix(b"/registry/secrets/").unwrap(), 1);
+        assert_eq!(db.count_prefix(b"/registry/").unwrap(), 101);
+    }
+
+    #[test]
+    fn a_huge_row_id_costs_no_memory() {
+        // A hostile file: one row whose id is 2^62. The newest rows are kept in bits only up
+        // to the file's size; past it, in a list.
+        let (_d, db) = db(&[(
+            1 << 62,
+            "/registry/secrets/a/x",
+            1,
+            0,
+            0,
+            &b"v"[..],
+            &b"old"[..],
+        )]);
+        assert_eq!(db.count_prefix(b"/registry/").unwrap(), 1);
+        let mut copies = Vec::new();
+        db.history(b"/registry/", |c, e| copies.push((c, e.value)))
+            .unwrap();
+        assert_eq!(copies, [(HistoryCopy::OldValue, b"old".to_vec())]);
+    }
+
+    #[test]
+    fn a_null_deleted_is_a_live_key_for_pages_and_counts_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(KINE_TABLE).unwrap();
+        c.execute(
+            "INSERT INTO kine VALUES (1, '/registry/secrets/a/x', 1, NULL, 0, 0, 0, x'76', NULL)",
+            [],
+        )
+        .unwrap();
+        drop(c);
+        let db = KineDb::open(&path).unwrap();
+        let page = db.read_page(b"/registry/", None, None).unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(db.count_prefix(b"/registry/").unwrap(), 1);
     }
 
     #[test]

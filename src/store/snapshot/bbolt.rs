@@ -277,7 +277,8 @@ pub(crate) struct PageView {
 }
 
 /// One leaf element: a key and either a value or a bucket header, borrowed from the page read.
-#[derive(Debug, Clone, Copy)]
+/// `Debug` prints sizes only: the value can be a Secret.
+#[derive(Clone, Copy)]
 pub(crate) struct LeafElem<'p> {
     /// The page the element lives on (the enclosing real page for inline buckets).
     pub(crate) page: Option<u64>,
@@ -287,6 +288,18 @@ pub(crate) struct LeafElem<'p> {
     pub(crate) value: &'p [u8],
     /// Where `value` starts in the file.
     pub(crate) value_off: usize,
+}
+
+impl std::fmt::Debug for LeafElem<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeafElem")
+            .field("page", &self.page)
+            .field("flags", &self.flags)
+            .field("key_len", &self.key.len())
+            .field("value_len", &self.value.len())
+            .field("value_off", &self.value_off)
+            .finish()
+    }
 }
 
 impl LeafElem<'_> {
@@ -591,14 +604,18 @@ pub(crate) struct Walk<'t, 'a> {
 }
 
 /// Pages `first..` read in one go: a walk that reads page `n + 1` right after page `n` (a
-/// defragmented file, or a snapshot of one, is laid out that way) reads the next
-/// [`WINDOW_PAGES`] at once instead of one at a time.
+/// defragmented file, or a snapshot of one, is laid out that way) reads the next pages at once
+/// instead of one at a time: 8, then twice as many each time the walk runs past the window
+/// in order, up to [`WINDOW_PAGES`]. A walk that jumps starts again at 8, so a file whose
+/// pages alternate (a hostile one) costs at most four times its pages in reads.
 #[derive(Default)]
 struct Window {
     first: u64,
     bytes: Vec<u8>,
     /// The page read last.
     last: Option<u64>,
+    /// Pages the next window reads.
+    next_len: u64,
 }
 
 impl Window {
@@ -633,8 +650,16 @@ impl<'t, 'a> Walk<'t, 'a> {
             .last
             .is_some_and(|last| last.checked_add(1) == Some(id));
         self.window.last = Some(id);
+        if !sequential {
+            self.window.next_len = 8;
+        }
         if self.window.page(id, ps).is_none() && sequential && id >= 2 && id < self.tree.hwm {
-            let pages = WINDOW_PAGES.min(self.tree.hwm - id);
+            let pages = self
+                .window
+                .next_len
+                .clamp(1, WINDOW_PAGES)
+                .min(self.tree.hwm - id);
+            self.window.next_len = (self.window.next_len * 2).min(WINDOW_PAGES);
             let span = Span {
                 off: (id as usize).saturating_mul(ps),
                 len: (pages as usize).saturating_mul(ps),

@@ -256,8 +256,8 @@ impl Keys {
     }
 }
 
-/// One region of unreferenced pages (see [`Snapshot::free_runs`]).
-#[derive(Debug)]
+/// One region of unreferenced pages (see [`Snapshot::free_runs`]). `Debug` prints sizes only:
+/// free pages can hold old plaintext values.
 #[non_exhaustive]
 pub struct FreeRun {
     /// The first page of the region.
@@ -267,6 +267,16 @@ pub struct FreeRun {
     /// How many of `bytes` are this piece's own: a value that starts in them is whole in
     /// `bytes`; the rest is the start of the next piece, where it is counted again.
     pub own: usize,
+}
+
+impl fmt::Debug for FreeRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FreeRun")
+            .field("first", &self.first)
+            .field("bytes", &self.bytes.len())
+            .field("own", &self.own)
+            .finish()
+    }
 }
 
 /// The file's size and modification time, taken when it was opened: a read that finds them
@@ -820,7 +830,7 @@ impl ReadStore for Snapshot {
         std::future::ready(Ok(self.count_prefix(prefix)))
     }
 
-    /// Pages of up to 1000 entries (fewer past 8 MiB of values). A snapshot holds a single
+    /// Pages of up to 1000 entries (fewer past 8 MiB of records). A snapshot holds a single
     /// revision: asking for another is [`SnapshotError::RevisionUnavailable`].
     fn page(
         &self,
@@ -1093,8 +1103,17 @@ fn index_entry(
     key: &[u8],
     ordinal: u32,
     keys: &mut Keys,
+    db_len: usize,
 ) -> Result<Latest, Fault> {
     let too_large = Fault::at(e.page, "record too large to index");
+    // The records of a real file never overlap, so its keys add up to less than the file:
+    // elements that share their bytes (a hostile file) cannot make the arena larger.
+    if keys.0.len().saturating_add(key.len()) > db_len {
+        return Err(Fault::at(
+            e.page,
+            "records overlap: more key bytes than the file holds",
+        ));
+    }
     let entry = Latest {
         off: e.value_off as u64,
         key_at: keys.0.len() as u64,
@@ -1104,6 +1123,17 @@ fn index_entry(
     };
     keys.0.extend_from_slice(key);
     Ok(entry)
+}
+
+/// The bytes of the root bucket's names so far, with `e`'s: at most the file's size (names
+/// that share their bytes in a hostile file cannot be copied without bound).
+pub(crate) fn bucket_names(so_far: usize, e: &LeafElem<'_>, db_len: usize) -> Result<usize, Fault> {
+    Some(so_far.saturating_add(e.key.len()))
+        .filter(|n| *n <= db_len)
+        .ok_or(Fault::at(
+            e.page,
+            "bucket names overlap: more bytes than the file holds",
+        ))
 }
 
 /// The largest page size is 64 KiB: both meta pages lie in the file's first 64 KiB + 80 bytes.
@@ -1132,10 +1162,12 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
 
     // The root bucket holds only buckets.
     let mut top: Vec<(Vec<u8>, Root)> = Vec::new();
+    let mut names = 0usize;
     walk.leaves(Root::Page(meta.root), |e| {
         if !e.is_bucket() {
             return Err(Fault::at(e.page, "plain key in the root bucket"));
         }
+        names = bucket_names(names, &e, db_len)?;
         top.push((e.key.to_vec(), bbolt::bucket(&e)?.0));
         Ok(())
     })?;
@@ -1189,7 +1221,7 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
                 if rk.tombstone {
                     tombstones.insert(ordinal);
                 }
-                index.push(index_entry(&e, kv.key, ordinal, &mut keys)?);
+                index.push(index_entry(&e, kv.key, ordinal, &mut keys, db_len)?);
             } else if is_meta {
                 let (key, value) = (e.key, e.value);
                 if key == b"finishedCompactRev" {
@@ -1316,6 +1348,101 @@ fn meta_failure(db: &[u8], a: MetaProblem, b: MetaProblem) -> ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hostile file: one leaf of `n` elements spread over an overflow run, whose values
+    /// all run to the end of the page, so that every record's key is nearly the whole page
+    /// (the elements share their bytes). Meta pages 0 and 1, the root bucket on page 2, the
+    /// `key` bucket's leaf from page 3.
+    fn overlapping_records(n: usize, pad: usize) -> Vec<u8> {
+        const PS: usize = 4096;
+        let meta = |id: u64, hwm: u64, txid: u64| {
+            bbolt::Meta {
+                page_size: PS as u32,
+                flags: 0,
+                root: 2,
+                sequence: 0,
+                freelist: bbolt::NO_FREELIST,
+                hwm,
+                txid,
+            }
+            .to_page(id)
+        };
+        let data = 16 + 16 * n;
+        let len = (data + n * 21 + pad).div_ceil(PS) * PS;
+        let pages = len / PS;
+        let mut leaf = vec![0u8; len];
+        leaf[..16].copy_from_slice(
+            &[
+                &3u64.to_le_bytes()[..],
+                &2u16.to_le_bytes(),
+                &(n as u16).to_le_bytes(),
+                &(pages as u32 - 1).to_le_bytes(),
+            ]
+            .concat(),
+        );
+        for i in 0..n {
+            let at = data + i * 21;
+            let value_len = len - (at + 17);
+            let key_len = value_len - 4; // field 1 of the KeyValue: the rest of the page
+            leaf[at..at + 8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+            leaf[at + 8] = b'_';
+            leaf[at + 9..at + 17].copy_from_slice(&0u64.to_be_bytes());
+            leaf[at + 17..at + 21].copy_from_slice(&[
+                0x0a,
+                (key_len & 0x7f) as u8 | 0x80,
+                ((key_len >> 7) & 0x7f) as u8 | 0x80,
+                (key_len >> 14) as u8,
+            ]);
+            let head = 16 + 16 * i;
+            for (k, v) in [0u32, (at - head) as u32, 17, value_len as u32]
+                .iter()
+                .enumerate()
+            {
+                leaf[head + 4 * k..head + 4 * k + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        let mut root = vec![0u8; PS];
+        root[..16].copy_from_slice(
+            &[
+                &2u64.to_le_bytes()[..],
+                &2u16.to_le_bytes(),
+                &1u16.to_le_bytes(),
+                &0u32.to_le_bytes(),
+            ]
+            .concat(),
+        );
+        for (k, v) in [1u32, 16, 3, 16].iter().enumerate() {
+            root[16 + 4 * k..20 + 4 * k].copy_from_slice(&v.to_le_bytes());
+        }
+        root[32..35].copy_from_slice(b"key");
+        root[35..43].copy_from_slice(&3u64.to_le_bytes());
+        let hwm = 3 + pages as u64;
+        let mut file = meta(0, hwm, 1);
+        file.extend(meta(1, hwm, 0));
+        file.extend(root);
+        file.extend(leaf);
+        file
+    }
+
+    #[test]
+    fn records_that_share_their_bytes_cannot_grow_the_key_arena_past_the_file() {
+        // 2,000 records of nearly 1 MiB keys each in a file of 1.1 MB: 2 GB of keys if they
+        // were copied. The file is refused as corrupt before its keys outgrow it.
+        let file = overlapping_records(2000, 1 << 20);
+        assert!(file.len() < 1_200_000, "{}", file.len());
+        let err = Snapshot::from_bytes(file).unwrap_err();
+        assert!(
+            matches!(err, SnapshotError::Corrupt { .. })
+                && err
+                    .to_string()
+                    .contains("more key bytes than the file holds"),
+            "{err}"
+        );
+        // The same shape with short keys is a readable file: the generator makes real ones.
+        let small = overlapping_records(1, 20_000);
+        let snap = Snapshot::from_bytes(small).unwrap();
+        assert_eq!(snap.key_count(), 1);
+    }
 
     #[test]
     fn not_bbolt_inputs_are_not_etcd() {

@@ -154,7 +154,9 @@ fn write_to(
 
     // The root bucket: names and headers of etcd's buckets.
     let mut top: Vec<(Vec<u8>, Root, u64)> = Vec::new();
+    let mut names = 0usize;
     walk.leaves(Root::Page(src.root), |e| {
+        names = super::bucket_names(names, &e, src.db_len)?;
         let (root, sequence) = bbolt::bucket(&e)?;
         top.push((e.key.to_vec(), root, sequence));
         Ok::<(), Fault>(())
