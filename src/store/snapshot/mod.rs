@@ -1139,12 +1139,56 @@ pub(crate) fn bucket_names(so_far: usize, e: &LeafElem<'_>, db_len: usize) -> Re
 /// The largest page size is 64 KiB: both meta pages lie in the file's first 64 KiB + 80 bytes.
 const META_HEAD: usize = 65536 + bbolt::PAGE_HEADER + bbolt::META_SIZE;
 
-fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, ParseError> {
+/// Reads one record of etcd's `meta` bucket: the compaction revision and the consistent index
+/// (the others are not needed).
+fn meta_entry(
+    e: &LeafElem<'_>,
+    compacted: &mut Option<i64>,
+    consistent_index: &mut Option<u64>,
+) -> Result<(), Fault> {
+    if e.key == b"finishedCompactRev" {
+        let rev = mvcc::parse_rev(e.value).map_err(|err| Fault::wire(e.page, &err))?;
+        *compacted = Some(rev.main);
+    } else if e.key == b"consistent_index" {
+        let mut r = crate::wire::Reader::new(e.value);
+        let ci = r
+            .u64_be("meta/consistent_index")
+            .and_then(|ci| r.finish("meta/consistent_index").map(|()| ci))
+            .map_err(|err| Fault::wire(e.page, &err))?;
+        *consistent_index = Some(ci);
+    }
+    Ok(())
+}
+
+/// Walks nested buckets (and theirs) for their pages only: etcd has none.
+fn walk_nested(walk: &mut Walk<'_, '_>, mut nested: Vec<(Root, usize)>) -> Result<(), Fault> {
+    while let Some((root, depth)) = nested.pop() {
+        if depth > bbolt::MAX_NESTING {
+            return Err(Fault::at(
+                None,
+                "buckets nested deeper than any real database",
+            ));
+        }
+        walk.leaves(root, |e| {
+            if e.is_bucket() {
+                nested.push((bbolt::bucket(&e)?.0, depth + 1));
+            }
+            Ok::<(), Fault>(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads both meta pages (in the file's first 64 KiB + 80 bytes) and picks one.
+fn read_meta(src: &Source, db_len: usize) -> Result<bbolt::Meta, ParseError> {
     let mut head = vec![0u8; db_len.min(META_HEAD)];
     src.read_at(0, &mut head)
         .map_err(|e| ParseError::Corrupt(Fault::io(None, e.kind())))?;
-    let meta = select_meta(&head)?;
-    drop(head);
+    select_meta(&head)
+}
+
+fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, ParseError> {
+    let meta = read_meta(src, db_len)?;
     let page_size = check_extent(&meta, db_len)?;
     let tree = Tree {
         src,
@@ -1223,33 +1267,11 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
                 }
                 index.push(index_entry(&e, kv.key, ordinal, &mut keys, db_len)?);
             } else if is_meta {
-                let (key, value) = (e.key, e.value);
-                if key == b"finishedCompactRev" {
-                    let rev = mvcc::parse_rev(value).map_err(|err| Fault::wire(e.page, &err))?;
-                    compacted = Some(rev.main);
-                } else if key == b"consistent_index" {
-                    let mut r = crate::wire::Reader::new(value);
-                    let ci = r
-                        .u64_be("meta/consistent_index")
-                        .and_then(|ci| r.finish("meta/consistent_index").map(|()| ci))
-                        .map_err(|err| Fault::wire(e.page, &err))?;
-                    consistent_index = Some(ci);
-                }
+                meta_entry(&e, &mut compacted, &mut consistent_index)?;
             }
             Ok(())
         })?;
-        // Nested buckets are walked for their pages only: etcd has none.
-        while let Some((root, depth)) = nested.pop() {
-            if depth > bbolt::MAX_NESTING {
-                return Err(Fault::at(None, "buckets nested deeper than any real database").into());
-            }
-            walk.leaves(root, |e| {
-                if e.is_bucket() {
-                    nested.push((bbolt::bucket(&e)?.0, depth + 1));
-                }
-                Ok::<(), Fault>(())
-            })?;
-        }
+        walk_nested(&mut walk, nested)?;
         info.pages = walk.seen_count() - pages_before;
         buckets.push(info);
     }
