@@ -835,9 +835,10 @@ async fn issue_22_2_snapshot_output_uses_an_exclusive_temp_file() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// Issue 22 item 6: a snapshot truncated after it was opened (by a writer that ignores the
-/// lock, such as `cp` over it) is still read whole: it was read into memory, not mapped, so
-/// nothing can fault (with a mapping, this test died of SIGBUS).
+/// Issue 22 item 6, and issue 21's reader: a snapshot truncated after it was opened (by a
+/// writer that ignores the lock, such as `cp` over it) cannot crash the reader (with a
+/// mapping, this test died of SIGBUS). The file is read a page at a time, never mapped: every
+/// read after the truncation is an error that says the file changed.
 #[tokio::test]
 async fn issue_22_6_a_snapshot_truncated_while_open_cannot_crash_the_reader() {
     let server = EtcdServer::start();
