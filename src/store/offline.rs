@@ -99,24 +99,13 @@ impl Offline for super::snapshot::Snapshot {
         prefix: &[u8],
         plan: &mut dyn FnMut(Copy, &Entry) -> Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let mut lookup_error = None;
-        super::snapshot::write_snapshot(self, output, overwrite, |entry| {
+        super::snapshot::write_snapshot_marked(self, output, overwrite, |entry, newest| {
             if !entry.key.starts_with(prefix) {
                 return None;
             }
-            let newest = match self.get(&entry.key) {
-                Ok(found) => found.is_some_and(|n| n.mod_revision == entry.mod_revision),
-                Err(e) => {
-                    lookup_error.get_or_insert(e);
-                    false
-                }
-            };
             plan(if newest { Copy::Newest } else { Copy::Older }, entry)
         })?;
-        match lookup_error {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     fn open_copy(&self, path: &Path) -> Result<super::Store, StoreError> {

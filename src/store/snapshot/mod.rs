@@ -70,6 +70,7 @@ use self::bbolt::{Fault, LeafElem, MetaProblem, PageSet, Root, Source, Span, Tre
 use self::mvcc::{KeyValue, Rev};
 use super::{Entry, Page, ReadStore, StoreError};
 
+pub(crate) use self::write::write_snapshot_marked;
 pub use self::write::{write_snapshot, WriteStats};
 
 /// Entries per [`ReadStore::page`].
@@ -594,7 +595,6 @@ impl Snapshot {
         let Ok(i) = self.index.binary_search_by(|l| self.key_of(l).cmp(key)) else {
             return Ok(None);
         };
-        self.check_unchanged()?;
         let record = self
             .tree()
             .read(self.index[i].record(), None)
@@ -636,9 +636,6 @@ impl Snapshot {
         }
         let under = self.under(prefix, after);
         let records = under.get(..page_len(under)).unwrap_or_default();
-        if !records.is_empty() {
-            self.check_unchanged()?;
-        }
         let ahead = self
             .ahead
             .lock()
@@ -659,7 +656,7 @@ impl Snapshot {
             );
         }
         if !records.is_empty() {
-            // Whatever was read was read before any change.
+            // Checked after the reads: whatever was read was read before any change.
             self.check_unchanged()?;
         }
         Ok(Page {
@@ -731,7 +728,6 @@ impl Snapshot {
         &self,
         mut f: impl FnMut(u32, mvcc::RevKey, &[u8]) -> Result<(), crate::wire::WireError>,
     ) -> Result<(), SnapshotError> {
-        self.check_unchanged()?;
         let tree = self.tree();
         let mut seen = PageSet::new(self.hwm);
         let mut budget = element_budget(self.db_len);

@@ -69,7 +69,18 @@ pub fn write_snapshot(
     src: &Snapshot,
     out: &Path,
     overwrite: bool,
-    replace: impl FnMut(&Entry) -> Option<Vec<u8>>,
+    mut replace: impl FnMut(&Entry) -> Option<Vec<u8>>,
+) -> Result<WriteStats, SnapshotError> {
+    write_snapshot_marked(src, out, overwrite, |entry, _| replace(entry))
+}
+
+/// [`write_snapshot`], telling `replace` whether each record is its key's newest revision
+/// (the value a read of the snapshot returns): the index knows, so no record is read again.
+pub(crate) fn write_snapshot_marked(
+    src: &Snapshot,
+    out: &Path,
+    overwrite: bool,
+    replace: impl FnMut(&Entry, bool) -> Option<Vec<u8>>,
 ) -> Result<WriteStats, SnapshotError> {
     let out_err = |e| Fail::Io(out.to_path_buf(), e);
     let result = if !overwrite && out.symlink_metadata().is_ok() {
@@ -134,7 +145,7 @@ fn write_to(
     src: &Snapshot,
     file: File,
     tmp: &Path,
-    mut replace: impl FnMut(&Entry) -> Option<Vec<u8>>,
+    mut replace: impl FnMut(&Entry, bool) -> Option<Vec<u8>>,
 ) -> Result<WriteStats, Fail> {
     let io = |e| Fail::Io(tmp.to_path_buf(), e);
     let page_size = src.page_size;
@@ -176,11 +187,15 @@ fn write_to(
             let (key, record) = (e.key, e.value);
             let mut value = Cow::Borrowed(record);
             if is_key {
+                // The record's place in the bucket, as the index counted it when the file
+                // was opened.
+                let ordinal = u32::try_from(stats.records).unwrap_or(u32::MAX);
                 stats.records += 1;
                 let rev = parse_rev_key(key).map_err(|err| Fault::wire(e.page, &err))?;
                 if !rev.tombstone {
                     let kv = KeyValue::decode(record).map_err(|err| Fault::wire(e.page, &err))?;
-                    if let Some(new) = replace(&entry_from(&kv)) {
+                    let newest = src.newest.contains(ordinal);
+                    if let Some(new) = replace(&entry_from(&kv), newest) {
                         let rewritten = KeyValue::with_value(record, &new)
                             .map_err(|err| Fault::wire(e.page, &err))?;
                         value = Cow::Owned(rewritten);
