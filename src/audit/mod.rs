@@ -10,7 +10,7 @@
 //!                                                                     └──▶ Summary ──▶ verdict
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -269,17 +269,73 @@ fn provider_ref(chain: &Chain) -> ProviderRef {
 }
 
 /// Builds a report entry by entry; used by [`audit`] and by callers with their own scan loop.
+///
+/// A scan meets the entries of one resource one after another, and a few keys encrypt them
+/// all: the auditor counts by resource and by key in small tables it searches from the last
+/// hit, and builds the report's maps at the end.
 #[derive(Debug)]
 pub struct Auditor {
     prefix: String,
-    names: HashMap<GroupResource, Arc<str>>,
-    namespaces: HashSet<Arc<str>>,
-    by_key: BTreeMap<(ProviderKind, Option<String>), u64>,
+    /// Each resource met, with its name and counts, in the order met.
+    resources: Vec<PerResource>,
+    /// Where each resource is in `resources`, for one not met last.
+    resource_at: HashMap<GroupResource, usize>,
+    /// The index in `resources` of the last entry's resource.
+    last: usize,
+    by_key: KeyCounts,
     by_kms_key_id: BTreeMap<(String, String), u64>,
     summary: Summary,
-    resources: BTreeMap<String, ResourceSummary>,
     not_covered: BTreeMap<String, u64>,
     plaintext_by_config: u64,
+}
+
+#[derive(Debug)]
+struct PerResource {
+    resource: Arc<GroupResource>,
+    name: Arc<str>,
+    summary: ResourceSummary,
+}
+
+/// Encrypted entries counted by provider and key name: the few keys of a config in a list
+/// searched from the last hit, any further ones (unknown names read from values) in a map.
+#[derive(Debug, Default)]
+struct KeyCounts {
+    few: Vec<((ProviderKind, Option<String>), u64)>,
+    last: usize,
+    more: BTreeMap<(ProviderKind, Option<String>), u64>,
+}
+
+impl KeyCounts {
+    /// Keys counted in the list before the rest go to the map.
+    const FEW: usize = 16;
+
+    fn add(&mut self, provider: ProviderKind, name: Option<&str>) {
+        let is = |k: &(ProviderKind, Option<String>)| k.0 == provider && k.1.as_deref() == name;
+        if let Some((k, n)) = self.few.get_mut(self.last) {
+            if is(k) {
+                *n += 1;
+                return;
+            }
+        }
+        if let Some(i) = self.few.iter().position(|(k, _)| is(k)) {
+            self.last = i;
+            self.few[i].1 += 1;
+            return;
+        }
+        let key = (provider, name.map(str::to_owned));
+        if self.few.len() < Self::FEW {
+            self.last = self.few.len();
+            self.few.push((key, 1));
+        } else {
+            *self.more.entry(key).or_default() += 1;
+        }
+    }
+
+    fn into_map(self) -> BTreeMap<(ProviderKind, Option<String>), u64> {
+        let mut map = self.more;
+        map.extend(self.few);
+        map
+    }
 }
 
 impl Auditor {
@@ -287,12 +343,12 @@ impl Auditor {
     pub fn new(prefix: &str) -> Self {
         Auditor {
             prefix: prefix.to_owned(),
-            names: HashMap::new(),
-            namespaces: HashSet::new(),
-            by_key: BTreeMap::new(),
+            resources: Vec::new(),
+            resource_at: HashMap::new(),
+            last: 0,
+            by_key: KeyCounts::default(),
             by_kms_key_id: BTreeMap::new(),
             summary: Summary::default(),
-            resources: BTreeMap::new(),
             not_covered: BTreeMap::new(),
             plaintext_by_config: 0,
         }
@@ -319,56 +375,57 @@ impl Auditor {
         self.add_classified(c, None, info, entry)
     }
 
+    /// The index in `resources` of `resource`, added if it is new.
+    fn resource_index(&mut self, resource: &Arc<GroupResource>) -> usize {
+        // The router hands the keys of one resource the same `Arc`: most entries need no
+        // comparison of names.
+        if self
+            .resources
+            .get(self.last)
+            .is_some_and(|r| Arc::ptr_eq(&r.resource, resource) || r.resource == *resource)
+        {
+            return self.last;
+        }
+        self.last = match self.resource_at.get(&**resource) {
+            Some(&i) => i,
+            None => {
+                let i = self.resources.len();
+                self.resources.push(PerResource {
+                    resource: resource.clone(),
+                    name: resource.to_string().into(),
+                    summary: ResourceSummary::default(),
+                });
+                self.resource_at.insert((**resource).clone(), i);
+                i
+            }
+        };
+        // The last entry's `Arc`, so the next entry of this resource compares by pointer.
+        self.resources[self.last].resource = resource.clone();
+        self.last
+    }
+
     fn add_classified(
         &mut self,
-        mut c: Classification,
+        c: Classification,
         chain: Option<&Chain>,
         info: KeyInfo,
         entry: &Entry,
     ) -> ReportEntry {
-        let resource = match self.names.get(&info.resource) {
-            Some(name) => name.clone(),
-            None => {
-                let name: Arc<str> = info.resource.to_string().into();
-                self.names.insert(info.resource, name.clone());
-                name
-            }
-        };
-        // Entries share their namespace's name (a cluster has few namespaces, many entries).
-        let namespace = info
-            .namespace
-            .map(|ns| match self.namespaces.get(ns.as_str()) {
-                Some(shared) => shared.clone(),
-                None => {
-                    let shared: Arc<str> = ns.into();
-                    self.namespaces.insert(shared.clone());
-                    shared
-                }
-            });
+        let at = self.resource_index(&info.resource);
+        let per = &mut self.resources[at];
+        per.summary.counts.add(c.state);
+        if per.summary.write_provider.is_none() {
+            per.summary.write_provider = chain.map(provider_ref);
+        }
+        let resource = per.name.clone();
         self.summary.add(c.state);
         if c.state == State::Plaintext
             && chain.is_some_and(|ch| matches!(ch.write_entry().provider, Provider::Identity(_)))
         {
             self.plaintext_by_config += 1;
         }
-        let per = match self.resources.get_mut(&*resource) {
-            Some(per) => per,
-            None => self.resources.entry(resource.to_string()).or_default(),
-        };
-        per.counts.add(c.state);
-        if per.write_provider.is_none() {
-            per.write_provider = chain.map(provider_ref);
-        }
         if let Some(p) = c.provider {
-            // The name goes into the lookup and comes back: no copy of it per entry.
-            let key = (p, c.key_name.take());
-            match self.by_key.get_mut(&key) {
-                Some(n) => *n += 1,
-                None => {
-                    self.by_key.insert(key.clone(), 1);
-                }
-            }
-            c.key_name = key.1;
+            self.by_key.add(p, c.key_name.as_deref());
             if let (ProviderKind::Kms, Some(id)) = (p, &c.kms_key_id) {
                 let name = c.key_name.clone().unwrap_or_default();
                 *self.by_kms_key_id.entry((name, id.clone())).or_default() += 1;
@@ -377,7 +434,7 @@ impl Auditor {
         ReportEntry {
             key: String::from_utf8_lossy(&entry.key).into_owned(),
             resource,
-            namespace,
+            namespace: info.namespace,
             name: info.name,
             state: c.state,
             provider: c.provider,
@@ -407,6 +464,16 @@ impl Auditor {
         revision: i64,
         write_provider: Option<ProviderRef>,
     ) -> Report {
+        let mut resources: BTreeMap<String, ResourceSummary> = BTreeMap::new();
+        for r in self.resources {
+            // Two resources could only share a name in a hostile keyspace; then they share
+            // a row, as they always did.
+            let row = resources.entry(r.name.to_string()).or_default();
+            row.counts.merge(&r.summary.counts);
+            if row.write_provider.is_none() {
+                row.write_provider = r.summary.write_provider;
+            }
+        }
         Report {
             schema_version: SCHEMA_VERSION,
             prefix: self.prefix,
@@ -414,14 +481,14 @@ impl Auditor {
             source,
             revision,
             summary: self.summary,
-            resources: self.resources,
+            resources,
             not_covered: self.not_covered,
             plaintext_by_config: self.plaintext_by_config,
             not_covered_keys: Vec::new(),
             history: None,
             residue: None,
             unanswered: Vec::new(),
-            by_key: self.by_key,
+            by_key: self.by_key.into_map(),
             by_kms_key_id: self.by_kms_key_id,
         }
     }
@@ -444,11 +511,12 @@ pub async fn audit<S: ReadStore + Sync>(
     }
     observer.total(total);
     let mut auditor = Auditor::new(target.report_prefix());
+    let mut router = target.router();
     let revision = scan_pinned(
         store,
         target.root(),
         target.prefixes(),
-        |entry| match target.route(&entry.key) {
+        |entry| match router.route(&entry.key) {
             Route::Covered { info, chain } => observer.entry(&auditor.add(chain, info, &entry)),
             Route::NotCovered(info) if parse_prefix(&entry.value).is_none() => {
                 auditor.not_covered(&info.resource);
@@ -468,7 +536,7 @@ pub async fn audit<S: ReadStore + Sync>(
         let mut history = Counts::default();
         for prefix in target.prefixes() {
             file.history(prefix.as_bytes(), &mut |entry| {
-                if let Route::Covered { chain, .. } = target.route(&entry.key) {
+                if let Route::Covered { chain, .. } = router.route(&entry.key) {
                     history.add(classify(chain, &entry.value, &entry.key).state);
                 }
             })?;
@@ -565,6 +633,40 @@ mod tests {
         for s in State::ALL {
             assert!(json.get(s.as_str()).is_some(), "{s}");
         }
+    }
+
+    #[test]
+    fn issue_21_counts_by_key_past_the_few_a_config_has() {
+        let target = Target::prefix("/registry/secrets/", None);
+        let mut router = target.router();
+        let mut a = Auditor::new("/registry/secrets/");
+        // 20 key names (more than the list holds), each met three times, in turns.
+        for round in 0..3 {
+            for k in 0..20 {
+                let entry = Entry {
+                    key: format!("/registry/secrets/ns{}/s{k}-{round}", k % 3).into_bytes(),
+                    value: [format!("k8s:enc:aescbc:v1:key{k}:").as_bytes(), &[0xff; 32]].concat(),
+                    mod_revision: 3,
+                    create_revision: 3,
+                    version: 1,
+                    lease: 0,
+                };
+                let Route::Covered { info, chain } = router.route(&entry.key) else {
+                    panic!("a Secret's key is under its prefix")
+                };
+                a.add(chain, info, &entry);
+            }
+        }
+        let r = a.finish("test".into(), 9, None);
+        assert_eq!(r.by_key.len(), 20);
+        for k in 0..20 {
+            assert_eq!(
+                r.by_key[&(ProviderKind::Aescbc, Some(format!("key{k}")))],
+                3,
+                "key{k}"
+            );
+        }
+        assert_eq!(r.resources["secrets"].counts.total, 60);
     }
 
     #[test]

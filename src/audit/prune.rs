@@ -84,16 +84,17 @@ pub async fn prune_check<S: ReadStore + Sync>(
 ) -> Result<PruneCheck, StoreError> {
     let mut auditor = Auditor::new(before.report_prefix());
     let mut check = PruneCheck::default();
+    let (mut before_routes, mut after_routes) = (before.router(), after.router());
     scan_pinned(store, before.root(), before.prefixes(), |entry| {
         let Route::Covered {
             info,
             chain: Some(was),
-        } = before.route(&entry.key)
+        } = before_routes.route(&entry.key)
         else {
             return;
         };
         let now = was.classify(&entry.value, &entry.key);
-        let then = match after.route(&entry.key) {
+        let then = match after_routes.route(&entry.key) {
             Route::Covered {
                 chain: Some(chain), ..
             } => chain.classify(&entry.value, &entry.key),

@@ -33,8 +33,10 @@
 
 mod target;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -43,7 +45,7 @@ use crate::provider::Plaintext;
 use crate::store::{ReadStore, StoreError};
 use crate::transform::{Chain, KmsOptions, TransformError};
 
-pub use target::{Route, Target};
+pub use target::{Route, Router, Target};
 
 /// The Kubernetes versions the [`BUILTIN`] table was taken from.
 pub const KUBERNETES_VERSIONS: &str = "1.31-1.34";
@@ -279,8 +281,7 @@ pub const NEVER_ENCRYPTED: &[&str] = &["ranges/", "masterleases/"];
 /// Whether `key` (or a key prefix) below `root` is one kube-apiserver never encrypts (see
 /// [`NEVER_ENCRYPTED`]).
 pub fn never_encrypted(root: &str, key: &[u8]) -> bool {
-    let root = with_slash(root);
-    key.strip_prefix(root.as_bytes()).is_some_and(|rest| {
+    below_root(root, key).is_some_and(|rest| {
         NEVER_ENCRYPTED
             .iter()
             .any(|p| rest.starts_with(p.as_bytes()))
@@ -290,10 +291,12 @@ pub fn never_encrypted(root: &str, key: &[u8]) -> bool {
 /// What a key says about itself: its resource, namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
-    /// The resource stored under the key.
-    pub resource: GroupResource,
-    /// The namespace (`None` for cluster-scoped objects).
-    pub namespace: Option<String>,
+    /// The resource stored under the key; shared by the keys of one resource that a [`Router`]
+    /// routes one after another.
+    pub resource: Arc<GroupResource>,
+    /// The namespace (`None` for cluster-scoped objects); shared by the keys of one namespace
+    /// that a [`Router`] routes one after another.
+    pub namespace: Option<Arc<str>>,
     /// The object's name (`None` for a key that ends at the resource prefix).
     pub name: Option<String>,
 }
@@ -302,56 +305,79 @@ pub struct KeyInfo {
 /// resource segment). Keys of an unknown built-in prefix are taken as core resources named
 /// after the prefix.
 pub fn split_key(root: &str, key: &[u8]) -> Option<KeyInfo> {
-    // Called for every key of a scan: no allocation but the names it returns.
+    let rest = below_root(root, key)?;
+    let (resource, tail) = split_resource(rest)?;
+    let (namespace, name) = object_of(tail.map_or(&[][..], |t| &rest[t..]));
+    Some(KeyInfo {
+        resource: Arc::new(resource),
+        namespace: namespace.map(|ns| String::from_utf8_lossy(ns).into()),
+        name: name.map(|n| String::from_utf8_lossy(n).into_owned()),
+    })
+}
+
+/// What of `key` follows `root` (and the `/` after it, when `root` has none).
+pub(crate) fn below_root<'k>(root: &str, key: &'k [u8]) -> Option<&'k [u8]> {
     let rest = key.strip_prefix(root.as_bytes())?;
-    let rest = if root.ends_with('/') {
-        rest
+    if root.ends_with('/') {
+        Some(rest)
     } else {
-        rest.strip_prefix(b"/")?
-    };
-    let rest = String::from_utf8_lossy(rest);
-    let (first, tail) = next_segment(&rest);
-    let first = Some(first).filter(|s| !s.is_empty())?;
-    let (resource, tail) = if first.contains('.') {
-        let (plural, tail) = next_segment(tail?);
-        let plural = Some(plural).filter(|s| !s.is_empty())?;
-        (GroupResource::new(first, plural), tail)
+        rest.strip_prefix(b"/")
+    }
+}
+
+/// The resource a key names, from what follows the root (`secrets/ns/a`,
+/// `apps.example.com/widgets/ns/w`, `services/specs/ns/web`), and where what follows the
+/// resource's segments starts in `rest` (`None`: the resource's segment is the last). Splits
+/// on `/` bytes and reads each segment as lossy UTF-8: the same as reading the whole key
+/// lossily, since an invalid sequence never takes in a `/`.
+pub(crate) fn split_resource(rest: &[u8]) -> Option<(GroupResource, Option<usize>)> {
+    let (first, tail) = segment(rest, 0);
+    if first.is_empty() {
+        return None;
+    }
+    if first.contains('.') {
+        let (plural, tail) = segment(rest, tail?);
+        if plural.is_empty() {
+            return None;
+        }
+        Some((GroupResource::new(&first, &plural), tail))
     } else if first == "services" {
-        let (kind, tail) = next_segment(tail?);
-        let resource = match Some(kind).filter(|s| !s.is_empty())? {
+        let (kind, tail) = segment(rest, tail?);
+        let resource = match &*kind {
+            "" => return None,
             "specs" => GroupResource::new("", "services"),
             "endpoints" => GroupResource::new("", "endpoints"),
             other => GroupResource::new("", &format!("services/{other}")),
         };
-        (resource, tail)
+        Some((resource, tail))
     } else {
         let resource = match BUILTIN.iter().find(|b| b.prefix == first) {
             Some(b) => GroupResource::new(b.group, b.resource),
-            None => GroupResource::new("", first),
+            None => GroupResource::new("", &first),
         };
-        (resource, tail)
-    };
-    // What follows the resource: nothing, `name`, `namespace/name`, or more segments (the
-    // whole rest is the name).
-    let (namespace, name) = match tail {
-        None | Some("") => (None, None),
-        Some(tail) => match tail.split_once('/') {
-            Some((ns, name)) if !name.contains('/') => (Some(ns.to_owned()), Some(name.to_owned())),
-            _ => (None, Some(tail.to_owned())),
-        },
-    };
-    Some(KeyInfo {
-        resource,
-        namespace,
-        name,
-    })
+        Some((resource, tail))
+    }
 }
 
-/// The first `/`-separated segment of `s`, and what follows its `/` (`None`: it was the last).
-fn next_segment(s: &str) -> (&str, Option<&str>) {
-    match s.split_once('/') {
-        Some((first, rest)) => (first, Some(rest)),
-        None => (s, None),
+/// The `/`-separated segment of `rest` that starts at `at`, and where the next one starts
+/// (`None`: it is the last).
+fn segment(rest: &[u8], at: usize) -> (Cow<'_, str>, Option<usize>) {
+    let s = &rest[at..];
+    match s.iter().position(|&b| b == b'/') {
+        Some(i) => (String::from_utf8_lossy(&s[..i]), Some(at + i + 1)),
+        None => (String::from_utf8_lossy(s), None),
+    }
+}
+
+/// What follows a key's resource: nothing, `name`, `namespace/name`, or more segments (the
+/// whole rest is the name). Returns the namespace and the name.
+pub(crate) fn object_of(tail: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    if tail.is_empty() {
+        return (None, None);
+    }
+    match tail.iter().position(|&b| b == b'/') {
+        Some(i) if !tail[i + 1..].contains(&b'/') => (Some(&tail[..i]), Some(&tail[i + 1..])),
+        _ => (None, Some(tail)),
     }
 }
 
@@ -657,7 +683,7 @@ pub fn resource_from_prefix(prefix: &str) -> GroupResource {
         .map(|first| format!("/{first}/"))
         .unwrap_or_default();
     match crate::resource::split_key(&root, prefix.as_bytes()) {
-        Some(info) => info.resource,
+        Some(info) => Arc::unwrap_or_clone(info.resource),
         None => GroupResource::new(
             "",
             prefix
@@ -688,7 +714,7 @@ mod tests {
             split_key(root, key.as_bytes()).map(|i| {
                 (
                     i.resource.to_string(),
-                    i.namespace.unwrap_or_else(|| "-".into()),
+                    i.namespace.map_or_else(|| "-".into(), |ns| ns.to_string()),
                     i.name.unwrap_or_else(|| "-".into()),
                 )
             })
@@ -784,7 +810,11 @@ mod tests {
 
     fn info(key: &str) -> (String, Option<String>, Option<String>) {
         let i = split_key("/registry/", key.as_bytes()).unwrap();
-        (i.resource.to_string(), i.namespace, i.name)
+        (
+            i.resource.to_string(),
+            i.namespace.map(|ns| ns.to_string()),
+            i.name,
+        )
     }
 
     #[test]
@@ -853,7 +883,7 @@ mod tests {
         assert_eq!(split_key("/registry/", b"/other/secrets/a"), None);
         assert_eq!(split_key("/registry/", b"/registry/"), None);
         let os = split_key("/kubernetes.io/", b"/kubernetes.io/secrets/ns/a").unwrap();
-        assert_eq!(os.resource, GroupResource::new("", "secrets"));
+        assert_eq!(*os.resource, GroupResource::new("", "secrets"));
     }
 
     #[test]
@@ -875,7 +905,7 @@ mod tests {
             let key = format!("{}x", gr.storage_prefix("/registry/"));
             assert_eq!(
                 split_key("/registry/", key.as_bytes()).unwrap().resource,
-                gr,
+                gr.into(),
                 "{key}"
             );
         }

@@ -11,9 +11,11 @@
 //!
 //! Audit, status, the prune check and both rewrites are one function each over a target.
 
+use std::sync::Arc;
+
 use super::{
-    namespace_and_name, never_encrypted, resource_from_prefix, split_key, GroupResource, KeyInfo,
-    ResourceChains, Scope, DEFAULT_ROOT,
+    below_root, never_encrypted, object_of, resource_from_prefix, split_resource, GroupResource,
+    KeyInfo, ResourceChains, Scope, DEFAULT_ROOT,
 };
 use crate::transform::{Chain, TransformError};
 
@@ -28,7 +30,7 @@ enum By {
     Prefix {
         root: String,
         prefixes: [String; 1],
-        resource: GroupResource,
+        resource: Arc<GroupResource>,
         chain: Option<Chain>,
     },
     Resources {
@@ -57,6 +59,127 @@ pub enum Route<'a> {
     Outside,
 }
 
+/// Routes the keys of one scan, as [`Target::route`] does, remembering the last key's
+/// resource and namespace: a scan meets the keys of a resource, and of a namespace, one after
+/// another, so most keys need no lookup and no allocation but their name's.
+#[derive(Debug)]
+pub struct Router<'a> {
+    target: &'a Target,
+    /// The last key routed by resource, up to the end of its resource's segments
+    /// (`/registry/secrets/`): every key that starts with these bytes has this resource and
+    /// goes to the same place.
+    resource: Option<(Vec<u8>, Arc<GroupResource>, Place<'a>)>,
+    /// The last namespace handed out.
+    namespace: Option<Arc<str>>,
+}
+
+/// Where the keys of one resource go.
+#[derive(Debug, Clone, Copy)]
+enum Place<'a> {
+    Covered(&'a Chain),
+    NotCovered,
+    Outside,
+}
+
+impl<'a> Router<'a> {
+    /// Where `key` belongs (see [`Route`]).
+    pub fn route(&mut self, key: &[u8]) -> Route<'a> {
+        let target = self.target;
+        match &target.by {
+            By::Prefix {
+                root,
+                prefixes: [prefix],
+                resource,
+                chain,
+            } => {
+                let Some(rest) = key.strip_prefix(prefix.as_bytes()) else {
+                    return Route::Outside;
+                };
+                // `<namespace>/<name>` (the name may hold more `/`), or `<name>`.
+                let (namespace, name) = match rest.iter().position(|&b| b == b'/') {
+                    Some(i) => (Some(&rest[..i]), Some(&rest[i + 1..])),
+                    None if rest.is_empty() => (None, None),
+                    None => (None, Some(rest)),
+                };
+                let info = self.info(resource.clone(), namespace, name);
+                if chain.is_some() && never_encrypted(root, key) {
+                    return Route::NotCovered(info);
+                }
+                Route::Covered {
+                    info,
+                    chain: chain.as_ref(),
+                }
+            }
+            By::Resources { chains, scope } => {
+                let (resource, place, tail) = match &self.resource {
+                    Some((head, resource, place)) if key.starts_with(head) => {
+                        (resource.clone(), *place, &key[head.len()..])
+                    }
+                    _ => {
+                        let Some(rest) = below_root(&scope.root, key) else {
+                            return Route::Outside;
+                        };
+                        // A key whose resource's segment is its last names no object.
+                        let Some((resource, Some(tail))) = split_resource(rest) else {
+                            return Route::Outside;
+                        };
+                        let place = if !scope.wants(&resource) {
+                            Place::Outside
+                        } else if never_encrypted(&scope.root, key) {
+                            Place::NotCovered
+                        } else {
+                            chains
+                                .chain_for(&resource)
+                                .map_or(Place::NotCovered, Place::Covered)
+                        };
+                        let head = key.len() - rest.len() + tail;
+                        let resource = Arc::new(resource);
+                        self.resource = Some((key[..head].to_vec(), resource.clone(), place));
+                        (resource, place, &key[head..])
+                    }
+                };
+                let (namespace, name) = object_of(tail);
+                if name.is_none() {
+                    return Route::Outside;
+                }
+                match place {
+                    Place::Outside => Route::Outside,
+                    Place::NotCovered => Route::NotCovered(self.info(resource, namespace, name)),
+                    Place::Covered(chain) => Route::Covered {
+                        info: self.info(resource, namespace, name),
+                        chain: Some(chain),
+                    },
+                }
+            }
+        }
+    }
+
+    fn info(
+        &mut self,
+        resource: Arc<GroupResource>,
+        namespace: Option<&[u8]>,
+        name: Option<&[u8]>,
+    ) -> KeyInfo {
+        KeyInfo {
+            resource,
+            namespace: namespace.map(|ns| self.namespace(ns)),
+            name: name.map(|n| String::from_utf8_lossy(n).into_owned()),
+        }
+    }
+
+    /// The namespace `bytes` name, shared with the last key's when it is the same.
+    fn namespace(&mut self, bytes: &[u8]) -> Arc<str> {
+        match &self.namespace {
+            Some(last) if last.as_bytes() == bytes => last.clone(),
+            _ => {
+                let ns: Arc<str> = String::from_utf8_lossy(bytes).into();
+                self.namespace = Some(ns.clone());
+                ns
+            }
+        }
+    }
+}
+
 impl Target {
     /// One prefix read with one chain (`None`: no config; entries are only told apart as
     /// plaintext or encrypted).
@@ -71,7 +194,7 @@ impl Target {
             by: By::Prefix {
                 root,
                 prefixes: [prefix.to_owned()],
-                resource: resource_from_prefix(prefix),
+                resource: Arc::new(resource_from_prefix(prefix)),
                 chain,
             },
         }
@@ -94,50 +217,18 @@ impl Target {
         })
     }
 
-    /// Where `key` belongs (see [`Route`]).
+    /// Where `key` belongs (see [`Route`]). A scan routes its keys with one [`Router`]
+    /// instead ([`Target::router`]).
     pub fn route(&self, key: &[u8]) -> Route<'_> {
-        match &self.by {
-            By::Prefix {
-                root,
-                prefixes: [prefix],
-                resource,
-                chain,
-            } => {
-                if !key.starts_with(prefix.as_bytes()) {
-                    return Route::Outside;
-                }
-                let (namespace, name) = namespace_and_name(prefix.as_bytes(), key);
-                let info = KeyInfo {
-                    resource: resource.clone(),
-                    namespace,
-                    name,
-                };
-                if chain.is_some() && never_encrypted(root, key) {
-                    return Route::NotCovered(info);
-                }
-                Route::Covered {
-                    info,
-                    chain: chain.as_ref(),
-                }
-            }
-            By::Resources { chains, scope } => {
-                let Some(info) = split_key(&scope.root, key).filter(|i| i.name.is_some()) else {
-                    return Route::Outside;
-                };
-                if !scope.wants(&info.resource) {
-                    return Route::Outside;
-                }
-                if never_encrypted(&scope.root, key) {
-                    return Route::NotCovered(info);
-                }
-                match chains.chain_for(&info.resource) {
-                    Some(chain) => Route::Covered {
-                        info,
-                        chain: Some(chain),
-                    },
-                    None => Route::NotCovered(info),
-                }
-            }
+        self.router().route(key)
+    }
+
+    /// A router for the keys of one scan.
+    pub fn router(&self) -> Router<'_> {
+        Router {
+            target: self,
+            resource: None,
+            namespace: None,
         }
     }
 
@@ -284,7 +375,7 @@ resources:
         assert_eq!(t.report_prefix(), "/registry/secrets/");
         match t.route(b"/registry/secrets/ns/a") {
             Route::Covered { info, chain } => {
-                assert_eq!(info.resource, GroupResource::new("", "secrets"));
+                assert_eq!(*info.resource, GroupResource::new("", "secrets"));
                 assert_eq!(info.namespace.as_deref(), Some("ns"));
                 assert_eq!(info.name.as_deref(), Some("a"));
                 assert!(chain.is_none());
@@ -295,6 +386,121 @@ resources:
             t.route(b"/registry/configmaps/ns/a"),
             Route::Outside
         ));
+    }
+
+    /// What a route says, with its chain by address.
+    fn shown(route: Route<'_>) -> String {
+        match route {
+            Route::Covered { info, chain } => {
+                format!("covered {info:?} {:?}", chain.map(|c| c as *const Chain))
+            }
+            Route::NotCovered(info) => format!("not covered {info:?}"),
+            Route::Outside => "outside".to_owned(),
+        }
+    }
+
+    /// Routing as it was before the router: every key split on its own.
+    fn reference<'t>(target: &'t Target, key: &[u8]) -> Route<'t> {
+        match &target.by {
+            By::Prefix {
+                root,
+                prefixes: [prefix],
+                resource,
+                chain,
+            } => {
+                if !key.starts_with(prefix.as_bytes()) {
+                    return Route::Outside;
+                }
+                let (namespace, name) = super::super::namespace_and_name(prefix.as_bytes(), key);
+                let info = KeyInfo {
+                    resource: resource.clone(),
+                    namespace: namespace.map(Arc::from),
+                    name,
+                };
+                if chain.is_some() && never_encrypted(root, key) {
+                    return Route::NotCovered(info);
+                }
+                Route::Covered {
+                    info,
+                    chain: chain.as_ref(),
+                }
+            }
+            By::Resources { chains, scope } => {
+                let Some(info) =
+                    super::super::split_key(&scope.root, key).filter(|i| i.name.is_some())
+                else {
+                    return Route::Outside;
+                };
+                if !scope.wants(&info.resource) {
+                    return Route::Outside;
+                }
+                if never_encrypted(&scope.root, key) {
+                    return Route::NotCovered(info);
+                }
+                match chains.chain_for(&info.resource) {
+                    Some(chain) => Route::Covered {
+                        info,
+                        chain: Some(chain),
+                    },
+                    None => Route::NotCovered(info),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn issue_21_a_router_routes_as_each_key_alone_would_be() {
+        let keys: [&[u8]; 16] = [
+            b"/registry/secrets/ns1/a",
+            b"/registry/secrets/ns1/b",
+            b"/registry/secrets/ns2/c",
+            b"/registry/configmaps/ns2/x",
+            b"/registry/secrets/ns1/d",
+            b"/registry/secrets",
+            b"/registry/secrets/",
+            b"/registry/secrets/\xff\xfe/bad-utf8",
+            b"/registry/secrets/\xff\xfe/bad-utf8-2",
+            b"/registry/ranges/serviceips",
+            b"/registry/apps.example.com/widgets/ns/w",
+            b"/registry/apps.example.com/widgets",
+            b"/registry/services/specs/default/kubernetes",
+            b"/registry/deployments/ns/d",
+            b"/registryx/secrets/ns/a",
+            b"/registry/secrets/a/b/c",
+        ];
+        let star = Config::from_yaml(STAR_STAR).unwrap();
+        let secrets_chain = crate::transform::Chain::from_config(&star, "", "secrets").unwrap();
+        let targets = [
+            Target::resources(chains(), "/registry/", &[]).unwrap(),
+            Target::resources(chains_of(STAR_STAR), "/registry", &[]).unwrap(),
+            Target::resources(
+                chains_of(STAR_STAR),
+                "/registry/",
+                &[GroupResource::parse("secrets")],
+            )
+            .unwrap(),
+            Target::prefix("/registry/secrets/", Some(secrets_chain)),
+            Target::prefix("/registry/", None),
+        ];
+        for target in &targets {
+            let mut router = target.router();
+            // Twice over, so that every key also comes after another resource's.
+            for key in keys.iter().chain(keys.iter()) {
+                let (routed, fresh) = (shown(router.route(key)), shown(target.route(key)));
+                assert_eq!(routed, fresh, "{key:?}");
+                assert_eq!(routed, shown(reference(target, key)), "{key:?}");
+            }
+        }
+        // Keys of one namespace share its name; the router hands out no copy.
+        let target = &targets[0];
+        let mut router = target.router();
+        let ns = |route: Route<'_>| match route {
+            Route::Covered { info, .. } => info.namespace.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let (a, b) = (ns(router.route(keys[0])), ns(router.route(keys[1])));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*ns(router.route(keys[7])), "\u{fffd}\u{fffd}");
     }
 
     #[test]

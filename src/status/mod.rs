@@ -21,6 +21,7 @@
 //! No secret value or key material appears in a status.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -314,31 +315,61 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
         .iter()
         .map(|c| StatusBuilder::new(c, prefix))
         .collect();
-    // Keyed by resource, so the scan allocates only for a resource's first entry.
-    let mut resources: HashMap<GroupResource, Counts> = HashMap::new();
+    // Counted by resource in the order met, searched from the last one: a scan meets the
+    // entries of a resource one after another.
+    let mut resources: Vec<(Arc<GroupResource>, Counts)> = Vec::new();
+    let mut last = 0;
     let mut not_covered: HashMap<GroupResource, u64> = HashMap::new();
     // Encrypted entries of resources the config does not cover: kube-apiserver cannot read them.
     let mut encrypted_not_covered: BTreeMap<GroupResource, u64> = BTreeMap::new();
+    let mut router = target.router();
+    let chains = target.chains();
     let revision = scan_pinned(
         store,
         target.root(),
         target.prefixes(),
-        |entry| match target.route(&entry.key) {
-            Route::Covered { info, .. } => {
-                let Some(i) = target.chain_index(&info.resource) else {
+        |entry| match router.route(&entry.key) {
+            Route::Covered {
+                info,
+                chain: Some(chain),
+            } => {
+                let Some(i) = chains.iter().position(|c| std::ptr::eq(c, chain)) else {
                     return;
                 };
                 let state = builders[i].add(&entry);
-                resources.entry(info.resource).or_default().add(state);
+                if resources
+                    .get(last)
+                    .is_none_or(|(r, _)| !Arc::ptr_eq(r, &info.resource) && *r != info.resource)
+                {
+                    last = match resources.iter().position(|(r, _)| *r == info.resource) {
+                        Some(at) => at,
+                        None => {
+                            resources.push((info.resource, Counts::default()));
+                            resources.len() - 1
+                        }
+                    };
+                }
+                resources[last].1.add(state);
             }
+            Route::Covered { .. } => {}
             Route::NotCovered(info) if parse_prefix(&entry.value).is_some() => {
-                *encrypted_not_covered.entry(info.resource).or_default() += 1;
+                *encrypted_not_covered
+                    .entry(Arc::unwrap_or_clone(info.resource))
+                    .or_default() += 1;
             }
-            Route::NotCovered(info) => *not_covered.entry(info.resource).or_default() += 1,
+            Route::NotCovered(info) => {
+                *not_covered
+                    .entry(Arc::unwrap_or_clone(info.resource))
+                    .or_default() += 1;
+            }
             Route::Outside => {}
         },
     )
     .await?;
+    let mut resources: HashMap<GroupResource, Counts> = resources
+        .into_iter()
+        .map(|(r, c)| (Arc::unwrap_or_clone(r), c))
+        .collect();
     let by_resource = target.by_resource().is_some();
     // The resources each chain read, for the reasons.
     let mut seen: Vec<BTreeSet<String>> = vec![BTreeSet::new(); builders.len()];
