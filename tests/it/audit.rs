@@ -331,6 +331,73 @@ async fn snapshot_audit_matches_live_audit() {
     assert!(offline["residue"]["plaintext"].is_u64());
 }
 
+/// Issue 21: the snapshot reader reads the next pages of a scan ahead, each on a thread of its
+/// own. Two scans of several pages each, taken a page at a time in turn, and one started again
+/// in the middle, get every key once, in key order, with its own value: a page read ahead for
+/// one request is never served to another.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_21_pages_read_ahead_go_only_to_the_scan_they_were_read_for() {
+    use atrest::store::snapshot::Snapshot;
+    use atrest::store::ReadStore;
+    use etcd_client::{Txn, TxnOp};
+
+    let server = EtcdServer::start();
+    let mut client = server.client().await;
+    // 4,500 Secrets (four pages and a half) and 1,500 ConfigMaps, in shuffled key order.
+    let mut want: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for batch in 0..60u32 {
+        let mut ops = Vec::new();
+        for j in 0..100u32 {
+            let i = (batch * 100 + j) * 7919 % 6000;
+            let resource = if i < 4500 { "secrets" } else { "configmaps" };
+            let key = format!("/registry/{resource}/ns{}/o{i:05}", i % 13).into_bytes();
+            let value = format!("k8s\0value of {i}").into_bytes();
+            ops.push(TxnOp::put(key.clone(), value.clone(), None));
+            want.insert(key, value);
+        }
+        client.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    let snap = server.snapshot_save("ahead.db");
+    let store = Snapshot::open(&snap).unwrap();
+    let expected = |prefix: &[u8]| -> Vec<(Vec<u8>, Vec<u8>)> {
+        want.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let prefixes: [&[u8]; 3] = [
+        b"/registry/secrets/",
+        b"/registry/configmaps/",
+        b"/registry/secrets/",
+    ];
+    // The third scan starts after the 2,500th Secret, while the first is under way.
+    let secrets = expected(prefixes[0]);
+    let mut after: [Option<Vec<u8>>; 3] = [None, None, Some(secrets[2499].0.clone())];
+    let mut got: [Vec<(Vec<u8>, Vec<u8>)>; 3] = Default::default();
+    let mut done = [false; 3];
+    let mut pages = 0;
+    while done.contains(&false) {
+        for s in 0..3 {
+            if done[s] {
+                continue;
+            }
+            let page = store
+                .page(prefixes[s], after[s].as_deref(), None)
+                .await
+                .unwrap();
+            pages += 1;
+            got[s].extend(page.entries.into_iter().map(|e| (e.key, e.value)));
+            after[s] = got[s].last().map(|(k, _)| k.clone());
+            done[s] = !page.more;
+        }
+    }
+    // Pages of 1,000: five of Secrets, two of ConfigMaps, two from the middle of the Secrets.
+    assert_eq!(pages, 9, "the scans span several pages each");
+    assert_eq!(got[0], secrets);
+    assert_eq!(got[1], expected(prefixes[1]));
+    assert_eq!(got[2], secrets[2500..]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn history_and_residue_follow_compaction_and_defrag() {
     let server = EtcdServer::start();

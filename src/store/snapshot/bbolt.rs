@@ -254,11 +254,11 @@ impl Source {
         }
     }
 
-    /// Reads the bytes of `span`.
-    pub(crate) fn read_span(&self, span: Span) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0; span.len];
-        self.read_at(span.off, &mut buf)?;
-        Ok(buf)
+    /// Reads the bytes of `span` into `buf`, which is reused from read to read.
+    pub(crate) fn read_span_into(&self, span: Span, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
+        buf.resize(span.len, 0);
+        self.read_at(span.off, buf)
     }
 }
 
@@ -409,6 +409,19 @@ pub(crate) fn slice_at<'b>(
 impl Tree<'_> {
     /// Reads `span` of the database, which must lie before its end.
     pub(crate) fn read(&self, span: Span, page: Option<u64>) -> Result<Vec<u8>, Fault> {
+        let mut buf = Vec::new();
+        self.read_into(span, page, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads `span` of the database, which must lie before its end, into `buf` (reused from
+    /// read to read).
+    pub(crate) fn read_into(
+        &self,
+        span: Span,
+        page: Option<u64>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), Fault> {
         if span
             .off
             .checked_add(span.len)
@@ -417,7 +430,7 @@ impl Tree<'_> {
             return Err(Fault::at(page, "read past the end of the database"));
         }
         self.src
-            .read_span(span)
+            .read_span_into(span, buf)
             .map_err(|e| Fault::io(page, e.kind()))
     }
 
@@ -664,8 +677,12 @@ impl<'t, 'a> Walk<'t, 'a> {
                 off: (id as usize).saturating_mul(ps),
                 len: (pages as usize).saturating_mul(ps),
             };
-            self.window.bytes = self.tree.read(span, Some(id))?;
+            // Into the last window's buffer: a fresh one costs a page fault per page.
             self.window.first = id;
+            if let Err(e) = self.tree.read_into(span, Some(id), &mut self.window.bytes) {
+                self.window.bytes.clear();
+                return Err(e);
+            }
         }
         match self.window.page(id, ps) {
             Some(first) => self.tree.page_from(id, first.to_vec()),

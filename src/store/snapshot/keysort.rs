@@ -22,24 +22,19 @@ struct Item<T> {
     record: T,
 }
 
+/// Past this many records, the runs left after the first pass are sorted on two threads.
+const PARALLEL: usize = 1024;
+
+/// A run of items still to sort: `items[lo..hi]`, whose keys are all equal before `depth`.
+type Run = (usize, usize, usize);
+
 /// Sorts `records` by `key`, and records with equal keys by `tie`: the order of
 /// `records.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(tie(a).cmp(&tie(b))))`.
-pub(super) fn sort_by_key<'k, T: Copy>(
+pub(super) fn sort_by_key<'k, T: Copy + Send>(
     records: &mut [T],
-    key: impl Fn(&T) -> &'k [u8],
-    tie: impl Fn(&T) -> u32,
+    key: impl Fn(&T) -> &'k [u8] + Sync,
+    tie: impl Fn(&T) -> u32 + Sync,
 ) {
-    let compare_from = |depth: usize| {
-        let key = &key;
-        let tie = &tie;
-        move |a: &Item<T>, b: &Item<T>| {
-            let (ka, kb) = (key(&a.record), key(&b.record));
-            ka.get(depth..)
-                .unwrap_or_default()
-                .cmp(kb.get(depth..).unwrap_or_default())
-                .then(tie(&a.record).cmp(&tie(&b.record)))
-        }
-    };
     if records.len() <= SMALL {
         records.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(tie(a).cmp(&tie(b))));
         return;
@@ -48,48 +43,130 @@ pub(super) fn sort_by_key<'k, T: Copy>(
         .iter()
         .map(|&record| Item { head: 0, record })
         .collect();
-    // Runs still to sort, all of whose keys are equal before `depth`.
-    let mut runs = vec![(0, items.len(), 0)];
-    while let Some((lo, hi, depth)) = runs.pop() {
-        let run = &mut items[lo..hi];
-        if run.len() <= SMALL || depth >= MAX_DEPTH {
-            run.sort_unstable_by(compare_from(depth));
-            continue;
-        }
-        for item in run.iter_mut() {
-            let k = key(&item.record);
-            let next = k.get(depth..).unwrap_or_default();
-            let mut bytes = [0u8; 8];
-            let n = next.len().min(8);
-            bytes[..n].copy_from_slice(&next[..n]);
-            item.head = u64::from_be_bytes(bytes);
-        }
-        // Zero padding ties "a" with "a\0": the number of bytes left (capped at 9, "more than
-        // eight") tells them apart, and a key that ends here sorts before the longer keys it
-        // is a prefix of. A key's length needs no read of the file.
-        let left = |item: &Item<T>| key(&item.record).len().saturating_sub(depth).min(9);
-        run.sort_unstable_by_key(|item| (item.head, left(item)));
-        let mut start = 0;
-        while start < run.len() {
-            let (head, left_here) = (run[start].head, left(&run[start]));
-            let end = start
-                + run[start..]
-                    .iter()
-                    .take_while(|i| i.head == head && left(i) == left_here)
-                    .count();
-            if end - start > 1 {
-                if left_here <= 8 {
-                    // The whole key is in `head`: the same key, ordered by `tie`.
-                    run[start..end].sort_unstable_by_key(|i| tie(&i.record));
-                } else {
-                    runs.push((lo + start, lo + end, depth + 8));
-                }
-            }
-            start = end;
-        }
+    // The keys' common prefix (`/registry/` and more) is read once, in the records' order,
+    // not once a pass.
+    let mut runs = vec![(0, items.len(), common_prefix(records.iter().map(&key)))];
+    // The first passes read keys in the records' order and leave runs that do not overlap:
+    // past one run, two threads take about half of the records each. (Later passes read the
+    // keys all over the arena, a cache miss each: that is where the time goes.)
+    while runs.len() == 1 {
+        let Some(run) = runs.pop() else { break };
+        sort_run(&mut items, run, &key, &tie, &mut runs);
+    }
+    let half = items.len() / 2;
+    let mid = runs
+        .iter()
+        .map(|&(lo, ..)| lo)
+        .filter(|&lo| lo >= half)
+        .min()
+        .unwrap_or(items.len());
+    if items.len() < PARALLEL || mid == items.len() {
+        finish(&mut items, runs, &key, &tie);
+    } else {
+        let (left, right) = items.split_at_mut(mid);
+        let (left_runs, right_runs): (Vec<Run>, Vec<Run>) =
+            runs.into_iter().partition(|&(lo, ..)| lo < mid);
+        let right_runs = right_runs
+            .into_iter()
+            .map(|(lo, hi, depth)| (lo - mid, hi - mid, depth))
+            .collect();
+        std::thread::scope(|s| {
+            s.spawn(|| finish(left, left_runs, &key, &tie));
+            finish(right, right_runs, &key, &tie);
+        });
     }
     for (slot, item) in records.iter_mut().zip(items) {
         *slot = item.record;
+    }
+}
+
+/// Sorts every run of `runs`, and the runs their passes leave.
+fn finish<'k, T: Copy>(
+    items: &mut [Item<T>],
+    mut runs: Vec<Run>,
+    key: &impl Fn(&T) -> &'k [u8],
+    tie: &impl Fn(&T) -> u32,
+) {
+    while let Some(run) = runs.pop() {
+        sort_run(items, run, key, tie, &mut runs);
+    }
+}
+
+/// One pass over `run`: sorts it by the eight key bytes at its depth, and pushes onto `runs`
+/// each group that tied there and needs the next eight; a small run (or one past
+/// [`MAX_DEPTH`]) is sorted by comparison.
+fn sort_run<'k, T: Copy>(
+    items: &mut [Item<T>],
+    (lo, hi, depth): Run,
+    key: &impl Fn(&T) -> &'k [u8],
+    tie: &impl Fn(&T) -> u32,
+    runs: &mut Vec<Run>,
+) {
+    let run = &mut items[lo..hi];
+    if run.len() <= SMALL || depth >= MAX_DEPTH {
+        run.sort_unstable_by(|a, b| {
+            let (ka, kb) = (key(&a.record), key(&b.record));
+            ka.get(depth..)
+                .unwrap_or_default()
+                .cmp(kb.get(depth..).unwrap_or_default())
+                .then(tie(&a.record).cmp(&tie(&b.record)))
+        });
+        return;
+    }
+    for item in run.iter_mut() {
+        item.head = head_at(key(&item.record), depth);
+    }
+    // Zero padding ties "a" with "a\0": the number of bytes left (capped at 9, "more than
+    // eight") tells them apart, and a key that ends here sorts before the longer keys it is a
+    // prefix of. A key's length needs no read of the file.
+    let left = |item: &Item<T>| key(&item.record).len().saturating_sub(depth).min(9);
+    run.sort_unstable_by_key(|item| (item.head, left(item)));
+    let mut start = 0;
+    while start < run.len() {
+        let (head, left_here) = (run[start].head, left(&run[start]));
+        let end = start
+            + run[start..]
+                .iter()
+                .take_while(|i| i.head == head && left(i) == left_here)
+                .count();
+        if end - start > 1 {
+            if left_here <= 8 {
+                // The whole key is in `head`: the same key, ordered by `tie`.
+                run[start..end].sort_unstable_by_key(|i| tie(&i.record));
+            } else {
+                runs.push((lo + start, lo + end, depth + 8));
+            }
+        }
+        start = end;
+    }
+}
+
+/// The length of the prefix every key shares.
+fn common_prefix<'k>(mut keys: impl Iterator<Item = &'k [u8]>) -> usize {
+    let Some(first) = keys.next() else {
+        return 0;
+    };
+    let mut len = first.len();
+    for k in keys {
+        len = first[..len]
+            .iter()
+            .zip(k)
+            .position(|(a, b)| a != b)
+            .unwrap_or(len.min(k.len()));
+    }
+    len
+}
+
+/// The eight bytes of `key` at `depth`, most significant first, zero-padded.
+fn head_at(key: &[u8], depth: usize) -> u64 {
+    let next = key.get(depth..).unwrap_or_default();
+    match next.first_chunk::<8>() {
+        // One load, not a call to `memcpy` for a few bytes.
+        Some(bytes) => u64::from_be_bytes(*bytes),
+        None => next
+            .iter()
+            .enumerate()
+            .fold(0, |head, (i, &b)| head | u64::from(b) << (56 - 8 * i)),
     }
 }
 

@@ -56,10 +56,12 @@ mod mvcc;
 mod write;
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, TryLockError};
 use std::future::Future;
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -81,6 +83,11 @@ const PAGE_BYTES: usize = 8 << 20;
 const TRAILER: usize = 32;
 /// Records of one page of entries closer than this in the file are read in one `pread`.
 const READ_GAP: usize = 16 << 10;
+
+/// Pages read ahead of the one a scan is at, each on a thread of its own: reading a page's
+/// records (a `pread` each) costs more than classifying them, so two readers keep up with one
+/// audit.
+const AHEAD_PAGES: usize = 4;
 /// A free run is read in pieces of this many bytes (plus [`FREE_OVERLAP`]).
 const FREE_PIECE: usize = 16 << 20;
 /// How far a free run's piece reaches into the next one: further than any value etcd stores
@@ -325,8 +332,8 @@ pub struct Snapshot {
     path: PathBuf,
     /// The file (holding the shared lock while it is open) or the bytes.
     src: Arc<Source>,
-    /// The next page of entries, being read on a thread of its own.
-    ahead: Mutex<Option<Ahead>>,
+    /// The next pages of entries, in order, each being read on a thread of its own.
+    ahead: Mutex<VecDeque<Ahead>>,
     /// The file's size and time when it was opened (`None` for bytes in memory).
     stamp: Option<Stamp>,
     /// Length of the bbolt part (the trailer excluded).
@@ -345,6 +352,8 @@ pub struct Snapshot {
     /// The ordinals of the records in `index` (every other record is history or a tombstone).
     newest: Ordinals,
     records: u64,
+    /// Records that are neither a key's newest nor a tombstone: older revisions.
+    older: u64,
     revision: i64,
     compacted: Option<i64>,
     consistent_index: Option<u64>,
@@ -378,6 +387,7 @@ struct Parsed {
     keys: Keys,
     newest: Ordinals,
     records: u64,
+    older: u64,
     revision: i64,
     compacted: Option<i64>,
     consistent_index: Option<u64>,
@@ -468,7 +478,7 @@ impl Snapshot {
         Snapshot {
             path,
             src,
-            ahead: Mutex::new(None),
+            ahead: Mutex::new(VecDeque::new()),
             stamp,
             db_len: p.db_len,
             has_hash: p.has_hash,
@@ -482,6 +492,7 @@ impl Snapshot {
             keys: p.keys,
             newest: p.newest,
             records: p.records,
+            older: p.older,
             revision: p.revision,
             compacted: p.compacted,
             consistent_index: p.consistent_index,
@@ -603,9 +614,9 @@ impl Snapshot {
         self.entry(&record).map(Some)
     }
 
-    /// The index entries of the keys under `prefix` that sort after `after` (all of them
-    /// without `after`).
-    fn under(&self, prefix: &[u8], after: Option<&[u8]>) -> &[Latest] {
+    /// Where in the index the keys under `prefix` that sort after `after` (all of them
+    /// without `after`) start and end.
+    fn under(&self, prefix: &[u8], after: Option<&[u8]>) -> Range<usize> {
         let first = match after {
             Some(a) if a >= prefix => self.index.partition_point(|l| self.key_of(l) <= a),
             _ => self.index.partition_point(|l| self.key_of(l) < prefix),
@@ -613,7 +624,7 @@ impl Snapshot {
         let rest = self.index.get(first..).unwrap_or_default();
         // Keys under the prefix come first: every later key sorts after all of them.
         let len = rest.partition_point(|l| self.key_of(l).starts_with(prefix));
-        rest.get(..len).unwrap_or_default()
+        first..first + len
     }
 
     /// Keys under `prefix`.
@@ -635,25 +646,29 @@ impl Snapshot {
             });
         }
         let under = self.under(prefix, after);
-        let records = under.get(..page_len(under)).unwrap_or_default();
-        let ahead = self
-            .ahead
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take())
-            .filter(|a| a.prefix == prefix && Some(a.after.as_slice()) == after);
+        let page = under.start..under.start + page_len(&self.index[under.clone()]);
+        // The page read ahead for exactly this request, if any; pages queued for another
+        // request are dropped (their threads find nobody to hand them to).
+        let ahead = self.ahead.lock().ok().and_then(|mut queue| {
+            let hit = queue
+                .front()
+                .is_some_and(|a| a.prefix == prefix && a.pages == page);
+            if hit {
+                queue.pop_front()
+            } else {
+                queue.clear();
+                None
+            }
+        });
+        let records = &self.index[page.clone()];
         let entries = match ahead.and_then(|a| a.rx.recv().ok()) {
             Some(read) => read,
             None => read_records(&self.tree(), records),
         }
         .map_err(|f| self.corrupt(f))?;
-        let more = records.len() < under.len();
+        let more = page.end < under.end;
         if more {
-            self.read_ahead(
-                prefix,
-                records,
-                under.get(records.len()..).unwrap_or_default(),
-            );
+            self.read_ahead(prefix, page.end..under.end);
         }
         if !records.is_empty() {
             // Checked after the reads: whatever was read was read before any change.
@@ -666,32 +681,39 @@ impl Snapshot {
         })
     }
 
-    /// Starts reading the page after `page` (the start of `rest`) on a thread of its own, so
-    /// that its reads overlap the caller's work on `page`.
-    fn read_ahead(&self, prefix: &[u8], page: &[Latest], rest: &[Latest]) {
-        let (Some(last), Ok(mut slot)) = (page.last(), self.ahead.lock()) else {
+    /// Keeps the next [`AHEAD_PAGES`] pages of `rest` (index positions, in key order) being
+    /// read, each on a thread of its own, so that their reads overlap one another and the
+    /// caller's work on the page it has.
+    fn read_ahead(&self, prefix: &[u8], rest: Range<usize>) {
+        let Ok(mut queue) = self.ahead.lock() else {
             return;
         };
-        let next = rest.get(..page_len(rest)).unwrap_or_default().to_vec();
-        let (tx, rx) = mpsc::sync_channel(1);
-        let src = Arc::clone(&self.src);
-        let (db_len, page_size, hwm) = (self.db_len, self.page_size, self.hwm);
-        let spawned = std::thread::Builder::new()
-            .name("atrest-read-ahead".into())
-            .spawn(move || {
-                let tree = Tree {
-                    src: &src,
-                    db_len,
-                    page_size,
-                    hwm,
-                };
-                // The reader may have stopped: then nobody waits for this page.
-                let _ = tx.send(read_records(&tree, &next));
-            });
-        if spawned.is_ok() {
-            *slot = Some(Ahead {
+        let mut next = queue.back().map_or(rest.start, |a| a.pages.end);
+        while queue.len() < AHEAD_PAGES && next < rest.end {
+            let page = next..next + page_len(&self.index[next..rest.end]);
+            let records = self.index[page.clone()].to_vec();
+            let (tx, rx) = mpsc::sync_channel(1);
+            let src = Arc::clone(&self.src);
+            let (db_len, page_size, hwm) = (self.db_len, self.page_size, self.hwm);
+            let spawned = std::thread::Builder::new()
+                .name("atrest-read-ahead".into())
+                .spawn(move || {
+                    let tree = Tree {
+                        src: &src,
+                        db_len,
+                        page_size,
+                        hwm,
+                    };
+                    // The reader may have stopped: then nobody waits for this page.
+                    let _ = tx.send(read_records(&tree, &records));
+                });
+            if spawned.is_err() {
+                return;
+            }
+            next = page.end;
+            queue.push_back(Ahead {
                 prefix: prefix.to_vec(),
-                after: self.key_of(last).to_vec(),
+                pages: page,
                 rx,
             });
         }
@@ -706,6 +728,11 @@ impl Snapshot {
         prefix: &[u8],
         mut visit: impl FnMut(Entry),
     ) -> Result<u64, SnapshotError> {
+        if self.older == 0 {
+            // Every record is a key's newest or a tombstone (as after a compaction): the walk
+            // would find nothing.
+            return Ok(0);
+        }
         let mut visited = 0u64;
         self.for_each_record(|ordinal, rev, record| {
             // Only the records that are no key's newest are decoded (after a compaction: none).
@@ -863,6 +890,7 @@ fn read_records(tree: &Tree<'_>, records: &[Latest]) -> Result<Vec<Entry>, Fault
     let mut order: Vec<usize> = (0..records.len()).collect();
     order.sort_unstable_by_key(|&i| records[i].off);
     let mut entries: Vec<Option<Entry>> = vec![None; records.len()];
+    let mut buf = Vec::new();
     let mut at = 0;
     while at < order.len() {
         // One read: records while the next starts within READ_GAP of the read's end.
@@ -881,7 +909,7 @@ fn read_records(tree: &Tree<'_>, records: &[Latest]) -> Result<Vec<Entry>, Fault
             off: first.off,
             len: end - first.off,
         };
-        let buf = tree.read(run, None)?;
+        tree.read_into(run, None, &mut buf)?;
         for &i in order.get(at..last).unwrap_or_default() {
             let span = records[i].record();
             let kv = bbolt::slice_at(&buf, span.off - run.off, span.len, "record")
@@ -894,10 +922,10 @@ fn read_records(tree: &Tree<'_>, records: &[Latest]) -> Result<Vec<Entry>, Fault
     Ok(entries.into_iter().flatten().collect())
 }
 
-/// A page of entries read ahead: the page that `read_page(prefix, Some(after))` returns.
+/// A page of entries read ahead: the index entries `pages` of a scan of `prefix`.
 struct Ahead {
     prefix: Vec<u8>,
-    after: Vec<u8>,
+    pages: Range<usize>,
     rx: mpsc::Receiver<Result<Vec<Entry>, Fault>>,
 }
 
@@ -1217,6 +1245,7 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
     let mut index: Vec<Latest> = Vec::new();
     let mut keys = Keys::default();
     let mut tombstones = Ordinals::default();
+    let mut tombstone_count = 0u64;
     let mut last_rev: Option<Rev> = None;
     let mut records = 0u64;
     let mut max_main = 0i64;
@@ -1260,6 +1289,7 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
                 max_main = max_main.max(rk.rev.main);
                 if rk.tombstone {
                     tombstones.insert(ordinal);
+                    tombstone_count += 1;
                 }
                 index.push(index_entry(&e, kv.key, ordinal, &mut keys, db_len)?);
             } else if is_meta {
@@ -1278,6 +1308,8 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
     };
     buckets.sort_by(|a, b| a.name.cmp(&b.name));
     let (index, keys, newest) = newest_of_each_key(index, keys, &tombstones);
+    // A key's newest record is never a tombstone (the key is deleted then).
+    let older = records - tombstone_count - index.len() as u64;
     // etcd starts counting at revision 1 and never goes below its compaction revision.
     let revision = max_main.max(compacted.unwrap_or(0)).max(1);
     Ok(Parsed {
@@ -1293,6 +1325,7 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
         keys,
         newest,
         records,
+        older,
         revision,
         compacted,
         consistent_index,
