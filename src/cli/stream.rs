@@ -17,7 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
-use serde_json::ser::{Formatter, PrettyFormatter};
+use serde_json::ser::Formatter;
 
 use super::CliError;
 
@@ -31,15 +31,99 @@ fn pretty<T: Serialize>(value: &T) -> Result<String, CliError> {
 /// `to_writer_pretty` writes for it there, two levels in (four spaces), straight into `out`
 /// without a copy of its text.
 fn write_element<W: Write, T: Serialize>(out: &mut W, value: &T) -> std::io::Result<()> {
-    let mut formatter = PrettyFormatter::new();
-    let sink = &mut std::io::sink();
     // Into the report's object and its array: the element's lines get their indentation.
-    formatter.begin_object(sink)?;
-    formatter.begin_array(sink)?;
+    let formatter = Pretty {
+        level: 2,
+        has_value: false,
+    };
     out.write_all(b"    ")?;
     value
         .serialize(&mut serde_json::Serializer::with_formatter(out, formatter))
         .map_err(std::io::Error::other)
+}
+
+/// serde_json's `PrettyFormatter` with its default two-space indent, writing a new line and its
+/// indentation in one call: the same bytes, for less work per field of a streamed entry.
+struct Pretty {
+    level: usize,
+    has_value: bool,
+}
+
+/// A comma, a new line and the deepest indentation [`Pretty`] writes in one piece.
+const LINE: &[u8] = b",\n                                                                ";
+
+impl Pretty {
+    /// A new line (after a comma unless `first`) indented to the current level.
+    fn line<W: ?Sized + Write>(&self, out: &mut W, first: bool) -> std::io::Result<()> {
+        let start = usize::from(first);
+        match LINE.get(start..2 + 2 * self.level) {
+            Some(text) => out.write_all(text),
+            None => {
+                out.write_all(&LINE[start..2])?;
+                (0..self.level).try_for_each(|_| out.write_all(b"  "))
+            }
+        }
+    }
+
+    fn close<W: ?Sized + Write>(&mut self, out: &mut W, bracket: &[u8]) -> std::io::Result<()> {
+        self.level -= 1;
+        if self.has_value {
+            self.line(out, true)?;
+        }
+        out.write_all(bracket)
+    }
+}
+
+impl Formatter for Pretty {
+    fn begin_array<W: ?Sized + Write>(&mut self, out: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        out.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + Write>(&mut self, out: &mut W) -> std::io::Result<()> {
+        self.close(out, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        out: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.line(out, first)
+    }
+
+    fn end_array_value<W: ?Sized + Write>(&mut self, _out: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + Write>(&mut self, out: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        out.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + Write>(&mut self, out: &mut W) -> std::io::Result<()> {
+        self.close(out, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        out: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.line(out, first)
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, out: &mut W) -> std::io::Result<()> {
+        out.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + Write>(&mut self, _out: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
 }
 
 /// Streams a report's `entries` to standard output (see the module docs).
@@ -316,6 +400,27 @@ mod tests {
         write_element(&mut streamed, &entry()).unwrap();
         streamed.extend_from_slice(b"\n  ]\n}");
         assert_eq!(String::from_utf8(streamed).unwrap(), whole);
+    }
+
+    #[test]
+    fn pretty_writes_what_serde_json_pretty_writes_at_any_depth() {
+        let mut deep = serde_json::json!({"leaf": [1, "two\n", null, {}, []]});
+        for level in 0..40 {
+            deep = serde_json::json!({ "level": level, "inner": [deep.clone(), {"k": true}] });
+        }
+        let mut ours = Vec::new();
+        let formatter = Pretty {
+            level: 0,
+            has_value: false,
+        };
+        deep.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut ours, formatter,
+        ))
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            serde_json::to_string_pretty(&deep).unwrap()
+        );
     }
 
     #[test]
