@@ -10,7 +10,7 @@
 //!                                                                     └──▶ Summary ──▶ verdict
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -24,7 +24,7 @@ pub use prune::{prune_check, PruneCheck, PruneObserver, PRUNE_SAMPLE};
 
 use crate::provider::{Provider, ProviderKind};
 use crate::resource::{
-    kind_of_resource, resource_from_prefix, GroupResource, KeyInfo, Route, Target,
+    kind_of_resource, resource_from_prefix, ByResource, GroupResource, KeyInfo, Route, Target,
 };
 use crate::store::scan_pinned;
 use crate::store::{Entry, ReadStore, StoreError, Unanswered};
@@ -276,12 +276,8 @@ fn provider_ref(chain: &Chain) -> ProviderRef {
 #[derive(Debug)]
 pub struct Auditor {
     prefix: String,
-    /// Each resource met, with its name and counts, in the order met.
-    resources: Vec<PerResource>,
-    /// Where each resource is in `resources`, for one not met last.
-    resource_at: HashMap<GroupResource, usize>,
-    /// The index in `resources` of the last entry's resource.
-    last: usize,
+    /// Each resource met, with its name and counts.
+    resources: ByResource<PerResource>,
     by_key: KeyCounts,
     by_kms_key_id: BTreeMap<(String, String), u64>,
     summary: Summary,
@@ -291,7 +287,6 @@ pub struct Auditor {
 
 #[derive(Debug)]
 struct PerResource {
-    resource: Arc<GroupResource>,
     name: Arc<str>,
     summary: ResourceSummary,
 }
@@ -343,9 +338,7 @@ impl Auditor {
     pub fn new(prefix: &str) -> Self {
         Auditor {
             prefix: prefix.to_owned(),
-            resources: Vec::new(),
-            resource_at: HashMap::new(),
-            last: 0,
+            resources: ByResource::default(),
             by_key: KeyCounts::default(),
             by_kms_key_id: BTreeMap::new(),
             summary: Summary::default(),
@@ -375,35 +368,6 @@ impl Auditor {
         self.add_classified(c, None, info, entry)
     }
 
-    /// The index in `resources` of `resource`, added if it is new.
-    fn resource_index(&mut self, resource: &Arc<GroupResource>) -> usize {
-        // The router hands the keys of one resource the same `Arc`: most entries need no
-        // comparison of names.
-        if self
-            .resources
-            .get(self.last)
-            .is_some_and(|r| Arc::ptr_eq(&r.resource, resource) || r.resource == *resource)
-        {
-            return self.last;
-        }
-        self.last = match self.resource_at.get(&**resource) {
-            Some(&i) => i,
-            None => {
-                let i = self.resources.len();
-                self.resources.push(PerResource {
-                    resource: resource.clone(),
-                    name: resource.to_string().into(),
-                    summary: ResourceSummary::default(),
-                });
-                self.resource_at.insert((**resource).clone(), i);
-                i
-            }
-        };
-        // The last entry's `Arc`, so the next entry of this resource compares by pointer.
-        self.resources[self.last].resource = resource.clone();
-        self.last
-    }
-
     fn add_classified(
         &mut self,
         c: Classification,
@@ -411,8 +375,10 @@ impl Auditor {
         info: KeyInfo,
         entry: &Entry,
     ) -> ReportEntry {
-        let at = self.resource_index(&info.resource);
-        let per = &mut self.resources[at];
+        let per = self.resources.get(&info.resource, |r| PerResource {
+            name: r.to_string().into(),
+            summary: ResourceSummary::default(),
+        });
         per.summary.counts.add(c.state);
         if per.summary.write_provider.is_none() {
             per.summary.write_provider = chain.map(provider_ref);
@@ -465,7 +431,7 @@ impl Auditor {
         write_provider: Option<ProviderRef>,
     ) -> Report {
         let mut resources: BTreeMap<String, ResourceSummary> = BTreeMap::new();
-        for r in self.resources {
+        for (_, r) in self.resources.into_rows() {
             // Two resources could only share a name in a hostile keyspace; then they share
             // a row, as they always did.
             let row = resources.entry(r.name.to_string()).or_default();

@@ -381,6 +381,59 @@ pub(crate) fn object_of(tail: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     }
 }
 
+/// Something kept for each resource a scan meets, in the order met. A scan meets the keys of
+/// a resource one after another, and a [`Router`] hands them one `Arc`: the last resource is
+/// checked first, by pointer, before any lookup.
+#[derive(Debug)]
+pub(crate) struct ByResource<V> {
+    rows: Vec<(Arc<GroupResource>, V)>,
+    /// Where each resource is in `rows`.
+    at: HashMap<GroupResource, usize>,
+    last: usize,
+}
+
+impl<V> Default for ByResource<V> {
+    fn default() -> Self {
+        ByResource {
+            rows: Vec::new(),
+            at: HashMap::new(),
+            last: 0,
+        }
+    }
+}
+
+impl<V> ByResource<V> {
+    /// The value of `resource`, made with `new` the first time.
+    pub(crate) fn get(
+        &mut self,
+        resource: &Arc<GroupResource>,
+        new: impl FnOnce(&GroupResource) -> V,
+    ) -> &mut V {
+        let hit = self
+            .rows
+            .get(self.last)
+            .is_some_and(|(r, _)| Arc::ptr_eq(r, resource) || r == resource);
+        if !hit {
+            self.last = match self.at.get(&**resource) {
+                Some(&i) => i,
+                None => {
+                    self.rows.push((resource.clone(), new(resource)));
+                    self.at.insert((**resource).clone(), self.rows.len() - 1);
+                    self.rows.len() - 1
+                }
+            };
+            // This key's `Arc`, so that the next key of the resource compares by pointer.
+            self.rows[self.last].0 = resource.clone();
+        }
+        &mut self.rows[self.last].1
+    }
+
+    /// Every resource met and its value, in the order met.
+    pub(crate) fn into_rows(self) -> impl Iterator<Item = (Arc<GroupResource>, V)> {
+        self.rows.into_iter()
+    }
+}
+
 /// A custom resource, as a stored CustomResourceDefinition names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomResource {

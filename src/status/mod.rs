@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::audit::{Counts, ProviderRef, Verdict};
 use crate::provider::{Provider, ProviderKind};
-use crate::resource::{GroupResource, Route, Target};
+use crate::resource::{ByResource, GroupResource, Route, Target};
 use crate::store::{scan_pinned, Entry, ReadStore, StoreError, Unanswered};
 use crate::transform::{parse_prefix, Chain, ChainEntry, State};
 
@@ -315,10 +315,7 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
         .iter()
         .map(|c| StatusBuilder::new(c, prefix))
         .collect();
-    // Counted by resource in the order met, searched from the last one: a scan meets the
-    // entries of a resource one after another.
-    let mut resources: Vec<(Arc<GroupResource>, Counts)> = Vec::new();
-    let mut last = 0;
+    let mut resources = ByResource::default();
     let mut not_covered: HashMap<GroupResource, u64> = HashMap::new();
     // Encrypted entries of resources the config does not cover: kube-apiserver cannot read them.
     let mut encrypted_not_covered: BTreeMap<GroupResource, u64> = BTreeMap::new();
@@ -337,19 +334,9 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
                     return;
                 };
                 let state = builders[i].add(&entry);
-                if resources
-                    .get(last)
-                    .is_none_or(|(r, _)| !Arc::ptr_eq(r, &info.resource) && *r != info.resource)
-                {
-                    last = match resources.iter().position(|(r, _)| *r == info.resource) {
-                        Some(at) => at,
-                        None => {
-                            resources.push((info.resource, Counts::default()));
-                            resources.len() - 1
-                        }
-                    };
-                }
-                resources[last].1.add(state);
+                resources
+                    .get(&info.resource, |_| Counts::default())
+                    .add(state);
             }
             Route::Covered { .. } => {}
             Route::NotCovered(info) if parse_prefix(&entry.value).is_some() => {
@@ -367,7 +354,7 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
     )
     .await?;
     let mut resources: HashMap<GroupResource, Counts> = resources
-        .into_iter()
+        .into_rows()
         .map(|(r, c)| (Arc::unwrap_or_clone(r), c))
         .collect();
     let by_resource = target.by_resource().is_some();
@@ -415,27 +402,7 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
         store.source(),
         revision,
     );
-    if !encrypted_not_covered.is_empty() {
-        let n: u64 = encrypted_not_covered.values().sum();
-        let names: Vec<String> = encrypted_not_covered
-            .iter()
-            .map(|(gr, n)| format!("{gr} ({n})"))
-            .collect();
-        status.summary.total += n;
-        status.summary.unknown_key += n;
-        status.reasons.push(format!(
-            "{} encrypted, but the config does not cover {}: kube-apiserver stores and reads them unencrypted, so it cannot read them; put their resources back in the config with the key that wrote them",
-            if n == 1 { "1 entry is".to_owned() } else { format!("{n} entries are") },
-            names.join(", ")
-        ));
-        status.apiserver_reads_all = false;
-        status.verdict = Verdict::Findings;
-        for (gr, n) in encrypted_not_covered {
-            let c = resources.entry(gr).or_default();
-            c.total += n;
-            c.unknown_key += n;
-        }
-    }
+    add_encrypted_not_covered(&mut status, &mut resources, encrypted_not_covered);
     if by_resource {
         status.resources = resources
             .into_iter()
@@ -448,6 +415,37 @@ pub async fn status<S: ReadStore + Sync>(store: &S, target: &Target) -> Result<S
     }
     status.unanswered = store.unanswered();
     Ok(status)
+}
+
+/// Counts entries encrypted under resources the config does not cover: kube-apiserver stores
+/// and reads those resources unencrypted, so it cannot read them (`unknown-key`, a finding).
+fn add_encrypted_not_covered(
+    status: &mut Status,
+    resources: &mut HashMap<GroupResource, Counts>,
+    encrypted: BTreeMap<GroupResource, u64>,
+) {
+    if encrypted.is_empty() {
+        return;
+    }
+    let n: u64 = encrypted.values().sum();
+    let names: Vec<String> = encrypted
+        .iter()
+        .map(|(gr, n)| format!("{gr} ({n})"))
+        .collect();
+    status.summary.total += n;
+    status.summary.unknown_key += n;
+    status.reasons.push(format!(
+        "{} encrypted, but the config does not cover {}: kube-apiserver stores and reads them unencrypted, so it cannot read them; put their resources back in the config with the key that wrote them",
+        if n == 1 { "1 entry is".to_owned() } else { format!("{n} entries are") },
+        names.join(", ")
+    ));
+    status.apiserver_reads_all = false;
+    status.verdict = Verdict::Findings;
+    for (gr, n) in encrypted {
+        let c = resources.entry(gr).or_default();
+        c.total += n;
+        c.unknown_key += n;
+    }
 }
 
 /// One [`Status`] from each chain's part, each part's reasons led by the resources it read

@@ -322,6 +322,11 @@ impl Ordinals {
             .get((i / 64) as usize)
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
+
+    /// How many ordinals the set holds.
+    fn len(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
 }
 
 /// An opened etcd snapshot or `member/snap/db` file, read-only.
@@ -1245,7 +1250,6 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
     let mut index: Vec<Latest> = Vec::new();
     let mut keys = Keys::default();
     let mut tombstones = Ordinals::default();
-    let mut tombstone_count = 0u64;
     let mut last_rev: Option<Rev> = None;
     let mut records = 0u64;
     let mut max_main = 0i64;
@@ -1289,7 +1293,6 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
                 max_main = max_main.max(rk.rev.main);
                 if rk.tombstone {
                     tombstones.insert(ordinal);
-                    tombstone_count += 1;
                 }
                 index.push(index_entry(&e, kv.key, ordinal, &mut keys, db_len)?);
             } else if is_meta {
@@ -1309,7 +1312,7 @@ fn parse_tree(src: &Source, db_len: usize, has_hash: bool) -> Result<Parsed, Par
     buckets.sort_by(|a, b| a.name.cmp(&b.name));
     let (index, keys, newest) = newest_of_each_key(index, keys, &tombstones);
     // A key's newest record is never a tombstone (the key is deleted then).
-    let older = records - tombstone_count - index.len() as u64;
+    let older = records - tombstones.len() - index.len() as u64;
     // etcd starts counting at revision 1 and never goes below its compaction revision.
     let revision = max_main.max(compacted.unwrap_or(0)).max(1);
     Ok(Parsed {
