@@ -577,44 +577,7 @@ impl Chain {
                 read_by: None,
                 kms_key_id,
             },
-            None => {
-                let parsed = parse_prefix(value);
-                let error = match &parsed {
-                    None => "no configured key matches this value".to_owned(),
-                    Some(p) => match (p.provider, &p.key_name) {
-                        (None, _) if p.provider_name.is_empty() => {
-                            "the value starts with k8s:enc: but no provider name follows".to_owned()
-                        }
-                        (None, _) => format!(
-                            "unrecognised provider {:?} in the value's k8s:enc: prefix",
-                            p.provider_name
-                        ),
-                        (Some(ProviderKind::Kms), Some(name)) => {
-                            format!("no configured kms provider is named {name:?}")
-                        }
-                        (Some(kind), Some(name)) => {
-                            format!("no configured {kind} key is named {name:?}")
-                        }
-                        (Some(kind), None) => format!(
-                            "no configured {kind} key matches (the key name in the prefix is not \
-                             readable text)"
-                        ),
-                    },
-                };
-                let (provider, key_name) = parsed
-                    .map(|p| (p.provider, p.key_name))
-                    .unwrap_or((None, None));
-                Classification {
-                    state: State::UnknownKey,
-                    error: Some(error),
-                    provider,
-                    key_name,
-                    readable: Some(false),
-                    plaintext: None,
-                    read_by: None,
-                    kms_key_id: None,
-                }
-            }
+            None => unknown_key(value),
         }
     }
 
@@ -683,6 +646,47 @@ impl fmt::Debug for RewritePlan {
             RewritePlan::Write(v) => write!(f, "Write({} bytes)", v.len()),
             RewritePlan::Failed(why) => f.debug_tuple("Failed").field(why).finish(),
         }
+    }
+}
+
+/// The classification of an encrypted value no configured key reads: `unknown-key`, naming
+/// the provider and key its prefix names, when it names them.
+fn unknown_key(value: &[u8]) -> Classification {
+    let parsed = parse_prefix(value);
+    let error = match &parsed {
+        None => "no configured key matches this value".to_owned(),
+        Some(p) => match (p.provider, &p.key_name) {
+            (None, _) if p.provider_name.is_empty() => {
+                "the value starts with k8s:enc: but no provider name follows".to_owned()
+            }
+            (None, _) => format!(
+                "unrecognised provider {:?} in the value's k8s:enc: prefix",
+                p.provider_name
+            ),
+            (Some(ProviderKind::Kms), Some(name)) => {
+                format!("no configured kms provider is named {name:?}")
+            }
+            (Some(kind), Some(name)) => {
+                format!("no configured {kind} key is named {name:?}")
+            }
+            (Some(kind), None) => format!(
+                "no configured {kind} key matches (the key name in the prefix is not \
+                 readable text)"
+            ),
+        },
+    };
+    let (provider, key_name) = parsed
+        .map(|p| (p.provider, p.key_name))
+        .unwrap_or((None, None));
+    Classification {
+        state: State::UnknownKey,
+        error: Some(error),
+        provider,
+        key_name,
+        readable: Some(false),
+        plaintext: None,
+        read_by: None,
+        kms_key_id: None,
     }
 }
 

@@ -493,16 +493,13 @@ where
 {
     let concurrency = opts.concurrency.max(1);
     let mut summary = RewriteSummary::default();
-    match store.count(prefix).await {
-        Ok(n) => observer.total(n),
-        Err(source) => {
-            summary.interrupted = true;
-            return Err(RewriteError::Store {
-                key: None,
-                source,
-                summary: Box::new(summary),
-            });
-        }
+    if let Err(source) = store.count(prefix).await.map(|n| observer.total(n)) {
+        summary.interrupted = true;
+        return Err(RewriteError::Store {
+            key: None,
+            source,
+            summary: Box::new(summary),
+        });
     }
 
     // Set once shutdown is asked for: tasks in flight then stop at their next conflict.
@@ -547,20 +544,14 @@ where
                 continue;
             }
             match at.run(store, &mut summary).await {
-                Ok(Drained {
-                    compacted,
-                    pressure,
-                    over,
-                }) => {
-                    drains.pressure |= pressure;
-                    if compacted {
-                        // The pinned revision is gone: the next page is read at the current one.
-                        pin = None;
-                    }
-                    if over.is_some() {
-                        over_margin = over;
-                        stop = true;
-                    }
+                Ok(d) => {
+                    drains.pressure |= d.pressure;
+                    // After a compaction the pinned revision is gone: the next page is read
+                    // at the current one.
+                    pin = pin.filter(|_| !d.compacted);
+                    // Past the margin: stop (no drain runs once stopped).
+                    stop |= d.over.is_some();
+                    over_margin = over_margin.or(d.over);
                 }
                 Err(source) => failure = Some((None, source)),
             }
@@ -605,8 +596,20 @@ where
 
     summary.revision = revision.unwrap_or_default();
     summary.interrupted = stop || failure.is_some();
-    summary.entries.sort_by(|a, b| a.key.cmp(&b.key));
     summary.unanswered = store.unanswered();
+    finish(summary, over_margin, failure)
+}
+
+/// The result of a run that ended: the summary (entries in key order), or why it stopped
+/// early with the summary so far.
+// The error `apply_prefix` returns (clippy does not look at async functions' results).
+#[allow(clippy::result_large_err)]
+fn finish(
+    mut summary: RewriteSummary,
+    over_margin: Option<(u64, u64)>,
+    failure: Option<(Option<String>, StoreError)>,
+) -> Result<RewriteSummary, RewriteError> {
+    summary.entries.sort_by(|a, b| a.key.cmp(&b.key));
     if let Some((size, limit)) = over_margin {
         return Err(RewriteError::MarginReached {
             size,

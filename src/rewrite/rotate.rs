@@ -294,46 +294,9 @@ pub async fn rotate(
         }
     }
     let markers = match stage {
-        Stage::AddKms(kms) => {
-            let at = config::add_kms(&mut model, &opts.resource, kms).map_err(edit_err)?;
-            r.key_name = Some(kms.name.clone());
-            r.summary = format!(
-                "Added kms provider {:?} (apiVersion v2, {}) in second position (providers[{at}]).",
-                kms.name, kms.endpoint
-            );
-            r.next = format!(
-                "Next: run the KMS plugin on every control-plane node, copy {0} there and restart (or let reload) every kube-apiserver, so all of them can read {1:?}. Then: atrest config rotate {0} --stage promote --key-name {1}",
-                file.display(),
-                kms.name
-            );
-            let mut markers = config::keep_markers(&old, &[]);
-            markers.push_str(&config::pending_marker(&kms.name, &opts.resource));
-            markers
-        }
+        Stage::AddKms(kms) => add_kms_stage(&mut model, kms, &old, &mut r, opts, file)?,
         Stage::Add { key_name, provider } => {
-            let added = config::add_key(&mut model, &opts.resource, key_name.clone(), *provider)
-                .map_err(edit_err)?;
-            r.summary = format!(
-                "Added {} key {:?} in second position (resources[{}].providers[{}]{}).",
-                added.provider.as_str(),
-                added.key_name,
-                added.resources_index,
-                added.providers_index,
-                if added.new_element {
-                    ", a new provider element"
-                } else {
-                    ""
-                }
-            );
-            r.next = format!(
-                "Next: copy {0} to every control-plane node and restart (or let reload) every kube-apiserver, so all of them can read {1:?}. Then: atrest config rotate {0} --stage promote --key-name {1}",
-                file.display(),
-                added.key_name
-            );
-            let mut markers = config::keep_markers(&old, &[]);
-            markers.push_str(&config::pending_marker(&added.key_name, &opts.resource));
-            r.key_name = Some(added.key_name);
-            markers
+            add_key_stage(&mut model, key_name, *provider, &old, &mut r, opts, file)?
         }
         Stage::Promote { key_name } => {
             let name = key_name
@@ -385,6 +348,76 @@ pub async fn rotate(
     }
     config::write_atomic(file, text.as_bytes(), true)?;
     Ok(r)
+}
+
+/// add (KMS): puts the KMS provider in second position; returns the file's markers (the
+/// new provider pending).
+fn add_kms_stage(
+    model: &mut crate::config::EncryptionConfiguration,
+    kms: &NewKms,
+    old: &str,
+    r: &mut Rotation,
+    opts: &RotateOptions,
+    file: &Path,
+) -> Result<String, RotateError> {
+    let edit_err = |reason| RotateError::Edit {
+        file: file.to_owned(),
+        reason,
+    };
+    let at = config::add_kms(model, &opts.resource, kms).map_err(edit_err)?;
+    r.key_name = Some(kms.name.clone());
+    r.summary = format!(
+        "Added kms provider {:?} (apiVersion v2, {}) in second position (providers[{at}]).",
+        kms.name, kms.endpoint
+    );
+    r.next = format!(
+        "Next: run the KMS plugin on every control-plane node, copy {0} there and restart (or let reload) every kube-apiserver, so all of them can read {1:?}. Then: atrest config rotate {0} --stage promote --key-name {1}",
+        file.display(),
+        kms.name
+    );
+    let mut markers = config::keep_markers(old, &[]);
+    markers.push_str(&config::pending_marker(&kms.name, &opts.resource));
+    Ok(markers)
+}
+
+/// add: puts a new key in second position; returns the file's markers (the new key
+/// pending).
+fn add_key_stage(
+    model: &mut crate::config::EncryptionConfiguration,
+    key_name: &Option<String>,
+    provider: Option<NewProvider>,
+    old: &str,
+    r: &mut Rotation,
+    opts: &RotateOptions,
+    file: &Path,
+) -> Result<String, RotateError> {
+    let edit_err = |reason| RotateError::Edit {
+        file: file.to_owned(),
+        reason,
+    };
+    let added =
+        config::add_key(model, &opts.resource, key_name.clone(), provider).map_err(edit_err)?;
+    r.summary = format!(
+        "Added {} key {:?} in second position (resources[{}].providers[{}]{}).",
+        added.provider.as_str(),
+        added.key_name,
+        added.resources_index,
+        added.providers_index,
+        if added.new_element {
+            ", a new provider element"
+        } else {
+            ""
+        }
+    );
+    r.next = format!(
+        "Next: copy {0} to every control-plane node and restart (or let reload) every kube-apiserver, so all of them can read {1:?}. Then: atrest config rotate {0} --stage promote --key-name {1}",
+        file.display(),
+        added.key_name
+    );
+    let mut markers = config::keep_markers(old, &[]);
+    markers.push_str(&config::pending_marker(&added.key_name, &opts.resource));
+    r.key_name = Some(added.key_name);
+    Ok(markers)
 }
 
 /// prune: refuses to drop a pending key unless `discard_new`, edits `model`, and runs the
