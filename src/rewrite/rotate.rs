@@ -270,10 +270,6 @@ pub async fn rotate(
     })?);
     let before = chain_for(&config, &opts.resource, file)?;
     let mut model = config.model().clone();
-    let edit_err = |reason| RotateError::Edit {
-        file: file.to_owned(),
-        reason,
-    };
     let old = String::from_utf8_lossy(&old_text);
     let mut r = Rotation {
         schema_version: crate::audit::SchemaVersion,
@@ -303,7 +299,7 @@ pub async fn rotate(
                 .clone()
                 .or_else(|| added_key(&before))
                 .ok_or(RotateError::NoKeyToPromote)?;
-            config::promote(&mut model, &opts.resource, &name).map_err(edit_err)?;
+            config::promote(&mut model, &opts.resource, &name).map_err(edit_error(file))?;
             r.summary = format!("Promoted key {name:?}: new writes will be encrypted with it.");
             r.next = format!(
                 "Next: copy {0} to every control-plane node and restart every kube-apiserver, then re-encrypt what is stored: atrest rewrite --config {0}. Then: atrest config rotate {0} --stage prune",
@@ -350,6 +346,14 @@ pub async fn rotate(
     Ok(r)
 }
 
+/// A failed edit of `file`, for `map_err`.
+fn edit_error(file: &Path) -> impl Fn(config::RotateError) -> RotateError + '_ {
+    move |reason| RotateError::Edit {
+        file: file.to_owned(),
+        reason,
+    }
+}
+
 /// add (KMS): puts the KMS provider in second position; returns the file's markers (the
 /// new provider pending).
 fn add_kms_stage(
@@ -360,11 +364,7 @@ fn add_kms_stage(
     opts: &RotateOptions,
     file: &Path,
 ) -> Result<String, RotateError> {
-    let edit_err = |reason| RotateError::Edit {
-        file: file.to_owned(),
-        reason,
-    };
-    let at = config::add_kms(model, &opts.resource, kms).map_err(edit_err)?;
+    let at = config::add_kms(model, &opts.resource, kms).map_err(edit_error(file))?;
     r.key_name = Some(kms.name.clone());
     r.summary = format!(
         "Added kms provider {:?} (apiVersion v2, {}) in second position (providers[{at}]).",
@@ -391,12 +391,8 @@ fn add_key_stage(
     opts: &RotateOptions,
     file: &Path,
 ) -> Result<String, RotateError> {
-    let edit_err = |reason| RotateError::Edit {
-        file: file.to_owned(),
-        reason,
-    };
-    let added =
-        config::add_key(model, &opts.resource, key_name.clone(), provider).map_err(edit_err)?;
+    let added = config::add_key(model, &opts.resource, key_name.clone(), provider)
+        .map_err(edit_error(file))?;
     r.summary = format!(
         "Added {} key {:?} in second position (resources[{}].providers[{}]{}).",
         added.provider.as_str(),
@@ -435,12 +431,8 @@ async fn prune_stage(
     observer: &dyn PruneObserver,
     file: &Path,
 ) -> Result<bool, RotateError> {
-    let edit_err = |reason| RotateError::Edit {
-        file: file.to_owned(),
-        reason,
-    };
     check_unpromoted(before, &config::pending_adds(old), discard_new)?;
-    r.removed = config::prune(model, &opts.resource).map_err(edit_err)?;
+    r.removed = config::prune(model, &opts.resource).map_err(edit_error(file))?;
     if r.removed.is_empty() {
         r.summary = "Nothing to prune: only the write key is left.".to_owned();
         return Ok(false);
