@@ -26,9 +26,10 @@
 //! opened `immutable`, which takes no lock and reads a file on read-only media; while kine runs,
 //! SQLite's own locking gives a consistent read.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use thiserror::Error;
@@ -141,10 +142,10 @@ pub enum HistoryCopy {
 pub struct KineDb {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// The connection of the page read ahead.
-    ahead_conn: Arc<Mutex<Connection>>,
-    /// The next page of a scan, being read on a thread of its own.
-    ahead: Mutex<Option<Ahead>>,
+    /// The connections of the pages read ahead, one each.
+    ahead_conns: Vec<Arc<Mutex<Connection>>>,
+    /// The next pages of a scan, each being read on a thread of its own.
+    ahead: Mutex<AheadQueue>,
     revision: i64,
     /// The file's size when it was opened.
     file_len: i64,
@@ -196,15 +197,19 @@ impl KineDb {
         });
         let conn = connect(path, &uri)?;
         let revision = check_table(path, &conn)?;
-        // A second connection serves the page after the one being read (see `read_ahead`);
-        // it is checked as the first one was.
-        let ahead = connect(path, &uri)?;
-        check_table(path, &ahead)?;
+        // More connections serve the pages after the one being read (see `read_ahead`); each
+        // is checked as the first one was.
+        let mut ahead_conns = Vec::with_capacity(AHEAD_PAGES);
+        for _ in 0..AHEAD_PAGES {
+            let ahead = connect(path, &uri)?;
+            check_table(path, &ahead)?;
+            ahead_conns.push(Arc::new(Mutex::new(ahead)));
+        }
         Ok(KineDb {
             path: path.to_owned(),
             conn: Mutex::new(conn),
-            ahead_conn: Arc::new(Mutex::new(ahead)),
-            ahead: Mutex::new(None),
+            ahead_conns,
+            ahead: Mutex::new(AheadQueue::default()),
             revision,
             file_len,
         })
@@ -305,46 +310,101 @@ impl KineDb {
         revision: Option<i64>,
     ) -> Result<Page, KineError> {
         let revision = self.pinned(revision)?;
-        let ahead = self
-            .ahead
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take())
-            .filter(|a| {
-                a.prefix == prefix && Some(a.after.as_slice()) == after && a.revision == revision
-            });
-        // A page read ahead that failed is read again here (and fails here if it must).
-        let page = match ahead.and_then(|a| a.rx.recv().ok()).and_then(Result::ok) {
-            Some(read) => read,
-            None => self.with_conn(|c| page_at(c, prefix, after, revision))?,
-        };
-        if let Some(last) = page.entries.last().filter(|_| page.more) {
-            self.read_ahead(prefix, &last.key, revision);
+        let mut queue = self.ahead.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut start = after.map(|a| String::from_utf8_lossy(a).into_owned());
+        // After the last page served, the names up to the one it covers hold no live key: the
+        // page starts after that name (where the pages read ahead start).
+        if let (Some(a), Some(s)) = (after, &queue.served) {
+            if s.prefix == prefix && s.revision == revision && s.last == a {
+                start = Some(s.through.clone());
+            }
         }
-        Ok(page)
+        loop {
+            let ahead = match queue.pages.front() {
+                Some(f)
+                    if f.prefix == prefix
+                        && f.revision == revision
+                        && Some(&f.start) == start.as_ref() =>
+                {
+                    queue.pages.pop_front()
+                }
+                _ => {
+                    queue.pages.clear();
+                    None
+                }
+            };
+            // A page read ahead that failed is read again here (and fails here if it must).
+            let read = ahead.and_then(|a| {
+                let (page, cut) = a.rx.recv().ok()?.ok()?;
+                let through = if cut { last_key(&page) } else { a.end };
+                Some((page, through))
+            });
+            let (page, through) = match read {
+                Some(read) => read,
+                None => {
+                    let page = self.with_conn(|c| {
+                        page_at(c, prefix, start.as_deref().map(str::as_bytes), revision)
+                    })?;
+                    let through = last_key(&page);
+                    (page, through)
+                }
+            };
+            let through = through.filter(|_| page.more);
+            queue.served = None;
+            if let Some(through) = &through {
+                self.read_ahead(&mut queue, prefix, revision, through);
+            }
+            match (page.entries.last(), through) {
+                // Names that were all deleted: on to the next ones.
+                (None, Some(through)) => start = Some(through),
+                (last, through) => {
+                    if let (Some(last), Some(through)) = (last, through) {
+                        queue.served = Some(Served {
+                            prefix: prefix.to_vec(),
+                            revision,
+                            last: last.key.clone(),
+                            through,
+                        });
+                    }
+                    return Ok(page);
+                }
+            }
+        }
     }
 
-    /// Starts reading the page after `after` on a thread of its own (with a connection of its
-    /// own), so that SQLite finds its rows while the caller works on the page before it.
-    fn read_ahead(&self, prefix: &[u8], after: &[u8], revision: i64) {
-        let Ok(mut slot) = self.ahead.lock() else {
-            return;
+    /// Keeps the next [`AHEAD_PAGES`] batches of names after `from` being read, each on a
+    /// thread and a connection of its own, so that SQLite finds their rows while the caller
+    /// works on the page before them. Where each batch ends comes from kine's name index.
+    fn read_ahead(&self, queue: &mut AheadQueue, prefix: &[u8], revision: i64, from: &str) {
+        let mut next = match queue.pages.back() {
+            Some(back) => back.end.clone(),
+            None => Some(from.to_owned()),
         };
-        let (tx, rx) = mpsc::sync_channel(1);
-        let conn = Arc::clone(&self.ahead_conn);
-        let (p, a) = (prefix.to_vec(), after.to_vec());
-        let spawned = std::thread::Builder::new()
-            .name("atrest-kine-ahead".into())
-            .spawn(move || {
-                let c = conn.lock().unwrap_or_else(|p| p.into_inner());
-                // The reader may have stopped: then nobody waits for this page.
-                let _ = tx.send(page_at(&c, &p, Some(&a), revision));
-            });
-        if spawned.is_ok() {
-            *slot = Some(Ahead {
+        while queue.pages.len() < AHEAD_PAGES {
+            let Some(start) = next else { return };
+            let Ok(end) = self.with_conn(|c| batch_end(c, prefix, &start, revision)) else {
+                return;
+            };
+            let (tx, rx) = mpsc::sync_channel(1);
+            queue.next_conn = (queue.next_conn + 1) % self.ahead_conns.len();
+            let conn = Arc::clone(&self.ahead_conns[queue.next_conn]);
+            let (p, s, e) = (prefix.to_vec(), start.clone(), end.clone());
+            let spawned = std::thread::Builder::new()
+                .name("atrest-kine-ahead".into())
+                .spawn(move || {
+                    let c = conn.lock().unwrap_or_else(PoisonError::into_inner);
+                    // The reader may have stopped: then nobody waits for this page.
+                    let _ = tx.send(batch_page(&c, &p, &s, e.as_deref(), revision));
+                });
+            if spawned.is_err() {
+                return;
+            }
+            next = end.clone();
+            queue.pages.push_back(Ahead {
                 prefix: prefix.to_vec(),
-                after: after.to_vec(),
                 revision,
+                start,
+                end,
                 rx,
             });
         }
@@ -451,12 +511,112 @@ impl KineDb {
     }
 }
 
-/// A page read ahead: what `read_page(prefix, Some(after), Some(revision))` returns.
+/// Pages read ahead of the one a scan is at, each with a connection of its own: a page's rows
+/// are scattered over the file (kine writes them in revision order), and SQLite's reads of
+/// them cost more than classifying them.
+const AHEAD_PAGES: usize = 2;
+
+/// The pages read ahead, and the last page served.
+#[derive(Default)]
+struct AheadQueue {
+    pages: VecDeque<Ahead>,
+    served: Option<Served>,
+    /// The connection the last page read ahead took.
+    next_conn: usize,
+}
+
+/// The last page served, when more follow: its last key, and the name through which it read
+/// (the names after its last key up to that one hold no live key).
+struct Served {
+    prefix: Vec<u8>,
+    revision: i64,
+    last: Vec<u8>,
+    through: String,
+}
+
+/// A page read ahead: the live keys of the names after `start`, through `end` (`None`: to the
+/// end of the prefix), at `revision`; and whether it ended early, at its byte bound.
 struct Ahead {
     prefix: Vec<u8>,
-    after: Vec<u8>,
     revision: i64,
-    rx: mpsc::Receiver<rusqlite::Result<Page>>,
+    start: String,
+    end: Option<String>,
+    rx: mpsc::Receiver<rusqlite::Result<(Page, bool)>>,
+}
+
+/// The key of a page's last entry, as a name.
+fn last_key(page: &Page) -> Option<String> {
+    page.entries
+        .last()
+        .map(|e| String::from_utf8_lossy(&e.key).into_owned())
+}
+
+/// The name that ends the batch of [`PAGE_ENTRIES`] names under `prefix` after `start` that
+/// have a row at `revision` (`None`: fewer remain). Read from kine's `(name, id)` index alone.
+fn batch_end(
+    c: &Connection,
+    prefix: &[u8],
+    start: &str,
+    revision: i64,
+) -> rusqlite::Result<Option<String>> {
+    let (_, high) = bounds(prefix);
+    c.prepare_cached(
+        "SELECT name FROM kine WHERE name > ?1 AND name < ?2 AND id <= ?3
+         GROUP BY name ORDER BY name LIMIT 1 OFFSET ?4",
+    )?
+    .query_row(
+        rusqlite::params![start, high, revision, PAGE_ENTRIES as i64 - 1],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// The live keys of the names under `prefix` after `start` through `end` (`None`: to the end
+/// of the prefix), at `revision`: a page whose `more` says whether names follow `end`. Ends
+/// early past [`PAGE_BYTES`] (then `true` comes with it, and `more`).
+fn batch_page(
+    c: &Connection,
+    prefix: &[u8],
+    start: &str,
+    end: Option<&str>,
+    revision: i64,
+) -> rusqlite::Result<(Page, bool)> {
+    let (_, high) = bounds(prefix);
+    let mut stmt = c.prepare_cached(
+        "SELECT kv.name, kv.id, kv.created, kv.create_revision, kv.lease, kv.value, kv.deleted
+         FROM kine AS kv JOIN (
+             SELECT MAX(mkv.id) AS id FROM kine AS mkv
+             WHERE mkv.name > ?1 AND mkv.name <= ?2 AND mkv.name < ?3 AND mkv.id <= ?4
+             GROUP BY mkv.name) AS maxkv
+           ON maxkv.id = kv.id
+         ORDER BY kv.name ASC",
+    )?;
+    let through = end.unwrap_or(&high);
+    let mut rows = stmt.query(rusqlite::params![start, through, high, revision])?;
+    let mut entries = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        if row.get::<_, Option<i64>>(6)?.unwrap_or(0) != 0 {
+            continue;
+        }
+        if bytes >= PAGE_BYTES {
+            let page = Page {
+                entries,
+                revision,
+                more: true,
+            };
+            return Ok((page, true));
+        }
+        let entry = entry_from_row(row)?;
+        bytes += entry.value.len();
+        entries.push(entry);
+    }
+    let page = Page {
+        entries,
+        revision,
+        more: end.is_some(),
+    };
+    Ok((page, false))
 }
 
 /// One page of the keys under `prefix` after `after`, at `revision` (see
@@ -928,13 +1088,16 @@ mod tests {
              value BLOB, old_value BLOB)",
         )
         .unwrap();
+        // One transaction: a commit per row makes a test of thousands of rows slow.
+        let tx = c.unchecked_transaction().unwrap();
         for (id, name, created, deleted, prev, value, old) in rows {
-            c.execute(
+            tx.execute(
                 "INSERT INTO kine VALUES (?1, ?2, ?3, ?4, 0, ?5, 0, ?6, ?7)",
                 rusqlite::params![id, name, created, deleted, prev, value, old],
             )
             .unwrap();
         }
+        tx.commit().unwrap();
         drop(c);
         let db = KineDb::open(&path).unwrap();
         (dir, db)
@@ -1192,6 +1355,90 @@ mod tests {
         }
         assert_eq!(seen.len(), 2500);
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn issue_21_pages_read_ahead_go_only_to_the_scan_they_were_read_for() {
+        // 9,000 Secrets, of which the 2,000 from k01000 are deleted (two whole batches of
+        // names with no live key), and 1,500 ConfigMaps; then a rewrite of every Secret after
+        // the revision the scans are pinned to, which they must not see.
+        let mut names: Vec<(String, bool)> = (0..4500)
+            .map(|i| {
+                (
+                    format!("/registry/secrets/ns/k{i:05}"),
+                    (1000..3000).contains(&i),
+                )
+            })
+            .collect();
+        names.extend((0..1500).map(|i| (format!("/registry/configmaps/ns/c{i:05}"), false)));
+        let values: Vec<Vec<u8>> = (0..names.len())
+            .map(|i| format!("value {i}").into_bytes())
+            .collect();
+        let mut rows: Vec<Row<'_>> = Vec::new();
+        let mut id = 0;
+        for ((name, deleted), value) in names.iter().zip(&values) {
+            id += 1;
+            rows.push((id, name.as_str(), 1, 0, 0, value.as_slice(), &b""[..]));
+            if *deleted {
+                id += 1;
+                rows.push((id, name.as_str(), 0, 1, id - 1, value.as_slice(), &b""[..]));
+            }
+        }
+        let pinned = id;
+        for (name, _) in names.iter().filter(|(n, _)| n.contains("secrets")) {
+            id += 1;
+            rows.push((id, name.as_str(), 0, 0, 0, &b"later"[..], &b""[..]));
+        }
+        let (_d, db) = db(&rows);
+        let expected = |prefix: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut want: Vec<_> = names
+                .iter()
+                .zip(&values)
+                .filter(|((n, deleted), _)| n.starts_with(prefix) && !deleted)
+                .map(|((n, _), v)| (n.clone().into_bytes(), v.clone()))
+                .collect();
+            want.sort();
+            want
+        };
+        let secrets = expected("/registry/secrets/");
+        let configmaps = expected("/registry/configmaps/");
+        // Scans taken a page at a time in turn: `(prefix, after)` each.
+        let scan = |scans: &[(&[u8], Option<Vec<u8>>)]| {
+            let mut after: Vec<Option<Vec<u8>>> = scans.iter().map(|s| s.1.clone()).collect();
+            let mut got: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); scans.len()];
+            let mut done = vec![false; scans.len()];
+            while done.contains(&false) {
+                for s in 0..scans.len() {
+                    if done[s] {
+                        continue;
+                    }
+                    let page = db
+                        .read_page(scans[s].0, after[s].as_deref(), Some(pinned))
+                        .unwrap();
+                    assert_eq!(page.revision, pinned);
+                    assert!(
+                        !page.entries.is_empty() || !page.more,
+                        "empty page before the end"
+                    );
+                    got[s].extend(page.entries.into_iter().map(|e| (e.key, e.value)));
+                    after[s] = got[s].last().map(|(k, _)| k.clone());
+                    done[s] = !page.more;
+                }
+            }
+            got
+        };
+        let (s, c): (&[u8], &[u8]) = (b"/registry/secrets/", b"/registry/configmaps/");
+        // One scan alone: every page after the first read ahead.
+        assert_eq!(scan(&[(s, None)])[0], secrets);
+        // Two scans of the Secrets, one from the 100th live key: pages read ahead for one
+        // start where the other does not.
+        let from = Some(secrets[99].0.clone());
+        assert_eq!(
+            scan(&[(s, None), (s, from)]),
+            [secrets.clone(), secrets[100..].to_vec()]
+        );
+        // The Secrets and the ConfigMaps in turn.
+        assert_eq!(scan(&[(s, None), (c, None)]), [secrets, configmaps]);
     }
 
     #[test]
