@@ -714,11 +714,18 @@ pub fn namespace_and_name(prefix: &[u8], key: &[u8]) -> (Option<String>, Option<
     let Some(rest) = key.strip_prefix(prefix) else {
         return (None, None);
     };
-    let rest = String::from_utf8_lossy(rest);
-    match rest.split_once('/') {
-        Some((ns, name)) => (Some(ns.to_owned()), Some(name.to_owned())),
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let (namespace, name) = below_prefix(rest);
+    (namespace.map(lossy), name.map(lossy))
+}
+
+/// What follows a key's prefix: `<namespace>/<name>` (the name may hold more `/`), `<name>`,
+/// or nothing. Returns the namespace and the name.
+pub(crate) fn below_prefix(rest: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    match rest.iter().position(|&b| b == b'/') {
+        Some(i) => (Some(&rest[..i]), Some(&rest[i + 1..])),
         None if rest.is_empty() => (None, None),
-        None => (None, Some(rest.into_owned())),
+        None => (None, Some(rest)),
     }
 }
 

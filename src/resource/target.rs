@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use super::{
-    below_root, never_encrypted, object_of, resource_from_prefix, split_resource, GroupResource,
-    KeyInfo, ResourceChains, Scope, DEFAULT_ROOT,
+    below_prefix, below_root, never_encrypted, object_of, resource_from_prefix, split_resource,
+    GroupResource, KeyInfo, ResourceChains, Scope, DEFAULT_ROOT,
 };
 use crate::transform::{Chain, TransformError};
 
@@ -95,12 +95,7 @@ impl<'a> Router<'a> {
                 let Some(rest) = key.strip_prefix(prefix.as_bytes()) else {
                     return Route::Outside;
                 };
-                // `<namespace>/<name>` (the name may hold more `/`), or `<name>`.
-                let (namespace, name) = match rest.iter().position(|&b| b == b'/') {
-                    Some(i) => (Some(&rest[..i]), Some(&rest[i + 1..])),
-                    None if rest.is_empty() => (None, None),
-                    None => (None, Some(rest)),
-                };
+                let (namespace, name) = below_prefix(rest);
                 let info = self.info(resource.clone(), namespace, name);
                 if chain.is_some() && never_encrypted(root, key) {
                     return Route::NotCovered(info);

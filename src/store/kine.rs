@@ -302,7 +302,9 @@ impl KineDb {
     /// took 1.5 s), which makes a paged scan quadratic. Here the grouping itself is limited to
     /// the page's names, from a strict lower bound SQLite can seek to, and deleted names are
     /// skipped in the loop: if a batch of names held too few live keys, the next batch follows
-    /// from its last name, so a page is empty only at the end.
+    /// from its last name, so a page is empty only at the end. The pages read ahead (see
+    /// `read_ahead`) are batches of names, which may hold fewer live keys than a page; a batch
+    /// with none is passed over here, for the same reason.
     pub fn read_page(
         &self,
         prefix: &[u8],

@@ -85,8 +85,8 @@ const TRAILER: usize = 32;
 const READ_GAP: usize = 16 << 10;
 
 /// Pages read ahead of the one a scan is at, each on a thread of its own: reading a page's
-/// records (a `pread` each) costs more than classifying them, so two readers keep up with one
-/// audit.
+/// records (a `pread` each) costs more than classifying them. Four kept both cores busy at
+/// 1,000,000 keys where two left gaps (1.17-1.25 s against 1.28-1.31 s).
 const AHEAD_PAGES: usize = 4;
 /// A free run is read in pieces of this many bytes (plus [`FREE_OVERLAP`]).
 const FREE_PIECE: usize = 16 << 20;
